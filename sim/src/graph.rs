@@ -1,0 +1,248 @@
+//! What every Microsoft Graph resource of the simulator shares: bearer-token checks (401/403),
+//! the fault gate (429 with `Retry-After`, 503, delays), Graph's response headers and error body,
+//! the OData query options (`$filter`, `$top`, `$skip`, `$count`) and offset paging with
+//! `@odata.nextLink`. alerts_v2 lives in `alerts.rs`; incidents and submissions are meant to sit
+//! beside it using the same pieces.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::Response;
+use serde_json::json;
+
+use crate::faults::Gate;
+use crate::odata::{self, Expr, Schema};
+use crate::token::{Lookup, Resource};
+use crate::{decode_pairs, lock, time, Inner, TenantTag};
+
+/// Graph's JSON content type, parameters included, as a strict client would see it.
+const GRAPH_JSON: &str = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
+
+/// One Graph request that passed authentication and the fault gate.
+pub(crate) struct Ctx {
+    pub inner: Arc<Inner>,
+    pub tenant: String,
+    request_id: String,
+    client_request_id: Option<String>,
+}
+
+fn base_response(status: StatusCode, body: impl Into<Body>, request_id: &str, client_request_id: Option<&str>, tenant: Option<&str>) -> Response {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(GRAPH_JSON));
+    // Graph stamps every answer with its own clock; clients take "now" from here.
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())) {
+        h.insert(header::DATE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert("request-id", v);
+    }
+    if let Some(v) = client_request_id.and_then(|c| HeaderValue::from_str(c).ok()) {
+        h.insert("client-request-id", v);
+    }
+    if let Some(t) = tenant {
+        r.extensions_mut().insert(TenantTag(t.to_string()));
+    }
+    r
+}
+
+/// Graph's error body (`graph-error-example.json`), with `innerError` filled in.
+fn error_response(status: StatusCode, code: &str, message: &str, request_id: &str, client_request_id: Option<&str>, tenant: Option<&str>) -> Response {
+    let mut inner = json!({"date": time::iso_plain(time::now_ticks()), "request-id": request_id});
+    if let Some(c) = client_request_id {
+        inner["client-request-id"] = json!(c);
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        // The 429 sample carries these extra members.
+        inner["code"] = json!("429");
+        inner["message"] = json!("Please retry after");
+        inner["status"] = json!("429");
+    }
+    let body = json!({"error": {"code": code, "message": message, "innerError": inner}});
+    base_response(status, body.to_string(), request_id, client_request_id, tenant)
+}
+
+/// Authenticates a Graph request and runs it through its tenant's faults. `any_of_roles`: the
+/// application permissions of which the token needs at least one. On refusal, the answer to send.
+pub(crate) async fn begin(inner: &Arc<Inner>, headers: &HeaderMap, any_of_roles: &[&str]) -> Result<Ctx, Response> {
+    let request_id = crate::new_guid();
+    let client_request_id = headers.get("client-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let crid = client_request_id.as_deref();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_string());
+    let lookup = match &bearer {
+        Some(t) => lock(&inner.directory).lookup(t),
+        None => Lookup::Unknown,
+    };
+    let tenant = match &lookup {
+        Lookup::Valid(t) | Lookup::Expired(t) => Some(t.tenant.clone()),
+        Lookup::Unknown => None,
+    };
+    let unauthorized = |message: &str| {
+        inner.unauthorized.fetch_add(1, Ordering::Relaxed);
+        let mut r = error_response(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", message, &request_id, crid, tenant.as_deref());
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\", client_id=\"00000003-0000-0000-c000-000000000000\""),
+        );
+        r
+    };
+    let info = match lookup {
+        Lookup::Unknown if bearer.is_none() => return Err(unauthorized("Access token is empty.")),
+        Lookup::Unknown => return Err(unauthorized("IDX14100: JWT is not well formed, there are no dots (.).")),
+        Lookup::Expired(_) => return Err(unauthorized("Lifetime validation failed, the token is expired.")),
+        Lookup::Valid(info) if info.resource != Resource::Graph => {
+            return Err(unauthorized("Access token validation failure. Invalid audience."));
+        }
+        Lookup::Valid(info) => info,
+    };
+    let tenant = info.tenant.clone();
+
+    let (violation, gate, delay) = {
+        let mut faults = lock(&inner.faults);
+        let state = faults.entry(tenant.clone()).or_default();
+        let (violation, gate) = state.on_request(Instant::now());
+        (violation, gate, state.faults.delay)
+    };
+    if violation {
+        inner.throttle_violations.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(tenant = %tenant, "graph request arrived inside a Retry-After window");
+    }
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    match gate {
+        Gate::Pass => {}
+        Gate::Throttle(retry_after) => {
+            let mut r = error_response(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "Please retry again later.", &request_id, crid, Some(&tenant));
+            if let Some(v) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return Err(r);
+        }
+        Gate::ServerError => {
+            return Err(error_response(StatusCode::SERVICE_UNAVAILABLE, "ServiceNotAvailable", "The service is temporarily unavailable. Please retry later.", &request_id, crid, Some(&tenant)));
+        }
+    }
+    if !info.roles.iter().any(|r| any_of_roles.contains(&r.as_str())) {
+        let message = format!(
+            "Missing application roles. API required roles: {}. Application roles: {}.",
+            any_of_roles.join(", "),
+            info.roles.join(", ")
+        );
+        return Err(error_response(StatusCode::FORBIDDEN, "Forbidden", &message, &request_id, crid, Some(&tenant)));
+    }
+    Ok(Ctx { inner: inner.clone(), tenant, request_id, client_request_id })
+}
+
+impl Ctx {
+    /// A Graph error answer for this request.
+    pub fn error(&self, status: StatusCode, code: &str, message: &str) -> Response {
+        error_response(status, code, message, &self.request_id, self.client_request_id.as_deref(), Some(&self.tenant))
+    }
+
+    /// A 200 with a JSON body, cut in half if the tenant's `truncate_next` fault says so.
+    pub fn ok(&self, body: String) -> Response {
+        let truncate = lock(&self.inner.faults).get_mut(&self.tenant).is_some_and(|f| f.take_truncate());
+        let mut bytes = body.into_bytes();
+        if truncate {
+            bytes.truncate(bytes.len() / 2);
+        }
+        base_response(StatusCode::OK, bytes, &self.request_id, self.client_request_id.as_deref(), Some(&self.tenant))
+    }
+
+    /// The `@odata.nextLink` for the page at `skip`: the request's own path and query options
+    /// with `$skip` replaced, on the simulator's base URL (or the tenant's `next_link_base`).
+    pub fn next_link(&self, uri: &Uri, skip: usize) -> String {
+        let base = lock(&self.inner.faults)
+            .get(&self.tenant)
+            .and_then(|f| f.faults.next_link_base.clone())
+            .unwrap_or_else(|| self.inner.base_url.clone());
+        let mut parts: Vec<String> = uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .filter(|p| decode_pairs(p).first().is_none_or(|(k, _)| k != "$skip"))
+            .map(str::to_owned)
+            .collect();
+        parts.push(format!("$skip={skip}"));
+        format!("{}{}?{}", base.trim_end_matches('/'), uri.path(), parts.join("&"))
+    }
+}
+
+/// The OData query options of a collection request.
+pub(crate) struct ListQuery {
+    pub filter: Option<Expr>,
+    pub top: usize,
+    pub skip: usize,
+    pub count: bool,
+}
+
+/// Reads `$filter`, `$top`, `$skip` and `$count`. `$top` is clamped to `max_top` as Graph does
+/// for alerts_v2; any other `$` option, a repeated one, or a bad value is an error message for
+/// a 400. Options without `$` are ignored, as Graph ignores unknown parameters.
+pub(crate) fn list_query(uri: &Uri, schema: &Schema, default_top: usize, max_top: usize) -> Result<ListQuery, String> {
+    let mut q = ListQuery { filter: None, top: default_top.min(max_top), skip: 0, count: false };
+    let mut seen: Vec<String> = Vec::new();
+    for (k, v) in decode_pairs(uri.query().unwrap_or("")) {
+        if !k.starts_with('$') {
+            continue;
+        }
+        if seen.contains(&k) {
+            return Err(format!("Query option '{k}' was specified more than once, but it must be specified at most once."));
+        }
+        seen.push(k.clone());
+        match k.as_str() {
+            "$filter" => q.filter = Some(odata::parse(&v, schema)?),
+            "$top" => {
+                let n: usize = v.trim().parse().map_err(|_| format!("Invalid value '{v}' for $top query option found. The $top query option requires a non-negative integer value."))?;
+                q.top = n.min(max_top);
+            }
+            "$skip" => {
+                q.skip = v.trim().parse().map_err(|_| format!("Invalid value '{v}' for $skip query option found. The $skip query option requires a non-negative integer value."))?;
+            }
+            "$count" => {
+                q.count = match v.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(format!("'{v}' is not a valid count option.")),
+                }
+            }
+            _ => return Err(format!("Query option '{k}' is not allowed. To allow it, set the 'AllowedQueryOptions' property on EnableQueryAttribute or QueryValidationSettings.")),
+        }
+    }
+    Ok(q)
+}
+
+/// Writes the envelope of a collection page around already-rendered items.
+pub(crate) fn page_body(context: &str, count: Option<usize>, next_link: Option<&str>, items: &[String]) -> String {
+    let len: usize = items.iter().map(|i| i.len() + 1).sum();
+    let mut out = String::with_capacity(len + 512);
+    out.push_str("{\"@odata.context\":");
+    crate::generator::esc(&mut out, context);
+    if let Some(n) = count {
+        out.push_str(&format!(",\"@odata.count\":{n}"));
+    }
+    if let Some(l) = next_link {
+        out.push_str(",\"@odata.nextLink\":");
+        crate::generator::esc(&mut out, l);
+    }
+    out.push_str(",\"value\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(item);
+    }
+    out.push_str("]}");
+    out
+}

@@ -1,0 +1,314 @@
+//! m365-sim: a faithful loopback stand-in for the Microsoft side of m365-ingest (the Entra ID
+//! token endpoint and Microsoft Graph security alerts_v2) and for the Dropzone ingestion
+//! endpoint, for integration tests, benchmarks and the `demo` command.
+//!
+//! It follows `reference/microsoft/API.md`: AADSTS token errors, roles per app, bearer checks
+//! (401/403), `$filter` on the documented properties only, `$top` clamped at 1000, offset paging
+//! with `@odata.nextLink`, newest-first order, a `Date` header, and faults a test switches on
+//! per tenant (429 with `Retry-After`, 503, truncated bodies, items updated mid-listing).
+//!
+//! Layout, a file per concept:
+//! - `lib.rs`: [`Simulator`] start/stop, the router, request recording.
+//! - `token.rs`: tenants, app registrations, the token endpoint, OpenID configuration.
+//! - `graph.rs`: what every Graph resource shares (auth, fault gate, headers, errors, paging).
+//! - `odata.rs`: the `$filter` parser and evaluator.
+//! - `alerts.rs`: alerts_v2 (per-tenant store and endpoints).
+//! - `generator.rs`: realistic alerts rendered lazily from seeds; the demo stream.
+//! - `faults.rs`: [`Faults`] and their per-tenant state.
+//! - `dropzone.rs`: the recording ingestion endpoint.
+//! - `control.rs`: the `/_sim/` HTTP control API.
+//! - `time.rs`: 100-ns timestamps.
+//!
+//! Incidents, threat submissions and Cloud Apps are meant to be added as siblings of
+//! `alerts.rs`, reusing `graph.rs` and `odata.rs`.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+mod alerts;
+mod control;
+mod dropzone;
+mod faults;
+mod generator;
+mod graph;
+mod odata;
+mod time;
+mod token;
+
+pub use dropzone::{DropzoneBehavior, ReceivedBatch};
+pub use faults::Faults;
+
+/// How to start a [`Simulator`].
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Where to listen; default `127.0.0.1:0` (any free port).
+    pub bind: SocketAddr,
+    /// Keep Dropzone request bodies (default true). False records only event ids and counts,
+    /// for the 200k-alert benchmark.
+    pub keep_bodies: bool,
+    /// The most alerts_v2 items one page holds (default 1000, Graph's own clamp).
+    pub page_cap: usize,
+    /// `expires_in` of issued tokens (default 3599 s, as Entra's samples show).
+    pub token_lifetime: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            keep_bodies: true,
+            page_cap: 1000,
+            token_lifetime: Duration::from_secs(3599),
+        }
+    }
+}
+
+/// One request the simulator served (token, Graph or Dropzone; not the control API).
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    /// When it arrived.
+    pub at: SystemTime,
+    pub method: String,
+    pub path: String,
+    /// The raw (still percent-encoded) query string, empty if none.
+    pub query: String,
+    /// The tenant: from the token URL, or from the bearer token of a Graph request.
+    pub tenant: Option<String>,
+    pub has_authorization: bool,
+    /// The status answered (0 while the answer is still pending).
+    pub status: u16,
+}
+
+/// The running simulator. Cheap to clone; all clones control the same instance.
+#[derive(Clone)]
+pub struct Simulator {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) base_url: String,
+    addr: SocketAddr,
+    pub(crate) page_cap: usize,
+    pub(crate) keep_bodies: bool,
+    pub(crate) directory: Mutex<token::Directory>,
+    pub(crate) alerts: Mutex<HashMap<String, alerts::TenantAlerts>>,
+    pub(crate) faults: Mutex<HashMap<String, faults::FaultState>>,
+    pub(crate) requests: Mutex<Vec<RecordedRequest>>,
+    pub(crate) dropzone: Mutex<dropzone::Sink>,
+    /// Seeds and ids of generated alerts: seeded, so runs are reproducible.
+    pub(crate) rng: Mutex<fastrand::Rng>,
+    pub(crate) unauthorized: AtomicUsize,
+    pub(crate) throttle_violations: AtomicUsize,
+    pub(crate) stop: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    server: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Locks a mutex, recovering from poisoning: every critical section leaves its data consistent,
+/// and the simulator must not panic because some earlier holder did.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Tenant ids are GUIDs, which Entra compares case-insensitively.
+pub(crate) fn tenant_key(t: &str) -> String {
+    t.to_ascii_lowercase()
+}
+
+/// A random GUID-shaped id (request ids, trace ids).
+pub(crate) fn new_guid() -> String {
+    let mut rng = fastrand::Rng::new();
+    generator::guid(&mut rng)
+}
+
+/// Decodes `application/x-www-form-urlencoded` text (form bodies and query strings):
+/// `+` is a space, `%XX` a byte; invalid escapes are kept literally.
+pub(crate) fn decode_pairs(s: &str) -> Vec<(String, String)> {
+    fn dec(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < b.len() => {
+                    match (hex(b[i + 1]), hex(b[i + 2])) {
+                        (Some(h), Some(l)) => {
+                            out.push((h * 16 + l) as u8);
+                            i += 2;
+                        }
+                        _ => out.push(b'%'),
+                    }
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (dec(k), dec(v)),
+            None => (dec(p), String::new()),
+        })
+        .collect()
+}
+
+/// Put into a response's extensions by handlers that know the tenant, for the request log.
+#[derive(Clone)]
+pub(crate) struct TenantTag(pub String);
+
+async fn record(State(inner): State<Arc<Inner>>, req: Request, next: Next) -> Response {
+    let entry = RecordedRequest {
+        at: SystemTime::now(),
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+        query: req.uri().query().unwrap_or("").to_string(),
+        tenant: None,
+        has_authorization: req.headers().contains_key(header::AUTHORIZATION),
+        status: 0,
+    };
+    // Recorded on arrival so the log is in arrival order; the status is filled in after.
+    let index = {
+        let mut log = lock(&inner.requests);
+        log.push(entry);
+        log.len() - 1
+    };
+    let resp = next.run(req).await;
+    let tenant = resp.extensions().get::<TenantTag>().map(|t| t.0.clone());
+    if let Some(e) = lock(&inner.requests).get_mut(index) {
+        e.status = resp.status().as_u16();
+        e.tenant = tenant;
+    }
+    resp
+}
+
+async fn not_found() -> Response {
+    let body = serde_json::json!({"error": {"code": "NotFound", "message": "The simulator has no such endpoint."}});
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+fn router(inner: Arc<Inner>) -> Router {
+    Router::new()
+        .merge(token::routes())
+        .merge(alerts::routes())
+        .merge(dropzone::routes())
+        .layer(middleware::from_fn_with_state(inner.clone(), record))
+        .merge(control::routes())
+        .fallback(not_found)
+        .with_state(inner)
+}
+
+impl Simulator {
+    /// Binds, starts serving in a background task and returns once listening.
+    pub async fn start(cfg: SimConfig) -> std::io::Result<Simulator> {
+        let listener = tokio::net::TcpListener::bind(cfg.bind).await?;
+        let mut addr = listener.local_addr()?;
+        if addr.ip().is_unspecified() {
+            // Listening on all interfaces; loopback is still the address to hand out.
+            addr.set_ip(Ipv4Addr::LOCALHOST.into());
+        }
+        let inner = Arc::new(Inner {
+            base_url: format!("http://{addr}"),
+            addr,
+            page_cap: cfg.page_cap,
+            keep_bodies: cfg.keep_bodies,
+            directory: Mutex::new(token::Directory::new(cfg.token_lifetime)),
+            alerts: Mutex::default(),
+            faults: Mutex::default(),
+            requests: Mutex::default(),
+            dropzone: Mutex::default(),
+            rng: Mutex::new(fastrand::Rng::with_seed(0x6d33_3635_7369_6d00)),
+            unauthorized: AtomicUsize::new(0),
+            throttle_violations: AtomicUsize::new(0),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            server: Mutex::new(None),
+        });
+        let app = router(inner.clone());
+        let stop = inner.stop.clone();
+        let handle = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "simulator server stopped");
+            }
+        });
+        *lock(&inner.server) = Some(handle);
+        Ok(Simulator { inner })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        self.inner.base_url.clone()
+    }
+
+    /// The login host: the token endpoint is `{login_url}/{tenant}/oauth2/v2.0/token`.
+    pub fn login_url(&self) -> String {
+        self.base_url()
+    }
+
+    /// The Graph host: alerts are at `{graph_url}/v1.0/security/alerts_v2`.
+    pub fn graph_url(&self) -> String {
+        format!("{}/graph", self.inner.base_url)
+    }
+
+    /// The Dropzone ingestion endpoint.
+    pub fn dropzone_url(&self) -> String {
+        format!("{}/dropzone/alerts", self.inner.base_url)
+    }
+
+    /// Stops serving: background streams end, open requests get up to 5 s to finish, then
+    /// the server task is aborted.
+    pub async fn shutdown(&self) {
+        self.inner.stop.cancel();
+        self.inner.tasks.close();
+        let handle = lock(&self.inner.server).take();
+        if let Some(h) = handle {
+            let abort = h.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), h).await.is_err() {
+                tracing::warn!("simulator did not drain within 5 s; aborting it");
+                abort.abort();
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.tasks.wait()).await;
+    }
+
+    /// Every request served so far (token, Graph, Dropzone), in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.inner.requests).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding() {
+        let p = decode_pairs("a=1+2&b=%24filter%3D&c&d=%zz&e=%4");
+        let want = [("a", "1 2"), ("b", "$filter="), ("c", ""), ("d", "%zz"), ("e", "%4")];
+        assert_eq!(p.len(), want.len());
+        for ((k, v), (wk, wv)) in p.iter().zip(want) {
+            assert_eq!((k.as_str(), v.as_str()), (wk, wv));
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! `m365-sim`: runs the simulator as a standalone process (for the demo and manual testing):
+//! one tenant and app pre-registered, a backlog of alerts, optionally a live stream, until
+//! Ctrl-C.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use clap::Parser;
+use m365_sim::{SimConfig, Simulator};
+
+/// Every Graph security application permission, so the seeded app can read everything.
+const ROLES: &[&str] = &[
+    "SecurityAlert.Read.All",
+    "SecurityIncident.Read.All",
+    "ThreatSubmission.Read.All",
+    "ThreatHunting.Read.All",
+    "Investigation.read",
+];
+
+#[derive(Parser)]
+#[command(version, about = "Microsoft 365 Defender and Dropzone simulator on loopback")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9999")]
+    listen: SocketAddr,
+    /// Tenant id to register.
+    #[arg(long, default_value = "00000000-0000-0000-0000-00000000000a")]
+    tenant: String,
+    /// Client (application) id of the registered app.
+    #[arg(long, default_value = "11111111-1111-1111-1111-111111111111")]
+    client_id: String,
+    /// Client secret of the registered app.
+    #[arg(long, default_value = "sim-secret")]
+    client_secret: String,
+    /// Alerts to generate over the last 3 days.
+    #[arg(long, default_value_t = 1000)]
+    alerts: usize,
+    /// New or updated alerts per minute while running (0: none).
+    #[arg(long, default_value_t = 0)]
+    stream_per_minute: u32,
+    /// Record only event ids at the Dropzone endpoint, not bodies.
+    #[arg(long)]
+    no_keep_bodies: bool,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    let cfg = SimConfig { bind: args.listen, keep_bodies: !args.no_keep_bodies, ..SimConfig::default() };
+    let sim = Simulator::start(cfg).await?;
+    sim.add_tenant(&args.tenant);
+    sim.add_app(&args.tenant, &args.client_id, &args.client_secret, ROLES);
+    let now = SystemTime::now();
+    let from = now.checked_sub(Duration::from_secs(3 * 86_400)).unwrap_or(SystemTime::UNIX_EPOCH);
+    sim.generate_alerts(&args.tenant, args.alerts, from, now);
+    sim.spawn_stream(&args.tenant, args.stream_per_minute);
+    println!(
+        "m365-sim listening: login_url={} graph_url={} dropzone_url={} tenant={} client_id={} alerts={}",
+        sim.login_url(),
+        sim.graph_url(),
+        sim.dropzone_url(),
+        args.tenant,
+        args.client_id,
+        args.alerts
+    );
+    tokio::signal::ctrl_c().await?;
+    sim.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! Wiring: `App::build` does every fallible step (store, HTTP clients, token providers, pollers,
+//! forwarders, the health listener) and `run_until_stopped` runs them until the stop token fires,
+//! then drains within the grace period. Dropping the run future aborts every task, which is how
+//! tests simulate a crash.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::auth::{graph_scope, Credentials, TokenProvider};
+use crate::config::{Settings, TenantConfig};
+use crate::forward::{DestinationStatus, DropzoneSink, Forwarder};
+use crate::microsoft::{Budget, MicrosoftClock, MsClient};
+use crate::normalize::SourceKind;
+use crate::server::{Health, TenantHealth};
+use crate::sources::{GraphListing, Poller, SourceStatus};
+use crate::store::{BatchLimits, TenantRef};
+use crate::AppStore;
+
+/// Page bodies held in memory at once across all pollers (design §10).
+const PAGES_IN_MEMORY: usize = 4;
+
+pub struct App {
+    settings: Settings,
+    listener: TcpListener,
+    health: Arc<Health>,
+    stop: CancellationToken,
+    pollers: Vec<Poller>,
+    forwarders: Vec<Forwarder>,
+    store: Arc<AppStore>,
+}
+
+/// The User-Agent on every request we make.
+pub fn user_agent() -> String {
+    format!("m365-ingest/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// An HTTP client that never follows redirects: a redirect could carry a bearer token elsewhere.
+pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(user_agent())
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .context("building the HTTP client")
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        let url = settings.store.resolved_url();
+        let store = Arc::new(
+            crate::store::open(&url)
+                .await
+                .context("opening the store")?,
+        );
+        let ms_http = http_client(Duration::from_secs(120))?;
+        let dz_http = http_client(Duration::from_secs(300))?;
+        let stop = CancellationToken::new();
+        let wake = Arc::new(Notify::new());
+        let pages = Arc::new(Semaphore::new(PAGES_IN_MEMORY));
+
+        let mut pollers = Vec::new();
+        let mut tenants_health = Vec::new();
+        let mut destinations: BTreeMap<String, (Arc<DestinationStatus>, Vec<String>, crate::config::ForwardConfig)> = BTreeMap::new();
+        for (name, tenant) in &settings.tenants {
+            let tref = TenantRef {
+                name: name.clone(),
+                id: tenant.tenant_id.trim().to_ascii_lowercase(),
+            };
+            let (dest_name, fwd) = settings
+                .destination_for(name)
+                .context("a tenant without a destination passed validation")?;
+            let dest = destinations
+                .entry(dest_name.clone())
+                .or_insert_with(|| (Arc::new(DestinationStatus::default()), Vec::new(), fwd.clone()));
+            dest.1.push(name.clone());
+            let graph_tokens = Arc::new(TokenProvider::new(
+                credentials(name, tenant)?,
+                graph_scope(&tenant.effective_graph_url()),
+                ms_http.clone(),
+            ));
+            let clock = Arc::new(MicrosoftClock::default());
+            let graph_budget = Arc::new(Budget::per_minute(tenant.graph_requests_per_minute));
+            let graph = Arc::new(
+                MsClient::new(
+                    "graph",
+                    name.clone(),
+                    ms_http.clone(),
+                    &tenant.effective_graph_url(),
+                    graph_tokens.clone(),
+                    graph_budget,
+                    clock,
+                )
+                .with_context(|| format!("tenants.{name}.graph_url is not a URL"))?,
+            );
+            let mut sources = Vec::new();
+            for kind in [SourceKind::Alerts] {
+                let s = tenant.sources.get(kind).resolve(kind, tenant);
+                if !s.enabled {
+                    continue;
+                }
+                let status = Arc::new(SourceStatus::new(s.interval));
+                sources.push((kind, status.clone()));
+                pollers.push(Poller::new(
+                    tref.clone(),
+                    s,
+                    tenant.start,
+                    GraphListing::alerts(),
+                    graph.clone(),
+                    store.clone(),
+                    status,
+                    settings.store.max_pending,
+                    pages.clone(),
+                ).with_wake(wake.clone()));
+            }
+            tenants_health.push(TenantHealth {
+                name: name.clone(),
+                tenant_id: tref.id.clone(),
+                destination: dest_name,
+                sources,
+                tokens: vec![graph_tokens],
+            });
+        }
+        let mut forwarders = Vec::new();
+        let mut dest_health = Vec::new();
+        for (name, (status, tenants, cfg)) in destinations {
+            dest_health.push((name.clone(), status.clone()));
+            forwarders.push(Forwarder {
+                name,
+                sink: Arc::new(DropzoneSink::new(dz_http.clone(), &cfg)),
+                store: store.clone(),
+                tenants,
+                limits: BatchLimits {
+                    max_rows: cfg.batch_size,
+                    max_bytes: cfg.max_batch_bytes,
+                },
+                concurrency: cfg.concurrency,
+                status,
+                wake: wake.clone(),
+            });
+        }
+        let listener = TcpListener::bind(settings.server.listen)
+            .await
+            .with_context(|| format!("binding server.listen {} (is another process using it?)", settings.server.listen))?;
+        let health = Arc::new(Health {
+            store: store.clone(),
+            tenants: tenants_health,
+            destinations: dest_health,
+            readyz_requires: settings.server.readyz_requires,
+            started: tokio::time::Instant::now(),
+        });
+        Ok(App {
+            settings,
+            listener,
+            health,
+            stop,
+            pollers,
+            forwarders,
+            store,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    pub fn store(&self) -> Arc<AppStore> {
+        self.store.clone()
+    }
+
+    /// Cancelling this token starts a graceful stop.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let App {
+            settings,
+            listener,
+            health,
+            stop,
+            pollers,
+            forwarders,
+            store,
+        } = self;
+        let mut tasks = JoinSet::new();
+        for poller in pollers {
+            let span = tracing::info_span!("poller", tenant = %poller.tenant.name, source = poller.settings.kind.as_str());
+            tasks.spawn(poller.run(stop.clone()).instrument(span));
+        }
+        for fwd in forwarders {
+            let span = tracing::info_span!("forwarder", destination = %fwd.name);
+            tasks.spawn(fwd.run(stop.clone()).instrument(span));
+        }
+        tasks.spawn(prune_loop(store, settings.store.retention, settings.store.dedup_retention, stop.clone()));
+        let router = crate::server::router(health);
+        let server_stop = stop.clone();
+        tasks.spawn(async move {
+            let serve = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { server_stop.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "health server failed");
+            }
+        });
+        tracing::info!(tenants = settings.tenants.len(), "m365-ingest running");
+        stop.cancelled().await;
+        let grace = settings.server.shutdown_grace;
+        tracing::info!(grace_s = grace.as_secs(), "stopping: finishing in-flight work");
+        let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        match drained {
+            Ok(()) => tracing::info!("stopped cleanly"),
+            Err(_) => {
+                // Abandoned batches stay committed and are sent again with the same key.
+                tracing::warn!("grace period over: abandoning in-flight work");
+                tasks.abort_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn credentials(name: &str, t: &TenantConfig) -> anyhow::Result<Credentials> {
+    Ok(Credentials {
+        tenant_name: name.to_string(),
+        tenant_id: t.tenant_id.trim().to_string(),
+        client_id: t.client_id.trim().to_string(),
+        client_secret: t
+            .secret()
+            .cloned()
+            .with_context(|| format!("tenants.{name}.client_secret is missing"))?,
+        login_url: t.effective_login_url(),
+    })
+}
+
+/// Deletes delivered bodies after `retention` and dedup state after `dedup_retention`, hourly.
+async fn prune_loop(
+    store: Arc<AppStore>,
+    retention: Duration,
+    dedup_retention: Duration,
+    stop: CancellationToken,
+) {
+    use crate::store::Store;
+    loop {
+        let now = crate::store::now_ms();
+        match store
+            .prune(now - retention.as_millis() as i64, now - dedup_retention.as_millis() as i64)
+            .await
+        {
+            Ok(n) if n > 0 => tracing::info!(rows = n, "pruned delivered bodies and old dedup state"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning failed; will try again"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The command line: `run` (the daemon), `migrate`, `demo` (simulator + daemon on loopback, no
+//! tenant needed) and `sim` (the simulator alone). Exit codes: 0 done, 78 bad configuration,
+//! 1 anything else.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::{Parser, Subcommand};
+
+use crate::app::App;
+use crate::config::{LogConfig, LogFormat, Settings};
+
+/// EX_CONFIG from sysexits.h: the configuration is wrong.
+pub const EXIT_CONFIG: u8 = 78;
+
+#[derive(Debug, Parser)]
+#[command(name = "m365-ingest", version, about = "Microsoft 365 Defender alerts to Dropzone AI, at least once and never lost")]
+pub struct Cli {
+    /// The configuration file (TOML); `M365_INGEST__SECTION__KEY` variables override it.
+    #[arg(long, global = true, default_value = "config/m365-ingest.toml", env = "M365_INGEST_CONFIG")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Run,
+    /// Create or upgrade the store's tables, then exit.
+    Migrate,
+    /// Run the built-in simulator and the daemon against it (SQLite in a temporary folder).
+    Demo {
+        /// Alerts already waiting in the simulated tenant (spread over the last 3 days).
+        #[arg(long, default_value_t = 2000)]
+        alerts: usize,
+        /// New alerts per minute while the demo runs.
+        #[arg(long, default_value_t = 60)]
+        per_minute: u32,
+        /// Where `/status` listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Run the Microsoft 365 and Dropzone simulator alone.
+    Sim {
+        #[arg(long, default_value = "127.0.0.1:9999")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        alerts: usize,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(dispatch(cli))
+}
+
+fn explicit_config(path: &std::path::Path) -> bool {
+    std::env::var_os("M365_INGEST_CONFIG").is_some()
+        || std::env::args().any(|a| a == "--config" || a.starts_with("--config="))
+        || path.exists()
+}
+
+fn load(path: &std::path::Path) -> Result<Settings, ExitCode> {
+    match Settings::load(path, explicit_config(path)) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            eprintln!("{e}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Run => {
+            let settings = match load(&cli.config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            crate::telemetry::init(&settings.log);
+            run(settings).await
+        }
+        Command::Migrate => {
+            let settings = match load(&cli.config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            crate::telemetry::init(&settings.log);
+            crate::store::open(&settings.store.resolved_url())
+                .await
+                .map(|_| println!("store is up to date"))
+                .map_err(anyhow::Error::from)
+        }
+        Command::Demo {
+            alerts,
+            per_minute,
+            listen,
+        } => demo(alerts, per_minute, listen).await,
+        Command::Sim { listen, alerts } => sim(listen, alerts).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let app = App::build(settings).await?;
+    let stop = app.stop_token();
+    tokio::spawn(async move {
+        crate::shutdown::signal().await;
+        stop.cancel();
+    });
+    app.run_until_stopped().await
+}
+
+/// Demo tenant identity; only the simulator knows it.
+const DEMO_TENANT: &str = "00000000-0000-4000-8000-00000000d3a0";
+const DEMO_CLIENT: &str = "11111111-1111-4111-8111-111111111111";
+
+async fn start_sim(listen: SocketAddr, alerts: usize, per_minute: u32) -> anyhow::Result<(m365_sim::Simulator, String)> {
+    let sim = m365_sim::Simulator::start(m365_sim::SimConfig {
+        bind: listen,
+        keep_bodies: false,
+        ..Default::default()
+    })
+    .await?;
+    let secret = format!("demo-{}", uuid::Uuid::new_v4());
+    sim.add_tenant(DEMO_TENANT);
+    sim.add_app(
+        DEMO_TENANT,
+        DEMO_CLIENT,
+        &secret,
+        &["SecurityAlert.Read.All", "SecurityIncident.Read.All", "ThreatSubmission.Read.All"],
+    );
+    let now = SystemTime::now();
+    sim.generate_alerts(DEMO_TENANT, alerts, now - Duration::from_secs(3 * 86_400), now);
+    if per_minute > 0 {
+        sim.spawn_stream(DEMO_TENANT, per_minute);
+    }
+    Ok((sim, secret))
+}
+
+async fn demo(alerts: usize, per_minute: u32, listen: SocketAddr) -> anyhow::Result<()> {
+    crate::telemetry::init(&LogConfig {
+        format: LogFormat::Pretty,
+        level: "info".into(),
+    });
+    let (sim, secret) = start_sim("127.0.0.1:0".parse()?, alerts, per_minute).await?;
+    let dir = std::env::temp_dir().join(format!("m365-ingest-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let toml = format!(
+        r#"
+[store]
+url = "sqlite://{db}"
+[server]
+listen = "{listen}"
+shutdown_grace = "5s"
+[forward]
+url = "{dropzone}"
+api_key = "demo-dropzone-key"
+[tenants.demo]
+tenant_id = "{DEMO_TENANT}"
+client_id = "{DEMO_CLIENT}"
+client_secret = "{secret}"
+login_url = "{login}"
+graph_url = "{graph}"
+[tenants.demo.sources.alerts]
+interval = "10s"
+settle = "5s"
+overlap = "2m"
+"#,
+        db = dir.join("m365-ingest.db").display(),
+        dropzone = sim.dropzone_url(),
+        login = sim.login_url(),
+        graph = sim.graph_url(),
+    );
+    let settings = Settings::from_toml(&toml)?;
+    let app = App::build(settings).await?;
+    println!();
+    println!("m365-ingest demo: simulator at {}, store in {}", sim.base_url(), dir.display());
+    println!("status:  http://127.0.0.1:{}/status   (also /readyz, /healthz)", app.port());
+    println!("Ctrl-C stops.");
+    println!();
+    let stop = app.stop_token();
+    tokio::spawn(async move {
+        crate::shutdown::signal().await;
+        stop.cancel();
+    });
+    let result = app.run_until_stopped().await;
+    sim.shutdown().await;
+    println!("demo stopped: the simulated Dropzone received {} alerts", sim.delivered_count());
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn sim(listen: SocketAddr, alerts: usize) -> anyhow::Result<()> {
+    crate::telemetry::init(&LogConfig {
+        format: LogFormat::Pretty,
+        level: "info".into(),
+    });
+    let (sim, secret) = start_sim(listen, alerts, 60).await?;
+    println!("simulator listening on {}", sim.base_url());
+    println!("  tenant_id     = \"{DEMO_TENANT}\"");
+    println!("  client_id     = \"{DEMO_CLIENT}\"");
+    println!("  client_secret = \"{secret}\"");
+    println!("  login_url     = \"{}\"", sim.login_url());
+    println!("  graph_url     = \"{}\"", sim.graph_url());
+    println!("  forward.url   = \"{}\"", sim.dropzone_url());
+    crate::shutdown::signal().await;
+    sim.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,874 @@
+//! Configuration: the TOML file, `M365_INGEST__…` environment overrides, `*_file` secrets,
+//! defaults and validation (design §3). Every error names the offending key and the fix; the
+//! binary exits with 78 (EX_CONFIG) on any of them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+use crate::normalize::SourceKind;
+
+/// A configuration problem, phrased for the operator who must fix the file.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+fn bad(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// The whole configuration after defaults, environment overrides and validation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The default Dropzone destination; a tenant may name its own.
+    #[serde(default)]
+    pub forward: Option<ForwardConfig>,
+    #[serde(default)]
+    pub leases: LeaseConfig,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+/// `[store]`: where versions, the outbox and cursors live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://path` (the default) or `postgres://…`.
+    #[serde(default)]
+    pub url: Option<SecretString>,
+    /// A file holding the URL, for a Postgres URL with a password.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// Delivered bodies are kept this long (for replay), default 30 days.
+    #[serde(default = "default_retention", deserialize_with = "duration")]
+    pub retention: Duration,
+    /// Per-alert dedup state is kept this long after its last change, default 180 days.
+    #[serde(default = "default_dedup_retention", deserialize_with = "duration")]
+    pub dedup_retention: Duration,
+    /// Above this many undelivered versions of one tenant its pollers pause.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            url_file: None,
+            retention: default_retention(),
+            dedup_retention: default_dedup_retention(),
+            max_pending: default_max_pending(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The store URL: `url`, else the contents of `url_file`, else the embedded SQLite default.
+    pub fn resolved_url(&self) -> SecretString {
+        self.url
+            .clone()
+            .unwrap_or_else(|| SecretString::from("sqlite://data/m365-ingest.db"))
+    }
+}
+
+/// `[server]`: the health, status and metrics listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Bearer token required for `/status` and `/metrics` (optional).
+    #[serde(default)]
+    pub status_token: Option<SecretString>,
+    #[serde(default)]
+    pub readyz_requires: ReadyzRequires,
+    /// How long SIGTERM waits for in-flight work before exiting anyway.
+    #[serde(default = "default_grace", deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            status_token: None,
+            readyz_requires: ReadyzRequires::All,
+            shutdown_grace: default_grace(),
+        }
+    }
+}
+
+/// How many tenants must be healthy for `/readyz` to answer 200.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadyzRequires {
+    #[default]
+    All,
+    Any,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// `RUST_LOG` syntax; `RUST_LOG` itself wins when set.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            level: default_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Pretty,
+}
+
+/// `[forward]`: one Dropzone destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    pub url: String,
+    #[serde(default)]
+    pub api_key: Option<SecretString>,
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub auth: ForwardAuth,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_forward_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+/// How the API key is put in the `Authorization` header.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardAuth {
+    #[default]
+    Bearer,
+    Raw,
+}
+
+/// `[leases]` (Postgres with several replicas).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseConfig {
+    #[serde(default = "default_lease_ttl", deserialize_with = "duration")]
+    pub ttl: Duration,
+    #[serde(default = "default_lease_renew", deserialize_with = "duration")]
+    pub renew: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            ttl: default_lease_ttl(),
+            renew: default_lease_renew(),
+        }
+    }
+}
+
+/// The Microsoft cloud a tenant lives in; it fixes the login and Graph hosts.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Cloud {
+    #[default]
+    Global,
+    Gcc,
+    GccHigh,
+    Dod,
+}
+
+impl Cloud {
+    pub fn login_url(self) -> &'static str {
+        match self {
+            Cloud::Global | Cloud::Gcc => "https://login.microsoftonline.com",
+            Cloud::GccHigh | Cloud::Dod => "https://login.microsoftonline.us",
+        }
+    }
+    pub fn graph_url(self) -> &'static str {
+        match self {
+            Cloud::Global | Cloud::Gcc => "https://graph.microsoft.com",
+            Cloud::GccHigh => "https://graph.microsoft.us",
+            Cloud::Dod => "https://dod-graph.microsoft.us",
+        }
+    }
+}
+
+/// What a first run reads.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    #[default]
+    Lookback,
+    Now,
+}
+
+/// `[tenants.<name>]`: one Entra ID app registration in one tenant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub tenant_id: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<SecretString>,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// `YYYY-MM-DD`; warned about 30 days ahead.
+    #[serde(default)]
+    pub client_secret_expires: Option<String>,
+    #[serde(default)]
+    pub cloud: Cloud,
+    #[serde(default)]
+    pub cloud_apps_url: Option<String>,
+    #[serde(default)]
+    pub start: StartFrom,
+    #[serde(default)]
+    pub allow_custom_endpoints: bool,
+    /// Overrides the cloud's login host (proxies, the simulator).
+    #[serde(default)]
+    pub login_url: Option<String>,
+    /// Overrides the cloud's Graph host (proxies, the simulator).
+    #[serde(default)]
+    pub graph_url: Option<String>,
+    /// Requests per minute this tenant may make on Graph `/security` (Microsoft allows 150).
+    #[serde(default = "default_graph_budget")]
+    pub graph_requests_per_minute: u32,
+    #[serde(default)]
+    pub sources: SourcesConfig,
+    /// This tenant's own destination (MSSPs: one Dropzone account per customer).
+    #[serde(default)]
+    pub forward: Option<ForwardConfig>,
+}
+
+impl TenantConfig {
+    pub fn effective_login_url(&self) -> String {
+        trim_slash(self.login_url.as_deref().unwrap_or(self.cloud.login_url()))
+    }
+    pub fn effective_graph_url(&self) -> String {
+        trim_slash(self.graph_url.as_deref().unwrap_or(self.cloud.graph_url()))
+    }
+    /// The secret, read from `client_secret` or `client_secret_file` at load.
+    pub fn secret(&self) -> Option<&SecretString> {
+        self.client_secret.as_ref()
+    }
+}
+
+fn trim_slash(s: &str) -> String {
+    s.trim_end_matches('/').to_string()
+}
+
+/// `[tenants.<name>.sources.*]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesConfig {
+    #[serde(default)]
+    pub alerts: SourceConfig,
+    #[serde(default)]
+    pub incidents: SourceConfig,
+    #[serde(default)]
+    pub submissions: SourceConfig,
+    #[serde(default)]
+    pub cloud_apps: SourceConfig,
+}
+
+impl SourcesConfig {
+    pub fn get(&self, kind: SourceKind) -> &SourceConfig {
+        match kind {
+            SourceKind::Alerts => &self.alerts,
+            SourceKind::Incidents => &self.incidents,
+            SourceKind::Submissions => &self.submissions,
+            SourceKind::CloudApps => &self.cloud_apps,
+        }
+    }
+}
+
+/// One source's settings as written; `resolve` fills the per-source defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub enabled: Option<bool>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub interval: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub lookback: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub overlap: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub settle: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub max_slice: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub reconcile_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub reconcile_window: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub recheck: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub recheck_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub twin_wait: Option<Duration>,
+    pub forward_twins: Option<bool>,
+    pub expand_alerts: Option<bool>,
+    #[serde(default)]
+    pub service_sources: Vec<String>,
+    #[serde(default)]
+    pub detection_sources: Vec<String>,
+    #[serde(default)]
+    pub severities: Vec<String>,
+    #[serde(default)]
+    pub statuses: Vec<String>,
+    #[serde(default)]
+    pub categories: Vec<String>,
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    pub open_only: Option<bool>,
+}
+
+/// A source's settings with every default applied.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub kind: SourceKind,
+    pub enabled: bool,
+    pub interval: Duration,
+    pub lookback: Duration,
+    pub overlap: Duration,
+    pub settle: Duration,
+    pub max_slice: Duration,
+    pub reconcile_interval: Duration,
+    pub reconcile_window: Duration,
+    pub filters: Filters,
+}
+
+/// "Which alert types to sync": applied after storing, except `service_sources` (design §4 rule 7).
+#[derive(Debug, Clone, Default)]
+pub struct Filters {
+    pub service_sources: Vec<String>,
+    pub detection_sources: Vec<String>,
+    pub severities: Vec<String>,
+    pub statuses: Vec<String>,
+    pub categories: Vec<String>,
+}
+
+impl SourceConfig {
+    pub fn resolve(&self, kind: SourceKind, tenant: &TenantConfig) -> SourceSettings {
+        let enabled = self.enabled.unwrap_or(match kind {
+            SourceKind::CloudApps => tenant.cloud_apps_url.is_some(),
+            _ => true,
+        });
+        let d = |v: Option<Duration>, default: u64| v.unwrap_or(Duration::from_secs(default));
+        SourceSettings {
+            kind,
+            enabled,
+            interval: d(self.interval, 60),
+            lookback: d(self.lookback, 7 * DAY),
+            overlap: d(self.overlap, 600),
+            settle: d(self.settle, 30),
+            max_slice: d(self.max_slice, DAY),
+            reconcile_interval: d(self.reconcile_interval, 3600),
+            reconcile_window: d(self.reconcile_window, DAY),
+            filters: Filters {
+                service_sources: self.service_sources.clone(),
+                detection_sources: lower(&self.detection_sources),
+                severities: lower(&self.severities),
+                statuses: self.statuses.iter().map(|s| normalize_status(s)).collect(),
+                categories: lower(&self.categories),
+            },
+        }
+    }
+}
+
+const DAY: u64 = 86_400;
+
+fn lower(v: &[String]) -> Vec<String> {
+    v.iter().map(|s| s.to_ascii_lowercase()).collect()
+}
+
+/// Operators write Microsoft's spelling (`inProgress`) or ours (`in_progress`); both mean one thing.
+fn normalize_status(s: &str) -> String {
+    match s.to_ascii_lowercase().as_str() {
+        "inprogress" | "in_progress" => "in_progress".into(),
+        other => other.into(),
+    }
+}
+
+fn default_retention() -> Duration {
+    Duration::from_secs(30 * DAY)
+}
+fn default_dedup_retention() -> Duration {
+    Duration::from_secs(180 * DAY)
+}
+fn default_max_pending() -> u64 {
+    200_000
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(20)
+}
+fn default_level() -> String {
+    "info".into()
+}
+fn default_batch_size() -> usize {
+    100
+}
+fn default_max_batch_bytes() -> usize {
+    1_048_576
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_forward_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_lease_renew() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_graph_budget() -> u32 {
+    150
+}
+
+/// Parses `"90s"`, `"10m"`, `"7d"`, `"1h 30m"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration ({e}); write it like \"90s\", \"10m\" or \"7d\""))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = Option::<String>::deserialize(d)?;
+    s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+impl Settings {
+    /// Reads the file (if present: `required` says whether its absence is an error), overlays the
+    /// environment, reads `*_file` secrets and validates.
+    pub fn load(path: &Path, required: bool) -> Result<Settings, ConfigError> {
+        Self::load_with_env(path, required, None)
+    }
+
+    /// As `load`, with the environment given explicitly (tests never touch the process's).
+    pub fn load_with_env(
+        path: &Path,
+        required: bool,
+        env: Option<HashMap<String, String>>,
+    ) -> Result<Settings, ConfigError> {
+        if required && !path.exists() {
+            return Err(bad(format!(
+                "config file {} not found: pass --config PATH, or copy config/m365-ingest.example.toml there",
+                path.display()
+            )));
+        }
+        let file = config::File::from(path.to_path_buf())
+            .format(config::FileFormat::Toml)
+            .required(required);
+        let env_source = config::Environment::with_prefix("M365_INGEST")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(env);
+        let raw = config::Config::builder()
+            .add_source(file)
+            .add_source(env_source)
+            .build()
+            .map_err(|e| bad(format!("{e}")))?;
+        let mut settings: Settings = raw.try_deserialize().map_err(|e| bad(explain(e)))?;
+        settings.read_secret_files()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Parses a TOML string (tests, `demo`).
+    pub fn from_toml(toml: &str) -> Result<Settings, ConfigError> {
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .map_err(|e| bad(format!("{e}")))?;
+        let mut settings: Settings = raw.try_deserialize().map_err(|e| bad(explain(e)))?;
+        settings.read_secret_files()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.store.url_file {
+            self.store.url = Some(read_secret("store.url_file", path)?);
+        }
+        if let Some(fwd) = self.forward.as_mut() {
+            fwd.read_secret_file("forward")?;
+        }
+        for (name, t) in self.tenants.iter_mut() {
+            if let Some(path) = &t.client_secret_file {
+                if t.client_secret.is_some() {
+                    return Err(bad(format!(
+                        "tenants.{name}: set client_secret or client_secret_file, not both"
+                    )));
+                }
+                t.client_secret = Some(read_secret(
+                    &format!("tenants.{name}.client_secret_file"),
+                    path,
+                )?);
+            }
+            if let Some(fwd) = t.forward.as_mut() {
+                fwd.read_secret_file(&format!("tenants.{name}.forward"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what serde cannot: names, URLs, relations between values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(fwd) = &self.forward {
+            fwd.validate("forward")?;
+        }
+        if self.leases.renew.saturating_mul(2) >= self.leases.ttl {
+            return Err(bad(
+                "leases.renew must be less than half of leases.ttl, so a lease is renewed twice before it can expire",
+            ));
+        }
+        if self.store.dedup_retention < self.store.retention {
+            return Err(bad("store.dedup_retention must not be shorter than store.retention (dedup state must outlive the bodies it guards)"));
+        }
+        if self.tenants.is_empty() {
+            return Err(bad(
+                "no tenant configured: add a [tenants.<name>] block with tenant_id, client_id and client_secret",
+            ));
+        }
+        for (name, t) in &self.tenants {
+            validate_tenant(name, t)?;
+            let fwd = t.forward.as_ref().or(self.forward.as_ref());
+            match fwd {
+                Some(f) => f.validate(&format!("tenants.{name}.forward"))?,
+                None => {
+                    return Err(bad(format!(
+                        "tenants.{name}: no destination: set [forward] url and api_key (or [tenants.{name}.forward])"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The destination a tenant's alerts go to, and its name (`default` for `[forward]`).
+    pub fn destination_for(&self, tenant: &str) -> Option<(String, &ForwardConfig)> {
+        let t = self.tenants.get(tenant)?;
+        match &t.forward {
+            Some(f) => Some((format!("tenant:{tenant}"), f)),
+            None => self.forward.as_ref().map(|f| ("default".to_string(), f)),
+        }
+    }
+}
+
+impl ForwardConfig {
+    fn read_secret_file(&mut self, key: &str) -> Result<(), ConfigError> {
+        if let Some(path) = &self.api_key_file {
+            if self.api_key.is_some() {
+                return Err(bad(format!(
+                    "{key}: set api_key or api_key_file, not both"
+                )));
+            }
+            self.api_key = Some(read_secret(&format!("{key}.api_key_file"), path)?);
+        }
+        Ok(())
+    }
+
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        check_url(&format!("{key}.url"), &self.url)?;
+        match &self.api_key {
+            Some(k) if !k.expose_secret().trim().is_empty() => {}
+            _ => {
+                return Err(bad(format!(
+                    "{key}.api_key is missing: set api_key or api_key_file to the Dropzone API key"
+                )))
+            }
+        }
+        if !(1..=1000).contains(&self.batch_size) {
+            return Err(bad(format!("{key}.batch_size must be between 1 and 1000")));
+        }
+        if self.max_batch_bytes < 1024 {
+            return Err(bad(format!("{key}.max_batch_bytes must be at least 1024")));
+        }
+        if !(1..=64).contains(&self.concurrency) {
+            return Err(bad(format!("{key}.concurrency must be between 1 and 64")));
+        }
+        if self.timeout < Duration::from_secs(1) {
+            return Err(bad(format!("{key}.timeout must be at least 1s")));
+        }
+        Ok(())
+    }
+}
+
+fn validate_tenant(name: &str, t: &TenantConfig) -> Result<(), ConfigError> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err(bad(format!(
+            "tenant name `{name}` must be lowercase letters, digits, `_` or `-` (environment keys are lowercased)"
+        )));
+    }
+    let key = format!("tenants.{name}");
+    if t.tenant_id.trim().is_empty() {
+        return Err(bad(format!("{key}.tenant_id is empty: copy the Directory (tenant) ID from the app registration's Overview page")));
+    }
+    if t.client_id.trim().is_empty() {
+        return Err(bad(format!("{key}.client_id is empty: copy the Application (client) ID from the app registration's Overview page")));
+    }
+    match &t.client_secret {
+        Some(s) if !s.expose_secret().trim().is_empty() => {}
+        _ => {
+            return Err(bad(format!(
+                "{key}.client_secret is missing: set client_secret or client_secret_file (Certificates & secrets → New client secret → copy the Value)"
+            )))
+        }
+    }
+    if let Some(date) = &t.client_secret_expires {
+        if crate::time::parse_ticks(&format!("{date}T00:00:00Z")).is_none() {
+            return Err(bad(format!(
+                "{key}.client_secret_expires `{date}` is not a date: write it as YYYY-MM-DD"
+            )));
+        }
+    }
+    if let Some(u) = &t.login_url {
+        check_url(&format!("{key}.login_url"), u)?;
+    }
+    if let Some(u) = &t.graph_url {
+        check_url(&format!("{key}.graph_url"), u)?;
+    }
+    if let Some(u) = &t.cloud_apps_url {
+        check_cloud_apps_url(&key, t, u)?;
+    }
+    for kind in [
+        SourceKind::Alerts,
+        SourceKind::Incidents,
+        SourceKind::Submissions,
+        SourceKind::CloudApps,
+    ] {
+        let s = t.sources.get(kind).resolve(kind, t);
+        let skey = format!("{key}.sources.{}", kind.as_str());
+        if s.interval < Duration::from_secs(1) {
+            return Err(bad(format!("{skey}.interval must be at least 1s")));
+        }
+        if s.settle >= s.overlap {
+            return Err(bad(format!(
+                "{skey}.settle ({}) must be shorter than overlap ({}): the overlap re-reads what settle leaves unclaimed",
+                humantime::format_duration(s.settle),
+                humantime::format_duration(s.overlap)
+            )));
+        }
+        if s.max_slice < Duration::from_secs(1) {
+            return Err(bad(format!("{skey}.max_slice must be at least 1s")));
+        }
+        for sev in &s.filters.severities {
+            if !["informational", "low", "medium", "high", "unknown"].contains(&sev.as_str()) {
+                return Err(bad(format!("{skey}.severities: `{sev}` is not one of informational, low, medium, high, unknown")));
+            }
+        }
+        for st in &s.filters.statuses {
+            if !["new", "in_progress", "resolved", "unknown"].contains(&st.as_str()) {
+                return Err(bad(format!(
+                    "{skey}.statuses: `{st}` is not one of new, in_progress, resolved, unknown"
+                )));
+            }
+        }
+        if s.enabled && kind == SourceKind::CloudApps && t.cloud_apps_url.is_none() {
+            return Err(bad(format!(
+                "{skey} is enabled but {key}.cloud_apps_url is not set: copy the Portal URL from Defender → Settings → Cloud Apps → System → About"
+            )));
+        }
+        if s.enabled && kind == SourceKind::Submissions && t.cloud != Cloud::Global {
+            return Err(bad(format!(
+                "{skey}: threat submissions exist only in the global cloud; set enabled = false for this tenant"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
+}
+
+/// https everywhere, plain http only on loopback (the simulator, a local proxy).
+fn check_url(key: &str, raw: &str) -> Result<url::Url, ConfigError> {
+    let url = url::Url::parse(raw).map_err(|e| bad(format!("{key} `{raw}` is not a URL: {e}")))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        _ => Err(bad(format!(
+            "{key} `{raw}` must use https (plain http is allowed only on loopback)"
+        ))),
+    }
+}
+
+fn check_cloud_apps_url(key: &str, t: &TenantConfig, raw: &str) -> Result<(), ConfigError> {
+    let url = check_url(&format!("{key}.cloud_apps_url"), raw)?;
+    if is_loopback(&url) || t.allow_custom_endpoints {
+        return Ok(());
+    }
+    let suffix = match t.cloud {
+        Cloud::Global => ".portal.cloudappsecurity.com",
+        Cloud::Gcc => ".portal.cloudappsecuritygov.com",
+        Cloud::GccHigh | Cloud::Dod => ".portal.cloudappsecurity.us",
+    };
+    let host = url.host_str().unwrap_or_default();
+    if !host.ends_with(suffix) {
+        return Err(bad(format!(
+            "{key}.cloud_apps_url host `{host}` does not end in {suffix}: copy the Portal URL from Defender → Settings → Cloud Apps → System → About, or set allow_custom_endpoints = true for a proxy"
+        )));
+    }
+    Ok(())
+}
+
+fn read_secret(key: &str, path: &Path) -> Result<SecretString, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad(format!("{key}: cannot read {}: {e}", path.display())))?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(bad(format!("{key}: {} is empty", path.display())));
+    }
+    Ok(SecretString::from(trimmed.to_string()))
+}
+
+/// config-rs reports unknown fields and type errors with the key path; make the fix explicit.
+fn explain(e: config::ConfigError) -> String {
+    let msg = e.to_string();
+    if msg.contains("unknown field") {
+        format!("{msg} (check the spelling against README's configuration reference)")
+    } else {
+        msg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[forward]
+url = "https://dz.example.com/api/ingest/alerts"
+api_key = "k"
+[tenants.contoso]
+tenant_id = "t"
+client_id = "c"
+client_secret = "s"
+"#;
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let s = Settings::from_toml(MINIMAL).unwrap();
+        let t = &s.tenants["contoso"];
+        let a = t.sources.alerts.resolve(SourceKind::Alerts, t);
+        assert!(a.enabled);
+        assert_eq!(a.interval, Duration::from_secs(60));
+        assert_eq!(a.overlap, Duration::from_secs(600));
+        assert_eq!(a.lookback, Duration::from_secs(7 * DAY));
+        let ca = t.sources.cloud_apps.resolve(SourceKind::CloudApps, t);
+        assert!(!ca.enabled, "cloud apps is off without cloud_apps_url");
+        assert_eq!(s.store.max_pending, 200_000);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Settings::from_toml(&format!("{MINIMAL}\nbogus_key = 1\n")).unwrap_err();
+        assert!(err.to_string().contains("bogus_key"), "{err}");
+    }
+
+    #[test]
+    fn settle_not_below_overlap_is_rejected_with_the_key() {
+        let toml = format!(
+            "{MINIMAL}\n[tenants.contoso.sources.alerts]\nsettle = \"20m\"\noverlap = \"10m\"\n"
+        );
+        let err = Settings::from_toml(&toml).unwrap_err().to_string();
+        assert!(err.contains("tenants.contoso.sources.alerts.settle"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_is_refused_off_loopback() {
+        let toml = MINIMAL.replace("https://dz.example.com", "http://dz.example.com");
+        let err = Settings::from_toml(&toml).unwrap_err().to_string();
+        assert!(err.contains("forward.url"), "{err}");
+        let toml = MINIMAL.replace("https://dz.example.com", "http://127.0.0.1:9");
+        assert!(Settings::from_toml(&toml).is_ok());
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_secrets_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let env = HashMap::from([(
+            "M365_INGEST__TENANTS__CONTOSO__CLIENT_SECRET".to_string(),
+            "from-env-secret".to_string(),
+        )]);
+        let s = Settings::load_with_env(&path, true, Some(env)).unwrap();
+        let t = &s.tenants["contoso"];
+        assert_eq!(t.secret().unwrap().expose_secret(), "from-env-secret");
+        assert!(!format!("{s:?}").contains("from-env-secret"));
+    }
+
+    #[test]
+    fn secret_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "file-secret\n").unwrap();
+        let toml = MINIMAL.replace(
+            "client_secret = \"s\"",
+            &format!("client_secret_file = \"{}\"", secret.display()),
+        );
+        let s = Settings::from_toml(&toml).unwrap();
+        assert_eq!(
+            s.tenants["contoso"].secret().unwrap().expose_secret(),
+            "file-secret"
+        );
+    }
+
+    #[test]
+    fn bad_duration_names_the_value() {
+        let toml = format!("{MINIMAL}\n[tenants.contoso.sources.alerts]\ninterval = \"soon\"\n");
+        let err = Settings::from_toml(&toml).unwrap_err().to_string();
+        assert!(err.contains("soon"), "{err}");
+    }
+}

@@ -1,0 +1,307 @@
+//! The part that forwards: one forwarder per destination drains committed batches to Dropzone,
+//! round-robin over its tenants, never two batches of one tenant at once, retrying forever on
+//! transient failures, splitting to isolate a rejected alert, pausing when the endpoint is wrong.
+
+pub mod sink;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{now_ms, Batch, BatchLimits, Store, StoreError};
+use crate::AppStore;
+
+pub use sink::{classify, DropzoneSink, SendOutcome};
+
+/// Single-alert rejections of one root batch with nothing accepted before the endpoint is
+/// presumed broken (design §7).
+const PROBES_BEFORE_PAUSE: i64 = 3;
+/// A paused destination is tried again this often.
+const PAUSE_RETRY: Duration = Duration::from_secs(60);
+/// An acceptance this recent proves the endpoint works, so a lone rejection is the data's fault.
+const RECENT_ACCEPT: Duration = Duration::from_secs(600);
+
+/// What `/status` and `/readyz` know of a destination.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DestinationSnapshot {
+    pub name: String,
+    pub paused: Option<String>,
+    pub consecutive_failures: u64,
+    pub last_error: Option<String>,
+    pub delivered_alerts: u64,
+    pub delivered_batches: u64,
+    pub dead_lettered: u64,
+    pub in_flight: usize,
+}
+
+#[derive(Default)]
+pub struct DestinationStatus {
+    inner: Mutex<DestinationSnapshot>,
+    last_accept: Mutex<Option<Instant>>,
+}
+
+impl DestinationStatus {
+    fn with<R>(&self, f: impl FnOnce(&mut DestinationSnapshot) -> R) -> R {
+        let mut g = match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut g)
+    }
+
+    pub fn snapshot(&self) -> DestinationSnapshot {
+        self.with(|s| s.clone())
+    }
+
+    /// Healthy when not paused and the last attempt did not fail.
+    pub fn ready(&self) -> Result<(), String> {
+        self.with(|s| match (&s.paused, s.consecutive_failures) {
+            (Some(p), _) => Err(format!("destination {} paused: {p}", s.name)),
+            (None, 0) => Ok(()),
+            (None, n) => Err(format!(
+                "destination {}: {n} failed attempts, last: {}",
+                s.name,
+                s.last_error.as_deref().unwrap_or("unknown")
+            )),
+        })
+    }
+
+    fn accepted_recently(&self) -> bool {
+        let g = match self.last_accept.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        g.is_some_and(|t| t.elapsed() < RECENT_ACCEPT)
+    }
+
+    fn note_accept(&self) {
+        let mut g = match self.last_accept.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *g = Some(Instant::now());
+    }
+}
+
+/// One destination's delivery loop.
+pub struct Forwarder {
+    pub name: String,
+    pub sink: Arc<DropzoneSink>,
+    pub store: Arc<AppStore>,
+    pub tenants: Vec<String>,
+    pub limits: BatchLimits,
+    pub concurrency: usize,
+    pub status: Arc<DestinationStatus>,
+    pub wake: Arc<Notify>,
+}
+
+type SendResult = (Batch, SendOutcome);
+
+impl Forwarder {
+    pub async fn run(self, stop: CancellationToken) {
+        self.status.with(|s| s.name = self.name.clone());
+        let mut in_flight: JoinSet<SendResult> = JoinSet::new();
+        let mut busy: HashSet<String> = HashSet::new();
+        let mut paused_until: Option<Instant> = None;
+        let mut turn = 0usize;
+        loop {
+            let mut wait = Duration::from_millis(500);
+            let paused = paused_until.is_some_and(|t| Instant::now() < t);
+            if !stop.is_cancelled() && !paused {
+                match self.fill(&mut in_flight, &mut busy, turn, paused_until.is_some()).await {
+                    Ok(w) => wait = w,
+                    Err(e) => {
+                        tracing::error!(destination = %self.name, error = %e, "store error while claiming batches");
+                        wait = Duration::from_secs(1);
+                    }
+                }
+                turn = turn.wrapping_add(1);
+            } else if let Some(t) = paused_until {
+                wait = t.saturating_duration_since(Instant::now());
+            }
+            if stop.is_cancelled() && in_flight.is_empty() {
+                break;
+            }
+            self.status.with(|s| s.in_flight = in_flight.len());
+            tokio::select! {
+                Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    let Ok((batch, outcome)) = joined else { continue };
+                    busy.remove(&batch.tenant);
+                    match self.settle(&batch, outcome).await {
+                        Ok(Some(pause)) => {
+                            paused_until = Some(Instant::now() + PAUSE_RETRY);
+                            tracing::error!(destination = %self.name, reason = %pause, "destination paused; retrying every minute");
+                        }
+                        Ok(None) => {
+                            if paused_until.is_some() {
+                                tracing::info!(destination = %self.name, "destination accepts again; resuming");
+                            }
+                            paused_until = None;
+                            self.status.with(|s| s.paused = None);
+                        }
+                        Err(e) => tracing::error!(destination = %self.name, error = %e, "store error after a send; the batch will be sent again"),
+                    }
+                }
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled(), if !stop.is_cancelled() => {}
+            }
+        }
+        tracing::info!(destination = %self.name, "forwarder stopped");
+    }
+
+    /// Starts sends until the slots are full; returns how long to wait for the next due retry.
+    async fn fill(
+        &self,
+        in_flight: &mut JoinSet<SendResult>,
+        busy: &mut HashSet<String>,
+        turn: usize,
+        probing: bool,
+    ) -> Result<Duration, StoreError> {
+        let mut wait = Duration::from_millis(500);
+        let n = self.tenants.len();
+        // While paused, one batch at a time probes the endpoint.
+        let slots = if probing { 1 } else { self.concurrency };
+        for i in 0..n {
+            if in_flight.len() >= slots {
+                break;
+            }
+            let tenant = &self.tenants[(turn + i) % n];
+            if busy.contains(tenant) {
+                continue;
+            }
+            let batch = match self.store.next_open_batch(&self.name, tenant).await? {
+                Some(b) => {
+                    let now = now_ms();
+                    if b.next_attempt_at > now {
+                        wait = wait.min(Duration::from_millis((b.next_attempt_at - now) as u64));
+                        continue;
+                    }
+                    b
+                }
+                None => match self.store.claim_batch(&self.name, tenant, self.limits).await? {
+                    Some(b) => b,
+                    None => continue,
+                },
+            };
+            busy.insert(tenant.clone());
+            let store = self.store.clone();
+            let sink = self.sink.clone();
+            in_flight.spawn(async move {
+                let outcome = match store.batch_items(batch.id).await {
+                    Ok(items) if items.is_empty() => SendOutcome::Delivered,
+                    Ok(items) => sink.send(&batch.key, &items).await,
+                    Err(e) => SendOutcome::Retry {
+                        retry_after: None,
+                        error: format!("reading the batch: {e}"),
+                    },
+                };
+                (batch, outcome)
+            });
+        }
+        Ok(wait)
+    }
+
+    /// Records an answer; returns the pause reason when the destination must pause.
+    async fn settle(&self, batch: &Batch, outcome: SendOutcome) -> Result<Option<String>, StoreError> {
+        match outcome {
+            SendOutcome::Delivered => {
+                self.store.mark_delivered(batch).await?;
+                self.status.note_accept();
+                self.status.with(|s| {
+                    s.consecutive_failures = 0;
+                    s.delivered_alerts += batch.rows as u64;
+                    s.delivered_batches += 1;
+                });
+                tracing::info!(destination = %self.name, tenant = %batch.tenant, alerts = batch.rows, batch = batch.id, attempts = batch.attempts + 1, "batch delivered");
+                Ok(None)
+            }
+            SendOutcome::Retry { retry_after, error } => {
+                let delay = retry_after.unwrap_or_else(|| full_jitter(batch.attempts));
+                let next = now_ms() + delay.as_millis() as i64;
+                self.store.mark_retry(batch, next, &error).await?;
+                self.failed(&error);
+                tracing::warn!(destination = %self.name, tenant = %batch.tenant, batch = batch.id, error = %error, retry_in_ms = delay.as_millis() as u64, "delivery failed; will retry");
+                Ok(None)
+            }
+            SendOutcome::TooLarge if batch.rows > 1 => {
+                self.store.split_batch(batch).await?;
+                tracing::info!(destination = %self.name, tenant = %batch.tenant, batch = batch.id, "HTTP 413: batch split in two");
+                Ok(None)
+            }
+            SendOutcome::TooLarge => {
+                self.dead(batch, "too_large: HTTP 413 for this alert alone").await?;
+                Ok(None)
+            }
+            SendOutcome::Rejected { status, .. } if batch.rows > 1 => {
+                self.store.split_batch(batch).await?;
+                tracing::info!(destination = %self.name, tenant = %batch.tenant, batch = batch.id, status, "batch rejected: split to isolate the refused alert");
+                Ok(None)
+            }
+            SendOutcome::Rejected { status, body } => {
+                let reason = format!("HTTP {status}: {body}");
+                let facts = self.store.root_facts(batch.root_id).await?;
+                if facts.accepted || self.status.accepted_recently() {
+                    self.dead(batch, &reason).await?;
+                    return Ok(None);
+                }
+                self.store.defer_single(batch, &reason).await?;
+                if facts.probes + 1 >= PROBES_BEFORE_PAUSE {
+                    let why = format!("{PROBES_BEFORE_PAUSE} single alerts rejected and none accepted ({reason}): the endpoint or its contract is wrong, not the data; check forward.url");
+                    self.status.with(|s| s.paused = Some(why.clone()));
+                    return Ok(Some(why));
+                }
+                Ok(None)
+            }
+            SendOutcome::Pause { status: _, error } => {
+                let next = now_ms() + PAUSE_RETRY.as_millis() as i64;
+                self.store.mark_retry(batch, next, &error).await?;
+                self.failed(&error);
+                self.status.with(|s| s.paused = Some(error.clone()));
+                Ok(Some(error))
+            }
+        }
+    }
+
+    async fn dead(&self, batch: &Batch, reason: &str) -> Result<(), StoreError> {
+        self.store.dead_letter(batch, reason).await?;
+        self.status.with(|s| s.dead_lettered += batch.rows as u64);
+        tracing::error!(destination = %self.name, tenant = %batch.tenant, batch = batch.id, reason = %reason, "alert dead-lettered");
+        Ok(())
+    }
+
+    fn failed(&self, error: &str) {
+        self.status.with(|s| {
+            s.consecutive_failures += 1;
+            s.last_error = Some(error.to_string());
+        });
+    }
+}
+
+/// Exponential backoff with full jitter between 1 s and 5 min.
+pub fn full_jitter(attempts: i64) -> Duration {
+    let cap_ms = 1000u64.saturating_mul(1u64 << attempts.clamp(0, 9)).min(300_000);
+    Duration::from_millis(fastrand::u64(1000..=cap_ms.max(1000)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_one_second_and_five_minutes() {
+        for attempts in [0, 1, 5, 20, 100] {
+            for _ in 0..100 {
+                let d = full_jitter(attempts);
+                assert!(d >= Duration::from_secs(1) && d <= Duration::from_secs(300), "{d:?}");
+            }
+        }
+        assert!(full_jitter(0) <= Duration::from_secs(1));
+    }
+}

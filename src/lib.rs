@@ -1,0 +1,30 @@
+//! m365-ingest: pulls Microsoft 365 Defender alerts into a transactional store and forwards each
+//! new version to Dropzone AI, at least once, never lost, never twice in normal operation.
+//!
+//! Layout (design §1, §2):
+//! - `config`: settings, defaults, validation. `telemetry`, `shutdown`: logs and signals.
+//! - `auth`: Entra ID tokens. `microsoft`: the one HTTP client for Microsoft (pinning, retries,
+//!   throttling, Microsoft's clock).
+//! - `sources`: pollers and the coverage scan. `normalize`: Microsoft's objects to
+//!   `m365-ingest.alert.v1`. `time`: 100-ns ticks.
+//! - `store`: the `Store` contract and its SQLite backend; the only hand-off between pollers and
+//!   forwarders.
+//! - `forward`: batches to Dropzone. `server`: `/healthz`, `/readyz`, `/status`.
+//! - `app`: wiring. `cli`: the commands, including `demo`.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod forward;
+pub mod microsoft;
+pub mod normalize;
+pub mod server;
+pub mod shutdown;
+pub mod sources;
+pub mod store;
+pub mod telemetry;
+pub mod time;
+
+/// The store backend the daemon runs on.
+pub type AppStore = store::SqliteStore;

@@ -1,0 +1,108 @@
+//! A request budget per (tenant, API family): a token bucket at Microsoft's documented rate, plus
+//! the "blocked until" that a 429's `Retry-After` imposes on every request of that family.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+pub struct Budget {
+    per_second: f64,
+    capacity: f64,
+    state: Mutex<State>,
+}
+
+struct State {
+    tokens: f64,
+    last: Instant,
+    blocked_until: Option<Instant>,
+}
+
+impl Budget {
+    /// `per_minute` requests a minute, with bursts of a quarter of that (Microsoft counts per
+    /// minute, so a burst of the whole minute's worth would invite a 429).
+    pub fn per_minute(per_minute: u32) -> Self {
+        let per_minute = f64::from(per_minute.max(1));
+        let capacity = (per_minute / 4.0).max(1.0);
+        Self {
+            per_second: per_minute / 60.0,
+            capacity,
+            state: Mutex::new(State {
+                tokens: capacity,
+                last: Instant::now(),
+                blocked_until: None,
+            }),
+        }
+    }
+
+    /// Waits until a request may be sent, then takes its token.
+    pub async fn acquire(&self) {
+        loop {
+            let wait = {
+                let mut s = match self.state.lock() {
+                    Ok(s) => s,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                let now = Instant::now();
+                let refill = now.duration_since(s.last).as_secs_f64() * self.per_second;
+                s.tokens = (s.tokens + refill).min(self.capacity);
+                s.last = now;
+                match s.blocked_until {
+                    Some(until) if until > now => until - now,
+                    _ if s.tokens >= 1.0 => {
+                        s.tokens -= 1.0;
+                        return;
+                    }
+                    _ => Duration::from_secs_f64((1.0 - s.tokens) / self.per_second),
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Microsoft said "retry after `d`": nobody of this family sends before then.
+    pub fn block_for(&self, d: Duration) {
+        let mut s = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let until = Instant::now() + d;
+        s.blocked_until = Some(s.blocked_until.map_or(until, |b| b.max(until)));
+    }
+
+    /// Remaining whole requests right now (for deciding whether reconciliation may run).
+    pub fn available(&self) -> f64 {
+        let s = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let refill = Instant::now().duration_since(s.last).as_secs_f64() * self.per_second;
+        (s.tokens + refill).min(self.capacity)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_then_the_documented_rate() {
+        let b = Budget::per_minute(60);
+        let start = Instant::now();
+        for _ in 0..15 {
+            b.acquire().await;
+        }
+        assert!(start.elapsed() < Duration::from_millis(10));
+        b.acquire().await;
+        assert!(start.elapsed() >= Duration::from_millis(990), "{:?}", start.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_blocks_everyone() {
+        let b = Budget::per_minute(600);
+        b.block_for(Duration::from_millis(2500));
+        let start = Instant::now();
+        b.acquire().await;
+        assert!(start.elapsed() >= Duration::from_millis(2500));
+    }
+}

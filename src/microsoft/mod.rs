@@ -1,0 +1,426 @@
+//! The part that talks to Microsoft: one client per (tenant, API family) that owns bearer
+//! injection, host pinning, throttling, retries, the response size cap and Microsoft's clock.
+//! Sources build URLs and parse bodies; everything about getting a body safely lives here.
+
+mod budget;
+mod clock;
+
+pub use budget::Budget;
+pub use clock::MicrosoftClock;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use secrecy::ExposeSecret;
+use tokio::time::Instant;
+
+use crate::auth::{AuthError, TokenProvider};
+
+/// Largest body accepted by default; a larger page is re-asked with a smaller `$top`.
+pub const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
+
+/// Why a Microsoft request gave no usable answer (after the retries this client does itself).
+#[derive(Debug, thiserror::Error)]
+pub enum MsError {
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    #[error("HTTP {status} from {api}{}: {message}", request_id.as_deref().map(|r| format!(" (request-id {r})")).unwrap_or_default())]
+    Status {
+        api: String,
+        status: u16,
+        code: String,
+        message: String,
+        request_id: Option<String>,
+    },
+    #[error("network error talking to {api}: {message}")]
+    Network { api: String, message: String },
+    #[error("response from {api} is larger than {limit} bytes")]
+    TooLarge { api: String, limit: usize },
+    #[error("refused to send a token to {url}: it is not the configured host for {api} ({pinned})")]
+    ForeignHost {
+        api: String,
+        url: String,
+        pinned: String,
+    },
+    #[error("stopped")]
+    Cancelled,
+}
+
+impl MsError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            MsError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// One answer from Microsoft.
+pub struct MsResponse {
+    pub status: u16,
+    /// Microsoft's `Date` header as Unix seconds.
+    pub date: Option<i64>,
+    pub request_id: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// A client for one (tenant, API family): Graph, or a tenant's Cloud Apps portal.
+pub struct MsClient {
+    api: &'static str,
+    tenant: String,
+    http: reqwest::Client,
+    pinned: url::Url,
+    tokens: Arc<TokenProvider>,
+    budget: Arc<Budget>,
+    clock: Arc<MicrosoftClock>,
+    max_body: usize,
+    max_attempts: usize,
+}
+
+impl MsClient {
+    pub fn new(
+        api: &'static str,
+        tenant: String,
+        http: reqwest::Client,
+        base: &str,
+        tokens: Arc<TokenProvider>,
+        budget: Arc<Budget>,
+        clock: Arc<MicrosoftClock>,
+    ) -> Result<Self, url::ParseError> {
+        Ok(Self {
+            api,
+            tenant,
+            http,
+            pinned: url::Url::parse(base)?,
+            tokens,
+            budget,
+            clock,
+            max_body: DEFAULT_MAX_BODY,
+            max_attempts: 6,
+        })
+    }
+
+    pub fn base(&self) -> &url::Url {
+        &self.pinned
+    }
+
+    pub fn clock(&self) -> &MicrosoftClock {
+        &self.clock
+    }
+
+    pub fn tokens(&self) -> &TokenProvider {
+        &self.tokens
+    }
+
+    /// Caps bodies at `limit` bytes for this call's client (rule 4 retries halve `$top` instead).
+    pub fn with_max_body(mut self, limit: usize) -> Self {
+        self.max_body = limit;
+        self
+    }
+
+    /// True when `url` has the pinned scheme, host and port.
+    fn is_pinned(&self, url: &url::Url) -> bool {
+        url.scheme() == self.pinned.scheme()
+            && url.host_str() == self.pinned.host_str()
+            && url.port_or_known_default() == self.pinned.port_or_known_default()
+    }
+
+    /// GET with retries; `body_limit` overrides the size cap for this request.
+    pub async fn get(&self, url: &str, body_limit: Option<usize>) -> Result<MsResponse, MsError> {
+        self.send(reqwest::Method::GET, url, None, body_limit).await
+    }
+
+    /// POST a JSON body with retries (Cloud Apps lists alerts by POST).
+    pub async fn post_json(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+        body_limit: Option<usize>,
+    ) -> Result<MsResponse, MsError> {
+        self.send(reqwest::Method::POST, url, Some(body), body_limit)
+            .await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        json: Option<&serde_json::Value>,
+        body_limit: Option<usize>,
+    ) -> Result<MsResponse, MsError> {
+        let parsed = url::Url::parse(url).map_err(|e| MsError::Network {
+            api: self.api.into(),
+            message: format!("bad URL {url}: {e}"),
+        })?;
+        if !self.is_pinned(&parsed) {
+            tracing::error!(tenant = %self.tenant, api = self.api, url = %redact_query(&parsed), pinned = %self.pinned.origin().ascii_serialization(), "refused to follow a link to another host");
+            return Err(MsError::ForeignHost {
+                api: self.api.into(),
+                url: redact_query(&parsed),
+                pinned: self.pinned.origin().ascii_serialization(),
+            });
+        }
+        let limit = body_limit.unwrap_or(self.max_body);
+        let mut backoff = backon::ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(30))
+            .with_max_times(self.max_attempts)
+            .build();
+        let mut refreshed_after_401 = false;
+        loop {
+            self.budget.acquire().await;
+            let token = self.tokens.token().await?;
+            let client_request_id = uuid::Uuid::new_v4().to_string();
+            let started = Instant::now();
+            let mut req = self
+                .http
+                .request(method.clone(), parsed.clone())
+                .bearer_auth(token.secret.expose_secret())
+                .header("Prefer", "include-unknown-enum-members")
+                .header("client-request-id", &client_request_id)
+                .header("Accept", "application/json");
+            if let Some(body) = json {
+                req = req.json(body);
+            }
+            let outcome = match req.send().await {
+                Ok(resp) => self.read(resp, limit).await,
+                Err(e) => Err(Failure::Retryable {
+                    error: MsError::Network {
+                        api: self.api.into(),
+                        message: describe_reqwest_error(&e),
+                    },
+                    retry_after: None,
+                }),
+            };
+            match outcome {
+                Ok(resp) => {
+                    tracing::debug!(tenant = %self.tenant, api = self.api, status = resp.status, request_id = resp.request_id.as_deref().unwrap_or(""), client_request_id = %client_request_id, elapsed_ms = started.elapsed().as_millis() as u64, "microsoft request");
+                    return Ok(resp);
+                }
+                Err(Failure::Unauthorized(e)) if !refreshed_after_401 => {
+                    // An expired or revoked token: drop it and try once with a fresh one.
+                    tracing::info!(tenant = %self.tenant, api = self.api, "401 from Microsoft: refreshing the token");
+                    self.tokens.invalidate(token.generation).await;
+                    refreshed_after_401 = true;
+                    let _ = e;
+                }
+                Err(Failure::Unauthorized(e)) | Err(Failure::Permanent(e)) => {
+                    tracing::warn!(tenant = %self.tenant, api = self.api, error = %e, "microsoft request failed");
+                    return Err(e);
+                }
+                Err(Failure::Retryable { error, retry_after }) => {
+                    let delay = match retry_after {
+                        Some(d) => {
+                            // Throttling is per tenant: every request of this family waits.
+                            self.budget.block_for(d);
+                            Some(Duration::ZERO)
+                        }
+                        None => None,
+                    };
+                    let Some(backoff_delay) = backoff.next() else {
+                        tracing::warn!(tenant = %self.tenant, api = self.api, error = %error, "microsoft request failed after retries");
+                        return Err(error);
+                    };
+                    let wait = delay.unwrap_or(backoff_delay);
+                    tracing::info!(tenant = %self.tenant, api = self.api, error = %error, retry_in_ms = wait.as_millis() as u64, "retrying microsoft request");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn read(&self, mut resp: reqwest::Response, limit: usize) -> Result<MsResponse, Failure> {
+        let status = resp.status().as_u16();
+        let headers = resp.headers();
+        let date = headers
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64);
+        if let Some(d) = date {
+            self.clock.observe(d);
+        }
+        let request_id = headers
+            .get("request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let retry_after = headers
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        if headers.get("Warning").is_some() {
+            tracing::info!(tenant = %self.tenant, api = self.api, warning = ?headers.get("Warning"), "Microsoft sent a Warning header");
+        }
+        if let Some(len) = resp.content_length() {
+            if len as usize > limit {
+                return Err(Failure::Permanent(MsError::TooLarge {
+                    api: self.api.into(),
+                    limit,
+                }));
+            }
+        }
+        let mut body = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > limit {
+                        return Err(Failure::Permanent(MsError::TooLarge {
+                            api: self.api.into(),
+                            limit,
+                        }));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(Failure::Retryable {
+                        error: MsError::Network {
+                            api: self.api.into(),
+                            message: describe_reqwest_error(&e),
+                        },
+                        retry_after: None,
+                    })
+                }
+            }
+        }
+        if (200..300).contains(&status) {
+            return Ok(MsResponse {
+                status,
+                date,
+                request_id,
+                body,
+            });
+        }
+        let (code, message) = graph_error(&body);
+        let error = MsError::Status {
+            api: self.api.into(),
+            status,
+            code,
+            message,
+            request_id,
+        };
+        Err(match status {
+            401 => Failure::Unauthorized(error),
+            408 | 429 | 500..=599 if status != 501 => Failure::Retryable {
+                error,
+                retry_after,
+            },
+            _ => Failure::Permanent(error),
+        })
+    }
+}
+
+enum Failure {
+    Retryable {
+        error: MsError,
+        retry_after: Option<Duration>,
+    },
+    Unauthorized(MsError),
+    Permanent(MsError),
+}
+
+/// Graph's error body, `{"error":{"code","message",…}}`, read without trusting its shape.
+fn graph_error(body: &[u8]) -> (String, String) {
+    #[derive(serde::Deserialize)]
+    struct Outer {
+        error: Option<Inner>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        #[serde(default)]
+        code: Option<String>,
+        #[serde(default)]
+        message: Option<String>,
+    }
+    match serde_json::from_slice::<Outer>(body) {
+        Ok(Outer {
+            error: Some(Inner { code, message }),
+        }) => (
+            code.unwrap_or_default(),
+            truncate(&message.unwrap_or_default(), 500),
+        ),
+        _ => (String::new(), truncate(&String::from_utf8_lossy(body), 200)),
+    }
+}
+
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// `Retry-After` as decimal seconds (Graph sends `2.128`) or an HTTP-date, clamped to 1 s–5 min.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let d = if let Ok(secs) = v.parse::<f64>() {
+        if !secs.is_finite() || secs < 0.0 {
+            return None;
+        }
+        Duration::from_secs_f64(secs.min(3600.0))
+    } else {
+        let at = httpdate::parse_http_date(v).ok()?;
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    };
+    Some(d.clamp(Duration::from_secs(1), Duration::from_secs(300)))
+}
+
+/// A reqwest error without its URL (which may carry query text) and with its cause chain.
+pub fn describe_reqwest_error(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut msg = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "connection failed".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+fn redact_query(u: &url::Url) -> String {
+    let mut u = u.clone();
+    u.set_query(None);
+    u.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_accepts_decimals_and_dates_and_is_clamped() {
+        assert_eq!(parse_retry_after("2.5"), Some(Duration::from_millis(2500)));
+        assert_eq!(parse_retry_after("0.1"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_retry_after("9999"), Some(Duration::from_secs(300)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(30);
+        let d = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
+        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("-1"), None);
+    }
+
+    #[test]
+    fn graph_errors_are_read_leniently() {
+        let (code, msg) = graph_error(br#"{"error":{"code":"TooManyRequests","message":"Please retry again later."}}"#);
+        assert_eq!(code, "TooManyRequests");
+        assert_eq!(msg, "Please retry again later.");
+        let (code, msg) = graph_error(b"<html>oops</html>");
+        assert_eq!(code, "");
+        assert!(msg.contains("oops"));
+    }
+}

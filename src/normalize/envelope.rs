@@ -1,0 +1,346 @@
+//! The event envelope (design §6): the identity, revision and provenance members that precede
+//! a prepared body in what Dropzone receives, and the ids derived from them.
+//!
+//! The body was serialized once when the item was prepared and is stored as bytes; an event is
+//! the envelope members followed by the body's members, joined without re-parsing the body.
+
+use std::io::Write as _;
+
+use sha2::{Digest, Sha256};
+
+use super::SCHEMA;
+
+/// What this event says about the alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// The first forwarded version.
+    Created,
+    /// A later version; the event lists `changed_fields`.
+    Updated,
+    /// A link to another source found after forwarding (version `{version}#l{k}`).
+    Linked,
+}
+
+impl Change {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Created => "created",
+            Change::Updated => "updated",
+            Change::Linked => "linked",
+        }
+    }
+}
+
+/// The envelope members of one event, in the order they are written.
+#[derive(Clone, Copy, Debug)]
+pub struct Envelope<'a> {
+    pub event_id: &'a str,
+    pub alert_id: &'a str,
+    pub kind: &'a str,
+    pub revision: i64,
+    pub change: Change,
+    /// Written only when `change` is [`Change::Updated`].
+    pub changed_fields: &'a [&'a str],
+    pub observed_at: &'a str,
+    pub historical: bool,
+    pub tenant_id: &'a str,
+    pub tenant_name: &'a str,
+    pub source: &'a str,
+    pub native_id: &'a str,
+    pub version: &'a str,
+}
+
+/// Writes the event: the envelope members, then the members of `body` (a JSON object as made
+/// by `prepare`). Allocates once, at the exact size.
+pub fn render(env: &Envelope, body: &[u8]) -> Vec<u8> {
+    let members = body_members(body);
+    let updated = env.change == Change::Updated;
+
+    let strings = [
+        env.event_id,
+        env.alert_id,
+        env.kind,
+        env.observed_at,
+        env.tenant_id,
+        env.tenant_name,
+        env.source,
+        env.native_id,
+        env.version,
+    ];
+    let mut len = FIXED_LEN + SCHEMA.len() + env.change.as_str().len();
+    len += strings.iter().map(|s| escaped_len(s)).sum::<usize>();
+    len += decimal_len(env.revision);
+    len += if env.historical { 4 } else { 5 };
+    if updated {
+        len += r#","changed_fields":[]"#.len();
+        len += env.changed_fields.iter().map(|f| escaped_len(f)).sum::<usize>();
+        len += env.changed_fields.len().saturating_sub(1);
+    }
+    len += members.map_or(1, |m| 1 + m.len());
+
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(br#"{"schema":"#);
+    write_str(&mut out, SCHEMA);
+    out.extend_from_slice(br#","event_id":"#);
+    write_str(&mut out, env.event_id);
+    out.extend_from_slice(br#","alert_id":"#);
+    write_str(&mut out, env.alert_id);
+    out.extend_from_slice(br#","kind":"#);
+    write_str(&mut out, env.kind);
+    out.extend_from_slice(br#","revision":"#);
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{}", env.revision);
+    out.extend_from_slice(br#","change":"#);
+    write_str(&mut out, env.change.as_str());
+    if updated {
+        out.extend_from_slice(br#","changed_fields":["#);
+        for (i, f) in env.changed_fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(&mut out, f);
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(br#","observed_at":"#);
+    write_str(&mut out, env.observed_at);
+    out.extend_from_slice(br#","historical":"#);
+    out.extend_from_slice(if env.historical { b"true" } else { b"false" });
+    out.extend_from_slice(br#","tenant":{"id":"#);
+    write_str(&mut out, env.tenant_id);
+    out.extend_from_slice(br#","name":"#);
+    write_str(&mut out, env.tenant_name);
+    out.extend_from_slice(br#"},"source":"#);
+    write_str(&mut out, env.source);
+    out.extend_from_slice(br#","native_id":"#);
+    write_str(&mut out, env.native_id);
+    out.extend_from_slice(br#","version":"#);
+    write_str(&mut out, env.version);
+    match members {
+        Some(m) => {
+            out.push(b',');
+            out.extend_from_slice(m);
+        }
+        None => out.push(b'}'),
+    }
+    debug_assert_eq!(out.len(), len);
+    out
+}
+
+/// The bytes of the envelope without its strings, number, boolean and `changed_fields`.
+const FIXED_LEN: usize = r#"{"schema":,"event_id":,"alert_id":,"kind":,"revision":,"change":,"observed_at":,"historical":,"tenant":{"id":,"name":},"source":,"native_id":,"version":"#.len()
+    // the quotes around the eleven strings: schema, event_id, alert_id, kind, change,
+    // observed_at, tenant id, tenant name, source, native_id and version
+    + 2 * 11;
+
+/// `body` after its opening brace (its members and the closing brace), or `None` when it has
+/// no members. A body is always an object made by `prepare`; anything else is treated as empty
+/// rather than producing invalid JSON.
+fn body_members(body: &[u8]) -> Option<&[u8]> {
+    let rest = trim_start(body).strip_prefix(b"{")?;
+    let rest = trim_start(rest);
+    if rest.first() == Some(&b'}') || rest.is_empty() {
+        None
+    } else {
+        Some(rest)
+    }
+}
+
+fn trim_start(b: &[u8]) -> &[u8] {
+    let n = b
+        .iter()
+        .take_while(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+        .count();
+    &b[n..]
+}
+
+/// The alert's stable id: `{tenant_id lowercase}:{source}:{native_id}`.
+pub fn alert_id(tenant_id: &str, source: &str, native_id: &str) -> String {
+    format!("{}:{source}:{native_id}", tenant_id.to_lowercase())
+}
+
+/// The event's id: lowercase hex SHA-256 of
+/// `m365-ingest.v1␟{tenant_id lowercase}␟{source}␟{native_id}␟{version}` (␟ = U+001F).
+pub fn event_id(tenant_id: &str, source: &str, native_id: &str, version: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"m365-ingest.v1\x1f");
+    h.update(tenant_id.to_lowercase().as_bytes());
+    h.update(b"\x1f");
+    h.update(source.as_bytes());
+    h.update(b"\x1f");
+    h.update(native_id.as_bytes());
+    h.update(b"\x1f");
+    h.update(version.as_bytes());
+    hex(&h.finalize())
+}
+
+/// A state-number version: `r{n}.{first 12 hex digits of the state hash}`.
+pub fn state_version(n: i64, hash: &[u8; 32]) -> String {
+    format!("r{n}.{}", hex(&hash[..6]))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+fn decimal_len(n: i64) -> usize {
+    let mut len = usize::from(n < 0) + 1;
+    let mut v = n.unsigned_abs();
+    while v >= 10 {
+        v /= 10;
+        len += 1;
+    }
+    len
+}
+
+/// Length of `s` as a JSON string's contents, escaped as [`write_str`] does.
+fn escaped_len(s: &str) -> usize {
+    s.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\x08' | b'\x0c' | b'\n' | b'\r' | b'\t' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
+}
+
+/// Writes `s` as a JSON string, escaped as serde_json does: quote, backslash and control
+/// characters; everything else (all other Unicode) as is.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\x08' => b"\\b",
+            b'\x0c' => b"\\f",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => &[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                DIGITS[usize::from(b >> 4)],
+                DIGITS[usize::from(b & 0xf)],
+            ],
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn env<'a>(change: Change, changed: &'a [&'a str]) -> Envelope<'a> {
+        Envelope {
+            event_id: "e1",
+            alert_id: "t:alerts:a1",
+            kind: "alert",
+            revision: 3,
+            change,
+            changed_fields: changed,
+            observed_at: "2024-01-01T00:00:00.0000000Z",
+            historical: false,
+            tenant_id: "b3c1b5fc-828c-45fa-a1e1-10d74f6d6e9c",
+            tenant_name: "Contoso \"Prod\"\n\u{1f}\\ é ☃",
+            source: "alerts",
+            native_id: "da637551227677560813_-961444813",
+            version: "2021-05-02T14:19:01.3266667Z",
+        }
+    }
+
+    #[test]
+    fn render_writes_every_envelope_member_then_the_body() {
+        let body = br#"{"title":"T","raw":{"id":"x"}}"#;
+        let out = render(&env(Change::Updated, &["status", "entities"]), body);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["schema"], SCHEMA);
+        assert_eq!(v["event_id"], "e1");
+        assert_eq!(v["alert_id"], "t:alerts:a1");
+        assert_eq!(v["kind"], "alert");
+        assert_eq!(v["revision"], 3);
+        assert_eq!(v["change"], "updated");
+        assert_eq!(v["changed_fields"], serde_json::json!(["status", "entities"]));
+        assert_eq!(v["observed_at"], "2024-01-01T00:00:00.0000000Z");
+        assert_eq!(v["historical"], false);
+        assert_eq!(v["tenant"]["id"], "b3c1b5fc-828c-45fa-a1e1-10d74f6d6e9c");
+        assert_eq!(v["tenant"]["name"], "Contoso \"Prod\"\n\u{1f}\\ é ☃");
+        assert_eq!(v["source"], "alerts");
+        assert_eq!(v["native_id"], "da637551227677560813_-961444813");
+        assert_eq!(v["version"], "2021-05-02T14:19:01.3266667Z");
+        assert_eq!(v["title"], "T");
+        assert_eq!(v["raw"]["id"], "x");
+        assert!(out.starts_with(br#"{"schema":"m365-ingest.alert.v1","event_id":"e1","#));
+    }
+
+    #[test]
+    fn changed_fields_only_with_updated_and_capacity_is_exact() {
+        for change in [Change::Created, Change::Updated, Change::Linked] {
+            for body in [&b"{}"[..], b"{\"a\":1}", b" { } ", b""] {
+                let mut e = env(change, &["status"]);
+                e.revision = i64::MIN;
+                e.historical = true;
+                let out = render(&e, body);
+                assert_eq!(out.len(), out.capacity());
+                let v: Value = serde_json::from_slice(&out).unwrap();
+                assert_eq!(v.get("changed_fields").is_some(), change == Change::Updated);
+                assert_eq!(v["change"], change.as_str());
+                assert_eq!(v["revision"], i64::MIN);
+            }
+        }
+    }
+
+    #[test]
+    fn escaping_matches_serde_json_for_every_ascii_control_and_more() {
+        let mut s: String = (0u8..0x80).map(char::from).collect();
+        s.push_str("é☃😀\u{2028}\u{7f}");
+        let mut out = Vec::new();
+        write_str(&mut out, &s);
+        assert_eq!(out, serde_json::to_vec(&s).unwrap());
+        assert_eq!(escaped_len(&s) + 2, out.len());
+    }
+
+    #[test]
+    fn event_id_is_stable() {
+        // printf 'm365-ingest.v1\x1fb3c1b5fc-828c-45fa-a1e1-10d74f6d6e9c\x1falerts\x1fda637551227677560813_-961444813\x1f2021-05-02T14:19:01.3266667Z' | sha256sum
+        assert_eq!(
+            event_id(
+                "B3C1B5FC-828C-45FA-A1E1-10D74F6D6E9C",
+                "alerts",
+                "da637551227677560813_-961444813",
+                "2021-05-02T14:19:01.3266667Z"
+            ),
+            "42ba86e5ea841b29769287ca74febfe6bb1a564ff87b3e906df1dec6f61fec69"
+        );
+    }
+
+    #[test]
+    fn alert_id_and_state_version() {
+        assert_eq!(
+            alert_id("ABC-Def", "cloud_apps", "603f704aaf7417985bbf3b22"),
+            "abc-def:cloud_apps:603f704aaf7417985bbf3b22"
+        );
+        let mut hash = [0u8; 32];
+        hash[..7].copy_from_slice(&[0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd]);
+        assert_eq!(state_version(7, &hash), "r7.0123456789ab");
+    }
+}

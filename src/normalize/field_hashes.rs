@@ -1,0 +1,217 @@
+//! One 64-bit hash per normalized field, so that an `updated` event can name its
+//! `changed_fields` (design §6) without keeping the previous body.
+//!
+//! The store persists [`FieldHashes::encode`] next to the alert for `dedup_retention` (180 days)
+//! and compares the next forwarded version against it. Hence the encoding is versioned and
+//! names each field by a permanent one-byte code (see [`CODES`]): adding a field later neither
+//! shifts the others nor breaks decoding of rows written by an older build, and a row written
+//! by a newer build decodes with its unknown fields skipped.
+//!
+//! What is hashed, and why (the writer in `body.rs` does the hashing):
+//! - each field's JSON as serialized in the body, with xxh3;
+//! - `entities`, `comments`, `indicators`, `mitre_techniques`, `tags` and `related` as sets:
+//!   each element hashed, the hashes sorted, then hashed together, because Microsoft's order of
+//!   evidence (and so of indicators) carries no meaning and changes between reads;
+//! - `raw_status` folded into `status`, so a change of Microsoft's value is reported as `status`;
+//! - not hashed: the envelope, `raw` (it changes with every version), `normalization_error`
+//!   (about us, not the alert) and `updated_at` (it is the version: it changes every time, so it
+//!   would be in every `changed_fields` and tell a consumer nothing).
+
+use xxhash_rust::xxh3::xxh3_64;
+
+/// The hashes of one normalized version, in body order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FieldHashes(pub Vec<(&'static str, u64)>);
+
+/// Every hashed field with its permanent code. APPEND ONLY: never renumber or reuse a code,
+/// because encoded hashes stay in the database for 180 days.
+const CODES: &[(u8, &str)] = &[
+    (1, "title"),
+    (2, "description"),
+    (3, "category"),
+    (4, "product"),
+    (5, "detection_source"),
+    (6, "severity"),
+    (7, "status"),
+    (8, "classification"),
+    (9, "determination"),
+    (10, "assigned_to"),
+    (11, "created_at"),
+    (12, "first_activity_at"),
+    (13, "last_activity_at"),
+    (14, "resolved_at"),
+    (15, "links"),
+    (16, "incident_id"),
+    (17, "related"),
+    (18, "duplicate_of"),
+    (19, "indicators"),
+    (20, "mitre_techniques"),
+    (21, "tags"),
+    (22, "comments"),
+    (23, "entities"),
+];
+
+/// Format version of [`FieldHashes::encode`]: `[1]` then `[code, hash as 8 LE bytes]*`.
+const FORMAT_V1: u8 = 1;
+
+impl FieldHashes {
+    /// The stored form: 1 + 9 bytes per field (about 210 bytes).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 9 * self.0.len());
+        out.push(FORMAT_V1);
+        for (name, hash) in &self.0 {
+            // A name without a code cannot be stored; `every_hashed_field_has_a_code` guarantees
+            // the body writer never produces one.
+            if let Some(code) = code_of(name) {
+                out.push(code);
+                out.extend_from_slice(&hash.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Reads [`encode`](Self::encode)'s output; anything malformed gives an empty set (every
+    /// field then counts as new, which at worst over-reports one `changed_fields`).
+    pub fn decode(bytes: &[u8]) -> FieldHashes {
+        let Some((&FORMAT_V1, rest)) = bytes.split_first() else {
+            return FieldHashes::default();
+        };
+        if rest.len() % 9 != 0 {
+            return FieldHashes::default();
+        }
+        let mut out = Vec::with_capacity(rest.len() / 9);
+        for chunk in rest.chunks_exact(9) {
+            let mut h = [0u8; 8];
+            h.copy_from_slice(&chunk[1..]);
+            // Codes from a newer build are skipped: this build does not produce those fields.
+            if let Some(name) = name_of(chunk[0]) {
+                out.push((name, u64::from_le_bytes(h)));
+            }
+        }
+        FieldHashes(out)
+    }
+
+    /// The hash of one field, if present.
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, h)| *h)
+    }
+}
+
+/// The normalized fields whose JSON differs between two versions, in body order.
+///
+/// A field present on one side only (a field added to the schema after `prev` was stored)
+/// counts as changed only if its value is not empty (`null`, `[]`, `""` or the empty set), so
+/// an upgrade that adds a field does not mark every alert's next version as changed.
+pub fn changed_fields(prev: &FieldHashes, next: &FieldHashes) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for &(name, h) in &next.0 {
+        match prev.get(name) {
+            Some(p) if p == h => {}
+            Some(_) => out.push(name),
+            None if !is_empty_value(h) => out.push(name),
+            None => {}
+        }
+    }
+    for &(name, h) in &prev.0 {
+        if next.get(name).is_none() && !is_empty_value(h) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// The hash of a set given its elements' hashes: order-insensitive.
+pub(crate) fn set_hash(element_hashes: &mut [u64]) -> u64 {
+    element_hashes.sort_unstable();
+    let mut bytes = Vec::with_capacity(element_hashes.len() * 8);
+    for h in element_hashes.iter() {
+        bytes.extend_from_slice(&h.to_le_bytes());
+    }
+    xxh3_64(&bytes)
+}
+
+fn is_empty_value(h: u64) -> bool {
+    h == xxh3_64(b"null") || h == xxh3_64(b"[]") || h == xxh3_64(b"\"\"") || h == set_hash(&mut [])
+}
+
+fn code_of(name: &str) -> Option<u8> {
+    CODES.iter().find(|(_, n)| *n == name).map(|(c, _)| *c)
+}
+
+fn name_of(code: u8) -> Option<&'static str> {
+    CODES.iter().find(|(c, _)| *c == code).map(|(_, n)| *n)
+}
+
+/// The field names that are hashed, for tests elsewhere in the module.
+#[cfg(test)]
+pub(crate) fn hashed_field_names() -> impl Iterator<Item = &'static str> {
+    CODES.iter().map(|(_, n)| *n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hashes(pairs: &[(&'static str, u64)]) -> FieldHashes {
+        FieldHashes(pairs.to_vec())
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let h = hashes(&[("title", 1), ("status", u64::MAX), ("entities", 0x0102_0304)]);
+        let bytes = h.encode();
+        assert_eq!(bytes.len(), 1 + 3 * 9);
+        assert_eq!(FieldHashes::decode(&bytes), h);
+    }
+
+    #[test]
+    fn the_encoding_is_pinned() {
+        // Stored rows must stay readable: this is the exact v1 layout.
+        let bytes = hashes(&[("status", 0x0807_0605_0403_0201)]).encode();
+        assert_eq!(bytes, [1, 7, 1, 2, 3, 4, 5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn garbage_decodes_to_empty() {
+        for bytes in [&[][..], &[0], &[2, 1, 0, 0, 0, 0, 0, 0, 0, 0], &[1, 1, 2, 3]] {
+            assert_eq!(FieldHashes::decode(bytes), FieldHashes::default());
+        }
+    }
+
+    #[test]
+    fn codes_from_a_newer_build_are_skipped() {
+        let mut bytes = hashes(&[("title", 5)]).encode();
+        bytes.push(200);
+        bytes.extend_from_slice(&9u64.to_le_bytes());
+        assert_eq!(FieldHashes::decode(&bytes), hashes(&[("title", 5)]));
+    }
+
+    #[test]
+    fn codes_are_unique() {
+        for (i, (c, n)) in CODES.iter().enumerate() {
+            for (c2, n2) in &CODES[i + 1..] {
+                assert!(c != c2 && n != n2, "{c} {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn changed_fields_compares_hashes_and_ignores_new_empty_fields() {
+        let prev = hashes(&[("title", 1), ("status", 2)]);
+        let next = hashes(&[
+            ("title", 1),
+            ("status", 3),
+            ("tags", set_hash(&mut [])),
+            ("duplicate_of", xxh3_64(b"null")),
+            ("related", 77),
+        ]);
+        assert_eq!(changed_fields(&prev, &next), ["status", "related"]);
+        assert!(changed_fields(&next, &next).is_empty());
+    }
+
+    #[test]
+    fn set_hash_ignores_order() {
+        assert_eq!(set_hash(&mut [1, 2, 3]), set_hash(&mut [3, 1, 2]));
+        assert_ne!(set_hash(&mut [1, 2]), set_hash(&mut [1, 2, 2]));
+    }
+}

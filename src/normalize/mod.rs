@@ -1,0 +1,155 @@
+//! Turns one Microsoft item (a Graph alert, incident or threat submission, or a Cloud Apps
+//! alert) into what the store needs: its identity, its version, the fields filters read, and the
+//! normalized body of schema `m365-ingest.alert.v1` (design §6) ready to send.
+//!
+//! Rules that hold for every source (design §4 rule 6):
+//! - Only an item without a readable id or version is refused ([`Unusable`], quarantined).
+//! - Anything else is prepared. What could not be normalized is left out and named in
+//!   `normalization_error`; Microsoft's object is always in `raw`, verbatim.
+//! - Unknown enum values map to `unknown` (with Microsoft's text kept, e.g. in `raw_status`);
+//!   unknown fields are ignored here and kept in `raw`.
+//!
+//! Layout: `graph_alert`, `incident`, `submission` and `cloud_apps` map their source into
+//! `body::Normalized`; `entities` holds the entity types and the evidence mapping; `body`
+//! serializes and hashes; `field_hashes` stores and compares those hashes; `recover` is the
+//! slow path for items the typed parse rejects; `envelope` wraps a body for delivery.
+
+mod body;
+mod canonical;
+mod cloud_apps;
+mod entities;
+pub mod envelope;
+mod field_hashes;
+mod graph_alert;
+mod incident;
+mod lenient;
+mod map;
+mod recover;
+mod submission;
+
+use serde_json::value::RawValue;
+
+pub use field_hashes::{changed_fields, FieldHashes};
+
+/// The `schema` of every event.
+pub const SCHEMA: &str = "m365-ingest.alert.v1";
+
+/// Where an item comes from (design §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SourceKind {
+    Alerts,
+    Incidents,
+    Submissions,
+    CloudApps,
+}
+
+impl SourceKind {
+    /// The `source` written in events, ids and config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Alerts => "alerts",
+            SourceKind::Incidents => "incidents",
+            SourceKind::Submissions => "submissions",
+            SourceKind::CloudApps => "cloud_apps",
+        }
+    }
+
+    /// The event `kind`: Cloud Apps alerts are alerts.
+    pub fn kind(self) -> &'static str {
+        match self {
+            SourceKind::Alerts | SourceKind::CloudApps => "alert",
+            SourceKind::Incidents => "incident",
+            SourceKind::Submissions => "submission",
+        }
+    }
+}
+
+/// Why an item cannot be stored at all (only: no readable id or no readable version); goes to
+/// quarantine with the item's raw text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unusable {
+    pub reason: String,
+    /// The id, when it was readable (the version was not).
+    pub native_id: Option<String>,
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.native_id {
+            Some(id) => write!(f, "{} (id {id})", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
+
+impl std::error::Error for Unusable {}
+
+/// The fields filters look at (design §4 rule 7): Microsoft's raw strings, plus the normalized
+/// severity and status. `None` means "cannot be read", which filters let through; that includes
+/// enum values this build does not know (see `map::filter_value`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FilterFields {
+    pub service_source: Option<String>,
+    pub detection_source: Option<String>,
+    pub category: Option<String>,
+    pub severity: Option<&'static str>,
+    pub status: Option<&'static str>,
+}
+
+/// The version of an item (design §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VersionInput {
+    /// Graph sources: `lastUpdateDateTime` in 100-ns ticks since the Unix epoch.
+    Ticks(i64),
+    /// Submissions and Cloud Apps: SHA-256 of the RFC 8785 JSON of the mutable fields; the store
+    /// turns a new hash into the next state number.
+    State { hash: [u8; 32] },
+}
+
+/// Links to other items, for the store's cross-source joins (incident, twin, message).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Links {
+    pub incident_id: Option<String>,
+    /// alerts_v2 `providerAlertId`; for Cloud Apps its own `_id`: the twin key (design §6).
+    pub provider_alert_id: Option<String>,
+    /// Internet and network message ids of the email entities.
+    pub message_ids: Vec<String>,
+}
+
+/// One item ready for the store: identity, version and the pre-serialized normalized body.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub native_id: String,
+    pub version: VersionInput,
+    pub filter: FilterFields,
+    /// The normalized object without the envelope fields: `{...,"raw":<Microsoft's object>}`.
+    pub body: Vec<u8>,
+    /// One hash per normalized field, for `changed_fields`.
+    pub field_hashes: FieldHashes,
+    pub links: Links,
+    /// The `normalization_error` written in `body`, if any.
+    pub normalization_error: Option<String>,
+}
+
+/// Prepares one item of `source`.
+///
+/// Submissions are identified as `{list}/{id}`; [`prepare_submission`] takes the list from the
+/// caller, which knows which list it polled. Here it is inferred from the item's `contentType`
+/// or `@odata.type`, and an item that names neither is [`Unusable`].
+pub fn prepare(source: SourceKind, raw: &RawValue) -> Result<Prepared, Unusable> {
+    match source {
+        SourceKind::Alerts => graph_alert::prepare(raw),
+        SourceKind::Incidents => incident::prepare(raw),
+        SourceKind::Submissions => submission::prepare(None, raw),
+        SourceKind::CloudApps => cloud_apps::prepare(raw),
+    }
+}
+
+/// Prepares one threat submission read from `list` (`emailThreats`, `urlThreats` or
+/// `fileThreats`); its native id is `{list}/{id}`.
+pub fn prepare_submission(list: &str, raw: &RawValue) -> Result<Prepared, Unusable> {
+    submission::prepare(Some(list), raw)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,590 @@
+//! Pollers: one task per (tenant, source). This file holds the loop every source shares and the
+//! coverage scan of Graph sources (design §4 rules 0–5): whole-second slices bounded by
+//! Microsoft's clock, split rather than paged, the coverage point moved only in the transaction
+//! that completes a slice, and the reconciliation pass that never moves it.
+
+pub mod status;
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{SourceSettings, StartFrom};
+use crate::microsoft::{MsClient, MsError};
+use crate::normalize::{self, Prepared, SourceKind};
+use crate::store::{
+    Cursor, CursorKey, IngestBatch, IngestCounts, QuarantineItem, Store, StoreError, TenantRef,
+};
+use crate::time::{format_seconds, format_ticks, now_ticks};
+use crate::AppStore;
+
+pub use status::{SourceState, SourceStatus};
+
+/// Largest `$top` alerts_v2 honours (it clamps above).
+pub const ALERTS_TOP: usize = 1000;
+/// How often a one-second slice that overflows a page is walked before giving up for this poll.
+const MAX_WALKS: usize = 5;
+/// A body that is not complete JSON is asked for again this many times within one poll.
+const BAD_BODY_RETRIES: usize = 3;
+
+/// Why a poll ended early. C stays where the last completed slice left it.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error(transparent)]
+    Microsoft(#[from] MsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("paused: {0}")]
+    Paused(String),
+}
+
+/// What one poll did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PollOutcome {
+    pub counts: IngestCounts,
+    pub requests: u64,
+    /// The coverage point after the poll (Unix seconds).
+    pub coverage: i64,
+}
+
+/// A Graph collection listed by a time field, e.g. alerts_v2 by `lastUpdateDateTime`.
+#[derive(Debug, Clone)]
+pub struct GraphListing {
+    /// Path below the Graph base, e.g. `/v1.0/security/alerts_v2`.
+    pub path: &'static str,
+    pub time_field: &'static str,
+    pub max_top: usize,
+}
+
+impl GraphListing {
+    pub fn alerts() -> Self {
+        Self {
+            path: "/v1.0/security/alerts_v2",
+            time_field: "lastUpdateDateTime",
+            max_top: ALERTS_TOP,
+        }
+    }
+}
+
+/// Everything one poller task needs.
+pub struct Poller {
+    pub tenant: TenantRef,
+    pub settings: SourceSettings,
+    pub start: StartFrom,
+    pub listing: GraphListing,
+    pub client: Arc<MsClient>,
+    pub store: Arc<AppStore>,
+    pub status: Arc<SourceStatus>,
+    pub max_pending: u64,
+    /// Bounds the page bodies held in memory across all pollers (design §10).
+    pub pages: Arc<Semaphore>,
+    key: CursorKey,
+    last_reconcile: Option<Instant>,
+    wake: Option<Arc<Notify>>,
+}
+
+/// A slice's answer, parsed off the async threads.
+struct ParsedPage {
+    items: Vec<Prepared>,
+    quarantine: Vec<QuarantineItem>,
+    next_link: Option<String>,
+    count: Option<i64>,
+    received: usize,
+    ids: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct ODataPage<'a> {
+    #[serde(borrow)]
+    value: Vec<&'a RawValue>,
+    #[serde(rename = "@odata.nextLink", default, borrow)]
+    next_link: Option<Cow<'a, str>>,
+    #[serde(rename = "@odata.count", default)]
+    count: Option<i64>,
+}
+
+fn parse_page(kind: SourceKind, body: Vec<u8>) -> Result<ParsedPage, String> {
+    let page: ODataPage<'_> = serde_json::from_slice(&body)
+        .map_err(|e| format!("the answer is not a complete OData page: {e}"))?;
+    let mut parsed = ParsedPage {
+        items: Vec::with_capacity(page.value.len()),
+        quarantine: Vec::new(),
+        next_link: page.next_link.map(Cow::into_owned),
+        count: page.count,
+        received: page.value.len(),
+        ids: Vec::with_capacity(page.value.len()),
+    };
+    for raw in page.value {
+        match normalize::prepare(kind, raw) {
+            Ok(p) => {
+                parsed.ids.push(p.native_id.clone());
+                parsed.items.push(p);
+            }
+            Err(u) => parsed.quarantine.push(QuarantineItem {
+                native_id: u.native_id,
+                reason: u.reason,
+                raw: raw.get().to_string(),
+            }),
+        }
+    }
+    Ok(parsed)
+}
+
+/// Whether a scan moves the coverage point (live) or only looks again (reconciliation).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Live,
+    Reconcile,
+}
+
+impl Poller {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        tenant: TenantRef,
+        settings: SourceSettings,
+        start: StartFrom,
+        listing: GraphListing,
+        client: Arc<MsClient>,
+        store: Arc<AppStore>,
+        status: Arc<SourceStatus>,
+        max_pending: u64,
+        pages: Arc<Semaphore>,
+    ) -> Self {
+        let key = CursorKey {
+            tenant: tenant.name.clone(),
+            source: settings.kind,
+            list: String::new(),
+        };
+        Self {
+            tenant,
+            settings,
+            start,
+            listing,
+            client,
+            store,
+            status,
+            max_pending,
+            pages,
+            key,
+            last_reconcile: None,
+            wake: None,
+        }
+    }
+
+    /// Wakes the forwarders as soon as a commit queues versions.
+    pub fn with_wake(mut self, wake: Arc<Notify>) -> Self {
+        self.wake = Some(wake);
+        self
+    }
+
+    /// Runs until `stop`: a poll each interval, reconciliation when due. A failed poll is logged
+    /// and counted; it never ends the task.
+    pub async fn run(mut self, stop: CancellationToken) {
+        loop {
+            let started = Instant::now();
+            let result = tokio::select! {
+                r = self.poll_once() => r,
+                _ = stop.cancelled() => break,
+            };
+            self.record(result);
+            if self.reconcile_due() {
+                let r = tokio::select! {
+                    r = self.reconcile_once() => r,
+                    _ = stop.cancelled() => break,
+                };
+                match r {
+                    Ok(late) if late > 0 => tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), late_arrivals = late, "reconciliation found versions the live scan had missed"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), error = %e, "reconciliation failed"),
+                }
+            }
+            let next = started + self.settings.interval;
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = stop.cancelled() => break,
+            }
+        }
+        tracing::info!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), "poller stopped");
+    }
+
+    fn record(&self, result: Result<PollOutcome, PollError>) {
+        let lag = self.lag();
+        match result {
+            Ok(o) => {
+                self.status.success(o, lag);
+                if o.counts.queued > 0 || o.counts.quarantined > 0 {
+                    tracing::info!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), new = o.counts.new, updated = o.counts.updated, unchanged = o.counts.unchanged, stale = o.counts.stale, quarantined = o.counts.quarantined, queued = o.counts.queued, requests = o.requests, lag_s = lag.unwrap_or(0), "poll done");
+                }
+            }
+            Err(PollError::Paused(why)) => {
+                self.status.paused(&why);
+                tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), reason = %why, "poll skipped");
+            }
+            Err(e) => {
+                let message = self.explain(&e);
+                self.status.failure(&message, lag);
+                tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), error = %message, "poll failed");
+            }
+        }
+    }
+
+    /// A 403 means a permission is missing: say which.
+    fn explain(&self, e: &PollError) -> String {
+        match e {
+            PollError::Microsoft(MsError::Status { status: 403, .. }) => format!(
+                "{e}. Fix: Entra admin center → App registrations → API permissions → Add a permission → Microsoft Graph → Application permissions → {}, then Grant admin consent",
+                required_permission(self.settings.kind)
+            ),
+            _ => e.to_string(),
+        }
+    }
+
+    fn reconcile_due(&self) -> bool {
+        match self.last_reconcile {
+            None => self.status.first_run_done(),
+            Some(t) => t.elapsed() >= self.settings.reconcile_interval,
+        }
+    }
+
+    /// D − C: how far the coverage point trails Microsoft's latest `Date`.
+    fn lag(&self) -> Option<i64> {
+        let d = self.client.clock().latest()?;
+        let c = self.status.coverage()?;
+        Some((d - c).max(0))
+    }
+
+    /// One poll: scan slices until C ≥ P − settle.
+    pub async fn poll_once(&mut self) -> Result<PollOutcome, PollError> {
+        let undelivered = self.store.undelivered(&self.tenant.name).await?;
+        if undelivered > self.max_pending {
+            return Err(PollError::Paused(format!(
+                "{undelivered} versions await delivery (store.max_pending = {}): waiting for the forwarder",
+                self.max_pending
+            )));
+        }
+        let mut outcome = PollOutcome::default();
+        let cursor = self.cursor(&mut outcome).await?;
+        let mut c = cursor.coverage;
+        self.status.set_coverage(c);
+        let settle = self.settings.settle.as_secs() as i64;
+        let p = match self.client.clock().now_secs() {
+            Some(p) => p,
+            None => self.probe_date(&mut outcome).await?,
+        };
+        let target = p - settle;
+        let mut a = c - self.settings.overlap.as_secs() as i64;
+        while c < target {
+            let mut b = (a + self.settings.max_slice.as_secs() as i64).min(target);
+            if c < cursor.t0 {
+                b = b.min(cursor.t0);
+            }
+            let b = b.max(c);
+            if b <= a {
+                break;
+            }
+            self.scan(a, b, cursor.t0, Pass::Live, &mut outcome).await?;
+            c = c.max(b);
+            self.status.set_coverage(c);
+            a = b;
+        }
+        outcome.coverage = c;
+        self.status.first_run_finished();
+        Ok(outcome)
+    }
+
+    /// Re-lists [C − reconcile_window, C) without moving C; returns the late arrivals found.
+    pub async fn reconcile_once(&mut self) -> Result<u64, PollError> {
+        self.last_reconcile = Some(Instant::now());
+        let Some(cursor) = self.store.load_cursor(&self.key).await? else {
+            return Ok(0);
+        };
+        let mut outcome = PollOutcome::default();
+        let end = cursor.coverage;
+        let mut a = end - self.settings.reconcile_window.as_secs() as i64;
+        while a < end {
+            let b = (a + self.settings.max_slice.as_secs() as i64).min(end);
+            self.scan(a, b, cursor.t0, Pass::Reconcile, &mut outcome).await?;
+            a = b;
+        }
+        let late = outcome.counts.new + outcome.counts.updated;
+        self.status.late_arrivals(late);
+        Ok(late)
+    }
+
+    /// The stored cursor, or the first run's (rule 0), stored before any item.
+    async fn cursor(&mut self, outcome: &mut PollOutcome) -> Result<Cursor, PollError> {
+        if let Some(c) = self.store.load_cursor(&self.key).await? {
+            return Ok(c);
+        }
+        let date = self.probe_date(outcome).await?;
+        let t0 = date - self.settings.settle.as_secs() as i64;
+        let coverage = match self.start {
+            StartFrom::Lookback => t0 - self.settings.lookback.as_secs() as i64,
+            StartFrom::Now => t0,
+        };
+        let c = self
+            .store
+            .init_cursor(&self.key, Cursor { coverage, t0 })
+            .await?;
+        tracing::info!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), t0 = %format_seconds(c.t0), coverage = %format_seconds(c.coverage), "first run: coverage starts here");
+        Ok(c)
+    }
+
+    /// One small request whose only purpose is Microsoft's `Date`.
+    async fn probe_date(&self, outcome: &mut PollOutcome) -> Result<i64, PollError> {
+        let url = format!("{}{}?$top=1", self.base(), self.listing.path);
+        let resp = self.client.get(&url, None).await?;
+        outcome.requests += 1;
+        resp.date.ok_or_else(|| {
+            PollError::Invalid("Microsoft's answer had no Date header: cannot bound coverage".into())
+        })
+    }
+
+    fn base(&self) -> String {
+        self.client.base().as_str().trim_end_matches('/').to_string()
+    }
+
+    fn slice_url(&self, a: i64, b: i64, top: usize) -> String {
+        let field = self.listing.time_field;
+        let mut filter = format!(
+            "{field} ge {} and {field} lt {}",
+            format_seconds(a),
+            format_seconds(b)
+        );
+        let sources = &self.settings.filters.service_sources;
+        if !sources.is_empty() && self.settings.kind == SourceKind::Alerts {
+            let any = sources
+                .iter()
+                .map(|s| format!("serviceSource eq '{}'", s.replace('\'', "''")))
+                .collect::<Vec<_>>()
+                .join(" or ");
+            filter = format!("({any}) and {filter}");
+        }
+        let mut url = match url::Url::parse(&format!("{}{}", self.base(), self.listing.path)) {
+            Ok(u) => u,
+            Err(_) => return format!("{}{}", self.base(), self.listing.path),
+        };
+        url.query_pairs_mut()
+            .append_pair("$filter", &filter)
+            .append_pair("$top", &top.to_string())
+            .append_pair("$count", "true");
+        url.to_string()
+    }
+
+    /// Fetches and parses one page, re-asking when the body is cut short or too large (rule 4).
+    async fn fetch(
+        &self,
+        url_for_top: &(dyn Fn(usize) -> String + Sync),
+        outcome: &mut PollOutcome,
+    ) -> Result<ParsedPage, PollError> {
+        let mut top = self.listing.max_top;
+        let mut limit: Option<usize> = None;
+        let mut bad_bodies = 0;
+        loop {
+            let url = url_for_top(top);
+            let permit = self.pages.clone().acquire_owned().await.map_err(|_| {
+                PollError::Invalid("shutting down".into())
+            })?;
+            let resp = match self.client.get(&url, limit).await {
+                Ok(r) => r,
+                Err(MsError::TooLarge { limit: l, .. }) => {
+                    outcome.requests += 1;
+                    if top > 1 {
+                        top = (top / 2).max(1);
+                    } else if limit.is_none() {
+                        limit = Some(l.saturating_mul(10));
+                    } else {
+                        return Err(PollError::Invalid(format!(
+                            "a single item is larger than {l} bytes; the source stops at this slice ({url})"
+                        )));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            outcome.requests += 1;
+            let kind = self.settings.kind;
+            let parsed = tokio::task::spawn_blocking(move || parse_page(kind, resp.body))
+                .await
+                .map_err(|e| PollError::Invalid(format!("page parser failed: {e}")))?;
+            drop(permit);
+            match parsed {
+                Ok(p) => return Ok(p),
+                Err(why) => {
+                    bad_bodies += 1;
+                    tracing::warn!(tenant = %self.tenant.name, source = kind.as_str(), error = %why, attempt = bad_bodies, "bad page from Microsoft; reading it again");
+                    if bad_bodies >= BAD_BODY_RETRIES {
+                        return Err(PollError::Invalid(why));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Scans [a, b): commit when it fits one page, else split it (rule 3).
+    async fn scan(
+        &self,
+        a: i64,
+        b: i64,
+        t0: i64,
+        pass: Pass,
+        outcome: &mut PollOutcome,
+    ) -> Result<(), PollError> {
+        // A stack keeps the parts in order without recursion.
+        let mut todo = vec![(a, b)];
+        while let Some((a, b)) = todo.pop() {
+            let historical = b <= t0;
+            let page = self
+                .fetch(&|top| self.slice_url(a, b, top), outcome)
+                .await?;
+            let Some(next_link) = page.next_link.clone() else {
+                self.commit(page, historical, pass, Some(b), outcome).await?;
+                continue;
+            };
+            let (n, m) = (page.count.unwrap_or(0), page.received.max(1) as i64);
+            self.commit(page, historical, pass, None, outcome).await?;
+            let seconds = b - a;
+            if seconds <= 1 {
+                self.walk(a, b, next_link, historical, pass, outcome).await?;
+                continue;
+            }
+            let k = seconds.min(2.max((n + m - 1) / m + 1));
+            let parts = split_whole_seconds(a, b, k);
+            for part in parts.into_iter().rev() {
+                todo.push(part);
+            }
+        }
+        Ok(())
+    }
+
+    /// A one-second slice that overflows a page: walk nextLinks, again until a walk adds no new id.
+    async fn walk(
+        &self,
+        a: i64,
+        b: i64,
+        first_next: String,
+        historical: bool,
+        pass: Pass,
+        outcome: &mut PollOutcome,
+    ) -> Result<(), PollError> {
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut next = Some(first_next);
+        for walk in 0..MAX_WALKS {
+            let before = seen.len();
+            if walk > 0 {
+                let page = self.fetch(&|top| self.slice_url(a, b, top), outcome).await?;
+                seen.extend(page.ids.iter().cloned());
+                next = page.next_link.clone();
+                self.commit(page, historical, pass, None, outcome).await?;
+            }
+            while let Some(link) = next.take() {
+                let page = self.fetch(&|_| link.clone(), outcome).await?;
+                seen.extend(page.ids.iter().cloned());
+                next = page.next_link.clone();
+                self.commit(page, historical, pass, None, outcome).await?;
+            }
+            if walk > 0 && seen.len() == before {
+                let empty = ParsedPage {
+                    items: Vec::new(),
+                    quarantine: Vec::new(),
+                    next_link: None,
+                    count: None,
+                    received: 0,
+                    ids: Vec::new(),
+                };
+                return self.commit(empty, historical, pass, Some(b), outcome).await;
+            }
+        }
+        Err(PollError::Invalid(format!(
+            "the one-second slice at {} kept changing over {MAX_WALKS} walks; it is read again next poll",
+            format_seconds(a)
+        )))
+    }
+
+    async fn commit(
+        &self,
+        page: ParsedPage,
+        historical: bool,
+        pass: Pass,
+        advance_to: Option<i64>,
+        outcome: &mut PollOutcome,
+    ) -> Result<(), PollError> {
+        let observed_at = format_ticks(now_ticks());
+        let advance = match (pass, advance_to) {
+            (Pass::Live, Some(b)) => Some((&self.key, b)),
+            _ => None,
+        };
+        for q in &page.quarantine {
+            tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), native_id = q.native_id.as_deref().unwrap_or(""), reason = %q.reason, "item quarantined");
+        }
+        let counts = self
+            .store
+            .ingest(IngestBatch {
+                tenant: &self.tenant,
+                source: self.settings.kind,
+                items: page.items,
+                quarantine: page.quarantine,
+                historical,
+                observed_at: &observed_at,
+                filters: &self.settings.filters,
+                advance,
+            })
+            .await?;
+        outcome.counts.add(counts);
+        self.status.add_counts(counts);
+        if counts.queued > 0 {
+            if let Some(w) = &self.wake {
+                w.notify_waiters();
+            }
+        }
+        if advance.is_some() {
+            self.status.slice_committed();
+        }
+        Ok(())
+    }
+}
+
+/// The Graph permission a source needs (for 403 messages).
+pub fn required_permission(kind: SourceKind) -> &'static str {
+    match kind {
+        SourceKind::Alerts => "SecurityAlert.Read.All",
+        SourceKind::Incidents => "SecurityIncident.Read.All",
+        SourceKind::Submissions => "ThreatSubmission.Read.All",
+        SourceKind::CloudApps => "investigation.read (Microsoft Cloud App Security)",
+    }
+}
+
+/// Cuts [a, b) into k parts with whole-second bounds, the remainder spread over the first parts.
+pub fn split_whole_seconds(a: i64, b: i64, k: i64) -> Vec<(i64, i64)> {
+    let total = b - a;
+    let k = k.clamp(1, total.max(1));
+    let (step, extra) = (total / k, total % k);
+    let mut parts = Vec::with_capacity(k as usize);
+    let mut start = a;
+    for i in 0..k {
+        let len = step + i64::from(i < extra);
+        parts.push((start, start + len));
+        start += len;
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_cover_the_slice_exactly_in_whole_seconds() {
+        assert_eq!(split_whole_seconds(0, 10, 3), vec![(0, 4), (4, 7), (7, 10)]);
+        assert_eq!(split_whole_seconds(5, 7, 5), vec![(5, 6), (6, 7)]);
+        assert_eq!(split_whole_seconds(0, 86_400, 2), vec![(0, 43_200), (43_200, 86_400)]);
+    }
+}

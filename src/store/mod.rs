@@ -1,0 +1,375 @@
+//! The part that stores: the `Store` contract shared by the SQLite and Postgres backends, and the
+//! backend-independent decisions of an ingest (new, updated, unchanged or stale; forwarded or
+//! filtered; revision and changed fields). A backend only reads and writes rows.
+
+pub mod sqlite;
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use crate::config::Filters;
+use crate::normalize::envelope::{self, Change, Envelope};
+use crate::normalize::{FieldHashes, FilterFields, Prepared, SourceKind, VersionInput};
+
+pub use sqlite::SqliteStore;
+
+/// A store failure; `connectivity` ones are retried by callers, the rest are bugs or full disks.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which tenant an item belongs to: the config name keys rows, the directory id goes in event ids.
+#[derive(Debug, Clone)]
+pub struct TenantRef {
+    pub name: String,
+    pub id: String,
+}
+
+/// A coverage point's key: one per (tenant, source, list).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CursorKey {
+    pub tenant: String,
+    pub source: SourceKind,
+    /// The list within a source (submissions: emailThreats …); empty for single-list sources.
+    pub list: String,
+}
+
+/// A coverage point C and the first run's T0, both whole Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub coverage: i64,
+    pub t0: i64,
+}
+
+/// An item that could not be stored: kept with its raw text for `quarantine list | retry`.
+#[derive(Debug, Clone)]
+pub struct QuarantineItem {
+    pub native_id: Option<String>,
+    pub reason: String,
+    pub raw: String,
+}
+
+/// One page's worth of items to commit together, with the coverage move it completes.
+pub struct IngestBatch<'a> {
+    pub tenant: &'a TenantRef,
+    pub source: SourceKind,
+    pub items: Vec<Prepared>,
+    pub quarantine: Vec<QuarantineItem>,
+    pub historical: bool,
+    pub observed_at: &'a str,
+    pub filters: &'a Filters,
+    /// `Some((key, b))`: C := max(C, b) in the same transaction.
+    pub advance: Option<(&'a CursorKey, i64)>,
+}
+
+/// What an ingest did, for logs, `/status` and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IngestCounts {
+    pub new: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub stale: u64,
+    pub quarantined: u64,
+    /// Versions queued for delivery.
+    pub queued: u64,
+}
+
+impl IngestCounts {
+    pub fn add(&mut self, o: IngestCounts) {
+        self.new += o.new;
+        self.updated += o.updated;
+        self.unchanged += o.unchanged;
+        self.stale += o.stale;
+        self.quarantined += o.quarantined;
+        self.queued += o.queued;
+    }
+}
+
+/// Per-alert dedup state (the `alerts` table).
+#[derive(Debug, Clone)]
+pub struct AlertState {
+    pub native_id: String,
+    /// Ticks for Graph sources, the state number for the others.
+    pub latest: i64,
+    pub state_hash: Option<Vec<u8>>,
+    pub revision: i64,
+    pub forwarded: bool,
+    pub field_hashes: Vec<u8>,
+}
+
+/// A version to append to the outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub event_id: String,
+    pub native_id: String,
+    pub version: String,
+    pub historical: bool,
+    pub body: Vec<u8>,
+}
+
+/// The rows an ingest writes, decided without the database.
+#[derive(Debug, Default)]
+pub struct IngestPlan {
+    pub upserts: Vec<AlertState>,
+    pub outbox: Vec<OutboxRow>,
+    pub counts: IngestCounts,
+}
+
+/// Does an item pass "which alert types to sync"? Unreadable fields let the item through (rule 7).
+pub fn passes(filters: &Filters, f: &FilterFields) -> bool {
+    fn any_of(allowed: &[String], value: Option<&str>) -> bool {
+        allowed.is_empty()
+            || value.is_none_or(|v| allowed.iter().any(|a| a.eq_ignore_ascii_case(v)))
+    }
+    any_of(&filters.service_sources, f.service_source.as_deref())
+        && any_of(&filters.detection_sources, f.detection_source.as_deref())
+        && any_of(&filters.categories, f.category.as_deref())
+        && any_of(&filters.severities, f.severity)
+        && any_of(&filters.statuses, f.status)
+}
+
+/// Decides, for one page and the stored state of its alerts, what to write (design §4, §6).
+pub fn plan_ingest(batch: &mut IngestBatch<'_>, states: &HashMap<String, AlertState>) -> IngestPlan {
+    let mut plan = IngestPlan {
+        counts: IngestCounts {
+            quarantined: batch.quarantine.len() as u64,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let items = dedup_newest(std::mem::take(&mut batch.items));
+    let source = batch.source.as_str();
+    for item in items {
+        let prev = states.get(&item.native_id);
+        let (number, state_hash, version) = match (&item.version, prev) {
+            (VersionInput::Ticks(t), None) => (*t, None, crate::time::format_ticks(*t)),
+            (VersionInput::Ticks(t), Some(p)) => {
+                if *t == p.latest {
+                    plan.counts.unchanged += 1;
+                    continue;
+                }
+                if *t < p.latest {
+                    plan.counts.stale += 1;
+                    continue;
+                }
+                (*t, None, crate::time::format_ticks(*t))
+            }
+            (VersionInput::State { hash }, p) => {
+                if p.is_some_and(|p| p.state_hash.as_deref() == Some(&hash[..])) {
+                    plan.counts.unchanged += 1;
+                    continue;
+                }
+                let n = p.map_or(1, |p| p.latest + 1);
+                (n, Some(hash.to_vec()), envelope::state_version(n, hash))
+            }
+        };
+        if prev.is_some() {
+            plan.counts.updated += 1;
+        } else {
+            plan.counts.new += 1;
+        }
+        let was_forwarded = prev.is_some_and(|p| p.forwarded);
+        let forward = was_forwarded || passes(batch.filters, &item.filter);
+        let mut state = AlertState {
+            native_id: item.native_id.clone(),
+            latest: number,
+            state_hash,
+            revision: prev.map_or(0, |p| p.revision),
+            forwarded: was_forwarded,
+            field_hashes: prev.map_or_else(Vec::new, |p| p.field_hashes.clone()),
+        };
+        if forward {
+            let changed: Vec<&'static str> = if was_forwarded {
+                crate::normalize::changed_fields(
+                    &FieldHashes::decode(&state.field_hashes),
+                    &item.field_hashes,
+                )
+            } else {
+                Vec::new()
+            };
+            state.revision += 1;
+            state.forwarded = true;
+            state.field_hashes = item.field_hashes.encode();
+            let event_id = envelope::event_id(&batch.tenant.id, source, &item.native_id, &version);
+            let alert_id = envelope::alert_id(&batch.tenant.id, source, &item.native_id);
+            let body = envelope::render(
+                &Envelope {
+                    event_id: &event_id,
+                    alert_id: &alert_id,
+                    kind: batch.source.kind(),
+                    revision: state.revision,
+                    change: if was_forwarded { Change::Updated } else { Change::Created },
+                    changed_fields: &changed,
+                    observed_at: batch.observed_at,
+                    historical: batch.historical,
+                    tenant_id: &batch.tenant.id,
+                    tenant_name: &batch.tenant.name,
+                    source,
+                    native_id: &item.native_id,
+                    version: &version,
+                },
+                &item.body,
+            );
+            plan.outbox.push(OutboxRow {
+                event_id,
+                native_id: item.native_id,
+                version,
+                historical: batch.historical,
+                body,
+            });
+            plan.counts.queued += 1;
+        }
+        plan.upserts.push(state);
+    }
+    plan
+}
+
+/// Rule 8: one version per id per page, the newest.
+fn dedup_newest(items: Vec<Prepared>) -> Vec<Prepared> {
+    let mut index: HashMap<String, usize> = HashMap::with_capacity(items.len());
+    let mut out: Vec<Prepared> = Vec::with_capacity(items.len());
+    for item in items {
+        match index.get(&item.native_id) {
+            Some(&i) => {
+                let newer = match (&item.version, &out[i].version) {
+                    (VersionInput::Ticks(a), VersionInput::Ticks(b)) => a > b,
+                    // Without a time, the later position in the answer is the fresher read.
+                    _ => true,
+                };
+                if newer {
+                    out[i] = item;
+                }
+            }
+            None => {
+                index.insert(item.native_id.clone(), out.len());
+                out.push(item);
+            }
+        }
+    }
+    out
+}
+
+/// Outbox row states.
+pub mod row_state {
+    pub const PENDING: i64 = 0;
+    pub const BATCHED: i64 = 1;
+    pub const DELIVERED: i64 = 2;
+    pub const DEAD: i64 = 3;
+}
+
+/// A committed batch (the `batches` table).
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub id: i64,
+    pub tenant: String,
+    pub destination: String,
+    /// The `Idempotency-Key`: the same across restarts, new for children and retries of dead letters.
+    pub key: String,
+    pub root_id: i64,
+    pub attempts: i64,
+    /// Unix ms before which the batch must not be sent.
+    pub next_attempt_at: i64,
+    pub rows: i64,
+}
+
+/// One outbox body of a batch.
+#[derive(Debug, Clone)]
+pub struct BatchItem {
+    pub seq: i64,
+    pub event_id: String,
+    pub body: Vec<u8>,
+}
+
+/// How large a new batch may be.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+}
+
+/// What `/status` shows of a tenant's queue.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct QueueStatus {
+    pub pending: u64,
+    pub oldest_pending_age_s: Option<i64>,
+    pub dead_letters: u64,
+    pub quarantined: u64,
+    pub delivered: u64,
+}
+
+/// A dead-lettered version, for `dead-letters list`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    pub seq: i64,
+    pub tenant: String,
+    pub source: String,
+    pub native_id: String,
+    pub version: String,
+    pub event_id: String,
+    pub reason: String,
+}
+
+/// Per-root-batch facts used to tell a poisoned alert from a broken endpoint.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RootFacts {
+    pub accepted: bool,
+    pub probes: i64,
+}
+
+/// The storage contract; `sqlite::SqliteStore` implements it (Postgres joins later).
+pub trait Store: Send + Sync {
+    fn ping(&self) -> impl Future<Output = Result<()>> + Send;
+    fn load_cursor(&self, key: &CursorKey) -> impl Future<Output = Result<Option<Cursor>>> + Send;
+    /// Stores the first run's cursor unless one exists; returns the one in force.
+    fn init_cursor(&self, key: &CursorKey, c: Cursor) -> impl Future<Output = Result<Cursor>> + Send;
+    /// Moves C backwards or forwards (`cursor set`).
+    fn set_cursor(&self, key: &CursorKey, c: Cursor) -> impl Future<Output = Result<()>> + Send;
+    fn ingest(&self, batch: IngestBatch<'_>) -> impl Future<Output = Result<IngestCounts>> + Send;
+    /// Undelivered versions of a tenant (pending or batched).
+    fn undelivered(&self, tenant: &str) -> impl Future<Output = Result<u64>> + Send;
+    /// The next open batch of a tenant for a destination, claimed earlier (restart, retry, split).
+    fn next_open_batch(&self, destination: &str, tenant: &str) -> impl Future<Output = Result<Option<Batch>>> + Send;
+    /// Commits a new batch of the tenant's pending rows, live before historical, in seq order.
+    fn claim_batch(&self, destination: &str, tenant: &str, limits: BatchLimits) -> impl Future<Output = Result<Option<Batch>>> + Send;
+    fn batch_items(&self, batch_id: i64) -> impl Future<Output = Result<Vec<BatchItem>>> + Send;
+    fn mark_delivered(&self, batch: &Batch) -> impl Future<Output = Result<()>> + Send;
+    fn mark_retry(&self, batch: &Batch, next_attempt_at: i64, error: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Replaces a batch by two children with new keys, in its place.
+    fn split_batch(&self, batch: &Batch) -> impl Future<Output = Result<()>> + Send;
+    /// A single-alert batch whose alert is rejected: parked behind its siblings, probe counted.
+    fn defer_single(&self, batch: &Batch, error: &str) -> impl Future<Output = Result<()>> + Send;
+    fn dead_letter(&self, batch: &Batch, reason: &str) -> impl Future<Output = Result<()>> + Send;
+    fn root_facts(&self, root_id: i64) -> impl Future<Output = Result<RootFacts>> + Send;
+    fn queue_status(&self, tenant: &str) -> impl Future<Output = Result<QueueStatus>> + Send;
+    fn dead_letters(&self, tenant: Option<&str>) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send;
+    /// Deletes delivered bodies older than `bodies_before` and dedup state older than `state_before` (Unix ms).
+    fn prune(&self, bodies_before: i64, state_before: i64) -> impl Future<Output = Result<u64>> + Send;
+}
+
+/// Opens the store named by `store.url` (only SQLite so far) and applies its migrations.
+pub async fn open(url: &secrecy::SecretString) -> Result<crate::AppStore> {
+    use secrecy::ExposeSecret;
+    let url = url.expose_secret();
+    if url.starts_with("sqlite:") {
+        return SqliteStore::open(url).await;
+    }
+    let scheme = url.split(':').next().unwrap_or("");
+    Err(StoreError::Invalid(format!(
+        "store.url scheme `{scheme}` is not supported: use sqlite://PATH (Postgres support is planned)"
+    )))
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

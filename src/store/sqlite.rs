@@ -1,0 +1,586 @@
+//! The embedded SQLite store: zero set-up, one writer connection owned by the store (WAL,
+//! `synchronous=FULL`, `BEGIN IMMEDIATE`), a small pool of readers beside it.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::*;
+
+/// Rows per multi-row statement: 10 binds each stays far below SQLite's 32,766 variables.
+const CHUNK: usize = 1000;
+
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating the file and its folder if needed) and migrates.
+    pub async fn open(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Invalid(format!("store.url `{}` is not a SQLite URL: {e}", redact(url))))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(15))
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-8000");
+        let path = options.get_filename().to_path_buf();
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    StoreError::Invalid(format!(
+                        "cannot create the store folder {}: {e}",
+                        parent.display()
+                    ))
+                })?;
+            }
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await?;
+        Ok(Self { writer, reader })
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    async fn load_states(
+        tx: &mut sqlx::SqliteConnection,
+        tenant: &str,
+        source: &str,
+        ids: &[&str],
+    ) -> Result<HashMap<String, AlertState>> {
+        let mut states = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "SELECT native_id, latest, state_hash, revision, forwarded, field_hashes FROM alerts WHERE tenant = ",
+            );
+            q.push_bind(tenant.to_string())
+                .push(" AND source = ")
+                .push_bind(source.to_string())
+                .push(" AND native_id IN (");
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(id.to_string());
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&mut *tx).await? {
+                let s = AlertState {
+                    native_id: row.try_get(0)?,
+                    latest: row.try_get(1)?,
+                    state_hash: row.try_get(2)?,
+                    revision: row.try_get(3)?,
+                    forwarded: row.try_get::<i64, _>(4)? != 0,
+                    field_hashes: row.try_get(5)?,
+                };
+                states.insert(s.native_id.clone(), s);
+            }
+        }
+        Ok(states)
+    }
+}
+
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn batch_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Batch> {
+    Ok(Batch {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        destination: row.try_get("destination")?,
+        key: row.try_get("key")?,
+        root_id: row.try_get("root_id")?,
+        attempts: row.try_get("attempts")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        rows: row.try_get("rows")?,
+    })
+}
+
+const BATCH_COLUMNS: &str =
+    "id, tenant, destination, key, root_id, attempts, next_attempt_at, rows";
+
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn load_cursor(&self, key: &CursorKey) -> Result<Option<Cursor>> {
+        let row = sqlx::query(
+            "SELECT coverage, t0 FROM cursors WHERE tenant = ? AND source = ? AND list = ?",
+        )
+        .bind(&key.tenant)
+        .bind(key.source.as_str())
+        .bind(&key.list)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(Cursor {
+                coverage: r.try_get(0)?,
+                t0: r.try_get(1)?,
+            }),
+            None => None,
+        })
+    }
+
+    async fn init_cursor(&self, key: &CursorKey, c: Cursor) -> Result<Cursor> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO cursors (tenant, source, list, coverage, t0, updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&key.tenant)
+        .bind(key.source.as_str())
+        .bind(&key.list)
+        .bind(c.coverage)
+        .bind(c.t0)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        let r = sqlx::query(
+            "SELECT coverage, t0 FROM cursors WHERE tenant = ? AND source = ? AND list = ?",
+        )
+        .bind(&key.tenant)
+        .bind(key.source.as_str())
+        .bind(&key.list)
+        .fetch_one(&mut *tx)
+        .await?;
+        let c = Cursor {
+            coverage: r.try_get(0)?,
+            t0: r.try_get(1)?,
+        };
+        tx.commit().await?;
+        Ok(c)
+    }
+
+    async fn set_cursor(&self, key: &CursorKey, c: Cursor) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO cursors (tenant, source, list, coverage, t0, updated_at) VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (tenant, source, list) DO UPDATE SET coverage = excluded.coverage, t0 = excluded.t0, updated_at = excluded.updated_at",
+        )
+        .bind(&key.tenant)
+        .bind(key.source.as_str())
+        .bind(&key.list)
+        .bind(c.coverage)
+        .bind(c.t0)
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn ingest(&self, mut batch: IngestBatch<'_>) -> Result<IngestCounts> {
+        let tenant = batch.tenant.name.clone();
+        let source = batch.source.as_str();
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let ids: Vec<&str> = {
+            let mut seen = std::collections::HashSet::with_capacity(batch.items.len());
+            batch
+                .items
+                .iter()
+                .map(|i| i.native_id.as_str())
+                .filter(|id| seen.insert(*id))
+                .collect()
+        };
+        let states = Self::load_states(&mut tx, &tenant, source, &ids).await?;
+        drop(ids);
+        let plan = plan_ingest(&mut batch, &states);
+        for chunk in plan.upserts.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO alerts (tenant, source, native_id, latest, state_hash, revision, forwarded, field_hashes, first_seen, last_change) ",
+            );
+            q.push_values(chunk, |mut b, s| {
+                b.push_bind(tenant.clone())
+                    .push_bind(source)
+                    .push_bind(s.native_id.clone())
+                    .push_bind(s.latest)
+                    .push_bind(s.state_hash.clone())
+                    .push_bind(s.revision)
+                    .push_bind(i64::from(s.forwarded))
+                    .push_bind(s.field_hashes.clone())
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            q.push(
+                " ON CONFLICT (tenant, source, native_id) DO UPDATE SET latest = excluded.latest, state_hash = excluded.state_hash, \
+                 revision = excluded.revision, forwarded = excluded.forwarded, field_hashes = excluded.field_hashes, last_change = excluded.last_change",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        let mut outbox = plan.outbox;
+        while !outbox.is_empty() {
+            let rest = outbox.split_off(outbox.len().min(CHUNK));
+            let chunk = std::mem::replace(&mut outbox, rest);
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO outbox (event_id, tenant, source, native_id, version, historical, body, size, state, created_at) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                let size = r.body.len() as i64;
+                b.push_bind(r.event_id)
+                    .push_bind(tenant.clone())
+                    .push_bind(source)
+                    .push_bind(r.native_id)
+                    .push_bind(r.version)
+                    .push_bind(i64::from(r.historical))
+                    .push_bind(r.body)
+                    .push_bind(size)
+                    .push_bind(row_state::PENDING)
+                    .push_bind(now);
+            });
+            q.push(" ON CONFLICT (event_id) DO NOTHING");
+            q.build().execute(&mut *tx).await?;
+        }
+        for item in &batch.quarantine {
+            sqlx::query("INSERT INTO quarantine (tenant, source, native_id, reason, raw, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+                .bind(&tenant)
+                .bind(source)
+                .bind(&item.native_id)
+                .bind(&item.reason)
+                .bind(&item.raw)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some((key, b)) = batch.advance {
+            sqlx::query("UPDATE cursors SET coverage = MAX(coverage, ?), updated_at = ? WHERE tenant = ? AND source = ? AND list = ?")
+                .bind(b)
+                .bind(now)
+                .bind(&key.tenant)
+                .bind(key.source.as_str())
+                .bind(&key.list)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(plan.counts)
+    }
+
+    async fn undelivered(&self, tenant: &str) -> Result<u64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE tenant = ? AND state IN (0, 1)")
+                .bind(tenant)
+                .fetch_one(&self.reader)
+                .await?;
+        Ok(n as u64)
+    }
+
+    async fn next_open_batch(&self, destination: &str, tenant: &str) -> Result<Option<Batch>> {
+        let sql = format!("SELECT {BATCH_COLUMNS} FROM batches WHERE destination = ? AND tenant = ? AND state = 'open' ORDER BY root_id, deferred, min_seq LIMIT 1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(destination)
+            .bind(tenant)
+            .fetch_optional(&self.writer)
+            .await?;
+        row.as_ref().map(batch_from_row).transpose()
+    }
+
+    async fn claim_batch(
+        &self,
+        destination: &str,
+        tenant: &str,
+        limits: BatchLimits,
+    ) -> Result<Option<Batch>> {
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query("SELECT seq, size FROM outbox WHERE tenant = ? AND state = 0 ORDER BY historical, seq LIMIT ?")
+            .bind(tenant)
+            .bind(limits.max_rows as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut bytes = 0usize;
+        for r in &rows {
+            let seq: i64 = r.try_get(0)?;
+            let size: i64 = r.try_get(1)?;
+            // An alert larger than the limit goes alone; otherwise stop before the limit.
+            if !seqs.is_empty() && bytes + size as usize > limits.max_bytes {
+                break;
+            }
+            bytes += size as usize;
+            seqs.push(seq);
+        }
+        let Some(&min_seq) = seqs.iter().min() else {
+            return Ok(None);
+        };
+        let now = now_ms();
+        let key = uuid::Uuid::new_v4().to_string();
+        let id: i64 = sqlx::query_scalar("INSERT INTO batches (tenant, destination, key, state, root_id, min_seq, rows, created_at, updated_at) VALUES (?, ?, ?, 'open', 0, ?, ?, ?, ?) RETURNING id")
+            .bind(tenant)
+            .bind(destination)
+            .bind(&key)
+            .bind(min_seq)
+            .bind(seqs.len() as i64)
+            .bind(now)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE batches SET root_id = id WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        for chunk in seqs.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE outbox SET state = 1, batch_id = ");
+            q.push_bind(id).push(" WHERE seq IN (");
+            let mut sep = q.separated(", ");
+            for s in chunk {
+                sep.push_bind(*s);
+            }
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(Batch {
+            id,
+            tenant: tenant.to_string(),
+            destination: destination.to_string(),
+            key,
+            root_id: id,
+            attempts: 0,
+            next_attempt_at: 0,
+            rows: seqs.len() as i64,
+        }))
+    }
+
+    async fn batch_items(&self, batch_id: i64) -> Result<Vec<BatchItem>> {
+        let rows = sqlx::query("SELECT seq, event_id, body FROM outbox WHERE batch_id = ? ORDER BY seq")
+            .bind(batch_id)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(BatchItem {
+                    seq: r.try_get(0)?,
+                    event_id: r.try_get(1)?,
+                    body: r.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn mark_delivered(&self, batch: &Batch) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE outbox SET state = 2, delivered_at = ? WHERE batch_id = ? AND state = 1")
+            .bind(now)
+            .bind(batch.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE batches SET state = 'delivered', updated_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(batch.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE batches SET accepted = 1 WHERE id = ?")
+            .bind(batch.root_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn mark_retry(&self, batch: &Batch, next_attempt_at: i64, error: &str) -> Result<()> {
+        sqlx::query("UPDATE batches SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, updated_at = ? WHERE id = ?")
+            .bind(next_attempt_at)
+            .bind(error)
+            .bind(now_ms())
+            .bind(batch.id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn split_batch(&self, batch: &Batch) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let seqs: Vec<i64> =
+            sqlx::query_scalar("SELECT seq FROM outbox WHERE batch_id = ? ORDER BY seq")
+                .bind(batch.id)
+                .fetch_all(&mut *tx)
+                .await?;
+        if seqs.len() < 2 {
+            return Err(StoreError::Invalid(format!(
+                "batch {} has {} rows and cannot be split",
+                batch.id,
+                seqs.len()
+            )));
+        }
+        let now = now_ms();
+        let (left, right) = seqs.split_at(seqs.len() / 2);
+        for half in [left, right] {
+            let child: i64 = sqlx::query_scalar("INSERT INTO batches (tenant, destination, key, state, root_id, parent_id, min_seq, rows, created_at, updated_at) VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?, ?) RETURNING id")
+                .bind(&batch.tenant)
+                .bind(&batch.destination)
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(batch.root_id)
+                .bind(batch.id)
+                .bind(half[0])
+                .bind(half.len() as i64)
+                .bind(now)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+            for chunk in half.chunks(CHUNK) {
+                let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE outbox SET batch_id = ");
+                q.push_bind(child).push(" WHERE seq IN (");
+                let mut sep = q.separated(", ");
+                for s in chunk {
+                    sep.push_bind(*s);
+                }
+                q.push(")");
+                q.build().execute(&mut *tx).await?;
+            }
+        }
+        sqlx::query("UPDATE batches SET state = 'split', updated_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(batch.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn defer_single(&self, batch: &Batch, error: &str) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE batches SET deferred = 1, attempts = attempts + 1, last_error = ?, updated_at = ? WHERE id = ?")
+            .bind(error)
+            .bind(now)
+            .bind(batch.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE batches SET probes = probes + 1 WHERE id = ?")
+            .bind(batch.root_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, batch: &Batch, reason: &str) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE outbox SET state = 3, dead_reason = ? WHERE batch_id = ? AND state = 1")
+            .bind(reason)
+            .bind(batch.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE batches SET state = 'dead', last_error = ?, updated_at = ? WHERE id = ?")
+            .bind(reason)
+            .bind(now)
+            .bind(batch.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn root_facts(&self, root_id: i64) -> Result<RootFacts> {
+        let row = sqlx::query("SELECT accepted, probes FROM batches WHERE id = ?")
+            .bind(root_id)
+            .fetch_optional(&self.writer)
+            .await?;
+        Ok(match row {
+            Some(r) => RootFacts {
+                accepted: r.try_get::<i64, _>(0)? != 0,
+                probes: r.try_get(1)?,
+            },
+            None => RootFacts::default(),
+        })
+    }
+
+    async fn queue_status(&self, tenant: &str) -> Result<QueueStatus> {
+        let r = sqlx::query(
+            "SELECT \
+               (SELECT COUNT(*) FROM outbox WHERE tenant = ?1 AND state IN (0, 1)), \
+               (SELECT MIN(created_at) FROM outbox WHERE tenant = ?1 AND state IN (0, 1)), \
+               (SELECT COUNT(*) FROM outbox WHERE tenant = ?1 AND state = 3), \
+               (SELECT COUNT(*) FROM quarantine WHERE tenant = ?1), \
+               (SELECT COUNT(*) FROM outbox WHERE tenant = ?1 AND state = 2)",
+        )
+        .bind(tenant)
+        .fetch_one(&self.reader)
+        .await?;
+        let oldest: Option<i64> = r.try_get(1)?;
+        Ok(QueueStatus {
+            pending: r.try_get::<i64, _>(0)? as u64,
+            oldest_pending_age_s: oldest.map(|t| (now_ms() - t).max(0) / 1000),
+            dead_letters: r.try_get::<i64, _>(2)? as u64,
+            quarantined: r.try_get::<i64, _>(3)? as u64,
+            delivered: r.try_get::<i64, _>(4)? as u64,
+        })
+    }
+
+    async fn dead_letters(&self, tenant: Option<&str>) -> Result<Vec<DeadLetter>> {
+        let rows = sqlx::query("SELECT seq, tenant, source, native_id, version, event_id, COALESCE(dead_reason, '') FROM outbox WHERE state = 3 AND (?1 IS NULL OR tenant = ?1) ORDER BY seq")
+            .bind(tenant)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeadLetter {
+                    seq: r.try_get(0)?,
+                    tenant: r.try_get(1)?,
+                    source: r.try_get(2)?,
+                    native_id: r.try_get(3)?,
+                    version: r.try_get(4)?,
+                    event_id: r.try_get(5)?,
+                    reason: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune(&self, bodies_before: i64, state_before: i64) -> Result<u64> {
+        let mut total = 0u64;
+        // Small chunks keep each write transaction short, so ingest never waits long.
+        loop {
+            let n = sqlx::query("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE state = 2 AND delivered_at < ? LIMIT 5000)")
+                .bind(bodies_before)
+                .execute(&self.writer)
+                .await?
+                .rows_affected();
+            total += n;
+            if n < 5000 {
+                break;
+            }
+        }
+        loop {
+            let n = sqlx::query("DELETE FROM alerts WHERE (tenant, source, native_id) IN (SELECT tenant, source, native_id FROM alerts WHERE last_change < ? LIMIT 5000)")
+                .bind(state_before)
+                .execute(&self.writer)
+                .await?
+                .rows_affected();
+            total += n;
+            if n < 5000 {
+                break;
+            }
+        }
+        sqlx::query("DELETE FROM batches WHERE state IN ('delivered', 'split') AND updated_at < ?")
+            .bind(bodies_before)
+            .execute(&self.writer)
+            .await?;
+        Ok(total)
+    }
+}
