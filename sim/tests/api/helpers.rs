@@ -1,0 +1,79 @@
+//! Shared setup: a started simulator with one tenant and one app, and small request helpers.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use m365_sim::{SimConfig, Simulator};
+use reqwest::header::HeaderMap;
+use serde_json::{json, Value};
+
+pub const TENANT: &str = "6f1c1a4e-1111-4000-8000-00000000000a";
+pub const CLIENT: &str = "0b7e5a02-2222-4000-8000-00000000000b";
+pub const SECRET: &str = "s3cr3t~value";
+pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+
+pub async fn start_with(cfg: SimConfig) -> Simulator {
+    let sim = Simulator::start(cfg).await.expect("simulator starts");
+    sim.add_tenant(TENANT);
+    sim.add_app(TENANT, CLIENT, SECRET, &["SecurityAlert.Read.All", "Investigation.read"]);
+    sim
+}
+
+pub async fn start() -> Simulator {
+    start_with(SimConfig::default()).await
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+pub async fn token_request(sim: &Simulator, tenant: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let url = format!("{}/{tenant}/oauth2/v2.0/token", sim.login_url());
+    let r = http().post(url).form(form).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+pub async fn graph_token(sim: &Simulator) -> String {
+    let form = [("grant_type", "client_credentials"), ("client_id", CLIENT), ("client_secret", SECRET), ("scope", GRAPH_SCOPE)];
+    let (status, body) = token_request(sim, TENANT, &form).await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+/// GET a Graph URL with a bearer token; returns status, headers and the raw body text.
+pub async fn get(url: &str, token: &str) -> (u16, HeaderMap, String) {
+    let r = http().get(url).bearer_auth(token).send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.text().await.unwrap())
+}
+
+pub async fn get_json(url: &str, token: &str) -> (u16, Value) {
+    let (s, _, body) = get(url, token).await;
+    (s, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")))
+}
+
+/// alerts_v2 with the given query options (values are percent-encoded here).
+pub async fn list(sim: &Simulator, token: &str, query: &[(&str, &str)]) -> (u16, Value) {
+    let mut url = reqwest::Url::parse(&format!("{}/v1.0/security/alerts_v2", sim.graph_url())).unwrap();
+    url.query_pairs_mut().extend_pairs(query);
+    get_json(url.as_str(), token).await
+}
+
+pub fn ids(page: &Value) -> Vec<String> {
+    page["value"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap().to_string()).collect()
+}
+
+/// A minimal explicit alert.
+pub fn alert(id: &str, last_update: &str, service: &str) -> Value {
+    json!({"id": id, "lastUpdateDateTime": last_update, "createdDateTime": last_update, "serviceSource": service,
+           "severity": "low", "status": "new", "title": format!("alert {id}")})
+}
+
+pub fn secs_ago(s: u64) -> SystemTime {
+    SystemTime::now() - Duration::from_secs(s)
+}
+
+pub fn at(iso_secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(iso_secs)
+}

@@ -1,0 +1,10 @@
+//! Black-box tests of the simulator over HTTP, one module per concept.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod alerts;
+mod control;
+mod dropzone;
+mod faults;
+mod token;

@@ -1,0 +1,252 @@
+//! Test scaffolding: a simulator with one tenant, an app on a fresh SQLite file, and waiting on
+//! conditions with a deadline (never a bare sleep).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use m365_ingest::app::App;
+use m365_ingest::config::Settings;
+use m365_ingest::AppStore;
+use m365_sim::{SimConfig, Simulator};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const TENANT_ID: &str = "6a1e2f3b-4c5d-4e6f-8a9b-0c1d2e3f4a5b";
+pub const CLIENT_ID: &str = "0f9e8d7c-6b5a-4c3d-9e2f-1a0b9c8d7e6f";
+pub const SECRET: &str = "test-client-secret-Zq8~x";
+pub const DROPZONE_KEY: &str = "test-dropzone-api-key-7731";
+
+pub const ALL_ROLES: &[&str] = &[
+    "SecurityAlert.Read.All",
+    "SecurityIncident.Read.All",
+    "ThreatSubmission.Read.All",
+];
+
+pub async fn sim_with(cfg: SimConfig) -> Simulator {
+    let sim = Simulator::start(cfg).await.expect("simulator starts");
+    sim.add_tenant(TENANT_ID);
+    sim.add_app(TENANT_ID, CLIENT_ID, SECRET, ALL_ROLES);
+    sim
+}
+
+pub async fn sim() -> Simulator {
+    sim_with(SimConfig::default()).await
+}
+
+/// Knobs a test may turn; everything else is the documented default, sped up.
+#[derive(Clone)]
+pub struct Opts {
+    pub interval: &'static str,
+    pub settle: &'static str,
+    pub overlap: &'static str,
+    pub start: &'static str,
+    pub batch_size: usize,
+    pub concurrency: usize,
+    pub extra_alerts: String,
+    pub extra_forward: String,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            interval: "1s",
+            settle: "1s",
+            overlap: "10m",
+            start: "lookback",
+            batch_size: 100,
+            concurrency: 4,
+            extra_alerts: String::new(),
+            extra_forward: String::new(),
+        }
+    }
+}
+
+pub fn settings(sim: &Simulator, db: &Path, o: &Opts) -> Settings {
+    let toml = format!(
+        r#"
+[store]
+url = "sqlite://{db}"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+[forward]
+url = "{dz}"
+api_key = "{DROPZONE_KEY}"
+batch_size = {batch}
+concurrency = {conc}
+timeout = "5s"
+{extra_fwd}
+[tenants.contoso]
+tenant_id = "{TENANT_ID}"
+client_id = "{CLIENT_ID}"
+client_secret = "{SECRET}"
+login_url = "{login}"
+graph_url = "{graph}"
+start = "{start}"
+graph_requests_per_minute = 6000
+[tenants.contoso.sources.alerts]
+interval = "{interval}"
+settle = "{settle}"
+overlap = "{overlap}"
+{extra}
+"#,
+        db = db.display(),
+        dz = sim.dropzone_url(),
+        login = sim.login_url(),
+        graph = sim.graph_url(),
+        batch = o.batch_size,
+        conc = o.concurrency,
+        extra_fwd = o.extra_forward,
+        start = o.start,
+        interval = o.interval,
+        settle = o.settle,
+        overlap = o.overlap,
+        extra = o.extra_alerts,
+    );
+    Settings::from_toml(&toml).expect("test settings are valid")
+}
+
+/// A running daemon.
+pub struct TestApp {
+    pub port: u16,
+    pub store: Arc<AppStore>,
+    stop: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn(settings: Settings) -> TestApp {
+        let app = App::build(settings).await.expect("app builds");
+        let port = app.port();
+        let store = app.store();
+        let stop = app.stop_token();
+        let handle = tokio::spawn(app.run_until_stopped());
+        TestApp { port, store, stop, handle }
+    }
+
+    /// A crash: every task is dropped where it stands.
+    pub async fn crash(self) {
+        self.handle.abort();
+        let _ = self.handle.await;
+    }
+
+    /// A graceful stop, as SIGTERM does.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.handle.await.expect("run task joins").expect("run ends cleanly");
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = reqwest::get(format!("http://127.0.0.1:{}{path}", self.port)).await.expect("server answers");
+        let status = resp.status().as_u16();
+        let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+}
+
+pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("m365-ingest.db");
+    (dir, db)
+}
+
+/// Polls `check` every 50 ms until it holds or `deadline` passes (then panics naming `what`).
+pub async fn wait_until(deadline: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if check() {
+            return;
+        }
+        if tokio::time::Instant::now() >= until {
+            panic!("timed out after {deadline:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// As `wait_until`, for conditions that need an await.
+pub async fn wait_until_async<F, Fut>(deadline: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= until {
+            panic!("timed out after {deadline:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn ago(secs: u64) -> SystemTime {
+    SystemTime::now() - Duration::from_secs(secs)
+}
+
+/// Alerts the simulated Dropzone accepted, by event id, with how often each arrived.
+pub fn delivered_counts(sim: &Simulator) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for id in sim.delivered_event_ids() {
+        *m.entry(id).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Accepted alert bodies (needs keep_bodies).
+pub fn delivered_alerts(sim: &Simulator) -> Vec<Value> {
+    sim.received()
+        .into_iter()
+        .filter(|b| (200..300).contains(&b.status))
+        .flat_map(|b| b.alerts)
+        .collect()
+}
+
+pub fn native_ids(alerts: &[Value]) -> HashSet<String> {
+    alerts
+        .iter()
+        .filter_map(|a| a["native_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// A minimal alert in Microsoft's shape.
+pub fn alert_json(id: &str, last_update: &str) -> Value {
+    serde_json::json!({
+        "@odata.type": "#microsoft.graph.security.alert",
+        "id": id,
+        "providerAlertId": id,
+        "incidentId": "1001",
+        "status": "new",
+        "severity": "medium",
+        "classification": null,
+        "determination": null,
+        "serviceSource": "microsoftDefenderForEndpoint",
+        "detectionSource": "antivirus",
+        "tenantId": TENANT_ID,
+        "title": format!("Test alert {id}"),
+        "description": "A test alert",
+        "category": "Malware",
+        "createdDateTime": last_update,
+        "lastUpdateDateTime": last_update,
+        "comments": [],
+        "mitreTechniques": ["T1059"],
+        "evidence": [{
+            "@odata.type": "#microsoft.graph.security.ipEvidence",
+            "verdict": "suspicious",
+            "roles": [],
+            "ipAddress": "203.0.113.7"
+        }]
+    })
+}
+
+/// RFC 3339 with 7 fractional digits, `secs_ago` before now.
+pub fn iso7_ago(secs_ago: u64) -> String {
+    let t = SystemTime::now() - Duration::from_secs(secs_ago);
+    let ticks = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64 / 100;
+    m365_ingest::time::format_ticks(ticks)
+}
