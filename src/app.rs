@@ -70,7 +70,14 @@ impl App {
 
         let mut pollers = Vec::new();
         let mut tenants_health = Vec::new();
-        let mut destinations: BTreeMap<String, (Arc<DestinationStatus>, Vec<String>, crate::config::ForwardConfig)> = BTreeMap::new();
+        let mut destinations: BTreeMap<
+            String,
+            (
+                Arc<DestinationStatus>,
+                Vec<String>,
+                crate::config::ForwardConfig,
+            ),
+        > = BTreeMap::new();
         for (name, tenant) in &settings.tenants {
             let tref = TenantRef {
                 name: name.clone(),
@@ -79,9 +86,13 @@ impl App {
             let (dest_name, fwd) = settings
                 .destination_for(name)
                 .context("a tenant without a destination passed validation")?;
-            let dest = destinations
-                .entry(dest_name.clone())
-                .or_insert_with(|| (Arc::new(DestinationStatus::default()), Vec::new(), fwd.clone()));
+            let dest = destinations.entry(dest_name.clone()).or_insert_with(|| {
+                (
+                    Arc::new(DestinationStatus::default()),
+                    Vec::new(),
+                    fwd.clone(),
+                )
+            });
             dest.1.push(name.clone());
             let graph_tokens = Arc::new(TokenProvider::new(
                 credentials(name, tenant)?,
@@ -110,17 +121,20 @@ impl App {
                 }
                 let status = Arc::new(SourceStatus::new(s.interval));
                 sources.push((kind, status.clone()));
-                pollers.push(Poller::new(
-                    tref.clone(),
-                    s,
-                    tenant.start,
-                    GraphListing::alerts(),
-                    graph.clone(),
-                    store.clone(),
-                    status,
-                    settings.store.max_pending,
-                    pages.clone(),
-                ).with_wake(wake.clone()));
+                pollers.push(
+                    Poller::new(
+                        tref.clone(),
+                        s,
+                        tenant.start,
+                        GraphListing::alerts(),
+                        graph.clone(),
+                        store.clone(),
+                        status,
+                        settings.store.max_pending,
+                        pages.clone(),
+                    )
+                    .with_wake(wake.clone()),
+                );
             }
             tenants_health.push(TenantHealth {
                 name: name.clone(),
@@ -150,7 +164,12 @@ impl App {
         }
         let listener = TcpListener::bind(settings.server.listen)
             .await
-            .with_context(|| format!("binding server.listen {} (is another process using it?)", settings.server.listen))?;
+            .with_context(|| {
+                format!(
+                    "binding server.listen {} (is another process using it?)",
+                    settings.server.listen
+                )
+            })?;
         let health = Arc::new(Health {
             store: store.clone(),
             tenants: tenants_health,
@@ -205,7 +224,12 @@ impl App {
             let span = tracing::info_span!("forwarder", destination = %fwd.name);
             tasks.spawn(fwd.run(stop.clone()).instrument(span));
         }
-        tasks.spawn(prune_loop(store, settings.store.retention, settings.store.dedup_retention, stop.clone()));
+        tasks.spawn(prune_loop(
+            store,
+            settings.store.retention,
+            settings.store.dedup_retention,
+            stop.clone(),
+        ));
         let router = crate::server::router(health);
         let server_stop = stop.clone();
         tasks.spawn(async move {
@@ -216,10 +240,24 @@ impl App {
             }
         });
         tracing::info!(tenants = settings.tenants.len(), "m365-ingest running");
-        stop.cancelled().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(ended) = tasks.join_next() => {
+                    // Tasks end only on stop; anything else is a bug worth shouting about.
+                    if let Err(e) = ended {
+                        tracing::error!(error = %e, "a task of the daemon died; the rest go on");
+                    }
+                }
+            }
+        }
         let grace = settings.server.shutdown_grace;
-        tracing::info!(grace_s = grace.as_secs(), "stopping: finishing in-flight work");
-        let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        tracing::info!(
+            grace_s = grace.as_secs(),
+            "stopping: finishing in-flight work"
+        );
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         match drained {
             Ok(()) => tracing::info!("stopped cleanly"),
             Err(_) => {
@@ -256,10 +294,15 @@ async fn prune_loop(
     loop {
         let now = crate::store::now_ms();
         match store
-            .prune(now - retention.as_millis() as i64, now - dedup_retention.as_millis() as i64)
+            .prune(
+                now - retention.as_millis() as i64,
+                now - dedup_retention.as_millis() as i64,
+            )
             .await
         {
-            Ok(n) if n > 0 => tracing::info!(rows = n, "pruned delivered bodies and old dedup state"),
+            Ok(n) if n > 0 => {
+                tracing::info!(rows = n, "pruned delivered bodies and old dedup state")
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "pruning failed; will try again"),
         }

@@ -399,23 +399,63 @@ mod tests {
 
     #[test]
     fn refresh_comes_early_for_long_and_short_lifetimes() {
-        assert_eq!(refresh_after(Duration::from_secs(3600)), Duration::from_secs(2880));
-        assert_eq!(refresh_after(Duration::from_secs(5)), Duration::from_secs(0));
-        assert_eq!(refresh_after(Duration::from_secs(100)), Duration::from_secs(0));
-        assert_eq!(refresh_after(Duration::from_secs(7200)), Duration::from_secs(5760));
+        assert_eq!(
+            refresh_after(Duration::from_secs(3600)),
+            Duration::from_secs(2880)
+        );
+        assert_eq!(
+            refresh_after(Duration::from_secs(5)),
+            Duration::from_secs(0)
+        );
+        assert_eq!(
+            refresh_after(Duration::from_secs(100)),
+            Duration::from_secs(0)
+        );
+        assert_eq!(
+            refresh_after(Duration::from_secs(7200)),
+            Duration::from_secs(5760)
+        );
     }
 
     #[test]
     fn aadsts_codes_name_the_fix() {
-        let e = explain_aadsts("contoso", "cid", "s", "invalid_client", "AADSTS7000215: Invalid client secret provided.\r\nTrace ID: x");
+        let e = explain_aadsts(
+            "contoso",
+            "cid",
+            "s",
+            "invalid_client",
+            "AADSTS7000215: Invalid client secret provided.\r\nTrace ID: x",
+        );
         assert_eq!(e.kind, AuthErrorKind::WrongSecret);
-        assert!(e.message.contains("Certificates & secrets"), "{}", e.message);
+        assert!(
+            e.message.contains("Certificates & secrets"),
+            "{}",
+            e.message
+        );
         assert!(!e.message.contains("Trace ID"));
-        let e = explain_aadsts("contoso", "cid", "s", "invalid_client", "AADSTS7000222: expired");
+        let e = explain_aadsts(
+            "contoso",
+            "cid",
+            "s",
+            "invalid_client",
+            "AADSTS7000222: expired",
+        );
         assert_eq!(e.kind, AuthErrorKind::ExpiredSecret);
-        let e = explain_aadsts("contoso", "cid", "s", "unauthorized_client", "AADSTS700016: nope");
+        let e = explain_aadsts(
+            "contoso",
+            "cid",
+            "s",
+            "unauthorized_client",
+            "AADSTS700016: nope",
+        );
         assert_eq!(e.kind, AuthErrorKind::UnknownApplication);
-        let e = explain_aadsts("contoso", "cid", "s", "invalid_request", "AADSTS90002: Tenant not found");
+        let e = explain_aadsts(
+            "contoso",
+            "cid",
+            "s",
+            "invalid_request",
+            "AADSTS90002: Tenant not found",
+        );
         assert_eq!(e.kind, AuthErrorKind::UnknownTenant);
         let e = explain_aadsts("contoso", "cid", "s", "invalid_scope", "AADSTS70011: bad");
         assert_eq!(e.kind, AuthErrorKind::InvalidScope);
@@ -436,8 +476,17 @@ mod tests {
 
     #[test]
     fn national_cloud_scopes_follow_the_graph_host() {
-        assert_eq!(graph_scope("https://graph.microsoft.us"), "https://graph.microsoft.us/.default");
-        assert_eq!(graph_scope("https://dod-graph.microsoft.us"), "https://dod-graph.microsoft.us/.default");
-        assert_eq!(graph_scope("http://127.0.0.1:4000/graph"), "https://graph.microsoft.com/.default");
+        assert_eq!(
+            graph_scope("https://graph.microsoft.us"),
+            "https://graph.microsoft.us/.default"
+        );
+        assert_eq!(
+            graph_scope("https://dod-graph.microsoft.us"),
+            "https://dod-graph.microsoft.us/.default"
+        );
+        assert_eq!(
+            graph_scope("http://127.0.0.1:4000/graph"),
+            "https://graph.microsoft.com/.default"
+        );
     }
 }

@@ -16,10 +16,19 @@ use crate::config::{LogConfig, LogFormat, Settings};
 pub const EXIT_CONFIG: u8 = 78;
 
 #[derive(Debug, Parser)]
-#[command(name = "m365-ingest", version, about = "Microsoft 365 Defender alerts to Dropzone AI, at least once and never lost")]
+#[command(
+    name = "m365-ingest",
+    version,
+    about = "Microsoft 365 Defender alerts to Dropzone AI, at least once and never lost"
+)]
 pub struct Cli {
     /// The configuration file (TOML); `M365_INGEST__SECTION__KEY` variables override it.
-    #[arg(long, global = true, default_value = "config/m365-ingest.toml", env = "M365_INGEST_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "config/m365-ingest.toml",
+        env = "M365_INGEST_CONFIG"
+    )]
     pub config: PathBuf,
     #[command(subcommand)]
     pub command: Command,
@@ -54,7 +63,10 @@ pub enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -131,7 +143,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 const DEMO_TENANT: &str = "00000000-0000-4000-8000-00000000d3a0";
 const DEMO_CLIENT: &str = "11111111-1111-4111-8111-111111111111";
 
-async fn start_sim(listen: SocketAddr, alerts: usize, per_minute: u32) -> anyhow::Result<(m365_sim::Simulator, String)> {
+async fn start_sim(
+    listen: SocketAddr,
+    alerts: usize,
+    per_minute: u32,
+) -> anyhow::Result<(m365_sim::Simulator, String)> {
     let sim = m365_sim::Simulator::start(m365_sim::SimConfig {
         bind: listen,
         keep_bodies: false,
@@ -144,10 +160,19 @@ async fn start_sim(listen: SocketAddr, alerts: usize, per_minute: u32) -> anyhow
         DEMO_TENANT,
         DEMO_CLIENT,
         &secret,
-        &["SecurityAlert.Read.All", "SecurityIncident.Read.All", "ThreatSubmission.Read.All"],
+        &[
+            "SecurityAlert.Read.All",
+            "SecurityIncident.Read.All",
+            "ThreatSubmission.Read.All",
+        ],
     );
     let now = SystemTime::now();
-    sim.generate_alerts(DEMO_TENANT, alerts, now - Duration::from_secs(3 * 86_400), now);
+    sim.generate_alerts(
+        DEMO_TENANT,
+        alerts,
+        now - Duration::from_secs(3 * 86_400),
+        now,
+    );
     if per_minute > 0 {
         sim.spawn_stream(DEMO_TENANT, per_minute);
     }
@@ -191,8 +216,15 @@ overlap = "2m"
     let settings = Settings::from_toml(&toml)?;
     let app = App::build(settings).await?;
     println!();
-    println!("m365-ingest demo: simulator at {}, store in {}", sim.base_url(), dir.display());
-    println!("status:  http://127.0.0.1:{}/status   (also /readyz, /healthz)", app.port());
+    println!(
+        "m365-ingest demo: simulator at {}, store in {}",
+        sim.base_url(),
+        dir.display()
+    );
+    println!(
+        "status:  http://127.0.0.1:{}/status   (also /readyz, /healthz)",
+        app.port()
+    );
     println!("Ctrl-C stops.");
     println!();
     let stop = app.stop_token();
@@ -202,7 +234,10 @@ overlap = "2m"
     });
     let result = app.run_until_stopped().await;
     sim.shutdown().await;
-    println!("demo stopped: the simulated Dropzone received {} alerts", sim.delivered_count());
+    println!(
+        "demo stopped: the simulated Dropzone received {} alerts",
+        sim.delivered_count()
+    );
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

@@ -461,8 +461,9 @@ fn default_graph_budget() -> u32 {
 
 /// Parses `"90s"`, `"10m"`, `"7d"`, `"1h 30m"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("`{s}` is not a duration ({e}); write it like \"90s\", \"10m\" or \"7d\""))
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("`{s}` is not a duration ({e}); write it like \"90s\", \"10m\" or \"7d\"")
+    })
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -599,9 +600,7 @@ impl ForwardConfig {
     fn read_secret_file(&mut self, key: &str) -> Result<(), ConfigError> {
         if let Some(path) = &self.api_key_file {
             if self.api_key.is_some() {
-                return Err(bad(format!(
-                    "{key}: set api_key or api_key_file, not both"
-                )));
+                return Err(bad(format!("{key}: set api_key or api_key_file, not both")));
             }
             self.api_key = Some(read_secret(&format!("{key}.api_key_file"), path)?);
         }
@@ -822,7 +821,10 @@ client_secret = "s"
             "{MINIMAL}\n[tenants.contoso.sources.alerts]\nsettle = \"20m\"\noverlap = \"10m\"\n"
         );
         let err = Settings::from_toml(&toml).unwrap_err().to_string();
-        assert!(err.contains("tenants.contoso.sources.alerts.settle"), "{err}");
+        assert!(
+            err.contains("tenants.contoso.sources.alerts.settle"),
+            "{err}"
+        );
     }
 
     #[test]

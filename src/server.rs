@@ -59,7 +59,11 @@ impl Health {
             for (kind, s) in &t.sources {
                 if let Err(e) = s.ready() {
                     ok = false;
-                    tenant_failures.push(format!("tenant {} source {}: {e}", t.name, kind.as_str()));
+                    tenant_failures.push(format!(
+                        "tenant {} source {}: {e}",
+                        t.name,
+                        kind.as_str()
+                    ));
                 }
             }
             if let Some((_, d)) = self.destinations.iter().find(|(n, _)| *n == t.destination) {

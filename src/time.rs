@@ -73,7 +73,11 @@ pub fn parse_ticks(s: &str) -> Option<i64> {
         Some(&sign @ (b'+' | b'-')) => {
             let oh = digits(b, i + 1, 2)?;
             // Both "+01:00" and "+0100" occur in the wild; RFC 3339 has only the first.
-            let om_at = if b.get(i + 3) == Some(&b':') { i + 4 } else { i + 3 };
+            let om_at = if b.get(i + 3) == Some(&b':') {
+                i + 4
+            } else {
+                i + 3
+            };
             let om = digits(b, om_at, 2)?;
             if oh > 23 || om > 59 {
                 return None;
@@ -267,8 +271,14 @@ mod tests {
     fn fraction_lengths_from_zero_to_more_than_seven_digits() {
         let base = 1_619_525_967 * TICKS_PER_SECOND;
         assert_eq!(parse_ticks("2021-04-27T12:19:27Z"), Some(base));
-        assert_eq!(parse_ticks("2021-04-27T12:19:27.7Z"), Some(base + 7_000_000));
-        assert_eq!(parse_ticks("2021-04-27T12:19:27.116Z"), Some(base + 1_160_000));
+        assert_eq!(
+            parse_ticks("2021-04-27T12:19:27.7Z"),
+            Some(base + 7_000_000)
+        );
+        assert_eq!(
+            parse_ticks("2021-04-27T12:19:27.116Z"),
+            Some(base + 1_160_000)
+        );
         // Digits past the seventh are truncated, never rounded up into the next tick.
         assert_eq!(
             parse_ticks("2021-04-27T12:19:27.123456789Z"),
@@ -346,7 +356,12 @@ mod tests {
         assert_eq!(format_ticks(0), "1970-01-01T00:00:00.0000000Z");
         assert_eq!(format_ticks(-1), "1969-12-31T23:59:59.9999999Z");
         assert_eq!(parse_ticks("1969-12-31T23:59:59.9999999Z"), Some(-1));
-        assert_eq!(parse_ticks("0000-03-01T00:00:00Z").map(format_ticks).as_deref(), Some("0000-03-01T00:00:00.0000000Z"));
+        assert_eq!(
+            parse_ticks("0000-03-01T00:00:00Z")
+                .map(format_ticks)
+                .as_deref(),
+            Some("0000-03-01T00:00:00.0000000Z")
+        );
     }
 
     #[test]

@@ -37,17 +37,44 @@ const TENANT: &str = "d1a2b3c4-0000-4000-8000-0000000000aa";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_of_a_full_run_contain_no_secret_token_or_api_key() {
     let capture = Capture::default();
-    let cfg = LogConfig { format: LogFormat::Json, level: "debug".into() };
-    tracing::subscriber::set_global_default(m365_ingest::telemetry::subscriber(&cfg, capture.clone())).unwrap();
+    let cfg = LogConfig {
+        format: LogFormat::Json,
+        level: "debug".into(),
+    };
+    tracing::subscriber::set_global_default(m365_ingest::telemetry::subscriber(
+        &cfg,
+        capture.clone(),
+    ))
+    .unwrap();
 
-    let sim = Simulator::start(SimConfig { token_lifetime: Duration::from_secs(3), ..Default::default() }).await.unwrap();
+    let sim = Simulator::start(SimConfig {
+        token_lifetime: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     sim.add_tenant(TENANT);
     sim.add_app(TENANT, "c1", SECRET, &["SecurityAlert.Read.All"]);
     let now = SystemTime::now();
-    sim.generate_alerts(TENANT, 300, now - Duration::from_secs(86_400), now - Duration::from_secs(120));
+    sim.generate_alerts(
+        TENANT,
+        300,
+        now - Duration::from_secs(86_400),
+        now - Duration::from_secs(120),
+    );
     // Some failures too, so the error paths log.
-    sim.set_faults(TENANT, Faults { throttle_every: Some(4), retry_after: Some("1".into()), ..Default::default() });
-    sim.set_dropzone(DropzoneBehavior::FailWith { status: 503, retry_after: None });
+    sim.set_faults(
+        TENANT,
+        Faults {
+            throttle_every: Some(4),
+            retry_after: Some("1".into()),
+            ..Default::default()
+        },
+    );
+    sim.set_dropzone(DropzoneBehavior::FailWith {
+        status: 503,
+        retry_after: None,
+    });
 
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
@@ -75,7 +102,9 @@ settle = "1s"
         login = sim.login_url(),
         graph = sim.graph_url(),
     );
-    let app = App::build(Settings::from_toml(&toml).unwrap()).await.unwrap();
+    let app = App::build(Settings::from_toml(&toml).unwrap())
+        .await
+        .unwrap();
     let stop = app.stop_token();
     let run = tokio::spawn(app.run_until_stopped());
     tokio::time::timeout(Duration::from_secs(20), async {

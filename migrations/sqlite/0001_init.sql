@@ -77,6 +77,7 @@ CREATE TABLE quarantine (
     native_id  TEXT,
     reason     TEXT    NOT NULL,
     raw        TEXT    NOT NULL,
-    created_at INTEGER NOT NULL
+    raw_hash   TEXT    NOT NULL,               -- the same bad item re-read by the overlap is kept once
+    created_at INTEGER NOT NULL,
+    UNIQUE (tenant, source, raw_hash)
 );
-CREATE INDEX quarantine_tenant ON quarantine (tenant);

@@ -22,41 +22,135 @@ use crate::generator::{self, GenMeta};
 use crate::odata::{Expr, Fields, Kind, Prop, Schema, Val};
 use crate::{graph, lock, tenant_key, time, Inner, Simulator};
 
-pub(crate) const SEVERITY: &[&str] = &["unknown", "informational", "low", "medium", "high", "unknownFutureValue"];
-pub(crate) const STATUS: &[&str] = &["unknown", "new", "inProgress", "resolved", "unknownFutureValue"];
-pub(crate) const CLASSIFICATION: &[&str] = &["unknown", "falsePositive", "truePositive", "informationalExpectedActivity", "unknownFutureValue"];
+pub(crate) const SEVERITY: &[&str] = &[
+    "unknown",
+    "informational",
+    "low",
+    "medium",
+    "high",
+    "unknownFutureValue",
+];
+pub(crate) const STATUS: &[&str] = &[
+    "unknown",
+    "new",
+    "inProgress",
+    "resolved",
+    "unknownFutureValue",
+];
+pub(crate) const CLASSIFICATION: &[&str] = &[
+    "unknown",
+    "falsePositive",
+    "truePositive",
+    "informationalExpectedActivity",
+    "unknownFutureValue",
+];
 pub(crate) const DETERMINATION: &[&str] = &[
-    "unknown", "apt", "malware", "securityPersonnel", "securityTesting", "unwantedSoftware", "other", "multiStagedAttack",
-    "compromisedAccount", "phishing", "maliciousUserActivity", "notMalicious", "notEnoughDataToValidate", "confirmedActivity",
-    "lineOfBusinessApplication", "unknownFutureValue",
+    "unknown",
+    "apt",
+    "malware",
+    "securityPersonnel",
+    "securityTesting",
+    "unwantedSoftware",
+    "other",
+    "multiStagedAttack",
+    "compromisedAccount",
+    "phishing",
+    "maliciousUserActivity",
+    "notMalicious",
+    "notEnoughDataToValidate",
+    "confirmedActivity",
+    "lineOfBusinessApplication",
+    "unknownFutureValue",
 ];
 pub(crate) const SERVICE_SOURCE: &[&str] = &[
-    "unknown", "microsoftDefenderForEndpoint", "microsoftDefenderForIdentity", "microsoftDefenderForCloudApps",
-    "microsoftDefenderForOffice365", "microsoft365Defender", "azureAdIdentityProtection", "microsoftAppGovernance",
-    "dataLossPrevention", "unknownFutureValue", "microsoftDefenderForCloud", "microsoftSentinel",
-    "microsoftInsiderRiskManagement", "microsoftThreatIntelligence", "microsoftSecurityForAI",
+    "unknown",
+    "microsoftDefenderForEndpoint",
+    "microsoftDefenderForIdentity",
+    "microsoftDefenderForCloudApps",
+    "microsoftDefenderForOffice365",
+    "microsoft365Defender",
+    "azureAdIdentityProtection",
+    "microsoftAppGovernance",
+    "dataLossPrevention",
+    "unknownFutureValue",
+    "microsoftDefenderForCloud",
+    "microsoftSentinel",
+    "microsoftInsiderRiskManagement",
+    "microsoftThreatIntelligence",
+    "microsoftSecurityForAI",
 ];
 
 /// The properties alerts_v2 documents as filterable (API.md §3).
 static FILTERABLE: &[Prop] = &[
-    Prop { name: "assignedTo", kind: Kind::String },
-    Prop { name: "classification", kind: Kind::Enum("microsoft.graph.security.alertClassification", CLASSIFICATION) },
-    Prop { name: "determination", kind: Kind::Enum("microsoft.graph.security.alertDetermination", DETERMINATION) },
-    Prop { name: "createdDateTime", kind: Kind::DateTime },
-    Prop { name: "lastUpdateDateTime", kind: Kind::DateTime },
-    Prop { name: "severity", kind: Kind::Enum("microsoft.graph.security.alertSeverity", SEVERITY) },
-    Prop { name: "serviceSource", kind: Kind::Enum("microsoft.graph.security.serviceSource", SERVICE_SOURCE) },
-    Prop { name: "status", kind: Kind::Enum("microsoft.graph.security.alertStatus", STATUS) },
+    Prop {
+        name: "assignedTo",
+        kind: Kind::String,
+    },
+    Prop {
+        name: "classification",
+        kind: Kind::Enum(
+            "microsoft.graph.security.alertClassification",
+            CLASSIFICATION,
+        ),
+    },
+    Prop {
+        name: "determination",
+        kind: Kind::Enum("microsoft.graph.security.alertDetermination", DETERMINATION),
+    },
+    Prop {
+        name: "createdDateTime",
+        kind: Kind::DateTime,
+    },
+    Prop {
+        name: "lastUpdateDateTime",
+        kind: Kind::DateTime,
+    },
+    Prop {
+        name: "severity",
+        kind: Kind::Enum("microsoft.graph.security.alertSeverity", SEVERITY),
+    },
+    Prop {
+        name: "serviceSource",
+        kind: Kind::Enum("microsoft.graph.security.serviceSource", SERVICE_SOURCE),
+    },
+    Prop {
+        name: "status",
+        kind: Kind::Enum("microsoft.graph.security.alertStatus", STATUS),
+    },
 ];
 
 pub(crate) static SCHEMA: Schema = Schema {
     type_name: "microsoft.graph.security.alert",
     filterable: FILTERABLE,
     other_props: &[
-        "id", "actorDisplayName", "additionalData", "alertPolicyId", "alertWebUrl", "categories", "category", "comments",
-        "customDetails", "description", "detectionSource", "detectorId", "evidence", "firstActivityDateTime", "incidentId",
-        "incidentWebUrl", "investigationState", "lastActivityDateTime", "mitreTechniques", "productName", "providerAlertId",
-        "recommendedActions", "resolvedDateTime", "systemTags", "tenantId", "threatDisplayName", "threatFamilyName", "title",
+        "id",
+        "actorDisplayName",
+        "additionalData",
+        "alertPolicyId",
+        "alertWebUrl",
+        "categories",
+        "category",
+        "comments",
+        "customDetails",
+        "description",
+        "detectionSource",
+        "detectorId",
+        "evidence",
+        "firstActivityDateTime",
+        "incidentId",
+        "incidentWebUrl",
+        "investigationState",
+        "lastActivityDateTime",
+        "mitreTechniques",
+        "productName",
+        "providerAlertId",
+        "recommendedActions",
+        "resolvedDateTime",
+        "systemTags",
+        "tenantId",
+        "threatDisplayName",
+        "threatFamilyName",
+        "title",
     ],
 };
 
@@ -109,7 +203,9 @@ impl Fields for Entry<'_> {
             },
             Body::Json(v) => match (name, v.get(name)) {
                 ("lastUpdateDateTime", _) if self.ticks != NO_TIME => Val::Time(self.ticks),
-                ("createdDateTime" | "lastUpdateDateTime", Some(Value::String(s))) => time::parse(s).map_or(Val::Null, Val::Time),
+                ("createdDateTime" | "lastUpdateDateTime", Some(Value::String(s))) => {
+                    time::parse(s).map_or(Val::Null, Val::Time)
+                }
                 (_, Some(Value::String(s))) => Val::Str(s),
                 _ => Val::Null,
             },
@@ -155,30 +251,61 @@ impl TenantAlerts {
 
     /// The newest ids, for the demo stream.
     pub fn newest(&self, n: usize) -> Vec<String> {
-        self.order.keys().take(n).map(|(_, id)| id.to_string()).collect()
+        self.order
+            .keys()
+            .take(n)
+            .map(|(_, id)| id.to_string())
+            .collect()
     }
 
     /// Matches of `filter` in listing order, skipping `skip`, at most `top`; counts all matches
     /// only when `count` is set (otherwise stops one past the page, enough to know `more`).
-    pub fn page(&self, filter: Option<&Expr>, hidden: impl Fn(&str) -> bool, skip: usize, top: usize, count: bool) -> Page {
-        let (lo, hi) = filter.map_or((i64::MIN, i64::MAX), |f| f.time_bounds("lastUpdateDateTime"));
-        let mut page = Page { items: Vec::new(), total: 0, more: false };
+    pub fn page(
+        &self,
+        filter: Option<&Expr>,
+        hidden: impl Fn(&str) -> bool,
+        skip: usize,
+        top: usize,
+        count: bool,
+    ) -> Page {
+        let (lo, hi) = filter.map_or((i64::MIN, i64::MAX), |f| {
+            f.time_bounds("lastUpdateDateTime")
+        });
+        let mut page = Page {
+            items: Vec::new(),
+            total: 0,
+            more: false,
+        };
         if lo > hi {
             return page;
         }
         let start: Bound<Key> = Bound::Included((Reverse(hi), Arc::from("")));
         // Everything at `lo - 1` and older sorts after every key at `lo`, whatever its id.
-        let end: Bound<Key> = if lo == i64::MIN { Bound::Unbounded } else { Bound::Excluded((Reverse(lo - 1), Arc::from(""))) };
+        let end: Bound<Key> = if lo == i64::MIN {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded((Reverse(lo - 1), Arc::from("")))
+        };
         for ((Reverse(ticks), id), body) in self.order.range((start, end)) {
-            if hidden(id) || !filter.is_none_or(|f| f.matches(&Entry { ticks: *ticks, body })) {
+            if hidden(id)
+                || !filter.is_none_or(|f| {
+                    f.matches(&Entry {
+                        ticks: *ticks,
+                        body,
+                    })
+                })
+            {
                 continue;
             }
-            if page.total >= skip && page.items.len() < top {
-                page.items.push((id.clone(), *ticks, body.clone()));
-            } else if page.total >= skip {
-                page.more = true;
-                if !count {
-                    break;
+            if page.total >= skip {
+                if page.items.len() < top {
+                    page.items.push((id.clone(), *ticks, body.clone()));
+                } else {
+                    // `$top=0` asks for no items; a nextLink would repeat the same empty page.
+                    page.more = top > 0;
+                    if !count {
+                        break;
+                    }
                 }
             }
             page.total += 1;
@@ -214,19 +341,40 @@ async fn list(State(inner): State<Arc<Inner>>, headers: HeaderMap, uri: Uri) -> 
     let now = SystemTime::now();
     let page = {
         // Snapshot the hidden ids first: the alert store lock is never held with another one.
-        let faults = lock(&inner.faults).get(&ctx.tenant).map(|f| f.faults.hide_until.clone()).unwrap_or_default();
+        let faults = lock(&inner.faults)
+            .get(&ctx.tenant)
+            .map(|f| f.faults.hide_until.clone())
+            .unwrap_or_default();
         let hidden = |id: &str| faults.iter().any(|(h, until)| h == id && now < *until);
         let alerts = lock(&inner.alerts);
         match alerts.get(&ctx.tenant) {
             Some(t) => t.page(q.filter.as_ref(), hidden, q.skip, q.top, q.count),
-            None => Page { items: Vec::new(), total: 0, more: false },
+            None => Page {
+                items: Vec::new(),
+                total: 0,
+                more: false,
+            },
         }
     };
-    let items: Vec<String> = page.items.iter().map(|(id, t, b)| render_string(&ctx.tenant, id, *t, b)).collect();
-    let next = page.more.then(|| ctx.next_link(&uri, q.skip + page.items.len()));
+    let next = page
+        .more
+        .then(|| ctx.next_link(&uri, q.skip + page.items.len()));
     let context = format!("{}/graph/v1.0/$metadata#security/alerts_v2", inner.base_url);
-    let body = graph::page_body(&context, q.count.then_some(page.total), next.as_deref(), &items);
-    let update_first = lock(&inner.faults).get_mut(&ctx.tenant).is_some_and(|f| f.take_update());
+    let count = q.count.then_some(page.total);
+    let body = graph::page_body(
+        &context,
+        count,
+        next.as_deref(),
+        page.items.len(),
+        |out, i| {
+            if let Some((id, t, b)) = page.items.get(i) {
+                render(out, &ctx.tenant, id, *t, b);
+            }
+        },
+    );
+    let update_first = lock(&inner.faults)
+        .get_mut(&ctx.tenant)
+        .is_some_and(|f| f.take_update());
     if update_first {
         if let Some((id, _, _)) = page.items.first() {
             update(&inner, &ctx.tenant, id, &Value::Object(Default::default()));
@@ -235,18 +383,31 @@ async fn list(State(inner): State<Arc<Inner>>, headers: HeaderMap, uri: Uri) -> 
     ctx.ok(body)
 }
 
-async fn get_one(State(inner): State<Arc<Inner>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+async fn get_one(
+    State(inner): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let ctx = match graph::begin(&inner, &headers, READ_ROLES).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let found = lock(&inner.alerts).get(&ctx.tenant).and_then(|t| t.get(&id).map(|(ticks, b)| (ticks, b.clone())));
+    let found = lock(&inner.alerts)
+        .get(&ctx.tenant)
+        .and_then(|t| t.get(&id).map(|(ticks, b)| (ticks, b.clone())));
     let Some((ticks, body)) = found else {
-        return ctx.error(StatusCode::NOT_FOUND, "NotFound", &format!("Alert '{id}' was not found."));
+        return ctx.error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("Alert '{id}' was not found."),
+        );
     };
     let rendered = render_string(&ctx.tenant, &id, ticks, &body);
     // The entity answer is the object itself with its @odata.context in front.
-    let context = format!("{}/graph/v1.0/$metadata#security/alerts_v2/$entity", inner.base_url);
+    let context = format!(
+        "{}/graph/v1.0/$metadata#security/alerts_v2/$entity",
+        inner.base_url
+    );
     let mut out = String::with_capacity(rendered.len() + context.len() + 32);
     out.push_str("{\"@odata.context\":");
     generator::esc(&mut out, &context);
@@ -270,13 +431,21 @@ pub(crate) fn routes() -> Router<Arc<Inner>> {
 /// previous value, so every update is a new version even within one clock tick).
 fn update(inner: &Inner, tenant: &str, id: &str, patch: &Value) -> bool {
     let mut alerts = lock(&inner.alerts);
-    let Some(t) = alerts.get_mut(tenant) else { return false };
-    let Some((old, body)) = t.get(id) else { return false };
+    let Some(t) = alerts.get_mut(tenant) else {
+        return false;
+    };
+    let Some((old, body)) = t.get(id) else {
+        return false;
+    };
     let mut v: Value = match body {
         Body::Json(v) => (**v).clone(),
-        Body::Gen(_) => serde_json::from_str(&render_string(tenant, id, old, body)).unwrap_or(Value::Null),
+        Body::Gen(_) => {
+            serde_json::from_str(&render_string(tenant, id, old, body)).unwrap_or(Value::Null)
+        }
     };
-    let Some(obj) = v.as_object_mut() else { return false };
+    let Some(obj) = v.as_object_mut() else {
+        return false;
+    };
     if let Some(p) = patch.as_object() {
         for (k, val) in p {
             obj.insert(k.clone(), val.clone());
@@ -284,7 +453,10 @@ fn update(inner: &Inner, tenant: &str, id: &str, patch: &Value) -> bool {
     }
     let ticks = time::now_ticks().max(old.saturating_add(1));
     obj.insert("id".into(), Value::String(id.to_string()));
-    obj.insert("lastUpdateDateTime".into(), Value::String(time::iso7(ticks)));
+    obj.insert(
+        "lastUpdateDateTime".into(),
+        Value::String(time::iso7(ticks)),
+    );
     t.put(id, ticks, Body::Json(Arc::new(v)));
     true
 }
@@ -298,13 +470,37 @@ impl Simulator {
             tracing::warn!("insert_alert: alert without a string id ignored");
             return;
         };
-        let ticks = alert.get("lastUpdateDateTime").and_then(Value::as_str).and_then(time::parse).unwrap_or(NO_TIME);
-        lock(&self.inner.alerts).entry(tenant_key(tenant_id)).or_default().put(&id, ticks, Body::Json(Arc::new(alert)));
+        let ticks = alert
+            .get("lastUpdateDateTime")
+            .and_then(Value::as_str)
+            .and_then(time::parse)
+            .unwrap_or(NO_TIME);
+        lock(&self.inner.alerts)
+            .entry(tenant_key(tenant_id))
+            .or_default()
+            .put(&id, ticks, Body::Json(Arc::new(alert)));
+    }
+
+    /// Lists `alert` verbatim at time `last_update` under the storage key `key`, whatever its own
+    /// `id` says (or lacks): how a test serves an item Microsoft should never send, such as one
+    /// without an id, to see it quarantined.
+    pub fn insert_alert_at(&self, tenant_id: &str, key: &str, last_update: &str, alert: Value) {
+        let ticks = time::parse(last_update).unwrap_or(NO_TIME);
+        lock(&self.inner.alerts)
+            .entry(tenant_key(tenant_id))
+            .or_default()
+            .put(key, ticks, Body::Json(Arc::new(alert)));
     }
 
     /// Generates `n` realistic alerts with `lastUpdateDateTime` spread uniformly over
     /// `[from, to)` (100-ns precision) and returns their ids.
-    pub fn generate_alerts(&self, tenant_id: &str, n: usize, from: SystemTime, to: SystemTime) -> Vec<String> {
+    pub fn generate_alerts(
+        &self,
+        tenant_id: &str,
+        n: usize,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Vec<String> {
         let (lo, hi) = (time::ticks(from), time::ticks(to));
         let mut rng = lock(&self.inner.rng);
         let mut alerts = lock(&self.inner.alerts);
@@ -332,16 +528,23 @@ impl Simulator {
     /// An alert's current JSON object.
     pub fn alert(&self, tenant_id: &str, id: &str) -> Option<Value> {
         let tenant = tenant_key(tenant_id);
-        let (ticks, body) = lock(&self.inner.alerts).get(&tenant).and_then(|t| t.get(id).map(|(ticks, b)| (ticks, b.clone())))?;
+        let (ticks, body) = lock(&self.inner.alerts)
+            .get(&tenant)
+            .and_then(|t| t.get(id).map(|(ticks, b)| (ticks, b.clone())))?;
         serde_json::from_str(&render_string(&tenant, id, ticks, &body)).ok()
     }
 
     /// How many alerts a tenant has.
     pub fn alert_count(&self, tenant_id: &str) -> usize {
-        lock(&self.inner.alerts).get(&tenant_key(tenant_id)).map_or(0, TenantAlerts::len)
+        lock(&self.inner.alerts)
+            .get(&tenant_key(tenant_id))
+            .map_or(0, TenantAlerts::len)
     }
 
     pub(crate) fn newest_ids(&self, tenant_id: &str, n: usize) -> Vec<String> {
-        lock(&self.inner.alerts).get(&tenant_key(tenant_id)).map(|t| t.newest(n)).unwrap_or_default()
+        lock(&self.inner.alerts)
+            .get(&tenant_key(tenant_id))
+            .map(|t| t.newest(n))
+            .unwrap_or_default()
     }
 }

@@ -18,8 +18,12 @@ use serde_json::{json, Value};
 
 use crate::{time, DropzoneBehavior, Faults, Inner, Simulator};
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| (StatusCode::BAD_REQUEST, Json(json!({"error": e.to_string()}))).into_response())
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| e.to_string())
+}
+
+fn bad_request(e: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({"error": e}))).into_response()
 }
 
 fn ok(v: Value) -> Response {
@@ -80,10 +84,22 @@ struct FaultsReq {
 #[serde(tag = "mode", rename_all = "snake_case")]
 enum DropzoneReq {
     Accept,
-    FailWith { status: u16, retry_after: Option<String> },
-    RejectEventIds { ids: Vec<String>, status: u16 },
-    RejectWhere { field: String, contains: String, status: u16 },
-    MaxBodyBytes { bytes: usize },
+    FailWith {
+        status: u16,
+        retry_after: Option<String>,
+    },
+    RejectEventIds {
+        ids: Vec<String>,
+        status: u16,
+    },
+    RejectWhere {
+        field: String,
+        contains: String,
+        status: u16,
+    },
+    MaxBodyBytes {
+        bytes: usize,
+    },
 }
 
 async fn tenants(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
@@ -92,7 +108,7 @@ async fn tenants(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
             sim(inner).add_tenant(&r.tenant_id);
             ok(json!({"ok": true}))
         }
-        Err(e) => e,
+        Err(e) => bad_request(e),
     }
 }
 
@@ -103,7 +119,7 @@ async fn apps(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
             sim(inner).add_app(&r.tenant_id, &r.client_id, &r.secret, &roles);
             ok(json!({"ok": true}))
         }
-        Err(e) => e,
+        Err(e) => bad_request(e),
     }
 }
 
@@ -111,11 +127,13 @@ async fn generate(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
     match parse::<GenerateReq>(&body) {
         Ok(r) => {
             let to = SystemTime::now();
-            let from = to.checked_sub(Duration::from_secs(r.minutes_back.saturating_mul(60))).unwrap_or(SystemTime::UNIX_EPOCH);
+            let from = to
+                .checked_sub(Duration::from_secs(r.minutes_back.saturating_mul(60)))
+                .unwrap_or(SystemTime::UNIX_EPOCH);
             let ids = sim(inner).generate_alerts(&r.tenant_id, r.n, from, to);
             ok(json!({"generated": ids.len()}))
         }
-        Err(e) => e,
+        Err(e) => bad_request(e),
     }
 }
 
@@ -125,7 +143,7 @@ async fn insert(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
             sim(inner).insert_alert(&r.tenant_id, r.alert);
             ok(json!({"ok": true}))
         }
-        Err(e) => e,
+        Err(e) => bad_request(e),
     }
 }
 
@@ -145,7 +163,7 @@ async fn faults(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
             sim(inner).set_faults(&r.tenant_id, f);
             ok(json!({"ok": true}))
         }
-        Err(e) => e,
+        Err(e) => bad_request(e),
     }
 }
 
@@ -154,15 +172,31 @@ async fn dropzone(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
         Ok(r) => {
             let b = match r {
                 DropzoneReq::Accept => DropzoneBehavior::Accept,
-                DropzoneReq::FailWith { status, retry_after } => DropzoneBehavior::FailWith { status, retry_after },
-                DropzoneReq::RejectEventIds { ids, status } => DropzoneBehavior::RejectEventIds { ids, status },
-                DropzoneReq::RejectWhere { field, contains, status } => DropzoneBehavior::RejectWhere { field, contains, status },
+                DropzoneReq::FailWith {
+                    status,
+                    retry_after,
+                } => DropzoneBehavior::FailWith {
+                    status,
+                    retry_after,
+                },
+                DropzoneReq::RejectEventIds { ids, status } => {
+                    DropzoneBehavior::RejectEventIds { ids, status }
+                }
+                DropzoneReq::RejectWhere {
+                    field,
+                    contains,
+                    status,
+                } => DropzoneBehavior::RejectWhere {
+                    field,
+                    contains,
+                    status,
+                },
                 DropzoneReq::MaxBodyBytes { bytes } => DropzoneBehavior::MaxBodyBytes(bytes),
             };
             sim(inner).set_dropzone(b);
             ok(json!({"ok": true}))
         }
-        Err(e) => e,
+        Err(e) => bad_request(e),
     }
 }
 

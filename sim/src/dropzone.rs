@@ -29,13 +29,20 @@ pub enum DropzoneBehavior {
     #[default]
     Accept,
     /// Every request answers `status` (with `Retry-After` if given) until changed.
-    FailWith { status: u16, retry_after: Option<String> },
+    FailWith {
+        status: u16,
+        retry_after: Option<String>,
+    },
     /// A request containing any of these event ids answers `status` with a JSON body naming
     /// them (`rejected_event_ids`); others 200.
     RejectEventIds { ids: Vec<String>, status: u16 },
     /// A request containing an alert whose top-level string `field` contains `contains` answers
     /// `status`, naming the event ids of those alerts; others 200.
-    RejectWhere { field: String, contains: String, status: u16 },
+    RejectWhere {
+        field: String,
+        contains: String,
+        status: u16,
+    },
     /// Bodies larger than this many bytes answer 413; others 200.
     MaxBodyBytes(usize),
 }
@@ -82,7 +89,10 @@ struct IdOnly<'a> {
 }
 
 fn event_id(v: &Value) -> String {
-    v.get("event_id").and_then(Value::as_str).unwrap_or_default().to_string()
+    v.get("event_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn status_code(s: u16) -> StatusCode {
@@ -90,7 +100,12 @@ fn status_code(s: u16) -> StatusCode {
 }
 
 async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
-    let hdr = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let hdr = |name: header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let behavior = lock(&inner.dropzone).behavior.clone();
     let mut batch = ReceivedBatch {
         at: SystemTime::now(),
@@ -101,57 +116,99 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
         event_ids: Vec::new(),
         alerts: Vec::new(),
     };
-    let needs_bodies = inner.keep_bodies || matches!(behavior, DropzoneBehavior::RejectWhere { .. });
+    let needs_bodies =
+        inner.keep_bodies || matches!(behavior, DropzoneBehavior::RejectWhere { .. });
     let parsed: Result<(), String> = if needs_bodies {
-        serde_json::from_slice::<FullBody>(&body).map_err(|e| e.to_string()).map(|b| {
-            batch.event_ids = b.alerts.iter().map(event_id).collect();
-            batch.alerts = b.alerts;
-        })
+        serde_json::from_slice::<FullBody>(&body)
+            .map_err(|e| e.to_string())
+            .map(|b| {
+                batch.event_ids = b.alerts.iter().map(event_id).collect();
+                batch.alerts = b.alerts;
+            })
     } else {
-        serde_json::from_slice::<IdsBody<'_>>(&body).map_err(|e| e.to_string()).map(|b| {
-            batch.event_ids = b.alerts.into_iter().map(|a| a.event_id.map(Cow::into_owned).unwrap_or_default()).collect();
-        })
+        serde_json::from_slice::<IdsBody<'_>>(&body)
+            .map_err(|e| e.to_string())
+            .map(|b| {
+                batch.event_ids = b
+                    .alerts
+                    .into_iter()
+                    .map(|a| a.event_id.map(Cow::into_owned).unwrap_or_default())
+                    .collect();
+            })
     };
-    let is_json = hdr(header::CONTENT_TYPE).is_some_and(|c| c.to_ascii_lowercase().contains("json"));
+    let is_json =
+        hdr(header::CONTENT_TYPE).is_some_and(|c| c.to_ascii_lowercase().contains("json"));
 
     let mut retry_after = None;
     let (status, answer) = if !is_json {
-        (StatusCode::UNSUPPORTED_MEDIA_TYPE, json!({"error": "Content-Type must be application/json"}))
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            json!({"error": "Content-Type must be application/json"}),
+        )
     } else if let Err(e) = parsed {
-        (StatusCode::BAD_REQUEST, json!({"error": format!("invalid request body: {e}")}))
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"error": format!("invalid request body: {e}")}),
+        )
     } else {
         match &behavior {
-            DropzoneBehavior::Accept => (StatusCode::OK, json!({"accepted": batch.event_ids.len()})),
-            DropzoneBehavior::FailWith { status, retry_after: ra } => {
+            DropzoneBehavior::Accept => {
+                (StatusCode::OK, json!({"accepted": batch.event_ids.len()}))
+            }
+            DropzoneBehavior::FailWith {
+                status,
+                retry_after: ra,
+            } => {
                 retry_after = ra.clone();
                 (status_code(*status), json!({"error": "simulated failure"}))
             }
             DropzoneBehavior::RejectEventIds { ids, status } => {
                 let bad: HashSet<&str> = ids.iter().map(String::as_str).collect();
-                let hit: Vec<&String> = batch.event_ids.iter().filter(|e| bad.contains(e.as_str())).collect();
+                let hit: Vec<&String> = batch
+                    .event_ids
+                    .iter()
+                    .filter(|e| bad.contains(e.as_str()))
+                    .collect();
                 if hit.is_empty() {
                     (StatusCode::OK, json!({"accepted": batch.event_ids.len()}))
                 } else {
-                    (status_code(*status), json!({"error": "alerts rejected", "rejected_event_ids": hit}))
+                    (
+                        status_code(*status),
+                        json!({"error": "alerts rejected", "rejected_event_ids": hit}),
+                    )
                 }
             }
-            DropzoneBehavior::RejectWhere { field, contains, status } => {
+            DropzoneBehavior::RejectWhere {
+                field,
+                contains,
+                status,
+            } => {
                 let hit: Vec<String> = batch
                     .alerts
                     .iter()
-                    .filter(|a| a.get(field).and_then(Value::as_str).is_some_and(|s| s.contains(contains.as_str())))
+                    .filter(|a| {
+                        a.get(field)
+                            .and_then(Value::as_str)
+                            .is_some_and(|s| s.contains(contains.as_str()))
+                    })
                     .map(event_id)
                     .collect();
                 if hit.is_empty() {
                     (StatusCode::OK, json!({"accepted": batch.event_ids.len()}))
                 } else {
-                    (status_code(*status), json!({"error": format!("alerts rejected: {field} contains {contains:?}"), "rejected_event_ids": hit}))
+                    (
+                        status_code(*status),
+                        json!({"error": format!("alerts rejected: {field} contains {contains:?}"), "rejected_event_ids": hit}),
+                    )
                 }
             }
-            DropzoneBehavior::MaxBodyBytes(max) if body.len() > *max => {
-                (StatusCode::PAYLOAD_TOO_LARGE, json!({"error": "payload too large", "max_bytes": max}))
+            DropzoneBehavior::MaxBodyBytes(max) if body.len() > *max => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "payload too large", "max_bytes": max}),
+            ),
+            DropzoneBehavior::MaxBodyBytes(_) => {
+                (StatusCode::OK, json!({"accepted": batch.event_ids.len()}))
             }
-            DropzoneBehavior::MaxBodyBytes(_) => (StatusCode::OK, json!({"accepted": batch.event_ids.len()})),
         }
     };
     batch.status = status.as_u16();
@@ -175,7 +232,10 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
 
 pub(crate) fn routes() -> Router<Arc<Inner>> {
     // Batches are capped by the sender (max_batch_bytes); the sim must not refuse them first.
-    Router::new().route("/dropzone/alerts", post(receive).layer(DefaultBodyLimit::max(256 << 20)))
+    Router::new().route(
+        "/dropzone/alerts",
+        post(receive).layer(DefaultBodyLimit::max(256 << 20)),
+    )
 }
 
 impl Simulator {

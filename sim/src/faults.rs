@@ -59,12 +59,19 @@ fn retry_after_secs(v: &str) -> Option<f64> {
         return (s.is_finite() && s > 0.0).then_some(s);
     }
     let at = httpdate::parse_http_date(v).ok()?;
-    at.duration_since(SystemTime::now()).ok().map(|d| d.as_secs_f64())
+    at.duration_since(SystemTime::now())
+        .ok()
+        .map(|d| d.as_secs_f64())
 }
 
 impl FaultState {
     fn new(faults: Faults) -> Self {
-        FaultState { truncate_left: faults.truncate_next, update_left: faults.update_during_listing, faults, ..Default::default() }
+        FaultState {
+            truncate_left: faults.truncate_next,
+            update_left: faults.update_during_listing,
+            faults,
+            ..Default::default()
+        }
     }
 
     /// Counts a Graph request and decides its fate. The bool says whether it arrived while a
@@ -75,11 +82,15 @@ impl FaultState {
             if now < until {
                 // Microsoft keeps refusing a client that does not wait; tell it what is left.
                 let left = until - now;
-                return (true, Gate::Throttle(Some(format!("{:.3}", left.as_secs_f64()))));
+                return (
+                    true,
+                    Gate::Throttle(Some(format!("{:.3}", left.as_secs_f64()))),
+                );
             }
             self.throttled_until = None;
         }
-        let hit = |every: Option<u32>| every.is_some_and(|n| n > 0 && self.requests % u64::from(n) == 0);
+        let hit =
+            |every: Option<u32>| every.is_some_and(|n| n > 0 && self.requests % u64::from(n) == 0);
         if hit(self.faults.throttle_every) {
             let ra = self.faults.retry_after.clone();
             if let Some(secs) = ra.as_deref().and_then(retry_after_secs) {
@@ -91,6 +102,11 @@ impl FaultState {
             return (false, Gate::ServerError);
         }
         (false, Gate::Pass)
+    }
+
+    /// Whether a `Retry-After` this tenant was given is still running.
+    pub fn in_throttle_window(&self, now: Instant) -> bool {
+        self.throttled_until.is_some_and(|until| now < until)
     }
 
     /// Whether this answer is to be truncated (consumes one).
@@ -118,7 +134,9 @@ impl Simulator {
     /// How many Graph requests arrived while a `Retry-After` their tenant was given was still
     /// running (all tenants together). A well-behaved client keeps this at 0.
     pub fn throttle_violations(&self) -> usize {
-        self.inner.throttle_violations.load(std::sync::atomic::Ordering::Relaxed)
+        self.inner
+            .throttle_violations
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -128,13 +146,23 @@ mod tests {
 
     #[test]
     fn every_nth_request_is_throttled_and_early_returns_count() {
-        let mut s = FaultState::new(Faults { throttle_every: Some(2), retry_after: Some("10".into()), ..Default::default() });
+        let mut s = FaultState::new(Faults {
+            throttle_every: Some(2),
+            retry_after: Some("10".into()),
+            ..Default::default()
+        });
         let t0 = Instant::now();
         assert!(matches!(s.on_request(t0), (false, Gate::Pass)));
         assert!(matches!(s.on_request(t0), (false, Gate::Throttle(Some(ref v))) if v == "10"));
-        assert!(matches!(s.on_request(t0 + Duration::from_secs(5)), (true, Gate::Throttle(_))));
+        assert!(matches!(
+            s.on_request(t0 + Duration::from_secs(5)),
+            (true, Gate::Throttle(_))
+        ));
         // After the window the count goes on: request 4 is throttled again.
-        assert!(matches!(s.on_request(t0 + Duration::from_secs(11)), (false, Gate::Throttle(_))));
+        assert!(matches!(
+            s.on_request(t0 + Duration::from_secs(11)),
+            (false, Gate::Throttle(_))
+        ));
     }
 
     #[test]

@@ -34,7 +34,11 @@ pub(crate) struct GenMeta {
 }
 
 /// Who generated alerts are assigned to (a filterable property, so it lives in the metadata).
-pub(crate) const ASSIGNEES: &[&str] = &["soc-tier1@contoso.com", "soc-tier2@contoso.com", "Automation"];
+pub(crate) const ASSIGNEES: &[&str] = &[
+    "soc-tier1@contoso.com",
+    "soc-tier2@contoso.com",
+    "Automation",
+];
 
 impl GenMeta {
     pub fn service(&self) -> &'static str {
@@ -53,7 +57,9 @@ impl GenMeta {
         DETERMINATION[usize::from(self.determination)]
     }
     pub fn assigned_to(&self) -> Option<&'static str> {
-        usize::from(self.assignee).checked_sub(1).and_then(|i| ASSIGNEES.get(i).copied())
+        usize::from(self.assignee)
+            .checked_sub(1)
+            .and_then(|i| ASSIGNEES.get(i).copied())
     }
 }
 
@@ -65,7 +71,15 @@ const OFFICE: u8 = 4;
 const XDR: u8 = 5;
 const AADIP: u8 = 6;
 const DLP: u8 = 8;
-const SERVICE_WEIGHTS: &[(u8, u32)] = &[(ENDPOINT, 35), (OFFICE, 25), (IDENTITY, 10), (CLOUD_APPS, 10), (AADIP, 10), (XDR, 7), (DLP, 3)];
+const SERVICE_WEIGHTS: &[(u8, u32)] = &[
+    (ENDPOINT, 35),
+    (OFFICE, 25),
+    (IDENTITY, 10),
+    (CLOUD_APPS, 10),
+    (AADIP, 10),
+    (XDR, 7),
+    (DLP, 3),
+];
 
 fn weighted(rng: &mut Rng, table: &[(u8, u32)]) -> u8 {
     let total: u32 = table.iter().map(|(_, w)| w).sum();
@@ -87,17 +101,30 @@ pub(crate) fn new_meta(rng: &mut Rng, last_update: i64) -> GenMeta {
     let status = weighted(rng, &[(1, 70), (2, 15), (3, 15)]);
     let (classification, determination) = if status == 3 {
         match rng.u8(0..3) {
-            0 => (2, *pick(rng, &[2u8, 7, 8, 9, 10])),  // truePositive: malware, multiStaged, compromisedAccount, phishing, malicious user
-            1 => (1, *pick(rng, &[11u8, 12, 6])),       // falsePositive: notMalicious, notEnoughData, other
-            _ => (3, *pick(rng, &[4u8, 13, 14, 3])),    // expected activity: testing, confirmed, LOB app, personnel
+            0 => (2, *pick(rng, &[2u8, 7, 8, 9, 10])), // truePositive: malware, multiStaged, compromisedAccount, phishing, malicious user
+            1 => (1, *pick(rng, &[11u8, 12, 6])), // falsePositive: notMalicious, notEnoughData, other
+            _ => (3, *pick(rng, &[4u8, 13, 14, 3])), // expected activity: testing, confirmed, LOB app, personnel
         }
     } else {
         (0, 0)
     };
     let assignee = if status == 1 { 0 } else { 1 + rng.u8(0..3) };
     // New alerts are updated moments after creation; triaged ones hours or days later.
-    let age = if status == 1 { rng.i64(0..300 * TICKS_PER_SEC) } else { rng.i64(3600 * TICKS_PER_SEC..2 * 86_400 * TICKS_PER_SEC) };
-    GenMeta { seed: rng.u64(..), created: last_update.saturating_sub(age), service, severity, status, classification, determination, assignee }
+    let age = if status == 1 {
+        rng.i64(0..300 * TICKS_PER_SEC)
+    } else {
+        rng.i64(3600 * TICKS_PER_SEC..2 * 86_400 * TICKS_PER_SEC)
+    };
+    GenMeta {
+        seed: rng.u64(..),
+        created: last_update.saturating_sub(age),
+        service,
+        severity,
+        status,
+        classification,
+        determination,
+        assignee,
+    }
 }
 
 /// An alert id in the style of its service source (`da637551227677560813_-961444813` for
@@ -119,21 +146,61 @@ fn pick<'a, T>(rng: &mut Rng, xs: &'a [T]) -> &'a T {
     &xs[rng.usize(0..xs.len())]
 }
 
+fn pick_str(rng: &mut Rng, xs: &[&'static str]) -> &'static str {
+    xs[rng.usize(0..xs.len())]
+}
+
 fn hex(rng: &mut Rng, n: usize) -> String {
     const H: &[u8; 16] = b"0123456789abcdef";
-    (0..n).map(|_| char::from(H[rng.usize(0..16)])).collect()
+    let mut out = String::with_capacity(n);
+    let mut bits = 0u64;
+    for i in 0..n {
+        // One random u64 gives sixteen hex digits.
+        if i % 16 == 0 {
+            bits = rng.u64(..);
+        }
+        out.push(char::from(H[(bits & 0xf) as usize]));
+        bits >>= 4;
+    }
+    out
 }
 
 pub(crate) fn guid(rng: &mut Rng) -> String {
-    format!("{}-{}-{}-{}-{}", hex(rng, 8), hex(rng, 4), hex(rng, 4), hex(rng, 4), hex(rng, 12))
+    format!(
+        "{}-{}-{}-{}-{}",
+        hex(rng, 8),
+        hex(rng, 4),
+        hex(rng, 4),
+        hex(rng, 4),
+        hex(rng, 12)
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
 // A minimal JSON text writer: keys are literals we control, values are escaped.
 
+/// Bytes that JSON strings must escape: controls, quote and backslash.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 /// Appends `s` as a JSON string literal.
 pub(crate) fn esc(out: &mut String, s: &str) {
     out.push('"');
+    // Most values need no escaping; one table-driven scan finds out.
+    if !s.bytes().any(|b| NEEDS_ESCAPE[usize::from(b)]) {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
         let rep = match b {
@@ -209,6 +276,12 @@ impl<'a> Obj<'a> {
         let v = time::iso3(ticks);
         self.s(k, &v)
     }
+    /// A value that is already JSON text.
+    pub fn raw(&mut self, k: &str, json: &str) -> &mut Self {
+        self.key(k);
+        self.out.push_str(json);
+        self
+    }
     pub fn strs(&mut self, k: &str, vs: &[&str]) -> &mut Self {
         self.key(k);
         self.out.push('[');
@@ -228,7 +301,7 @@ impl<'a> Obj<'a> {
         o.close();
         self
     }
-    /// An array of objects, one per call of `f` until it returns false.
+    /// An array of `n` objects, the i-th written by `f(i, ..)`.
     pub fn objs(&mut self, k: &str, n: usize, mut f: impl FnMut(usize, &mut Obj<'_>)) -> &mut Self {
         self.key(k);
         self.out.push('[');
@@ -318,47 +391,117 @@ static DLP_T: &[Template] = &[
     Template { title: "DLP policy (Financial data) matched for email", category: "Exfiltration", mitre: &[], detection: "microsoftDataLossPrevention", description: "An email containing credit card numbers and bank account numbers was sent to an external recipient.", evidence: &[Ev::User, Ev::Mailbox, Ev::Message, Ev::File], threat: None },
 ];
 
+/// The recommended-actions texts, escaped once: they are the longest strings of an alert and
+/// full of newlines and tabs, so escaping them on every render would dominate its cost.
+fn escaped_actions(i: usize) -> &'static str {
+    static CACHE: std::sync::OnceLock<[String; 3]> = std::sync::OnceLock::new();
+    let all = CACHE.get_or_init(|| {
+        [ENDPOINT_ACTIONS, EMAIL_ACTIONS, IDENTITY_ACTIONS].map(|t| {
+            let mut s = String::with_capacity(t.len() + 64);
+            esc(&mut s, t);
+            s
+        })
+    });
+    all.get(i).map_or("null", String::as_str)
+}
+
+/// Templates, product name and (escaped) recommended actions of a service source.
 fn templates(service: u8) -> (&'static [Template], &'static str, &'static str) {
-    match service {
-        ENDPOINT => (ENDPOINT_T, "Microsoft Defender for Endpoint", ENDPOINT_ACTIONS),
-        OFFICE => (OFFICE_T, "Microsoft Defender for Office 365", EMAIL_ACTIONS),
-        IDENTITY => (IDENTITY_T, "Microsoft Defender for Identity", IDENTITY_ACTIONS),
-        CLOUD_APPS => (CLOUD_T, "Microsoft Defender for Cloud Apps", IDENTITY_ACTIONS),
-        AADIP => (AADIP_T, "Microsoft Entra ID Protection", IDENTITY_ACTIONS),
-        XDR => (XDR_T, "Microsoft Defender XDR", EMAIL_ACTIONS),
-        _ => (DLP_T, "Microsoft Data Loss Prevention", EMAIL_ACTIONS),
-    }
+    let (tpls, product, actions) = match service {
+        ENDPOINT => (ENDPOINT_T, "Microsoft Defender for Endpoint", 0),
+        OFFICE => (OFFICE_T, "Microsoft Defender for Office 365", 1),
+        IDENTITY => (IDENTITY_T, "Microsoft Defender for Identity", 2),
+        CLOUD_APPS => (CLOUD_T, "Microsoft Defender for Cloud Apps", 2),
+        AADIP => (AADIP_T, "Microsoft Entra ID Protection", 2),
+        XDR => (XDR_T, "Microsoft Defender XDR", 1),
+        _ => (DLP_T, "Microsoft Data Loss Prevention", 1),
+    };
+    (tpls, product, escaped_actions(actions))
 }
 
 const USERS: &[(&str, &str)] = &[
-    ("Megan Bowen", "meganb"), ("Alex Wilber", "alexw"), ("Lidia Holloway", "lidiah"), ("Nestor Wilke", "nestorw"),
-    ("Adele Vance", "adelev"), ("Grady Archie", "gradya"), ("Isaiah Langer", "isaiahl"), ("Johanna Lorenz", "johannal"),
-    ("Lee Gu", "leeg"), ("Lynne Robbins", "lynner"), ("Miriam Graham", "miriamg"), ("Patti Fernandez", "pattif"),
-    ("Pradeep Gupta", "pradeepg"), ("Diego Siciliani", "diegos"),
+    ("Megan Bowen", "meganb"),
+    ("Alex Wilber", "alexw"),
+    ("Lidia Holloway", "lidiah"),
+    ("Nestor Wilke", "nestorw"),
+    ("Adele Vance", "adelev"),
+    ("Grady Archie", "gradya"),
+    ("Isaiah Langer", "isaiahl"),
+    ("Johanna Lorenz", "johannal"),
+    ("Lee Gu", "leeg"),
+    ("Lynne Robbins", "lynner"),
+    ("Miriam Graham", "miriamg"),
+    ("Patti Fernandez", "pattif"),
+    ("Pradeep Gupta", "pradeepg"),
+    ("Diego Siciliani", "diegos"),
 ];
 const DOMAINS: &[&str] = &["contoso.com", "fabrikam.com", "woodgrovebank.com"];
-const HOSTS: &[&str] = &["desktop-7qk2mnl", "laptop-fin-042", "srv-sql-01", "ws-hr-0193", "dc01", "win10-eng-077", "srv-web-03", "laptop-sales-118"];
+const HOSTS: &[&str] = &[
+    "desktop-7qk2mnl",
+    "laptop-fin-042",
+    "srv-sql-01",
+    "ws-hr-0193",
+    "dc01",
+    "win10-eng-077",
+    "srv-web-03",
+    "laptop-sales-118",
+];
 const SENDERS: &[(&str, &str, &str)] = &[
-    ("Microsoft 365 Security", "micros0ft-secure.com", "no-reply@micros0ft-secure.com"),
+    (
+        "Microsoft 365 Security",
+        "micros0ft-secure.com",
+        "no-reply@micros0ft-secure.com",
+    ),
     ("DocuSign", "docusign-review.net", "dse@docusign-review.net"),
-    ("IT Helpdesk", "helpdesk-portal.co", "support@helpdesk-portal.co"),
-    ("FedEx Delivery", "fedex-tracking.info", "tracking@fedex-tracking.info"),
-    ("Accounts Payable", "invoices-pay.biz", "ap@invoices-pay.biz"),
+    (
+        "IT Helpdesk",
+        "helpdesk-portal.co",
+        "support@helpdesk-portal.co",
+    ),
+    (
+        "FedEx Delivery",
+        "fedex-tracking.info",
+        "tracking@fedex-tracking.info",
+    ),
+    (
+        "Accounts Payable",
+        "invoices-pay.biz",
+        "ap@invoices-pay.biz",
+    ),
 ];
 const SUBJECTS: &[&str] = &[
-    "Action required: your password expires today", "Invoice #88231 overdue", "Shared document: Q3 budget review.xlsx",
-    "Your package could not be delivered", "Voicemail received (00:42)", "Urgent wire transfer request",
+    "Action required: your password expires today",
+    "Invoice #88231 overdue",
+    "Shared document: Q3 budget review.xlsx",
+    "Your package could not be delivered",
+    "Voicemail received (00:42)",
+    "Urgent wire transfer request",
 ];
 const URLS: &[&str] = &[
-    "https://login-micros0ft-secure.com/owa/auth/logon.aspx?replaceCurrent=1", "http://docusign-review.net/d/9f8a7c21/view",
-    "https://fedex-tracking.info/track?id=774899120034", "https://bit.ly/3xQz7Pa", "https://contoso-sharepoint.web.app/shared/budget.xlsx",
+    "https://login-micros0ft-secure.com/owa/auth/logon.aspx?replaceCurrent=1",
+    "http://docusign-review.net/d/9f8a7c21/view",
+    "https://fedex-tracking.info/track?id=774899120034",
+    "https://bit.ly/3xQz7Pa",
+    "https://contoso-sharepoint.web.app/shared/budget.xlsx",
 ];
 const FILES: &[(&str, &str, u32)] = &[
-    ("invoice_88231.docm", "C:\\Users\\Public\\Downloads", 184_320),
+    (
+        "invoice_88231.docm",
+        "C:\\Users\\Public\\Downloads",
+        184_320,
+    ),
     ("mimikatz.exe", "C:\\Windows\\Temp", 1_250_056),
-    ("svchost32.exe", "C:\\ProgramData\\Microsoft\\Crypto", 733_184),
+    (
+        "svchost32.exe",
+        "C:\\ProgramData\\Microsoft\\Crypto",
+        733_184,
+    ),
     ("update.ps1", "C:\\Users\\Public", 4_812),
-    ("MsSense.exe", "C:\\Program Files\\Windows Defender Advanced Threat Protection", 6_136_392),
+    (
+        "MsSense.exe",
+        "C:\\Program Files\\Windows Defender Advanced Threat Protection",
+        6_136_392,
+    ),
     ("payload.dll", "C:\\Users\\Public\\Libraries", 98_304),
 ];
 const COMMANDS: &[(&str, &str)] = &[
@@ -369,13 +512,22 @@ const COMMANDS: &[(&str, &str)] = &[
     ("schtasks.exe", "schtasks.exe /create /tn \"OneDrive Update\" /tr C:\\Users\\Public\\update.ps1 /sc hourly"),
 ];
 const CLOUD_APPS_LIST: &[(i64, &str)] = &[
-    (11161, "Office 365"), (20893, "Microsoft Exchange Online"), (15600, "Microsoft OneDrive for Business"),
-    (20892, "Microsoft SharePoint Online"), (12260, "Microsoft Azure"), (10489, "Box"), (11114, "Salesforce"), (28375, "Microsoft Teams"),
+    (11161, "Office 365"),
+    (20893, "Microsoft Exchange Online"),
+    (15600, "Microsoft OneDrive for Business"),
+    (20892, "Microsoft SharePoint Online"),
+    (12260, "Microsoft Azure"),
+    (10489, "Box"),
+    (11114, "Salesforce"),
+    (28375, "Microsoft Teams"),
 ];
 const PLACES: &[(&str, &str, &str, f64, f64)] = &[
-    ("US", "Seattle", "Washington", 47.6062, -122.3321), ("NL", "Amsterdam", "North Holland", 52.3676, 4.9041),
-    ("NG", "Lagos", "Lagos", 6.5244, 3.3792), ("RU", "Moscow", "Moscow", 55.7558, 37.6173),
-    ("BR", "Sao Paulo", "Sao Paulo", -23.5505, -46.6333), ("VN", "Hanoi", "Hanoi", 21.0285, 105.8542),
+    ("US", "Seattle", "Washington", 47.6062, -122.3321),
+    ("NL", "Amsterdam", "North Holland", 52.3676, 4.9041),
+    ("NG", "Lagos", "Lagos", 6.5244, 3.3792),
+    ("RU", "Moscow", "Moscow", 55.7558, 37.6173),
+    ("BR", "Sao Paulo", "Sao Paulo", -23.5505, -46.6333),
+    ("VN", "Hanoi", "Hanoi", 21.0285, 105.8542),
 ];
 const COMMENTS: &[&str] = &[
     "Investigating with the user; machine isolated pending review.",
@@ -405,7 +557,13 @@ impl Ctx {
 }
 
 fn external_ip(rng: &mut Rng) -> String {
-    format!("{}.{}.{}.{}", rng.u8(20..220), rng.u8(0..=255), rng.u8(0..=255), rng.u8(1..255))
+    format!(
+        "{}.{}.{}.{}",
+        rng.u8(20..220),
+        rng.u8(0..=255),
+        rng.u8(0..=255),
+        rng.u8(1..255)
+    )
 }
 
 fn user_account(o: &mut Obj<'_>, c: &Ctx) {
@@ -424,7 +582,14 @@ fn file_details(o: &mut Obj<'_>, rng: &mut Rng, f: (&str, &str, u32)) {
         .s("fileName", f.0)
         .s("filePath", f.1)
         .n("fileSize", f.2)
-        .s("filePublisher", if f.0 == "MsSense.exe" { "Microsoft Corporation" } else { "" })
+        .s(
+            "filePublisher",
+            if f.0 == "MsSense.exe" {
+                "Microsoft Corporation"
+            } else {
+                ""
+            },
+        )
         .null("signer")
         .null("issuer");
 }
@@ -439,7 +604,11 @@ fn evidence(o: &mut Obj<'_>, kind: Ev, c: &mut Ctx) {
         Ev::Process => ("processEvidence", &[], &[]),
         Ev::RegKey => ("registryKeyEvidence", &[], &[]),
         Ev::RegValue => ("registryValueEvidence", &["edited"], &[]),
-        Ev::User => ("userEvidence", &["compromised"], &["Account used in sign-in"]),
+        Ev::User => (
+            "userEvidence",
+            &["compromised"],
+            &["Account used in sign-in"],
+        ),
         Ev::Ip => ("ipEvidence", &["attacker"], &[]),
         Ev::Url => ("urlEvidence", &["contextual"], &["Url in email body"]),
         Ev::Mailbox => ("mailboxEvidence", &["destination"], &["Recipient"]),
@@ -457,7 +626,12 @@ fn evidence(o: &mut Obj<'_>, kind: Ev, c: &mut Ctx) {
     let rng = &mut c.rng;
     match kind {
         Ev::Device => {
-            let ip = format!("10.{}.{}.{}", rng.u8(0..=255), rng.u8(0..=255), rng.u8(1..255));
+            let ip = format!(
+                "10.{}.{}.{}",
+                rng.u8(0..=255),
+                rng.u8(0..=255),
+                rng.u8(1..255)
+            );
             let vm = guid(rng);
             let sub = guid(rng);
             o.t7("firstSeenDateTime", c.created - i64::from(rng.u32(1..400)) * 86_400 * TICKS_PER_SEC)
@@ -471,7 +645,7 @@ fn evidence(o: &mut Obj<'_>, kind: Ev, c: &mut Ctx) {
                 .n("osBuild", 22621 + i64::from(rng.u16(0..3000)))
                 .s("version", "22H2")
                 .s("healthStatus", "active")
-                .s("riskScore", *pick(rng, &["low", "medium", "high"]))
+                .s("riskScore", pick_str(rng, &["low", "medium", "high"]))
                 .n("rbacGroupId", rng.u16(1..200))
                 .s("rbacGroupName", "UnassignedGroup")
                 .s("onboardingStatus", "onboarded")
@@ -491,34 +665,59 @@ fn evidence(o: &mut Obj<'_>, kind: Ev, c: &mut Ctx) {
         }
         Ev::File => {
             let f = *pick(rng, FILES);
-            o.s("detectionStatus", *pick(rng, &["detected", "blocked", "prevented"]))
-                .s("mdeDeviceId", &c.device_id)
-                .obj("fileDetails", |d| file_details(d, rng, f));
+            o.s(
+                "detectionStatus",
+                pick_str(rng, &["detected", "blocked", "prevented"]),
+            )
+            .s("mdeDeviceId", &c.device_id)
+            .obj("fileDetails", |d| file_details(d, rng, f));
         }
         Ev::Process => {
             let (image, cmd) = *pick(rng, COMMANDS);
-            let f = (image, "C:\\Windows\\System32\\WindowsPowerShell\\v1.0", 450_560 + rng.u32(0..100_000));
-            let start = c.created - i64::from(rng.u32(1..3600)) * TICKS_PER_SEC - rng.i64(0..TICKS_PER_SEC);
+            let f = (
+                image,
+                "C:\\Windows\\System32\\WindowsPowerShell\\v1.0",
+                450_560 + rng.u32(0..100_000),
+            );
+            let start =
+                c.created - i64::from(rng.u32(1..3600)) * TICKS_PER_SEC - rng.i64(0..TICKS_PER_SEC);
             o.n("processId", rng.u32(400..20_000))
                 .n("parentProcessId", rng.u32(400..20_000))
                 .s("processCommandLine", cmd)
                 .t7("processCreationDateTime", start)
-                .t7("parentProcessCreationDateTime", start - rng.i64(0..86_400 * TICKS_PER_SEC))
+                .t7(
+                    "parentProcessCreationDateTime",
+                    start - rng.i64(0..86_400 * TICKS_PER_SEC),
+                )
                 .s("detectionStatus", "detected")
                 .s("mdeDeviceId", &c.device_id)
                 .obj("imageFile", |d| file_details(d, rng, f))
                 .obj("parentProcessImageFile", |d| {
-                    d.null("sha1").null("sha256").s("fileName", "explorer.exe").s("filePath", "C:\\Windows").n("fileSize", 4_841_840).s("filePublisher", "Microsoft Corporation").null("signer").null("issuer");
+                    d.null("sha1")
+                        .null("sha256")
+                        .s("fileName", "explorer.exe")
+                        .s("filePath", "C:\\Windows")
+                        .n("fileSize", 4_841_840)
+                        .s("filePublisher", "Microsoft Corporation")
+                        .null("signer")
+                        .null("issuer");
                 })
                 .obj("userAccount", |u| user_account(u, c));
         }
         Ev::RegKey => {
-            o.s("registryKey", "SYSTEM\\CONTROLSET001\\CONTROL\\WMI\\AUTOLOGGER\\SENSEAUDITLOGGER").s("registryHive", "HKEY_LOCAL_MACHINE");
+            o.s(
+                "registryKey",
+                "SYSTEM\\CONTROLSET001\\CONTROL\\WMI\\AUTOLOGGER\\SENSEAUDITLOGGER",
+            )
+            .s("registryHive", "HKEY_LOCAL_MACHINE");
         }
         Ev::RegValue => {
             o.s("mdeDeviceId", &c.device_id)
                 .s("registryHive", "HKEY_CURRENT_USER")
-                .s("registryKey", "SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Run")
+                .s(
+                    "registryKey",
+                    "SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Run",
+                )
                 .s("registryValueName", "OneDriveUpdate")
                 .s("registryValue", "C:\\Users\\Public\\update.ps1")
                 .s("registryValueType", "String");
@@ -529,16 +728,25 @@ fn evidence(o: &mut Obj<'_>, kind: Ev, c: &mut Ctx) {
         Ev::Ip => {
             let (cc, city, state, lat, lon) = *pick(rng, PLACES);
             let ip = external_ip(rng);
-            o.s("ipAddress", &ip).s("countryLetterCode", cc).obj("location", |l| {
-                l.s("city", city).s("countryName", cc).n("latitude", lat).n("longitude", lon).s("state", state);
-            });
+            o.s("ipAddress", &ip)
+                .s("countryLetterCode", cc)
+                .obj("location", |l| {
+                    l.s("city", city)
+                        .s("countryName", cc)
+                        .n("latitude", lat)
+                        .n("longitude", lon)
+                        .s("state", state);
+                });
         }
         Ev::Url => {
-            o.s("url", *pick(rng, URLS));
+            o.s("url", pick_str(rng, URLS));
         }
         Ev::Mailbox => {
             let upn = c.upn();
-            o.s("displayName", c.user.0).s("primaryAddress", &upn).s("upn", &upn).obj("userAccount", |u| user_account(u, c));
+            o.s("displayName", c.user.0)
+                .s("primaryAddress", &upn)
+                .s("upn", &upn)
+                .obj("userAccount", |u| user_account(u, c));
         }
         Ev::Message => {
             let received = c.created - i64::from(rng.u32(60..7200)) * TICKS_PER_SEC;
@@ -549,22 +757,38 @@ fn evidence(o: &mut Obj<'_>, kind: Ev, c: &mut Ctx) {
             let recipient = format!("{}@{}", c.user.1, c.domain);
             o.s("antiSpamDirection", "Inbound")
                 .n("attachmentsCount", rng.u8(0..3))
-                .s("deliveryAction", *pick(rng, &["Delivered", "Junked", "Blocked", "Replaced"]))
-                .s("deliveryLocation", *pick(rng, &["Inbox/folder", "Junk folder", "Quarantine", "Deleted Items"]))
+                .s(
+                    "deliveryAction",
+                    pick_str(rng, &["Delivered", "Junked", "Blocked", "Replaced"]),
+                )
+                .s(
+                    "deliveryLocation",
+                    pick_str(
+                        rng,
+                        &["Inbox/folder", "Junk folder", "Quarantine", "Deleted Items"],
+                    ),
+                )
                 .s("internetMessageId", &imid)
                 .s("language", "en")
                 .s("networkMessageId", &nmid)
                 .obj("p1Sender", |s| {
-                    s.s("displayName", c.sender.0).s("domainName", c.sender.1).s("emailAddress", c.sender.2);
+                    s.s("displayName", c.sender.0)
+                        .s("domainName", c.sender.1)
+                        .s("emailAddress", c.sender.2);
                 })
                 .obj("p2Sender", |s| {
-                    s.s("displayName", c.sender.0).s("domainName", c.sender.1).s("emailAddress", c.sender.2);
+                    s.s("displayName", c.sender.0)
+                        .s("domainName", c.sender.1)
+                        .s("emailAddress", c.sender.2);
                 })
                 .t7("receivedDateTime", received)
                 .s("recipientEmailAddress", &recipient)
                 .s("senderIp", &sender_ip)
                 .s("subject", c.subject)
-                .strs("threatDetectionMethods", &["urlDetonationReputation", "fingerprintMatching"])
+                .strs(
+                    "threatDetectionMethods",
+                    &["urlDetonationReputation", "fingerprintMatching"],
+                )
                 .strs("threats", &["Phish"])
                 .n("urlCount", 2)
                 .strs("urls", &urls)
@@ -580,8 +804,14 @@ fn evidence(o: &mut Obj<'_>, kind: Ev, c: &mut Ctx) {
                 .null("stream");
         }
     }
-    let tags: &[&str] = if matches!(kind, Ev::Device) { &["Test Machine"] } else { &[] };
-    o.strs("roles", roles).strs("detailedRoles", detailed).strs("tags", tags);
+    let tags: &[&str] = if matches!(kind, Ev::Device) {
+        &["Test Machine"]
+    } else {
+        &[]
+    };
+    o.strs("roles", roles)
+        .strs("detailedRoles", detailed)
+        .strs("tags", tags);
 }
 
 /// Writes the full alerts_v2 JSON object of a generated alert.
@@ -592,23 +822,35 @@ pub(crate) fn render(out: &mut String, tenant: &str, id: &str, last_update: i64,
     let mut c = Ctx {
         created: m.created,
         user: *pick(&mut rng, USERS),
-        domain: *pick(&mut rng, DOMAINS),
-        host: *pick(&mut rng, HOSTS),
+        domain: pick_str(&mut rng, DOMAINS),
+        host: pick_str(&mut rng, HOSTS),
         device_id: hex(&mut rng, 40),
-        user_sid: format!("S-1-5-21-{}-{}-{}-{}", rng.u32(..), rng.u32(..), rng.u32(..), rng.u16(1000..9999)),
+        user_sid: format!(
+            "S-1-5-21-{}-{}-{}-{}",
+            rng.u32(..),
+            rng.u32(..),
+            rng.u32(..),
+            rng.u16(1000..9999)
+        ),
         aad_user_id: guid(&mut rng),
         sender: *pick(&mut rng, SENDERS),
-        subject: *pick(&mut rng, SUBJECTS),
+        subject: pick_str(&mut rng, SUBJECTS),
         rng: Rng::with_seed(m.seed ^ 0x9e37_79b9_7f4a_7c15),
     };
     let incident = 10_000 + rng.u32(0..90_000);
-    let provider_id = id.get(2..).filter(|_| !id.starts_with("da") && !id.starts_with("ed")).unwrap_or(id);
-    let first_activity = m.created - i64::from(rng.u32(60..6 * 3600)) * TICKS_PER_SEC - rng.i64(0..TICKS_PER_SEC);
+    let provider_id = id
+        .get(2..)
+        .filter(|_| !id.starts_with("da") && !id.starts_with("ed"))
+        .unwrap_or(id);
+    let first_activity =
+        m.created - i64::from(rng.u32(60..6 * 3600)) * TICKS_PER_SEC - rng.i64(0..TICKS_PER_SEC);
     let last_activity = first_activity + rng.i64(0..=(m.created - first_activity).max(0));
     let resolved = m.status == 3;
     let n_evidence = (3 + rng.usize(0..=t.evidence.len().saturating_sub(3))).min(t.evidence.len());
     let n_comments = if m.status == 1 { 0 } else { rng.usize(1..3) };
-    let comment_times: Vec<i64> = (0..n_comments).map(|_| m.created + rng.i64(0..=(last_update - m.created).max(0))).collect();
+    let comment_times: Vec<i64> = (0..n_comments)
+        .map(|_| m.created + rng.i64(0..=(last_update - m.created).max(0)))
+        .collect();
 
     let mut o = Obj::open(out);
     o.s("@odata.type", "#microsoft.graph.security.alert")
@@ -626,17 +868,30 @@ pub(crate) fn render(out: &mut String, tenant: &str, id: &str, last_update: i64,
         .s("tenantId", tenant)
         .s("title", t.title)
         .s("description", t.description)
-        .s("recommendedActions", actions)
+        .raw("recommendedActions", actions)
         .s("category", t.category)
         .strs("categories", &[t.category])
         .os("assignedTo", m.assigned_to())
-        .s("alertWebUrl", &format!("https://security.microsoft.com/alerts/{id}?tid={tenant}"))
-        .s("incidentWebUrl", &format!("https://security.microsoft.com/incidents/{incident}?tid={tenant}"))
+        .s(
+            "alertWebUrl",
+            &format!("https://security.microsoft.com/alerts/{id}?tid={tenant}"),
+        )
+        .s(
+            "incidentWebUrl",
+            &format!("https://security.microsoft.com/incidents/{incident}?tid={tenant}"),
+        )
         .null("actorDisplayName")
         .os("threatDisplayName", t.threat.map(|x| x.0))
         .os("threatFamilyName", t.threat.map(|x| x.1))
         .null("alertPolicyId")
-        .s("investigationState", if resolved { "successfullyRemediated" } else { "unsupportedAlertType" })
+        .s(
+            "investigationState",
+            if resolved {
+                "successfullyRemediated"
+            } else {
+                "unsupportedAlertType"
+            },
+        )
         .strs("mitreTechniques", t.mitre)
         .t7("createdDateTime", m.created)
         .t7("lastUpdateDateTime", last_update);
@@ -648,14 +903,29 @@ pub(crate) fn render(out: &mut String, tenant: &str, id: &str, last_update: i64,
     o.t3("firstActivityDateTime", first_activity)
         .t3("lastActivityDateTime", last_activity)
         .objs("comments", n_comments, |i, cm| {
-            cm.s("comment", COMMENTS[(m.seed as usize).wrapping_add(i) % COMMENTS.len()])
-                .s("createdByDisplayName", m.assigned_to().unwrap_or("soc-tier1@contoso.com"))
-                .t7("createdDateTime", comment_times[i]);
+            cm.s(
+                "comment",
+                COMMENTS[(m.seed as usize).wrapping_add(i) % COMMENTS.len()],
+            )
+            .s(
+                "createdByDisplayName",
+                m.assigned_to().unwrap_or("soc-tier1@contoso.com"),
+            )
+            .t7("createdDateTime", comment_times[i]);
         })
         .obj("customDetails", |_| {})
         .obj("additionalData", |_| {})
-        .objs("evidence", n_evidence, |i, ev| evidence(ev, t.evidence[i], &mut c))
-        .strs("systemTags", if rng.bool() { &["Defender Experts"] } else { &[] });
+        .objs("evidence", n_evidence, |i, ev| {
+            evidence(ev, t.evidence[i], &mut c)
+        })
+        .strs(
+            "systemTags",
+            if rng.bool() {
+                &["Defender Experts"]
+            } else {
+                &[]
+            },
+        );
     o.close();
 }
 
@@ -671,7 +941,8 @@ impl Simulator {
         let tenant = tenant_id.to_string();
         let period = Duration::from_secs_f64(60.0 / f64::from(per_minute));
         let stop = self.inner.stop.clone();
-        self.inner.tasks.spawn(async move {
+        let runtime = self.inner.runtime.clone();
+        self.inner.tasks.spawn_on(async move {
             let mut rng = Rng::new();
             // Start from the newest alerts already there so updates also touch the backlog.
             let mut recent: Vec<String> = sim.newest_ids(&tenant, 200);
@@ -702,7 +973,7 @@ impl Simulator {
                 };
                 sim.update_alert(&tenant, &id, patch);
             }
-        });
+        }, &runtime);
     }
 }
 
@@ -731,7 +1002,10 @@ mod tests {
             sizes.push(s.len());
         }
         let (min, max) = (sizes.iter().min().copied(), sizes.iter().max().copied());
-        assert!(min >= Some(3000) && max <= Some(9500), "sizes {min:?}..{max:?}");
+        assert!(
+            min >= Some(3000) && max <= Some(9500),
+            "sizes {min:?}..{max:?}"
+        );
     }
 
     #[test]
@@ -757,6 +1031,9 @@ mod tests {
     fn escapes_control_characters() {
         let mut s = String::new();
         esc(&mut s, "a\"b\\c\nd\u{1}\u{FFFD}");
-        assert_eq!(serde_json::from_str::<String>(&s).ok().as_deref(), Some("a\"b\\c\nd\u{1}\u{FFFD}"));
+        assert_eq!(
+            serde_json::from_str::<String>(&s).ok().as_deref(),
+            Some("a\"b\\c\nd\u{1}\u{FFFD}")
+        );
     }
 }

@@ -113,6 +113,9 @@ pub(crate) struct Inner {
     pub(crate) throttle_violations: AtomicUsize,
     pub(crate) stop: CancellationToken,
     pub(crate) tasks: TaskTracker,
+    /// The runtime the simulator was started on, so background tasks can be spawned from
+    /// synchronous code outside it.
+    pub(crate) runtime: tokio::runtime::Handle,
     server: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -144,15 +147,13 @@ pub(crate) fn decode_pairs(s: &str) -> Vec<(String, String)> {
             let hex = |c: u8| (c as char).to_digit(16);
             match b[i] {
                 b'+' => out.push(b' '),
-                b'%' if i + 2 < b.len() => {
-                    match (hex(b[i + 1]), hex(b[i + 2])) {
-                        (Some(h), Some(l)) => {
-                            out.push((h * 16 + l) as u8);
-                            i += 2;
-                        }
-                        _ => out.push(b'%'),
+                b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
                     }
-                }
+                    _ => out.push(b'%'),
+                },
                 c => out.push(c),
             }
             i += 1;
@@ -237,6 +238,7 @@ impl Simulator {
             throttle_violations: AtomicUsize::new(0),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
             server: Mutex::new(None),
         });
         let app = router(inner.clone());
@@ -284,7 +286,10 @@ impl Simulator {
         let handle = lock(&self.inner.server).take();
         if let Some(h) = handle {
             let abort = h.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), h).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), h)
+                .await
+                .is_err()
+            {
                 tracing::warn!("simulator did not drain within 5 s; aborting it");
                 abort.abort();
             }
@@ -305,7 +310,13 @@ mod tests {
     #[test]
     fn form_decoding() {
         let p = decode_pairs("a=1+2&b=%24filter%3D&c&d=%zz&e=%4");
-        let want = [("a", "1 2"), ("b", "$filter="), ("c", ""), ("d", "%zz"), ("e", "%4")];
+        let want = [
+            ("a", "1 2"),
+            ("b", "$filter="),
+            ("c", ""),
+            ("d", "%zz"),
+            ("e", "%4"),
+        ];
         assert_eq!(p.len(), want.len());
         for ((k, v), (wk, wv)) in p.iter().zip(want) {
             assert_eq!((k.as_str(), v.as_str()), (wk, wv));

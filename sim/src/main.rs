@@ -18,7 +18,10 @@ const ROLES: &[&str] = &[
 ];
 
 #[derive(Parser)]
-#[command(version, about = "Microsoft 365 Defender and Dropzone simulator on loopback")]
+#[command(
+    version,
+    about = "Microsoft 365 Defender and Dropzone simulator on loopback"
+)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9999")]
@@ -46,12 +49,18 @@ struct Args {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
-    let cfg = SimConfig { bind: args.listen, keep_bodies: !args.no_keep_bodies, ..SimConfig::default() };
+    let cfg = SimConfig {
+        bind: args.listen,
+        keep_bodies: !args.no_keep_bodies,
+        ..SimConfig::default()
+    };
     let sim = Simulator::start(cfg).await?;
     sim.add_tenant(&args.tenant);
     sim.add_app(&args.tenant, &args.client_id, &args.client_secret, ROLES);
     let now = SystemTime::now();
-    let from = now.checked_sub(Duration::from_secs(3 * 86_400)).unwrap_or(SystemTime::UNIX_EPOCH);
+    let from = now
+        .checked_sub(Duration::from_secs(3 * 86_400))
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     sim.generate_alerts(&args.tenant, args.alerts, from, now);
     sim.spawn_stream(&args.tenant, args.stream_per_minute);
     println!(

@@ -106,7 +106,11 @@ pub enum Lit {
 pub enum Expr {
     And(Box<Expr>, Box<Expr>),
     Or(Box<Expr>, Box<Expr>),
-    Cmp { prop: &'static Prop, op: Op, lit: Lit },
+    Cmp {
+        prop: &'static Prop,
+        op: Op,
+        lit: Lit,
+    },
 }
 
 impl Expr {
@@ -146,7 +150,11 @@ impl Expr {
                 let (blo, bhi) = b.time_bounds(prop);
                 (alo.max(blo), ahi.min(bhi))
             }
-            Expr::Cmp { prop: p, op, lit: Lit::Time(t) } if p.name == prop => match op {
+            Expr::Cmp {
+                prop: p,
+                op,
+                lit: Lit::Time(t),
+            } if p.name == prop => match op {
                 Op::Eq => (*t, *t),
                 Op::Gt => (t.saturating_add(1), i64::MAX),
                 Op::Ge => (*t, i64::MAX),
@@ -206,13 +214,17 @@ fn tokenize(input: &str) -> Result<Vec<(usize, Tok)>, String> {
             out.push((start, Tok::Str(s)));
         } else if c.is_ascii_alphabetic() || c == b'_' {
             let start = i;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'_' | b'.' | b'/')) {
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'_' | b'.' | b'/'))
+            {
                 i += 1;
             }
             out.push((start, Tok::Word(input[start..i].to_string())));
         } else if c.is_ascii_digit() || c == b'-' || c == b'+' {
             let start = i;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || matches!(b[i], b':' | b'.' | b'-' | b'+')) {
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric() || matches!(b[i], b':' | b'.' | b'-' | b'+'))
+            {
                 i += 1;
             }
             out.push((start, Tok::Bare(input[start..i].to_string())));
@@ -236,7 +248,10 @@ impl Parser<'_> {
     }
 
     fn err_here(&self) -> String {
-        let at = self.toks.get(self.pos).map_or(self.input.len(), |(p, _)| *p);
+        let at = self
+            .toks
+            .get(self.pos)
+            .map_or(self.input.len(), |(p, _)| *p);
         format!("Syntax error at position {at} in '{}'.", self.input)
     }
 
@@ -352,7 +367,12 @@ impl Parser<'_> {
 /// Parses a `$filter` value (already percent-decoded). The error is the message for a 400.
 pub fn parse(input: &str, schema: &Schema) -> Result<Expr, String> {
     let toks = tokenize(input)?;
-    let mut p = Parser { input, toks, pos: 0, schema };
+    let mut p = Parser {
+        input,
+        toks,
+        pos: 0,
+        schema,
+    };
     let e = p.or_expr()?;
     if p.pos != p.toks.len() {
         return Err(p.err_here());
@@ -365,11 +385,27 @@ mod tests {
     use super::*;
 
     static PROPS: &[Prop] = &[
-        Prop { name: "lastUpdateDateTime", kind: Kind::DateTime },
-        Prop { name: "severity", kind: Kind::Enum("microsoft.graph.security.alertSeverity", &["unknown", "informational", "low", "medium", "high"]) },
-        Prop { name: "assignedTo", kind: Kind::String },
+        Prop {
+            name: "lastUpdateDateTime",
+            kind: Kind::DateTime,
+        },
+        Prop {
+            name: "severity",
+            kind: Kind::Enum(
+                "microsoft.graph.security.alertSeverity",
+                &["unknown", "informational", "low", "medium", "high"],
+            ),
+        },
+        Prop {
+            name: "assignedTo",
+            kind: Kind::String,
+        },
     ];
-    static SCHEMA: Schema = Schema { type_name: "t", filterable: PROPS, other_props: &["title"] };
+    static SCHEMA: Schema = Schema {
+        type_name: "t",
+        filterable: PROPS,
+        other_props: &["title"],
+    };
 
     struct Item(i64, &'static str, Option<&'static str>);
     impl Fields for Item {
@@ -389,11 +425,17 @@ mod tests {
 
     #[test]
     fn precedence_and_parentheses() {
-        let e = parse("severity eq 'high' or severity eq 'low' and assignedTo eq 'x'", &SCHEMA);
+        let e = parse(
+            "severity eq 'high' or severity eq 'low' and assignedTo eq 'x'",
+            &SCHEMA,
+        );
         let e = e.unwrap_or_else(|m| panic!("{m}"));
         assert!(e.matches(&Item(0, "high", None)));
         assert!(!e.matches(&Item(0, "low", None)));
-        let e = parse("(severity eq 'high' or severity eq 'low') and assignedTo eq null", &SCHEMA);
+        let e = parse(
+            "(severity eq 'high' or severity eq 'low') and assignedTo eq null",
+            &SCHEMA,
+        );
         let e = e.unwrap_or_else(|m| panic!("{m}"));
         assert!(e.matches(&Item(0, "low", None)));
         assert!(!e.matches(&Item(0, "low", Some("x"))));
@@ -406,7 +448,13 @@ mod tests {
         assert!(e.matches(&Item(t("2024-01-01T12:00:00.9999999Z"), "low", None)));
         assert!(!e.matches(&Item(t("2024-01-01T12:00:01Z"), "low", None)));
         assert!(!e.matches(&Item(t("2024-01-01T12:00:00Z"), "low", None)));
-        assert_eq!(e.time_bounds("lastUpdateDateTime"), (t("2024-01-01T12:00:00.0000001Z"), t("2024-01-01T12:00:01Z") - 1));
+        assert_eq!(
+            e.time_bounds("lastUpdateDateTime"),
+            (
+                t("2024-01-01T12:00:00.0000001Z"),
+                t("2024-01-01T12:00:01Z") - 1
+            )
+        );
     }
 
     #[test]
@@ -422,9 +470,15 @@ mod tests {
             ("title eq 'x'", "cannot be used"),
             ("investigationState eq 'x'", "Could not find a property"),
             ("severity eq 'critical'", "not a valid enumeration"),
-            ("lastUpdateDateTime ge '2024-01-01T00:00:00Z'", "incompatible types"),
+            (
+                "lastUpdateDateTime ge '2024-01-01T00:00:00Z'",
+                "incompatible types",
+            ),
             ("severity eq high", "Syntax error"),
-            ("lastUpdateDateTime ge 2024-13-01T00:00:00Z", "Unrecognized literal"),
+            (
+                "lastUpdateDateTime ge 2024-13-01T00:00:00Z",
+                "Unrecognized literal",
+            ),
             ("severity eq 'high' and", "Syntax error"),
             ("(severity eq 'high'", "Syntax error"),
             ("severity eq 'high", "unterminated"),

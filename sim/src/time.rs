@@ -62,10 +62,23 @@ fn fields(ticks: i64) -> (i64, i64, i64, i64, i64, i64, i64) {
 
 /// Writes `YYYY-MM-DDTHH:MM:SS.fffffffZ`, the form Graph uses for `lastUpdateDateTime`.
 pub fn write_iso7(out: &mut String, ticks: i64) {
-    use std::fmt::Write;
     let (y, mo, d, h, mi, s, f) = fields(ticks);
-    // Writing to a String cannot fail.
-    let _ = write!(out, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{f:07}Z");
+    // Hand-rolled digits: this runs ~15 times per rendered alert, and `write!` is slow.
+    let mut buf = *b"0000-00-00T00:00:00.0000000Z";
+    let mut put = |at: usize, width: usize, mut v: i64| {
+        for i in (at..at + width).rev() {
+            buf[i] = b'0' + (v.rem_euclid(10)) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y);
+    put(5, 2, mo);
+    put(8, 2, d);
+    put(11, 2, h);
+    put(14, 2, mi);
+    put(17, 2, s);
+    put(20, 7, f);
+    out.push_str(std::str::from_utf8(&buf).unwrap_or_default());
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.fffffffZ`.
@@ -78,7 +91,10 @@ pub fn iso7(ticks: i64) -> String {
 /// `YYYY-MM-DDTHH:MM:SS.fffZ`: the millisecond form Defender uses for activity times.
 pub fn iso3(ticks: i64) -> String {
     let (y, mo, d, h, mi, s, f) = fields(ticks);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z", f / 10_000)
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
+        f / 10_000
+    )
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` without fraction or zone: Graph's `innerError.date`.
@@ -189,15 +205,28 @@ mod tests {
 
     #[test]
     fn accepts_fewer_digits_offsets_and_no_zone() {
-        assert_eq!(parse("2021-04-26T07:45:50.116Z"), parse("2021-04-26T07:45:50.1160000Z"));
+        assert_eq!(
+            parse("2021-04-26T07:45:50.116Z"),
+            parse("2021-04-26T07:45:50.1160000Z")
+        );
         assert_eq!(parse("2021-04-26T07:45:50"), parse("2021-04-26T07:45:50Z"));
-        assert_eq!(parse("2021-04-26T09:45:50+02:00"), parse("2021-04-26T07:45:50Z"));
+        assert_eq!(
+            parse("2021-04-26T09:45:50+02:00"),
+            parse("2021-04-26T07:45:50Z")
+        );
         assert_eq!(parse("2021-04-26T07:45Z"), parse("2021-04-26T07:45:00Z"));
     }
 
     #[test]
     fn refuses_garbage() {
-        for s in ["", "2021-02-30T00:00:00Z", "2021-04-26T07:45:50.12345678Z", "2021-04-26 07:45:50Z", "2021-04-26T07:45:50Zx", "2021-04-26T07:45:50."] {
+        for s in [
+            "",
+            "2021-02-30T00:00:00Z",
+            "2021-04-26T07:45:50.12345678Z",
+            "2021-04-26 07:45:50Z",
+            "2021-04-26T07:45:50Zx",
+            "2021-04-26T07:45:50.",
+        ] {
             assert_eq!(parse(s), None, "{s}");
         }
     }

@@ -34,9 +34,12 @@ impl Resource {
     /// The resource named by a `scope` value, which must be `{resource}/.default`.
     fn from_scope(scope: &str) -> Option<Resource> {
         match scope.strip_suffix("/.default")? {
-            "https://graph.microsoft.com" | "00000003-0000-0000-c000-000000000000" => Some(Resource::Graph),
+            "https://graph.microsoft.com" | "00000003-0000-0000-c000-000000000000" => {
+                Some(Resource::Graph)
+            }
             "05a65629-4c1b-48c1-a78b-804c4abdd4af" => Some(Resource::CloudApps),
-            "https://api.securitycenter.microsoft.com" | "https://securitycenter.onmicrosoft.com/windowsatpservice" => {
+            "https://api.securitycenter.microsoft.com"
+            | "https://securitycenter.onmicrosoft.com/windowsatpservice" => {
                 Some(Resource::DefenderApi)
             }
             _ => None,
@@ -58,8 +61,18 @@ impl Resource {
         let prefix = role.split('.').next().unwrap_or("").to_ascii_lowercase();
         match prefix.as_str() {
             "investigation" | "discovery" | "settings" => Resource::CloudApps,
-            "machine" | "library" | "advancedquery" | "alert" | "ti" | "vulnerability" | "score" | "software"
-            | "securityrecommendation" | "ip" | "url" | "file" => Resource::DefenderApi,
+            "machine"
+            | "library"
+            | "advancedquery"
+            | "alert"
+            | "ti"
+            | "vulnerability"
+            | "score"
+            | "software"
+            | "securityrecommendation"
+            | "ip"
+            | "url"
+            | "file" => Resource::DefenderApi,
             _ => Resource::Graph,
         }
     }
@@ -95,7 +108,12 @@ pub(crate) struct Directory {
 
 impl Directory {
     pub fn new(lifetime: Duration) -> Self {
-        Directory { tenants: HashMap::new(), tokens: HashMap::new(), issued: HashMap::new(), lifetime }
+        Directory {
+            tenants: HashMap::new(),
+            tokens: HashMap::new(),
+            issued: HashMap::new(),
+            lifetime,
+        }
     }
 
     /// Resolves a bearer token. Expired tokens still name their tenant, so throttle windows can
@@ -122,7 +140,12 @@ fn aad_error(status: StatusCode, error: &str, code: u32, message: &str) -> Respo
         "correlation_id": corr,
         "error_uri": "https://login.microsoftonline.com/error?code=".to_string() + &code.to_string(),
     });
-    (status, [(header::CACHE_CONTROL, "no-store, no-cache")], Json(body)).into_response()
+    (
+        status,
+        [(header::CACHE_CONTROL, "no-store, no-cache")],
+        Json(body),
+    )
+        .into_response()
 }
 
 fn b64(v: &serde_json::Value) -> String {
@@ -140,18 +163,30 @@ fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
     let text = String::from_utf8(raw).ok()?;
     let (id, secret) = text.split_once(':')?;
     // The RFC 6749 form url-encodes both parts before Basic encoding.
-    let dec = |s: &str| decode_pairs(&format!("x={s}")).pop().map(|(_, v)| v).unwrap_or_default();
+    let dec = |s: &str| {
+        decode_pairs(&format!("x={s}"))
+            .pop()
+            .map(|(_, v)| v)
+            .unwrap_or_default()
+    };
     Some((dec(id), dec(secret)))
 }
 
-async fn token(State(inner): State<Arc<Inner>>, Path(tenant): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn token(
+    State(inner): State<Arc<Inner>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let mut resp = issue(&inner, &tenant, &headers, &body);
     resp.extensions_mut().insert(TenantTag(tenant_key(&tenant)));
     resp
 }
 
 fn issue(inner: &Inner, tenant: &str, headers: &HeaderMap, body: &[u8]) -> Response {
-    let form: HashMap<String, String> = decode_pairs(&String::from_utf8_lossy(body)).into_iter().collect();
+    let form: HashMap<String, String> = decode_pairs(&String::from_utf8_lossy(body))
+        .into_iter()
+        .collect();
     let field = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let key = tenant_key(tenant);
     let mut dir = lock(&inner.directory);
@@ -161,16 +196,35 @@ fn issue(inner: &Inner, tenant: &str, headers: &HeaderMap, body: &[u8]) -> Respo
             "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant."));
     };
     let Some(grant) = field("grant_type") else {
-        return aad_error(StatusCode::BAD_REQUEST, "invalid_request", 900144, "The request body must contain the following parameter: 'grant_type'.");
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'grant_type'.",
+        );
     };
     if grant != "client_credentials" {
-        return aad_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", 70003, &format!("The app requested an unsupported grant type '{grant}'."));
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70003,
+            &format!("The app requested an unsupported grant type '{grant}'."),
+        );
     }
     let basic = basic_auth(headers);
-    let client_id = field("client_id").map(str::to_owned).or_else(|| basic.as_ref().map(|b| b.0.clone()));
-    let secret = field("client_secret").map(str::to_owned).or_else(|| basic.as_ref().map(|b| b.1.clone()));
+    let client_id = field("client_id")
+        .map(str::to_owned)
+        .or_else(|| basic.as_ref().map(|b| b.0.clone()));
+    let secret = field("client_secret")
+        .map(str::to_owned)
+        .or_else(|| basic.as_ref().map(|b| b.1.clone()));
     let Some(client_id) = client_id.filter(|c| !c.is_empty()) else {
-        return aad_error(StatusCode::BAD_REQUEST, "invalid_request", 900144, "The request body must contain the following parameter: 'client_id'.");
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'client_id'.",
+        );
     };
     let Some(app) = apps.get(&client_id.to_ascii_lowercase()) else {
         return aad_error(StatusCode::BAD_REQUEST, "unauthorized_client", 700016, &format!(
@@ -188,7 +242,12 @@ fn issue(inner: &Inner, tenant: &str, headers: &HeaderMap, body: &[u8]) -> Respo
             "The provided client secret keys for app '{client_id}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds."));
     }
     let Some(scope) = field("scope") else {
-        return aad_error(StatusCode::BAD_REQUEST, "invalid_request", 900144, "The request body must contain the following parameter: 'scope'.");
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'scope'.",
+        );
     };
     let scopes: Vec<&str> = scope.split_whitespace().collect();
     let resources: Vec<Option<Resource>> = scopes.iter().map(|s| Resource::from_scope(s)).collect();
@@ -203,9 +262,16 @@ fn issue(inner: &Inner, tenant: &str, headers: &HeaderMap, body: &[u8]) -> Respo
                 "The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid."));
         }
     };
-    let roles: Vec<String> = app.roles.iter().filter(|r| Resource::of_role(r) == resource).cloned().collect();
+    let roles: Vec<String> = app
+        .roles
+        .iter()
+        .filter(|r| Resource::of_role(r) == resource)
+        .cloned()
+        .collect();
     let now = SystemTime::now();
-    let iat = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let iat = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let secs = lifetime.as_secs();
     let header = json!({"typ": "JWT", "alg": "RS256", "x5t": "sim-key", "kid": "sim-key"});
     let payload = json!({
@@ -224,15 +290,38 @@ fn issue(inner: &Inner, tenant: &str, headers: &HeaderMap, body: &[u8]) -> Respo
         "uti": crate::new_guid(),
         "ver": "1.0",
     });
-    let sig: Vec<u8> = std::iter::repeat_with(|| fastrand::u8(..)).take(256).collect();
-    let access_token = format!("{}.{}.{}", b64(&header), b64(&payload), URL_SAFE_NO_PAD.encode(sig));
-    dir.tokens.insert(access_token.clone(), TokenInfo { tenant: key.clone(), resource, roles, expires: now + lifetime });
+    let sig: Vec<u8> = std::iter::repeat_with(|| fastrand::u8(..))
+        .take(256)
+        .collect();
+    let access_token = format!(
+        "{}.{}.{}",
+        b64(&header),
+        b64(&payload),
+        URL_SAFE_NO_PAD.encode(sig)
+    );
+    dir.tokens.insert(
+        access_token.clone(),
+        TokenInfo {
+            tenant: key.clone(),
+            resource,
+            roles,
+            expires: now + lifetime,
+        },
+    );
     *dir.issued.entry(key).or_default() += 1;
     let body = json!({"token_type": "Bearer", "expires_in": secs, "ext_expires_in": secs, "access_token": access_token});
-    (StatusCode::OK, [(header::CACHE_CONTROL, "no-store, no-cache")], Json(body)).into_response()
+    (
+        StatusCode::OK,
+        [(header::CACHE_CONTROL, "no-store, no-cache")],
+        Json(body),
+    )
+        .into_response()
 }
 
-async fn openid_configuration(State(inner): State<Arc<Inner>>, Path(tenant): Path<String>) -> Response {
+async fn openid_configuration(
+    State(inner): State<Arc<Inner>>,
+    Path(tenant): Path<String>,
+) -> Response {
     let key = tenant_key(&tenant);
     if !lock(&inner.directory).tenants.contains_key(&key) {
         let mut r = aad_error(StatusCode::BAD_REQUEST, "invalid_tenant", 90002, &format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."));
@@ -267,13 +356,19 @@ async fn openid_configuration(State(inner): State<Arc<Inner>>, Path(tenant): Pat
 pub(crate) fn routes() -> Router<Arc<Inner>> {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
-        .route("/{tenant}/v2.0/.well-known/openid-configuration", get(openid_configuration))
+        .route(
+            "/{tenant}/v2.0/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
 }
 
 impl Simulator {
     /// Registers a tenant (its id as used in the token URL and in the `tid` claim).
     pub fn add_tenant(&self, tenant_id: &str) {
-        lock(&self.inner.directory).tenants.entry(tenant_key(tenant_id)).or_default();
+        lock(&self.inner.directory)
+            .tenants
+            .entry(tenant_key(tenant_id))
+            .or_default();
     }
 
     /// Registers an app in a tenant (creating the tenant if needed) with its secret and the
@@ -282,14 +377,26 @@ impl Simulator {
     /// `Discovery.read`) and Defender for Endpoint ones (`Machine.Read.All`, `Alert.Read.All`, …)
     /// into tokens for those resources. Registering the same client again replaces it.
     pub fn add_app(&self, tenant_id: &str, client_id: &str, secret: &str, roles: &[&str]) {
-        let app = App { secret: secret.to_string(), roles: roles.iter().map(|r| (*r).to_string()).collect(), secret_expired: false };
-        lock(&self.inner.directory).tenants.entry(tenant_key(tenant_id)).or_default().insert(client_id.to_ascii_lowercase(), app);
+        let app = App {
+            secret: secret.to_string(),
+            roles: roles.iter().map(|r| (*r).to_string()).collect(),
+            secret_expired: false,
+        };
+        lock(&self.inner.directory)
+            .tenants
+            .entry(tenant_key(tenant_id))
+            .or_default()
+            .insert(client_id.to_ascii_lowercase(), app);
     }
 
     /// Marks an app's secret as expired (AADSTS7000222) or valid again.
     pub fn set_secret_expired(&self, tenant_id: &str, client_id: &str, expired: bool) {
         let mut dir = lock(&self.inner.directory);
-        if let Some(app) = dir.tenants.get_mut(&tenant_key(tenant_id)).and_then(|t| t.get_mut(&client_id.to_ascii_lowercase())) {
+        if let Some(app) = dir
+            .tenants
+            .get_mut(&tenant_key(tenant_id))
+            .and_then(|t| t.get_mut(&client_id.to_ascii_lowercase()))
+        {
             app.secret_expired = expired;
         }
     }
@@ -300,15 +407,26 @@ impl Simulator {
         lock(&self.inner.directory).lifetime = d;
     }
 
+    /// Every access token issued so far (tests check none of them reached a log).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        lock(&self.inner.directory).tokens.keys().cloned().collect()
+    }
+
     /// How many tokens a tenant was issued (all resources).
     pub fn tokens_issued(&self, tenant_id: &str) -> usize {
-        lock(&self.inner.directory).issued.get(&tenant_key(tenant_id)).copied().unwrap_or(0)
+        lock(&self.inner.directory)
+            .issued
+            .get(&tenant_key(tenant_id))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// How many Graph requests were answered 401 (missing, unknown, expired or wrong-audience
     /// token).
     pub fn unauthorized_count(&self) -> usize {
-        self.inner.unauthorized.load(std::sync::atomic::Ordering::Relaxed)
+        self.inner
+            .unauthorized
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -326,8 +444,17 @@ mod tests {
 
     #[test]
     fn scopes_name_one_resource() {
-        assert_eq!(Resource::from_scope("https://graph.microsoft.com/.default"), Some(Resource::Graph));
-        assert_eq!(Resource::from_scope("05a65629-4c1b-48c1-a78b-804c4abdd4af/.default"), Some(Resource::CloudApps));
-        assert_eq!(Resource::from_scope("https://graph.microsoft.com/SecurityAlert.Read.All"), None);
+        assert_eq!(
+            Resource::from_scope("https://graph.microsoft.com/.default"),
+            Some(Resource::Graph)
+        );
+        assert_eq!(
+            Resource::from_scope("05a65629-4c1b-48c1-a78b-804c4abdd4af/.default"),
+            Some(Resource::CloudApps)
+        );
+        assert_eq!(
+            Resource::from_scope("https://graph.microsoft.com/SecurityAlert.Read.All"),
+            None
+        );
     }
 }

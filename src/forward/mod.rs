@@ -114,7 +114,10 @@ impl Forwarder {
             let mut wait = Duration::from_millis(500);
             let paused = paused_until.is_some_and(|t| Instant::now() < t);
             if !stop.is_cancelled() && !paused {
-                match self.fill(&mut in_flight, &mut busy, turn, paused_until.is_some()).await {
+                match self
+                    .fill(&mut in_flight, &mut busy, turn, paused_until.is_some())
+                    .await
+                {
                     Ok(w) => wait = w,
                     Err(e) => {
                         tracing::error!(destination = %self.name, error = %e, "store error while claiming batches");
@@ -185,7 +188,11 @@ impl Forwarder {
                     }
                     b
                 }
-                None => match self.store.claim_batch(&self.name, tenant, self.limits).await? {
+                None => match self
+                    .store
+                    .claim_batch(&self.name, tenant, self.limits)
+                    .await?
+                {
                     Some(b) => b,
                     None => continue,
                 },
@@ -209,7 +216,11 @@ impl Forwarder {
     }
 
     /// Records an answer; returns the pause reason when the destination must pause.
-    async fn settle(&self, batch: &Batch, outcome: SendOutcome) -> Result<Option<String>, StoreError> {
+    async fn settle(
+        &self,
+        batch: &Batch,
+        outcome: SendOutcome,
+    ) -> Result<Option<String>, StoreError> {
         match outcome {
             SendOutcome::Delivered => {
                 self.store.mark_delivered(batch).await?;
@@ -236,7 +247,8 @@ impl Forwarder {
                 Ok(None)
             }
             SendOutcome::TooLarge => {
-                self.dead(batch, "too_large: HTTP 413 for this alert alone").await?;
+                self.dead(batch, "too_large: HTTP 413 for this alert alone")
+                    .await?;
                 Ok(None)
             }
             SendOutcome::Rejected { status, .. } if batch.rows > 1 => {
@@ -286,7 +298,9 @@ impl Forwarder {
 
 /// Exponential backoff with full jitter between 1 s and 5 min.
 pub fn full_jitter(attempts: i64) -> Duration {
-    let cap_ms = 1000u64.saturating_mul(1u64 << attempts.clamp(0, 9)).min(300_000);
+    let cap_ms = 1000u64
+        .saturating_mul(1u64 << attempts.clamp(0, 9))
+        .min(300_000);
     Duration::from_millis(fastrand::u64(1000..=cap_ms.max(1000)))
 }
 
@@ -299,7 +313,10 @@ mod tests {
         for attempts in [0, 1, 5, 20, 100] {
             for _ in 0..100 {
                 let d = full_jitter(attempts);
-                assert!(d >= Duration::from_secs(1) && d <= Duration::from_secs(300), "{d:?}");
+                assert!(
+                    d >= Duration::from_secs(1) && d <= Duration::from_secs(300),
+                    "{d:?}"
+                );
             }
         }
         assert!(full_jitter(0) <= Duration::from_secs(1));

@@ -22,9 +22,15 @@ pub enum SendOutcome {
     /// 413: split, or dead-letter a single alert as too large.
     TooLarge,
     /// Another 4xx: split to isolate the alert the receiver refuses.
-    Rejected { status: u16, body: String },
+    Rejected {
+        status: u16,
+        body: String,
+    },
     /// The endpoint or key is wrong, not the data: stop sending to this destination.
-    Pause { status: u16, error: String },
+    Pause {
+        status: u16,
+        error: String,
+    },
 }
 
 /// Sorts an HTTP status into an outcome; the body is kept (truncated) for dead letters.
@@ -150,21 +156,41 @@ mod tests {
     fn classifier_follows_the_delivery_contract() {
         assert_eq!(classify(202, None, ""), SendOutcome::Delivered);
         for s in [408, 409, 429, 500, 502, 503, 504] {
-            assert!(matches!(classify(s, None, ""), SendOutcome::Retry { .. }), "{s}");
+            assert!(
+                matches!(classify(s, None, ""), SendOutcome::Retry { .. }),
+                "{s}"
+            );
         }
         assert_eq!(classify(413, None, ""), SendOutcome::TooLarge);
         for s in [401, 403, 404, 405, 410, 415, 501] {
-            assert!(matches!(classify(s, None, ""), SendOutcome::Pause { .. }), "{s}");
+            assert!(
+                matches!(classify(s, None, ""), SendOutcome::Pause { .. }),
+                "{s}"
+            );
         }
-        assert!(matches!(classify(400, None, "bad"), SendOutcome::Rejected { status: 400, .. }));
-        assert!(matches!(classify(422, None, "bad"), SendOutcome::Rejected { status: 422, .. }));
+        assert!(matches!(
+            classify(400, None, "bad"),
+            SendOutcome::Rejected { status: 400, .. }
+        ));
+        assert!(matches!(
+            classify(422, None, "bad"),
+            SendOutcome::Rejected { status: 422, .. }
+        ));
     }
 
     #[test]
     fn body_joins_stored_bytes_verbatim() {
         let items = vec![
-            BatchItem { seq: 1, event_id: "a".into(), body: br#"{"x":1}"#.to_vec() },
-            BatchItem { seq: 2, event_id: "b".into(), body: br#"{"y":"\u0000"}"#.to_vec() },
+            BatchItem {
+                seq: 1,
+                event_id: "a".into(),
+                body: br#"{"x":1}"#.to_vec(),
+            },
+            BatchItem {
+                seq: 2,
+                event_id: "b".into(),
+                body: br#"{"y":"\u0000"}"#.to_vec(),
+            },
         ];
         let body = DropzoneSink::body(&items);
         assert_eq!(body, br#"{"alerts":[{"x":1},{"y":"\u0000"}]}"#.to_vec());

@@ -94,7 +94,11 @@ mod tests {
         }
         assert!(start.elapsed() < Duration::from_millis(10));
         b.acquire().await;
-        assert!(start.elapsed() >= Duration::from_millis(990), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(990),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]

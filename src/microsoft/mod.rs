@@ -37,7 +37,9 @@ pub enum MsError {
     Network { api: String, message: String },
     #[error("response from {api} is larger than {limit} bytes")]
     TooLarge { api: String, limit: usize },
-    #[error("refused to send a token to {url}: it is not the configured host for {api} ({pinned})")]
+    #[error(
+        "refused to send a token to {url}: it is not the configured host for {api} ({pinned})"
+    )]
     ForeignHost {
         api: String,
         url: String,
@@ -304,10 +306,7 @@ impl MsClient {
         };
         Err(match status {
             401 => Failure::Unauthorized(error),
-            408 | 429 | 500..=599 if status != 501 => Failure::Retryable {
-                error,
-                retry_after,
-            },
+            408 | 429 | 500..=599 if status != 501 => Failure::Retryable { error, retry_after },
             _ => Failure::Permanent(error),
         })
     }
@@ -409,14 +408,19 @@ mod tests {
         assert_eq!(parse_retry_after("9999"), Some(Duration::from_secs(300)));
         let later = std::time::SystemTime::now() + Duration::from_secs(30);
         let d = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
-        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
         assert_eq!(parse_retry_after("soon"), None);
         assert_eq!(parse_retry_after("-1"), None);
     }
 
     #[test]
     fn graph_errors_are_read_leniently() {
-        let (code, msg) = graph_error(br#"{"error":{"code":"TooManyRequests","message":"Please retry again later."}}"#);
+        let (code, msg) = graph_error(
+            br#"{"error":{"code":"TooManyRequests","message":"Please retry again later."}}"#,
+        );
         assert_eq!(code, "TooManyRequests");
         assert_eq!(msg, "Please retry again later.");
         let (code, msg) = graph_error(b"<html>oops</html>");

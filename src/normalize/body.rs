@@ -8,12 +8,12 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use serde::Serialize;
 use serde_json::value::RawValue;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::entities::Entity;
 use super::field_hashes::{set_hash, FieldHashes};
+use super::json::{json_object, WriteJson};
 use super::lenient::Text;
 
 /// Everything a source maps its item to, before serialization. Field order is body order.
@@ -48,32 +48,62 @@ pub(crate) struct Normalized<'a> {
 }
 
 /// A link to the same detection or its container seen through another source.
-#[derive(Serialize, Debug, Clone)]
+#[derive(Debug, Clone)]
 pub(crate) struct Related<'a> {
     pub kind: &'static str,
     pub source: &'static str,
     pub native_id: Text<'a>,
 }
 
-#[derive(Serialize, Debug, Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Comment<'a> {
     pub text: Option<Text<'a>>,
     pub author: Option<Text<'a>>,
     pub created_at: Option<String>,
 }
 
-#[derive(Serialize)]
+json_object!(Related {
+    kind,
+    source,
+    native_id
+});
+json_object!(Comment {
+    text,
+    author,
+    created_at
+});
+
+/// `links`: `{portal, incident}`.
 struct LinksOut<'b, 'a> {
     portal: &'b Option<Text<'a>>,
     incident: &'b Option<Text<'a>>,
 }
 
+impl WriteJson for LinksOut<'_, '_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"portal\":");
+        self.portal.write_json(out);
+        out.extend_from_slice(b",\"incident\":");
+        self.incident.write_json(out);
+        out.push(b'}');
+    }
+}
+
 /// One `{type, value}` of the `indicators` list.
-#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Indicator<'b> {
-    #[serde(rename = "type")]
     pub kind: &'static str,
     pub value: Cow<'b, str>,
+}
+
+impl WriteJson for Indicator<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"type\":");
+        self.kind.write_json(out);
+        out.extend_from_slice(b",\"value\":");
+        self.value.as_ref().write_json(out);
+        out.push(b'}');
+    }
 }
 
 /// A serialized body.
@@ -91,7 +121,6 @@ pub(crate) fn write(n: &Normalized<'_>, raw: &RawValue) -> Written {
     let mut w = Writer {
         buf: Vec::with_capacity(raw.len() + raw.len() / 2 + 1024),
         hashes: Vec::with_capacity(24),
-        serialize_failed: false,
     };
     w.buf.push(b'{');
     w.field("title", &n.title);
@@ -130,15 +159,7 @@ pub(crate) fn write(n: &Normalized<'_>, raw: &RawValue) -> Written {
     // Identical evidence (Microsoft repeats a file or a device across detections) is sent once.
     w.set("entities", n.entities.iter(), true);
 
-    let mut errors = n.errors.join("; ");
-    if w.serialize_failed {
-        // Unreachable with these types; stated rather than hidden if it ever happens.
-        if !errors.is_empty() {
-            errors.push_str("; ");
-        }
-        errors.push_str("a normalized field could not be serialized and was written as null");
-    }
-    let normalization_error = (!errors.is_empty()).then_some(errors);
+    let normalization_error = (!n.errors.is_empty()).then(|| n.errors.join("; "));
     if let Some(e) = &normalization_error {
         w.member("normalization_error", e);
     }
@@ -154,11 +175,22 @@ pub(crate) fn write(n: &Normalized<'_>, raw: &RawValue) -> Written {
 
 /// The deduplicated indicators of `entities`, in first-seen order.
 pub(crate) fn indicators<'b>(entities: &'b [Entity<'_>]) -> Vec<Indicator<'b>> {
+    // A linear scan beats hashing for the handful most alerts have; an email with hundreds of
+    // URLs switches to a set so the cost stays linear.
+    const LINEAR_UP_TO: usize = 32;
     let mut seen: HashSet<(&'static str, Cow<'b, str>)> = HashSet::new();
-    let mut out = Vec::new();
+    let mut out: Vec<Indicator<'b>> = Vec::new();
     for e in entities {
         e.indicators(&mut |kind, value| {
-            if seen.insert((kind, value.clone())) {
+            let new = if out.len() < LINEAR_UP_TO {
+                !out.iter().any(|i| i.kind == kind && i.value == value)
+            } else {
+                if seen.is_empty() {
+                    seen.extend(out.iter().map(|i| (i.kind, i.value.clone())));
+                }
+                seen.insert((kind, value.clone()))
+            };
+            if new {
                 out.push(Indicator { kind, value });
             }
         });
@@ -173,12 +205,11 @@ fn bytes_of(hashes: &[u64]) -> Vec<u8> {
 struct Writer {
     buf: Vec<u8>,
     hashes: Vec<(&'static str, u64)>,
-    serialize_failed: bool,
 }
 
 impl Writer {
     /// Writes `,"name":value` (no comma after the opening brace) and returns the value's range.
-    fn member<T: Serialize + ?Sized>(
+    fn member<T: WriteJson + ?Sized>(
         &mut self,
         name: &'static str,
         value: &T,
@@ -190,7 +221,7 @@ impl Writer {
     }
 
     /// A member whose hash is that of its JSON.
-    fn field<T: Serialize + ?Sized>(&mut self, name: &'static str, value: &T) {
+    fn field<T: WriteJson + ?Sized>(&mut self, name: &'static str, value: &T) {
         let range = self.member(name, value);
         let h = xxh3_64(&self.buf[range]);
         self.hashes.push((name, h));
@@ -198,7 +229,7 @@ impl Writer {
 
     /// An array member hashed as a set of its elements; with `dedup`, an element whose JSON
     /// equals an earlier one's is left out.
-    fn set<'i, T: Serialize + 'i>(
+    fn set<'i, T: WriteJson + 'i>(
         &mut self,
         name: &'static str,
         items: impl Iterator<Item = &'i T>,
@@ -217,9 +248,10 @@ impl Writer {
             self.value(item);
             let h = xxh3_64(&self.buf[start..]);
             if dedup {
-                let dup = element_hashes.iter().zip(&ranges).any(|(&eh, r)| {
-                    eh == h && self.buf[r.clone()] == self.buf[start..]
-                });
+                let dup = element_hashes
+                    .iter()
+                    .zip(&ranges)
+                    .any(|(&eh, r)| eh == h && self.buf[r.clone()] == self.buf[start..]);
                 if dup {
                     self.buf.truncate(before);
                     continue;
@@ -242,12 +274,7 @@ impl Writer {
         self.buf.extend_from_slice(b"\":");
     }
 
-    fn value<T: Serialize + ?Sized>(&mut self, value: &T) {
-        let start = self.buf.len();
-        if serde_json::to_writer(&mut self.buf, value).is_err() {
-            self.buf.truncate(start);
-            self.buf.extend_from_slice(b"null");
-            self.serialize_failed = true;
-        }
+    fn value<T: WriteJson + ?Sized>(&mut self, value: &T) {
+        value.write_json(&mut self.buf);
     }
 }

@@ -4,10 +4,9 @@
 //! The body was serialized once when the item was prepared and is stored as bytes; an event is
 //! the envelope members followed by the body's members, joined without re-parsing the body.
 
-use std::io::Write as _;
-
 use sha2::{Digest, Sha256};
 
+use super::json::{i64_len, str_len, write_i64, write_str};
 use super::SCHEMA;
 
 /// What this event says about the alert.
@@ -67,13 +66,13 @@ pub fn render(env: &Envelope, body: &[u8]) -> Vec<u8> {
         env.native_id,
         env.version,
     ];
-    let mut len = FIXED_LEN + SCHEMA.len() + env.change.as_str().len();
-    len += strings.iter().map(|s| escaped_len(s)).sum::<usize>();
-    len += decimal_len(env.revision);
+    let mut len = FIXED_LEN + str_len(SCHEMA) + str_len(env.change.as_str());
+    len += strings.iter().map(|s| str_len(s)).sum::<usize>();
+    len += i64_len(env.revision);
     len += if env.historical { 4 } else { 5 };
     if updated {
         len += r#","changed_fields":[]"#.len();
-        len += env.changed_fields.iter().map(|f| escaped_len(f)).sum::<usize>();
+        len += env.changed_fields.iter().map(|f| str_len(f)).sum::<usize>();
         len += env.changed_fields.len().saturating_sub(1);
     }
     len += members.map_or(1, |m| 1 + m.len());
@@ -88,8 +87,7 @@ pub fn render(env: &Envelope, body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(br#","kind":"#);
     write_str(&mut out, env.kind);
     out.extend_from_slice(br#","revision":"#);
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{}", env.revision);
+    write_i64(&mut out, env.revision);
     out.extend_from_slice(br#","change":"#);
     write_str(&mut out, env.change.as_str());
     if updated {
@@ -128,10 +126,7 @@ pub fn render(env: &Envelope, body: &[u8]) -> Vec<u8> {
 }
 
 /// The bytes of the envelope without its strings, number, boolean and `changed_fields`.
-const FIXED_LEN: usize = r#"{"schema":,"event_id":,"alert_id":,"kind":,"revision":,"change":,"observed_at":,"historical":,"tenant":{"id":,"name":},"source":,"native_id":,"version":"#.len()
-    // the quotes around the eleven strings: schema, event_id, alert_id, kind, change,
-    // observed_at, tenant id, tenant name, source, native_id and version
-    + 2 * 11;
+const FIXED_LEN: usize = r#"{,"event_id":,"alert_id":,"kind":,"revision":,"change":,"observed_at":,"historical":,"tenant":{"id":,"name":},"source":,"native_id":,"version":"#.len() + r#""schema":"#.len();
 
 /// `body` after its opening brace (its members and the closing brace), or `None` when it has
 /// no members. A body is always an object made by `prepare`; anything else is treated as empty
@@ -189,61 +184,6 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-fn decimal_len(n: i64) -> usize {
-    let mut len = usize::from(n < 0) + 1;
-    let mut v = n.unsigned_abs();
-    while v >= 10 {
-        v /= 10;
-        len += 1;
-    }
-    len
-}
-
-/// Length of `s` as a JSON string's contents, escaped as [`write_str`] does.
-fn escaped_len(s: &str) -> usize {
-    s.bytes()
-        .map(|b| match b {
-            b'"' | b'\\' | b'\x08' | b'\x0c' | b'\n' | b'\r' | b'\t' => 2,
-            0..=0x1f => 6,
-            _ => 1,
-        })
-        .sum()
-}
-
-/// Writes `s` as a JSON string, escaped as serde_json does: quote, backslash and control
-/// characters; everything else (all other Unicode) as is.
-fn write_str(out: &mut Vec<u8>, s: &str) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\x08' => b"\\b",
-            b'\x0c' => b"\\f",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => &[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                DIGITS[usize::from(b >> 4)],
-                DIGITS[usize::from(b & 0xf)],
-            ],
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(esc);
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
@@ -279,7 +219,10 @@ mod tests {
         assert_eq!(v["kind"], "alert");
         assert_eq!(v["revision"], 3);
         assert_eq!(v["change"], "updated");
-        assert_eq!(v["changed_fields"], serde_json::json!(["status", "entities"]));
+        assert_eq!(
+            v["changed_fields"],
+            serde_json::json!(["status", "entities"])
+        );
         assert_eq!(v["observed_at"], "2024-01-01T00:00:00.0000000Z");
         assert_eq!(v["historical"], false);
         assert_eq!(v["tenant"]["id"], "b3c1b5fc-828c-45fa-a1e1-10d74f6d6e9c");
@@ -307,16 +250,6 @@ mod tests {
                 assert_eq!(v["revision"], i64::MIN);
             }
         }
-    }
-
-    #[test]
-    fn escaping_matches_serde_json_for_every_ascii_control_and_more() {
-        let mut s: String = (0u8..0x80).map(char::from).collect();
-        s.push_str("é☃😀\u{2028}\u{7f}");
-        let mut out = Vec::new();
-        write_str(&mut out, &s);
-        assert_eq!(out, serde_json::to_vec(&s).unwrap());
-        assert_eq!(escaped_len(&s) + 2, out.len());
     }
 
     #[test]

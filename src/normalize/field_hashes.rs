@@ -158,7 +158,11 @@ mod tests {
 
     #[test]
     fn encode_decode_round_trip() {
-        let h = hashes(&[("title", 1), ("status", u64::MAX), ("entities", 0x0102_0304)]);
+        let h = hashes(&[
+            ("title", 1),
+            ("status", u64::MAX),
+            ("entities", 0x0102_0304),
+        ]);
         let bytes = h.encode();
         assert_eq!(bytes.len(), 1 + 3 * 9);
         assert_eq!(FieldHashes::decode(&bytes), h);
@@ -173,7 +177,12 @@ mod tests {
 
     #[test]
     fn garbage_decodes_to_empty() {
-        for bytes in [&[][..], &[0], &[2, 1, 0, 0, 0, 0, 0, 0, 0, 0], &[1, 1, 2, 3]] {
+        for bytes in [
+            &[][..],
+            &[0],
+            &[2, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[1, 1, 2, 3],
+        ] {
             assert_eq!(FieldHashes::decode(bytes), FieldHashes::default());
         }
     }

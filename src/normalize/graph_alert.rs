@@ -11,7 +11,7 @@ use super::body::{self, Normalized};
 use super::entities::{from_evidence, message_ids};
 use super::lenient::{id_text, IdText, Text};
 use super::map::{self, CommentIn};
-use super::recover::recover;
+use super::recover::parse_with_recovery;
 use super::{FilterFields, Links, Prepared, Unusable, VersionInput};
 use crate::time::format_ticks;
 
@@ -71,44 +71,12 @@ struct GraphAlert<'a> {
 
 /// Prepares one alerts_v2 object.
 pub(crate) fn prepare(raw: &RawValue) -> Result<Prepared, Unusable> {
-    let text = raw.get();
-    let first_error = match serde_json::from_str::<GraphAlert>(text) {
-        Ok(alert) => return build(alert, raw, Vec::new()),
-        Err(e) => e,
-    };
-
-    let probe = |s: &str| serde_json::from_str::<GraphAlert>(s).map(|_| ());
-    let Some(rec) = recover(text, &probe) else {
-        return Err(Unusable {
-            reason: "not a JSON object".to_owned(),
-            native_id: None,
-        });
-    };
-    map::check_required_string(&rec.members, "id", None)?;
-    let id = map::member_str(&rec.members, "id");
-    map::check_required_string(&rec.members, "lastUpdateDateTime", id)?;
-
-    let mut notes = rec.notes();
-    let alert = match serde_json::from_str::<GraphAlert>(&rec.cleaned) {
-        Ok(alert) => {
-            if notes.is_empty() {
-                // Every member parses alone but not together: a duplicated member, say.
-                notes.push(format!("the item was re-read after: {first_error}"));
-            }
-            alert
-        }
-        Err(e) => {
-            // Not expected (each member passed alone); keep identity and version only.
-            notes.push(format!("only id and version could be read: {e}"));
-            GraphAlert {
-                id: id.map(Text::borrowed),
-                last_update_date_time: map::member_str(&rec.members, "lastUpdateDateTime")
-                    .map(Text::borrowed),
-                ..GraphAlert::default()
-            }
-        }
-    };
-    build(alert, raw, notes)
+    parse_with_recovery(
+        raw.get(),
+        &["id", "lastUpdateDateTime"],
+        &|text| serde_json::from_str::<GraphAlert>(text).map(|_| ()),
+        &mut |text, notes| serde_json::from_str::<GraphAlert>(text).map(|a| build(a, raw, notes)),
+    )
 }
 
 fn build(a: GraphAlert<'_>, raw: &RawValue, mut errors: Vec<String>) -> Result<Prepared, Unusable> {
@@ -151,7 +119,11 @@ fn build(a: GraphAlert<'_>, raw: &RawValue, mut errors: Vec<String>) -> Result<P
             "lastActivityDateTime",
             &mut errors,
         ),
-        resolved_at: map::time(a.resolved_date_time.as_ref(), "resolvedDateTime", &mut errors),
+        resolved_at: map::time(
+            a.resolved_date_time.as_ref(),
+            "resolvedDateTime",
+            &mut errors,
+        ),
         comments: map::comments(a.comments.unwrap_or_default(), &mut errors),
         title: a.title,
         description: a.description,

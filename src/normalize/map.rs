@@ -78,7 +78,10 @@ pub(crate) struct CommentIn<'a> {
     created_time: Option<Text<'a>>,
 }
 
-pub(crate) fn comments<'a>(input: Vec<CommentIn<'a>>, errors: &mut Vec<String>) -> Vec<Comment<'a>> {
+pub(crate) fn comments<'a>(
+    input: Vec<CommentIn<'a>>,
+    errors: &mut Vec<String>,
+) -> Vec<Comment<'a>> {
     input
         .into_iter()
         .map(|c| Comment {

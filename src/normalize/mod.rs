@@ -22,6 +22,7 @@ pub mod envelope;
 mod field_hashes;
 mod graph_alert;
 mod incident;
+mod json;
 mod lenient;
 mod map;
 mod recover;

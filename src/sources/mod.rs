@@ -201,9 +201,13 @@ impl Poller {
                     _ = stop.cancelled() => break,
                 };
                 match r {
-                    Ok(late) if late > 0 => tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), late_arrivals = late, "reconciliation found versions the live scan had missed"),
+                    Ok(late) if late > 0 => {
+                        tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), late_arrivals = late, "reconciliation found versions the live scan had missed")
+                    }
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), error = %e, "reconciliation failed"),
+                    Err(e) => {
+                        tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), error = %e, "reconciliation failed")
+                    }
                 }
             }
             let next = started + self.settings.interval;
@@ -311,7 +315,8 @@ impl Poller {
         let mut a = end - self.settings.reconcile_window.as_secs() as i64;
         while a < end {
             let b = (a + self.settings.max_slice.as_secs() as i64).min(end);
-            self.scan(a, b, cursor.t0, Pass::Reconcile, &mut outcome).await?;
+            self.scan(a, b, cursor.t0, Pass::Reconcile, &mut outcome)
+                .await?;
             a = b;
         }
         let late = outcome.counts.new + outcome.counts.updated;
@@ -344,12 +349,18 @@ impl Poller {
         let resp = self.client.get(&url, None).await?;
         outcome.requests += 1;
         resp.date.ok_or_else(|| {
-            PollError::Invalid("Microsoft's answer had no Date header: cannot bound coverage".into())
+            PollError::Invalid(
+                "Microsoft's answer had no Date header: cannot bound coverage".into(),
+            )
         })
     }
 
     fn base(&self) -> String {
-        self.client.base().as_str().trim_end_matches('/').to_string()
+        self.client
+            .base()
+            .as_str()
+            .trim_end_matches('/')
+            .to_string()
     }
 
     fn slice_url(&self, a: i64, b: i64, top: usize) -> String {
@@ -390,9 +401,12 @@ impl Poller {
         let mut bad_bodies = 0;
         loop {
             let url = url_for_top(top);
-            let permit = self.pages.clone().acquire_owned().await.map_err(|_| {
-                PollError::Invalid("shutting down".into())
-            })?;
+            let permit = self
+                .pages
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| PollError::Invalid("shutting down".into()))?;
             let resp = match self.client.get(&url, limit).await {
                 Ok(r) => r,
                 Err(MsError::TooLarge { limit: l, .. }) => {
@@ -446,14 +460,16 @@ impl Poller {
                 .fetch(&|top| self.slice_url(a, b, top), outcome)
                 .await?;
             let Some(next_link) = page.next_link.clone() else {
-                self.commit(page, historical, pass, Some(b), outcome).await?;
+                self.commit(page, historical, pass, Some(b), outcome)
+                    .await?;
                 continue;
             };
             let (n, m) = (page.count.unwrap_or(0), page.received.max(1) as i64);
             self.commit(page, historical, pass, None, outcome).await?;
             let seconds = b - a;
             if seconds <= 1 {
-                self.walk(a, b, next_link, historical, pass, outcome).await?;
+                self.walk(a, b, next_link, historical, pass, outcome)
+                    .await?;
                 continue;
             }
             let k = seconds.min(2.max((n + m - 1) / m + 1));
@@ -480,7 +496,9 @@ impl Poller {
         for walk in 0..MAX_WALKS {
             let before = seen.len();
             if walk > 0 {
-                let page = self.fetch(&|top| self.slice_url(a, b, top), outcome).await?;
+                let page = self
+                    .fetch(&|top| self.slice_url(a, b, top), outcome)
+                    .await?;
                 seen.extend(page.ids.iter().cloned());
                 next = page.next_link.clone();
                 self.commit(page, historical, pass, None, outcome).await?;
@@ -522,9 +540,11 @@ impl Poller {
             (Pass::Live, Some(b)) => Some((&self.key, b)),
             _ => None,
         };
-        for q in &page.quarantine {
-            tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), native_id = q.native_id.as_deref().unwrap_or(""), reason = %q.reason, "item quarantined");
-        }
+        let unusable: Vec<(Option<String>, String)> = page
+            .quarantine
+            .iter()
+            .map(|q| (q.native_id.clone(), q.reason.clone()))
+            .collect();
         let counts = self
             .store
             .ingest(IngestBatch {
@@ -540,6 +560,11 @@ impl Poller {
             .await?;
         outcome.counts.add(counts);
         self.status.add_counts(counts);
+        if counts.quarantined > 0 {
+            for (native_id, reason) in &unusable {
+                tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), native_id = native_id.as_deref().unwrap_or(""), reason = %reason, "item quarantined: see `quarantine list`");
+            }
+        }
         if counts.queued > 0 {
             if let Some(w) = &self.wake {
                 w.notify_waiters();
@@ -585,6 +610,9 @@ mod tests {
     fn parts_cover_the_slice_exactly_in_whole_seconds() {
         assert_eq!(split_whole_seconds(0, 10, 3), vec![(0, 4), (4, 7), (7, 10)]);
         assert_eq!(split_whole_seconds(5, 7, 5), vec![(5, 6), (6, 7)]);
-        assert_eq!(split_whole_seconds(0, 86_400, 2), vec![(0, 43_200), (43_200, 86_400)]);
+        assert_eq!(
+            split_whole_seconds(0, 86_400, 2),
+            vec![(0, 43_200), (43_200, 86_400)]
+        );
     }
 }

@@ -173,10 +173,9 @@ impl SourceStatus {
             match s.last_slice {
                 Some(t) if t.elapsed() <= limit => Ok(()),
                 _ if !s.first_run_done && s.failures == 0 => Ok(()),
-                _ => Err(s
-                    .last_error
-                    .clone()
-                    .unwrap_or_else(|| format!("no slice committed in the last {}s", limit.as_secs()))),
+                _ => Err(s.last_error.clone().unwrap_or_else(|| {
+                    format!("no slice committed in the last {}s", limit.as_secs())
+                })),
             }
         })
     }

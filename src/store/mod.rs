@@ -57,6 +57,15 @@ pub struct QuarantineItem {
     pub raw: String,
 }
 
+impl QuarantineItem {
+    /// Identifies the same bad item when the overlap reads it again.
+    pub fn raw_hash(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.raw.as_bytes());
+        digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 /// One page's worth of items to commit together, with the coverage move it completes.
 pub struct IngestBatch<'a> {
     pub tenant: &'a TenantRef,
@@ -77,6 +86,7 @@ pub struct IngestCounts {
     pub updated: u64,
     pub unchanged: u64,
     pub stale: u64,
+    /// Items newly quarantined (one re-read by the overlap is not counted again).
     pub quarantined: u64,
     /// Versions queued for delivery.
     pub queued: u64,
@@ -137,7 +147,10 @@ pub fn passes(filters: &Filters, f: &FilterFields) -> bool {
 }
 
 /// Decides, for one page and the stored state of its alerts, what to write (design §4, §6).
-pub fn plan_ingest(batch: &mut IngestBatch<'_>, states: &HashMap<String, AlertState>) -> IngestPlan {
+pub fn plan_ingest(
+    batch: &mut IngestBatch<'_>,
+    states: &HashMap<String, AlertState>,
+) -> IngestPlan {
     let mut plan = IngestPlan {
         counts: IngestCounts {
             quarantined: batch.quarantine.len() as u64,
@@ -206,7 +219,11 @@ pub fn plan_ingest(batch: &mut IngestBatch<'_>, states: &HashMap<String, AlertSt
                     alert_id: &alert_id,
                     kind: batch.source.kind(),
                     revision: state.revision,
-                    change: if was_forwarded { Change::Updated } else { Change::Created },
+                    change: if was_forwarded {
+                        Change::Updated
+                    } else {
+                        Change::Created
+                    },
                     changed_fields: &changed,
                     observed_at: batch.observed_at,
                     historical: batch.historical,
@@ -230,6 +247,17 @@ pub fn plan_ingest(batch: &mut IngestBatch<'_>, states: &HashMap<String, AlertSt
         plan.upserts.push(state);
     }
     plan
+}
+
+/// `plan_ingest`, with a bug in normalization or rendering turned into an error for this page
+/// (the poll fails and C stays put) instead of killing the poller task.
+pub fn plan_ingest_guarded(
+    batch: &mut IngestBatch<'_>,
+    states: &HashMap<String, AlertState>,
+) -> Result<IngestPlan> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan_ingest(batch, states))).map_err(
+        |_| StoreError::Invalid("internal error while preparing a page for the store (a bug: please report it with the logs)".into()),
+    )
 }
 
 /// Rule 8: one version per id per page, the newest.
@@ -329,19 +357,37 @@ pub trait Store: Send + Sync {
     fn ping(&self) -> impl Future<Output = Result<()>> + Send;
     fn load_cursor(&self, key: &CursorKey) -> impl Future<Output = Result<Option<Cursor>>> + Send;
     /// Stores the first run's cursor unless one exists; returns the one in force.
-    fn init_cursor(&self, key: &CursorKey, c: Cursor) -> impl Future<Output = Result<Cursor>> + Send;
+    fn init_cursor(
+        &self,
+        key: &CursorKey,
+        c: Cursor,
+    ) -> impl Future<Output = Result<Cursor>> + Send;
     /// Moves C backwards or forwards (`cursor set`).
     fn set_cursor(&self, key: &CursorKey, c: Cursor) -> impl Future<Output = Result<()>> + Send;
     fn ingest(&self, batch: IngestBatch<'_>) -> impl Future<Output = Result<IngestCounts>> + Send;
     /// Undelivered versions of a tenant (pending or batched).
     fn undelivered(&self, tenant: &str) -> impl Future<Output = Result<u64>> + Send;
     /// The next open batch of a tenant for a destination, claimed earlier (restart, retry, split).
-    fn next_open_batch(&self, destination: &str, tenant: &str) -> impl Future<Output = Result<Option<Batch>>> + Send;
+    fn next_open_batch(
+        &self,
+        destination: &str,
+        tenant: &str,
+    ) -> impl Future<Output = Result<Option<Batch>>> + Send;
     /// Commits a new batch of the tenant's pending rows, live before historical, in seq order.
-    fn claim_batch(&self, destination: &str, tenant: &str, limits: BatchLimits) -> impl Future<Output = Result<Option<Batch>>> + Send;
+    fn claim_batch(
+        &self,
+        destination: &str,
+        tenant: &str,
+        limits: BatchLimits,
+    ) -> impl Future<Output = Result<Option<Batch>>> + Send;
     fn batch_items(&self, batch_id: i64) -> impl Future<Output = Result<Vec<BatchItem>>> + Send;
     fn mark_delivered(&self, batch: &Batch) -> impl Future<Output = Result<()>> + Send;
-    fn mark_retry(&self, batch: &Batch, next_attempt_at: i64, error: &str) -> impl Future<Output = Result<()>> + Send;
+    fn mark_retry(
+        &self,
+        batch: &Batch,
+        next_attempt_at: i64,
+        error: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Replaces a batch by two children with new keys, in its place.
     fn split_batch(&self, batch: &Batch) -> impl Future<Output = Result<()>> + Send;
     /// A single-alert batch whose alert is rejected: parked behind its siblings, probe counted.
@@ -349,9 +395,16 @@ pub trait Store: Send + Sync {
     fn dead_letter(&self, batch: &Batch, reason: &str) -> impl Future<Output = Result<()>> + Send;
     fn root_facts(&self, root_id: i64) -> impl Future<Output = Result<RootFacts>> + Send;
     fn queue_status(&self, tenant: &str) -> impl Future<Output = Result<QueueStatus>> + Send;
-    fn dead_letters(&self, tenant: Option<&str>) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send;
+    fn dead_letters(
+        &self,
+        tenant: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send;
     /// Deletes delivered bodies older than `bodies_before` and dedup state older than `state_before` (Unix ms).
-    fn prune(&self, bodies_before: i64, state_before: i64) -> impl Future<Output = Result<u64>> + Send;
+    fn prune(
+        &self,
+        bodies_before: i64,
+        state_before: i64,
+    ) -> impl Future<Output = Result<u64>> + Send;
 }
 
 /// Opens the store named by `store.url` (only SQLite so far) and applies its migrations.

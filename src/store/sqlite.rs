@@ -24,7 +24,12 @@ impl SqliteStore {
     /// Opens (creating the file and its folder if needed) and migrates.
     pub async fn open(url: &str) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Invalid(format!("store.url `{}` is not a SQLite URL: {e}", redact(url))))?
+            .map_err(|e| {
+                StoreError::Invalid(format!(
+                    "store.url `{}` is not a SQLite URL: {e}",
+                    redact(url)
+                ))
+            })?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
@@ -208,7 +213,7 @@ impl Store for SqliteStore {
         };
         let states = Self::load_states(&mut tx, &tenant, source, &ids).await?;
         drop(ids);
-        let plan = plan_ingest(&mut batch, &states);
+        let plan = plan_ingest_guarded(&mut batch, &states)?;
         for chunk in plan.upserts.chunks(CHUNK) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO alerts (tenant, source, native_id, latest, state_hash, revision, forwarded, field_hashes, first_seen, last_change) ",
@@ -254,16 +259,20 @@ impl Store for SqliteStore {
             q.push(" ON CONFLICT (event_id) DO NOTHING");
             q.build().execute(&mut *tx).await?;
         }
+        let mut counts = plan.counts;
+        counts.quarantined = 0;
         for item in &batch.quarantine {
-            sqlx::query("INSERT INTO quarantine (tenant, source, native_id, reason, raw, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+            counts.quarantined += sqlx::query("INSERT INTO quarantine (tenant, source, native_id, reason, raw, raw_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
                 .bind(&tenant)
                 .bind(source)
                 .bind(&item.native_id)
                 .bind(&item.reason)
                 .bind(&item.raw)
+                .bind(item.raw_hash())
                 .bind(now)
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected();
         }
         if let Some((key, b)) = batch.advance {
             sqlx::query("UPDATE cursors SET coverage = MAX(coverage, ?), updated_at = ? WHERE tenant = ? AND source = ? AND list = ?")
@@ -276,7 +285,7 @@ impl Store for SqliteStore {
                 .await?;
         }
         tx.commit().await?;
-        Ok(plan.counts)
+        Ok(counts)
     }
 
     async fn undelivered(&self, tenant: &str) -> Result<u64> {
@@ -342,7 +351,8 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         for chunk in seqs.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE outbox SET state = 1, batch_id = ");
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("UPDATE outbox SET state = 1, batch_id = ");
             q.push_bind(id).push(" WHERE seq IN (");
             let mut sep = q.separated(", ");
             for s in chunk {
@@ -365,10 +375,11 @@ impl Store for SqliteStore {
     }
 
     async fn batch_items(&self, batch_id: i64) -> Result<Vec<BatchItem>> {
-        let rows = sqlx::query("SELECT seq, event_id, body FROM outbox WHERE batch_id = ? ORDER BY seq")
-            .bind(batch_id)
-            .fetch_all(&self.reader)
-            .await?;
+        let rows =
+            sqlx::query("SELECT seq, event_id, body FROM outbox WHERE batch_id = ? ORDER BY seq")
+                .bind(batch_id)
+                .fetch_all(&self.reader)
+                .await?;
         rows.iter()
             .map(|r| {
                 Ok(BatchItem {
@@ -383,11 +394,13 @@ impl Store for SqliteStore {
     async fn mark_delivered(&self, batch: &Batch) -> Result<()> {
         let now = now_ms();
         let mut tx = self.begin().await?;
-        sqlx::query("UPDATE outbox SET state = 2, delivered_at = ? WHERE batch_id = ? AND state = 1")
-            .bind(now)
-            .bind(batch.id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE outbox SET state = 2, delivered_at = ? WHERE batch_id = ? AND state = 1",
+        )
+        .bind(now)
+        .bind(batch.id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE batches SET state = 'delivered', updated_at = ? WHERE id = ?")
             .bind(now)
             .bind(batch.id)
@@ -442,7 +455,8 @@ impl Store for SqliteStore {
                 .fetch_one(&mut *tx)
                 .await?;
             for chunk in half.chunks(CHUNK) {
-                let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE outbox SET batch_id = ");
+                let mut q: QueryBuilder<Sqlite> =
+                    QueryBuilder::new("UPDATE outbox SET batch_id = ");
                 q.push_bind(child).push(" WHERE seq IN (");
                 let mut sep = q.separated(", ");
                 for s in chunk {
@@ -481,17 +495,21 @@ impl Store for SqliteStore {
     async fn dead_letter(&self, batch: &Batch, reason: &str) -> Result<()> {
         let now = now_ms();
         let mut tx = self.begin().await?;
-        sqlx::query("UPDATE outbox SET state = 3, dead_reason = ? WHERE batch_id = ? AND state = 1")
-            .bind(reason)
-            .bind(batch.id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE batches SET state = 'dead', last_error = ?, updated_at = ? WHERE id = ?")
-            .bind(reason)
-            .bind(now)
-            .bind(batch.id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE outbox SET state = 3, dead_reason = ? WHERE batch_id = ? AND state = 1",
+        )
+        .bind(reason)
+        .bind(batch.id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE batches SET state = 'dead', last_error = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(reason)
+        .bind(now)
+        .bind(batch.id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }

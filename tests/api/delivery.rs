@@ -10,19 +10,31 @@ use crate::helpers::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropzone_down_for_a_while_loses_nothing_and_readyz_says_so() {
     let sim = sim().await;
-    sim.set_dropzone(DropzoneBehavior::FailWith { status: 503, retry_after: Some("1".into()) });
+    sim.set_dropzone(DropzoneBehavior::FailWith {
+        status: 503,
+        retry_after: Some("1".into()),
+    });
     sim.generate_alerts(TENANT_ID, 400, ago(7200), ago(600));
     let (_dir, db) = temp_db();
     let app = TestApp::spawn(settings(&sim, &db, &Opts::default())).await;
-    wait_until_async(Duration::from_secs(30), "/readyz 503", || async { app.get("/readyz").await.0 == 503 }).await;
+    wait_until_async(Duration::from_secs(30), "/readyz 503", || async {
+        app.get("/readyz").await.0 == 503
+    })
+    .await;
     let (_, body) = app.get("/readyz").await;
     assert!(body["failing"].to_string().contains("503"), "{body}");
     assert_eq!(sim.delivered_count(), 0);
 
     sim.set_dropzone(DropzoneBehavior::Accept);
-    wait_until(Duration::from_secs(60), "400 delivered", || sim.delivered_count() >= 400).await;
+    wait_until(Duration::from_secs(60), "400 delivered", || {
+        sim.delivered_count() >= 400
+    })
+    .await;
     assert_eq!(delivered_counts(&sim).len(), 400);
-    wait_until_async(Duration::from_secs(20), "/readyz 200", || async { app.get("/readyz").await.0 == 200 }).await;
+    wait_until_async(Duration::from_secs(20), "/readyz 200", || async {
+        app.get("/readyz").await.0 == 200
+    })
+    .await;
     app.stop().await;
 }
 
@@ -36,14 +48,27 @@ async fn a_poisoned_alert_is_dead_lettered_and_the_rest_of_its_batch_delivered()
         }
         sim.insert_alert(TENANT_ID, a);
     }
-    sim.set_dropzone(DropzoneBehavior::RejectWhere { field: "title".into(), contains: "POISON".into(), status: 400 });
+    sim.set_dropzone(DropzoneBehavior::RejectWhere {
+        field: "title".into(),
+        contains: "POISON".into(),
+        status: 400,
+    });
     let (_dir, db) = temp_db();
     let app = TestApp::spawn(settings(&sim, &db, &Opts::default())).await;
-    wait_until(Duration::from_secs(30), "29 delivered", || sim.delivered_count() >= 29).await;
+    wait_until(Duration::from_secs(30), "29 delivered", || {
+        sim.delivered_count() >= 29
+    })
+    .await;
     let store = app.store.clone();
     wait_until_async(Duration::from_secs(20), "one dead letter", || {
         let store = store.clone();
-        async move { store.dead_letters(None).await.map(|d| d.len() == 1).unwrap_or(false) }
+        async move {
+            store
+                .dead_letters(None)
+                .await
+                .map(|d| d.len() == 1)
+                .unwrap_or(false)
+        }
     })
     .await;
     let dead = app.store.dead_letters(Some("contoso")).await.unwrap();

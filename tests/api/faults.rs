@@ -10,32 +10,67 @@ use crate::helpers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_requests_wait_for_retry_after_and_everything_arrives() {
-    let sim = sim_with(SimConfig { page_cap: 200, ..Default::default() }).await;
+    let sim = sim_with(SimConfig {
+        page_cap: 200,
+        ..Default::default()
+    })
+    .await;
     sim.generate_alerts(TENANT_ID, 1500, ago(2 * 86_400), ago(300));
-    sim.set_faults(TENANT_ID, Faults { throttle_every: Some(3), retry_after: Some("2.5".into()), ..Default::default() });
+    sim.set_faults(
+        TENANT_ID,
+        Faults {
+            throttle_every: Some(3),
+            retry_after: Some("2.5".into()),
+            ..Default::default()
+        },
+    );
     let (_dir, db) = temp_db();
     let app = TestApp::spawn(settings(&sim, &db, &Opts::default())).await;
-    wait_until(Duration::from_secs(120), "1500 delivered", || sim.delivered_count() >= 1500).await;
+    wait_until(Duration::from_secs(120), "1500 delivered", || {
+        sim.delivered_count() >= 1500
+    })
+    .await;
     assert_eq!(delivered_counts(&sim).len(), 1500);
     let throttled = sim.requests().iter().filter(|r| r.status == 429).count();
     assert!(throttled >= 2, "the fault fired ({throttled} times)");
-    assert_eq!(sim.throttle_violations(), 0, "a request came before Retry-After was over");
+    assert_eq!(
+        sim.throttle_violations(),
+        0,
+        "a request came before Retry-After was over"
+    );
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_second_tokens_are_refreshed_ahead_with_at_most_one_401_per_expiry() {
-    let sim = sim_with(SimConfig { token_lifetime: Duration::from_secs(5), ..Default::default() }).await;
+    let sim = sim_with(SimConfig {
+        token_lifetime: Duration::from_secs(5),
+        ..Default::default()
+    })
+    .await;
     sim.generate_alerts(TENANT_ID, 20, ago(600), ago(300));
     let (_dir, db) = temp_db();
     let app = TestApp::spawn(settings(&sim, &db, &Opts::default())).await;
-    wait_until(Duration::from_secs(30), "tokens refreshed 4 times", || sim.tokens_issued(TENANT_ID) >= 4).await;
+    wait_until(Duration::from_secs(30), "tokens refreshed 4 times", || {
+        sim.tokens_issued(TENANT_ID) >= 4
+    })
+    .await;
     sim.generate_alerts(TENANT_ID, 20, ago(60), ago(30));
-    wait_until(Duration::from_secs(30), "all 40 delivered", || sim.delivered_count() >= 40).await;
+    wait_until(Duration::from_secs(30), "all 40 delivered", || {
+        sim.delivered_count() >= 40
+    })
+    .await;
     let issued = sim.tokens_issued(TENANT_ID);
-    assert!(sim.unauthorized_count() <= issued, "{} 401s for {issued} tokens", sim.unauthorized_count());
+    assert!(
+        sim.unauthorized_count() <= issued,
+        "{} 401s for {issued} tokens",
+        sim.unauthorized_count()
+    );
     let (_, status) = app.get("/status").await;
-    assert_eq!(status["tenants"]["contoso"]["sources"]["alerts"]["consecutive_failures"], 0);
+    assert_eq!(
+        status["tenants"]["contoso"]["sources"]["alerts"]["consecutive_failures"],
+        0
+    );
     app.stop().await;
 }
 
@@ -43,10 +78,19 @@ async fn five_second_tokens_are_refreshed_ahead_with_at_most_one_401_per_expiry(
 async fn a_truncated_page_is_read_again_and_nothing_is_lost() {
     let sim = sim().await;
     sim.generate_alerts(TENANT_ID, 300, ago(7200), ago(600));
-    sim.set_faults(TENANT_ID, Faults { truncate_next: 2, ..Default::default() });
+    sim.set_faults(
+        TENANT_ID,
+        Faults {
+            truncate_next: 2,
+            ..Default::default()
+        },
+    );
     let (_dir, db) = temp_db();
     let app = TestApp::spawn(settings(&sim, &db, &Opts::default())).await;
-    wait_until(Duration::from_secs(30), "300 delivered", || sim.delivered_count() >= 300).await;
+    wait_until(Duration::from_secs(30), "300 delivered", || {
+        sim.delivered_count() >= 300
+    })
+    .await;
     assert_eq!(delivered_counts(&sim).len(), 300);
     app.stop().await;
 }
@@ -56,21 +100,45 @@ async fn a_truncated_page_never_moves_coverage_past_it() {
     let sim = sim().await;
     sim.generate_alerts(TENANT_ID, 50, ago(7200), ago(600));
     // More truncations than one poll's retries: the poll fails and C must stay put.
-    sim.set_faults(TENANT_ID, Faults { truncate_next: 1000, ..Default::default() });
+    sim.set_faults(
+        TENANT_ID,
+        Faults {
+            truncate_next: 1000,
+            ..Default::default()
+        },
+    );
     let (_dir, db) = temp_db();
     let app = TestApp::spawn(settings(&sim, &db, &Opts::default())).await;
     wait_until_async(Duration::from_secs(20), "a failed poll", || async {
-        app.get("/status").await.1["tenants"]["contoso"]["sources"]["alerts"]["consecutive_failures"].as_u64().unwrap_or(0) >= 1
+        app.get("/status").await.1["tenants"]["contoso"]["sources"]["alerts"]
+            ["consecutive_failures"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
     })
     .await;
     let (_, status) = app.get("/status").await;
-    let coverage = status["tenants"]["contoso"]["sources"]["alerts"]["coverage"].as_str().unwrap().to_string();
+    let coverage = status["tenants"]["contoso"]["sources"]["alerts"]["coverage"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let c = m365_ingest::time::parse_ticks(&coverage).unwrap() / 10_000_000;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    assert!(c < now - 6 * 86_400, "coverage {coverage} moved past a page it never read");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        c < now - 6 * 86_400,
+        "coverage {coverage} moved past a page it never read"
+    );
     assert_eq!(sim.delivered_count(), 0);
     sim.set_faults(TENANT_ID, Faults::default());
-    wait_until(Duration::from_secs(30), "50 delivered once the fault clears", || sim.delivered_count() >= 50).await;
+    wait_until(
+        Duration::from_secs(30),
+        "50 delivered once the fault clears",
+        || sim.delivered_count() >= 50,
+    )
+    .await;
     app.stop().await;
 }
 
@@ -83,10 +151,21 @@ async fn an_item_with_an_odd_evidence_shape_is_forwarded_with_a_normalization_er
     sim.insert_alert(TENANT_ID, alert_json("plain", &iso7_ago(800)));
     let (_dir, db) = temp_db();
     let app = TestApp::spawn(settings(&sim, &db, &Opts::default())).await;
-    wait_until(Duration::from_secs(30), "both delivered", || sim.delivered_count() >= 2).await;
+    wait_until(Duration::from_secs(30), "both delivered", || {
+        sim.delivered_count() >= 2
+    })
+    .await;
     let alerts = delivered_alerts(&sim);
-    let odd = alerts.iter().find(|a| a["native_id"] == "odd-evidence").unwrap();
-    assert!(odd["normalization_error"].as_str().is_some_and(|e| !e.is_empty()), "{odd}");
+    let odd = alerts
+        .iter()
+        .find(|a| a["native_id"] == "odd-evidence")
+        .unwrap();
+    assert!(
+        odd["normalization_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{odd}"
+    );
     assert_eq!(odd["raw"]["evidence"][0]["fileDetails"], "not an object");
     let plain = alerts.iter().find(|a| a["native_id"] == "plain").unwrap();
     assert!(plain.get("normalization_error").is_none());
@@ -97,17 +176,30 @@ async fn an_item_with_an_odd_evidence_shape_is_forwarded_with_a_normalization_er
 async fn an_alert_updated_while_its_slice_is_listed_skips_no_other_alert() {
     // 25 alerts in one second with 10 a page: only a nextLink walk reads them, and the walk's
     // $skip pages shift when the fault moves the first alert out of the slice.
-    let sim = sim_with(SimConfig { page_cap: 10, ..Default::default() }).await;
+    let sim = sim_with(SimConfig {
+        page_cap: 10,
+        ..Default::default()
+    })
+    .await;
     let second = iso7_ago(900);
     for i in 0..25 {
         let mut t = second.clone();
         t.replace_range(20..27, &format!("{:07}", i * 1000));
         sim.insert_alert(TENANT_ID, alert_json(&format!("same-second-{i:02}"), &t));
     }
-    sim.set_faults(TENANT_ID, Faults { update_during_listing: 3, ..Default::default() });
+    sim.set_faults(
+        TENANT_ID,
+        Faults {
+            update_during_listing: 3,
+            ..Default::default()
+        },
+    );
     let (_dir, db) = temp_db();
     let app = TestApp::spawn(settings(&sim, &db, &Opts::default())).await;
-    wait_until(Duration::from_secs(40), "all 25 alerts", || native_ids(&delivered_alerts(&sim)).len() >= 25).await;
+    wait_until(Duration::from_secs(40), "all 25 alerts", || {
+        native_ids(&delivered_alerts(&sim)).len() >= 25
+    })
+    .await;
     assert_eq!(native_ids(&delivered_alerts(&sim)).len(), 25);
     app.stop().await;
 }
@@ -115,22 +207,74 @@ async fn an_alert_updated_while_its_slice_is_listed_skips_no_other_alert() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_next_link_to_another_host_is_not_followed_and_gets_no_token() {
     let elsewhere = sim().await;
-    let sim = sim_with(SimConfig { page_cap: 10, ..Default::default() }).await;
+    let sim = sim_with(SimConfig {
+        page_cap: 10,
+        ..Default::default()
+    })
+    .await;
     let second = iso7_ago(900);
     for i in 0..25 {
         let mut t = second.clone();
         t.replace_range(20..27, &format!("{:07}", i * 1000));
         sim.insert_alert(TENANT_ID, alert_json(&format!("s-{i:02}"), &t));
     }
-    sim.set_faults(TENANT_ID, Faults { next_link_base: Some(elsewhere.base_url()), ..Default::default() });
+    sim.set_faults(
+        TENANT_ID,
+        Faults {
+            next_link_base: Some(elsewhere.base_url()),
+            ..Default::default()
+        },
+    );
     let (_dir, db) = temp_db();
     let app = TestApp::spawn(settings(&sim, &db, &Opts::default())).await;
-    wait_until_async(Duration::from_secs(20), "the poll to fail on the foreign link", || async {
-        app.get("/status").await.1["tenants"]["contoso"]["sources"]["alerts"]["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("refused"))
+    wait_until_async(
+        Duration::from_secs(20),
+        "the poll to fail on the foreign link",
+        || async {
+            app.get("/status").await.1["tenants"]["contoso"]["sources"]["alerts"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("refused"))
+        },
+    )
+    .await;
+    assert!(
+        elsewhere.requests().is_empty(),
+        "the other host was contacted: {:?}",
+        elsewhere.requests()
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_without_an_id_is_quarantined_with_the_reason_and_the_rest_delivered() {
+    let sim = sim().await;
+    let t = iso7_ago(900);
+    let mut no_id = alert_json("ignored", &t);
+    no_id.as_object_mut().unwrap().remove("id");
+    sim.insert_alert_at(TENANT_ID, "no-id-key", &t, no_id);
+    for i in 0..5 {
+        sim.insert_alert(
+            TENANT_ID,
+            alert_json(&format!("fine-{i}"), &iso7_ago(800 + i)),
+        );
+    }
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(settings(&sim, &db, &Opts::default())).await;
+    wait_until(Duration::from_secs(30), "5 delivered", || {
+        sim.delivered_count() >= 5
     })
     .await;
-    assert!(elsewhere.requests().is_empty(), "the other host was contacted: {:?}", elsewhere.requests());
+    wait_until_async(Duration::from_secs(20), "one quarantined", || async {
+        app.get("/status").await.1["tenants"]["contoso"]["queue"]["quarantined"] == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sim.delivered_count(),
+        5,
+        "the item without an id is not forwarded, and is quarantined once"
+    );
+    let (_, status) = app.get("/status").await;
+    assert_eq!(status["tenants"]["contoso"]["queue"]["quarantined"], 1);
     app.stop().await;
 }

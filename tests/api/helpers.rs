@@ -124,7 +124,12 @@ impl TestApp {
         let store = app.store();
         let stop = app.stop_token();
         let handle = tokio::spawn(app.run_until_stopped());
-        TestApp { port, store, stop, handle }
+        TestApp {
+            port,
+            store,
+            stop,
+            handle,
+        }
     }
 
     /// A crash: every task is dropped where it stands.
@@ -136,11 +141,16 @@ impl TestApp {
     /// A graceful stop, as SIGTERM does.
     pub async fn stop(self) {
         self.stop.cancel();
-        self.handle.await.expect("run task joins").expect("run ends cleanly");
+        self.handle
+            .await
+            .expect("run task joins")
+            .expect("run ends cleanly");
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let resp = reqwest::get(format!("http://127.0.0.1:{}{path}", self.port)).await.expect("server answers");
+        let resp = reqwest::get(format!("http://127.0.0.1:{}{path}", self.port))
+            .await
+            .expect("server answers");
         let status = resp.status().as_u16();
         let body = resp.json::<Value>().await.unwrap_or(Value::Null);
         (status, body)

@@ -18,7 +18,10 @@ async fn a_backlog_of_5000_alerts_over_3_days_is_delivered_exactly_once() {
     let (_dir, db) = temp_db();
     let app = TestApp::spawn(settings(&sim, &db, &Opts::default())).await;
 
-    wait_until(Duration::from_secs(90), "5000 alerts delivered", || sim.delivered_count() >= 5000).await;
+    wait_until(Duration::from_secs(90), "5000 alerts delivered", || {
+        sim.delivered_count() >= 5000
+    })
+    .await;
     // Let a few more polls re-read the overlap: nothing may arrive twice.
     wait_until_async(Duration::from_secs(20), "three more polls", || async {
         app.get("/status").await.1["tenants"]["contoso"]["sources"]["alerts"]["counts"]["requests"]
@@ -40,17 +43,30 @@ async fn a_backlog_of_5000_alerts_over_3_days_is_delivered_exactly_once() {
         assert_eq!(a["revision"], 1);
         assert_eq!(a["historical"], true, "a first run's lookback is history");
         assert_eq!(a["tenant"]["id"], TENANT_ID);
-        assert!(["informational", "low", "medium", "high", "unknown"].contains(&a["severity"].as_str().unwrap()));
-        assert!(["new", "in_progress", "resolved", "unknown"].contains(&a["status"].as_str().unwrap()));
+        assert!(["informational", "low", "medium", "high", "unknown"]
+            .contains(&a["severity"].as_str().unwrap()));
+        assert!(
+            ["new", "in_progress", "resolved", "unknown"].contains(&a["status"].as_str().unwrap())
+        );
         let version = a["version"].as_str().unwrap();
         assert_eq!(version.len(), 28, "7 fractional digits: {version}");
-        assert_eq!(a["raw"]["lastUpdateDateTime"].as_str().map(|s| s.len()), Some(28));
+        assert_eq!(
+            a["raw"]["lastUpdateDateTime"].as_str().map(|s| s.len()),
+            Some(28)
+        );
         assert!(a["entities"].as_array().is_some_and(|e| !e.is_empty()));
-        assert!(a.get("normalization_error").is_none(), "{}", a["normalization_error"]);
+        assert!(
+            a.get("normalization_error").is_none(),
+            "{}",
+            a["normalization_error"]
+        );
     }
     // Every batch carried the API key and an idempotency key.
     for b in sim.received() {
-        assert_eq!(b.authorization.as_deref(), Some(&*format!("Bearer {DROPZONE_KEY}")));
+        assert_eq!(
+            b.authorization.as_deref(),
+            Some(&*format!("Bearer {DROPZONE_KEY}"))
+        );
         assert!(b.idempotency_key.as_deref().is_some_and(|k| k.len() == 36));
     }
     app.stop().await;
@@ -59,26 +75,48 @@ async fn a_backlog_of_5000_alerts_over_3_days_is_delivered_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_of_100_status_changes_is_delivered_once_as_an_update() {
     let sim = sim().await;
-    let ids = sim.generate_alerts(TENANT_ID, 100, ago(3600), ago(600));
+    // Alerts that start as new and unclassified, so the update changes exactly those fields.
+    let ids: Vec<String> = (0..100).map(|i| format!("status-{i:03}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        sim.insert_alert(TENANT_ID, alert_json(id, &iso7_ago(3600 - i as u64)));
+    }
     let (_dir, db) = temp_db();
     let app = TestApp::spawn(settings(&sim, &db, &Opts::default())).await;
-    wait_until(Duration::from_secs(30), "100 created", || sim.delivered_count() >= 100).await;
+    wait_until(Duration::from_secs(30), "100 created", || {
+        sim.delivered_count() >= 100
+    })
+    .await;
 
     for id in &ids {
-        assert!(sim.update_alert(TENANT_ID, id, json!({"status": "resolved", "classification": "truePositive"})));
+        assert!(sim.update_alert(
+            TENANT_ID,
+            id,
+            json!({"status": "resolved", "classification": "truePositive"})
+        ));
     }
-    wait_until(Duration::from_secs(30), "100 updates", || sim.delivered_count() >= 200).await;
+    wait_until(Duration::from_secs(30), "100 updates", || {
+        sim.delivered_count() >= 200
+    })
+    .await;
     // More polls over the same window send nothing more.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(sim.delivered_count(), 200);
 
-    let updates: Vec<_> = delivered_alerts(&sim).into_iter().filter(|a| a["change"] == "updated").collect();
+    let updates: Vec<_> = delivered_alerts(&sim)
+        .into_iter()
+        .filter(|a| a["change"] == "updated")
+        .collect();
     assert_eq!(updates.len(), 100);
     assert_eq!(native_ids(&updates), ids.iter().cloned().collect());
     for u in &updates {
         assert_eq!(u["revision"], 2);
         assert_eq!(u["status"], "resolved");
-        let changed: Vec<&str> = u["changed_fields"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+        let changed: Vec<&str> = u["changed_fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
         assert!(changed.contains(&"status"), "{changed:?}");
         assert!(changed.contains(&"classification"), "{changed:?}");
         assert!(!changed.contains(&"title"), "{changed:?}");
@@ -92,11 +130,20 @@ async fn an_alert_that_appears_two_minutes_behind_the_cursor_is_delivered() {
     sim.generate_alerts(TENANT_ID, 10, ago(1800), ago(900));
     let (_dir, db) = temp_db();
     let app = TestApp::spawn(settings(&sim, &db, &Opts::default())).await;
-    wait_until(Duration::from_secs(30), "first alerts", || sim.delivered_count() >= 10).await;
+    wait_until(Duration::from_secs(30), "first alerts", || {
+        sim.delivered_count() >= 10
+    })
+    .await;
     // The coverage point is now within seconds of Microsoft's clock.
     sim.insert_alert(TENANT_ID, alert_json("late-indexed-1", &iso7_ago(120)));
-    wait_until(Duration::from_secs(30), "the late alert", || sim.delivered_count() >= 11).await;
-    let late: Vec<_> = delivered_alerts(&sim).into_iter().filter(|a| a["native_id"] == "late-indexed-1").collect();
+    wait_until(Duration::from_secs(30), "the late alert", || {
+        sim.delivered_count() >= 11
+    })
+    .await;
+    let late: Vec<_> = delivered_alerts(&sim)
+        .into_iter()
+        .filter(|a| a["native_id"] == "late-indexed-1")
+        .collect();
     assert_eq!(late.len(), 1);
     assert_eq!(late[0]["historical"], false);
     app.stop().await;
@@ -107,19 +154,37 @@ async fn a_restart_mid_backlog_loses_nothing_and_resends_only_the_in_flight_batc
     let sim = sim().await;
     sim.generate_alerts(TENANT_ID, 3000, ago(86_400), ago(300));
     let (_dir, db) = temp_db();
-    let opts = Opts { batch_size: 10, concurrency: 1, ..Opts::default() };
+    let opts = Opts {
+        batch_size: 10,
+        concurrency: 1,
+        ..Opts::default()
+    };
     let app = TestApp::spawn(settings(&sim, &db, &opts)).await;
-    wait_until(Duration::from_secs(60), "a third delivered", || sim.delivered_count() >= 1000).await;
+    wait_until(Duration::from_secs(60), "a third delivered", || {
+        sim.delivered_count() >= 1000
+    })
+    .await;
     app.crash().await;
     let after_crash = sim.delivered_count();
     assert!(after_crash < 3000, "the crash came mid-backlog");
 
     let app = TestApp::spawn(settings(&sim, &db, &opts)).await;
-    wait_until(Duration::from_secs(90), "all 3000 delivered", || delivered_counts(&sim).len() >= 3000).await;
+    wait_until(Duration::from_secs(90), "all 3000 delivered", || {
+        delivered_counts(&sim).len() >= 3000
+    })
+    .await;
     let counts = delivered_counts(&sim);
     assert_eq!(counts.len(), 3000);
-    let twice: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).map(|(id, _)| id.clone()).collect();
-    assert!(twice.len() <= 10, "only the in-flight batch may repeat, got {}", twice.len());
+    let twice: Vec<_> = counts
+        .iter()
+        .filter(|(_, &n)| n > 1)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(
+        twice.len() <= 10,
+        "only the in-flight batch may repeat, got {}",
+        twice.len()
+    );
     // A repeated alert came again in a batch with the same Idempotency-Key.
     for id in &twice {
         let keys: HashSet<_> = sim
@@ -143,9 +208,16 @@ async fn re_reading_the_overlap_sends_nothing_again_and_a_quiet_tenant_does_not_
         sim.insert_alert(TENANT_ID, alert_json(&format!("edge-{i}"), &t));
     }
     let (_dir, db) = temp_db();
-    let opts = Opts { interval: "1s", settle: "1s", ..Opts::default() };
+    let opts = Opts {
+        interval: "1s",
+        settle: "1s",
+        ..Opts::default()
+    };
     let app = TestApp::spawn(settings(&sim, &db, &opts)).await;
-    wait_until(Duration::from_secs(30), "20 delivered", || sim.delivered_count() >= 20).await;
+    wait_until(Duration::from_secs(30), "20 delivered", || {
+        sim.delivered_count() >= 20
+    })
+    .await;
     // Ten more polls re-read the same overlap window.
     wait_until_async(Duration::from_secs(30), "ten quiet polls", || async {
         app.get("/status").await.1["tenants"]["contoso"]["sources"]["alerts"]["counts"]["unchanged"]
@@ -154,10 +226,20 @@ async fn re_reading_the_overlap_sends_nothing_again_and_a_quiet_tenant_does_not_
             >= 200
     })
     .await;
-    assert_eq!(sim.delivered_count(), 20, "the overlap re-read sent nothing again");
+    assert_eq!(
+        sim.delivered_count(),
+        20,
+        "the overlap re-read sent nothing again"
+    );
     let (_, status) = app.get("/status").await;
-    let lag = status["tenants"]["contoso"]["sources"]["alerts"]["lag_s"].as_i64().unwrap();
-    assert!(lag < 2 * 1 + 1 + 1, "quiet tenant lag {lag}s (2 × interval + settle, +1 s for Date's resolution)");
+    let lag = status["tenants"]["contoso"]["sources"]["alerts"]["lag_s"]
+        .as_i64()
+        .unwrap();
+    let (interval, settle) = (1, 1);
+    assert!(
+        lag < 2 * interval + settle + 1,
+        "quiet tenant lag {lag}s (2 × interval + settle, +1 s for Date's resolution)"
+    );
     let (code, _) = app.get("/readyz").await;
     assert_eq!(code, 200);
     app.stop().await;
@@ -168,13 +250,25 @@ async fn start_now_skips_history_and_forwards_what_comes_after() {
     let sim = sim().await;
     sim.generate_alerts(TENANT_ID, 50, ago(86_400 * 2), ago(86_400));
     let (_dir, db) = temp_db();
-    let app = TestApp::spawn(settings(&sim, &db, &Opts { start: "now", ..Opts::default() })).await;
+    let app = TestApp::spawn(settings(
+        &sim,
+        &db,
+        &Opts {
+            start: "now",
+            ..Opts::default()
+        },
+    ))
+    .await;
     wait_until_async(Duration::from_secs(20), "first run done", || async {
-        app.get("/status").await.1["tenants"]["contoso"]["sources"]["alerts"]["first_run_done"] == true
+        app.get("/status").await.1["tenants"]["contoso"]["sources"]["alerts"]["first_run_done"]
+            == true
     })
     .await;
     sim.insert_alert(TENANT_ID, alert_json("fresh-1", &iso7_ago(0)));
-    wait_until(Duration::from_secs(20), "the fresh alert", || sim.delivered_count() >= 1).await;
+    wait_until(Duration::from_secs(20), "the fresh alert", || {
+        sim.delivered_count() >= 1
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(sim.delivered_count(), 1, "history before T0 stays behind");
     let q = app.store.queue_status("contoso").await.unwrap();

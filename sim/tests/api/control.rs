@@ -5,35 +5,84 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 async fn control(sim: &m365_sim::Simulator, path: &str, body: Value) -> Value {
-    let r = http().post(format!("{}/_sim/{path}", sim.base_url())).json(&body).send().await.unwrap();
+    let r = http()
+        .post(format!("{}/_sim/{path}", sim.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "{path}");
     r.json().await.unwrap()
 }
 
 #[tokio::test]
 async fn the_control_api_sets_up_a_tenant_that_graph_then_serves() {
-    let sim = m365_sim::Simulator::start(m365_sim::SimConfig::default()).await.unwrap();
+    let sim = m365_sim::Simulator::start(m365_sim::SimConfig::default())
+        .await
+        .unwrap();
     control(&sim, "tenants", json!({"tenant_id": TENANT})).await;
     control(&sim, "apps", json!({"tenant_id": TENANT, "client_id": CLIENT, "secret": SECRET, "roles": ["SecurityAlert.Read.All"]})).await;
-    assert_eq!(control(&sim, "alerts/generate", json!({"tenant_id": TENANT, "n": 12, "minutes_back": 30})).await["generated"], 12);
-    control(&sim, "faults", json!({"tenant_id": TENANT, "server_error_every": 2})).await;
-    control(&sim, "dropzone", json!({"mode": "fail_with", "status": 500})).await;
+    assert_eq!(
+        control(
+            &sim,
+            "alerts/generate",
+            json!({"tenant_id": TENANT, "n": 12, "minutes_back": 30})
+        )
+        .await["generated"],
+        12
+    );
+    control(
+        &sim,
+        "faults",
+        json!({"tenant_id": TENANT, "server_error_every": 2}),
+    )
+    .await;
+    control(
+        &sim,
+        "dropzone",
+        json!({"mode": "fail_with", "status": 500}),
+    )
+    .await;
 
     let token = graph_token(&sim).await;
     let (s, page) = list(&sim, &token, &[]).await;
     assert_eq!((s, ids(&page).len()), (200, 12));
     assert_eq!(list(&sim, &token, &[]).await.0, 503);
-    let r = http().post(sim.dropzone_url()).json(&json!({"alerts": [{"event_id": "x"}]})).send().await.unwrap();
+    let r = http()
+        .post(sim.dropzone_url())
+        .json(&json!({"alerts": [{"event_id": "x"}]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 500);
 
-    let received: Value = http().get(format!("{}/_sim/received", sim.base_url())).send().await.unwrap().json().await.unwrap();
+    let received: Value = http()
+        .get(format!("{}/_sim/received", sim.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(received["batches"][0]["status"], 500);
     assert_eq!(received["batches"][0]["event_ids"], json!(["x"]));
-    let log: Value = http().get(format!("{}/_sim/requests", sim.base_url())).send().await.unwrap().json().await.unwrap();
+    let log: Value = http()
+        .get(format!("{}/_sim/requests", sim.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     // Control calls are not recorded: token, two lists, one dropzone POST.
     assert_eq!(log["requests"].as_array().unwrap().len(), 4);
 
-    let r = http().post(format!("{}/_sim/faults", sim.base_url())).body("{not json").send().await.unwrap();
+    let r = http()
+        .post(format!("{}/_sim/faults", sim.base_url()))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
 }
 
@@ -44,13 +93,20 @@ async fn shutdown_stops_serving_and_the_stream() {
     // The stream creates alerts on its own; wait until it has.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while sim.alert_count(TENANT) < 3 {
-        assert!(std::time::Instant::now() < deadline, "stream produced no alerts");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stream produced no alerts"
+        );
         tokio::task::yield_now().await;
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     sim.shutdown().await;
     let after = sim.alert_count(TENANT);
-    assert!(http().get(format!("{}/_sim/requests", sim.base_url())).send().await.is_err());
+    assert!(http()
+        .get(format!("{}/_sim/requests", sim.base_url()))
+        .send()
+        .await
+        .is_err());
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }

@@ -20,7 +20,10 @@ async fn post(sim: &Simulator, body: &Value, key: &str) -> (u16, Option<String>,
         .await
         .unwrap();
     let status = r.status().as_u16();
-    let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
     (status, retry_after, r.json().await.unwrap())
 }
 
@@ -45,7 +48,10 @@ async fn accepted_batches_are_recorded_with_headers_and_bodies() {
 #[tokio::test]
 async fn fail_with_answers_every_request_until_changed() {
     let sim = start().await;
-    sim.set_dropzone(DropzoneBehavior::FailWith { status: 503, retry_after: Some("3".into()) });
+    sim.set_dropzone(DropzoneBehavior::FailWith {
+        status: 503,
+        retry_after: Some("3".into()),
+    });
     let (s, ra, _) = post(&sim, &batch(&["e1"]), "k").await;
     assert_eq!((s, ra.as_deref()), (503, Some("3")));
     assert_eq!(post(&sim, &batch(&["e1"]), "k").await.0, 503);
@@ -60,7 +66,10 @@ async fn fail_with_answers_every_request_until_changed() {
 #[tokio::test]
 async fn rejected_event_ids_are_named() {
     let sim = start().await;
-    sim.set_dropzone(DropzoneBehavior::RejectEventIds { ids: vec!["bad".into()], status: 400 });
+    sim.set_dropzone(DropzoneBehavior::RejectEventIds {
+        ids: vec!["bad".into()],
+        status: 400,
+    });
     let (s, _, answer) = post(&sim, &batch(&["ok1", "bad"]), "k").await;
     assert_eq!(s, 400);
     assert_eq!(answer["rejected_event_ids"], json!(["bad"]));
@@ -71,7 +80,11 @@ async fn rejected_event_ids_are_named() {
 #[tokio::test]
 async fn reject_where_matches_a_field() {
     let sim = start().await;
-    sim.set_dropzone(DropzoneBehavior::RejectWhere { field: "title".into(), contains: "POISON".into(), status: 422 });
+    sim.set_dropzone(DropzoneBehavior::RejectWhere {
+        field: "title".into(),
+        contains: "POISON".into(),
+        status: 422,
+    });
     let body = json!({"alerts": [{"event_id": "a", "title": "fine"}, {"event_id": "b", "title": "xx POISON xx"}]});
     let (s, _, answer) = post(&sim, &body, "k").await;
     assert_eq!(s, 422);
@@ -92,7 +105,11 @@ async fn max_body_bytes_answers_413_for_larger_bodies() {
 
 #[tokio::test]
 async fn without_bodies_only_event_ids_and_counts_are_kept() {
-    let sim = start_with(SimConfig { keep_bodies: false, ..SimConfig::default() }).await;
+    let sim = start_with(SimConfig {
+        keep_bodies: false,
+        ..SimConfig::default()
+    })
+    .await;
     assert_eq!(post(&sim, &batch(&["e1", "e2", "e3"]), "k").await.0, 200);
     let got = sim.received();
     assert!(got[0].alerts.is_empty());
@@ -103,9 +120,21 @@ async fn without_bodies_only_event_ids_and_counts_are_kept() {
 #[tokio::test]
 async fn malformed_bodies_and_wrong_content_types_are_refused_and_recorded() {
     let sim = start().await;
-    let r = http().post(sim.dropzone_url()).header("Content-Type", "application/json").body("{\"alerts\": [").send().await.unwrap();
+    let r = http()
+        .post(sim.dropzone_url())
+        .header("Content-Type", "application/json")
+        .body("{\"alerts\": [")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = http().post(sim.dropzone_url()).header("Content-Type", "text/plain").body("{\"alerts\": []}").send().await.unwrap();
+    let r = http()
+        .post(sim.dropzone_url())
+        .header("Content-Type", "text/plain")
+        .body("{\"alerts\": []}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 415);
     let statuses: Vec<u16> = sim.received().iter().map(|b| b.status).collect();
     assert_eq!(statuses, [400, 415]);

@@ -14,7 +14,12 @@ pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
 pub async fn start_with(cfg: SimConfig) -> Simulator {
     let sim = Simulator::start(cfg).await.expect("simulator starts");
     sim.add_tenant(TENANT);
-    sim.add_app(TENANT, CLIENT, SECRET, &["SecurityAlert.Read.All", "Investigation.read"]);
+    sim.add_app(
+        TENANT,
+        CLIENT,
+        SECRET,
+        &["SecurityAlert.Read.All", "Investigation.read"],
+    );
     sim
 }
 
@@ -34,7 +39,12 @@ pub async fn token_request(sim: &Simulator, tenant: &str, form: &[(&str, &str)])
 }
 
 pub async fn graph_token(sim: &Simulator) -> String {
-    let form = [("grant_type", "client_credentials"), ("client_id", CLIENT), ("client_secret", SECRET), ("scope", GRAPH_SCOPE)];
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", CLIENT),
+        ("client_secret", SECRET),
+        ("scope", GRAPH_SCOPE),
+    ];
     let (status, body) = token_request(sim, TENANT, &form).await;
     assert_eq!(status, 200, "{body}");
     body["access_token"].as_str().unwrap().to_string()
@@ -50,18 +60,27 @@ pub async fn get(url: &str, token: &str) -> (u16, HeaderMap, String) {
 
 pub async fn get_json(url: &str, token: &str) -> (u16, Value) {
     let (s, _, body) = get(url, token).await;
-    (s, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")))
+    (
+        s,
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")),
+    )
 }
 
 /// alerts_v2 with the given query options (values are percent-encoded here).
 pub async fn list(sim: &Simulator, token: &str, query: &[(&str, &str)]) -> (u16, Value) {
-    let mut url = reqwest::Url::parse(&format!("{}/v1.0/security/alerts_v2", sim.graph_url())).unwrap();
+    let mut url =
+        reqwest::Url::parse(&format!("{}/v1.0/security/alerts_v2", sim.graph_url())).unwrap();
     url.query_pairs_mut().extend_pairs(query);
     get_json(url.as_str(), token).await
 }
 
 pub fn ids(page: &Value) -> Vec<String> {
-    page["value"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap().to_string()).collect()
+    page["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// A minimal explicit alert.
