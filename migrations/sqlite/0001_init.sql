@@ -25,13 +25,18 @@ CREATE TABLE outbox (
     native_id    TEXT    NOT NULL,
     version      TEXT    NOT NULL,
     historical   INTEGER NOT NULL,
-    body         BLOB    NOT NULL,
     size         INTEGER NOT NULL,
     state        INTEGER NOT NULL DEFAULT 0,   -- 0 pending, 1 batched, 2 delivered, 3 dead
     batch_id     INTEGER,
     dead_reason  TEXT,
     created_at   INTEGER NOT NULL,
     delivered_at INTEGER
+);
+-- Bodies live apart from the row's state: SQLite rewrites a whole record (overflow pages
+-- included) on every UPDATE, and a row's state changes twice after it is written.
+CREATE TABLE outbox_body (
+    seq  INTEGER PRIMARY KEY,
+    body BLOB    NOT NULL
 );
 -- Claiming reads pending rows of one tenant, live before historical, in seq order.
 CREATE INDEX outbox_pending ON outbox (tenant, historical, seq) WHERE state = 0;

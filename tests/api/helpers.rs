@@ -119,6 +119,17 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn(settings: Settings) -> TestApp {
+        // TEST_LOG=1 shows the daemon's logs (quiet by default, as Z2P does).
+        if std::env::var_os("TEST_LOG").is_some() {
+            let cfg = m365_ingest::config::LogConfig {
+                format: m365_ingest::config::LogFormat::Pretty,
+                level: "info".into(),
+            };
+            let _ = tracing::subscriber::set_global_default(m365_ingest::telemetry::subscriber(
+                &cfg,
+                std::io::stdout,
+            ));
+        }
         let app = App::build(settings).await.expect("app builds");
         let port = app.port();
         let store = app.store();

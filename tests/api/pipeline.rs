@@ -275,3 +275,108 @@ async fn start_now_skips_history_and_forwards_what_comes_after() {
     assert_eq!(q.pending, 0);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_finds_an_alert_indexed_later_than_the_overlap_reaches() {
+    let sim = sim().await;
+    sim.generate_alerts(TENANT_ID, 5, ago(7200), ago(3600));
+    let t = iso7_ago(1800); // 30 minutes back: outside the 10-minute overlap
+    sim.insert_alert(TENANT_ID, alert_json("very-late", &t));
+    sim.set_faults(
+        TENANT_ID,
+        m365_sim::Faults {
+            hide_until: vec![("very-late".into(), ago(0) + Duration::from_secs(6))],
+            ..Default::default()
+        },
+    );
+    let (_dir, db) = temp_db();
+    let opts = Opts {
+        extra_alerts: "reconcile_interval = \"2s\"\nreconcile_window = \"2h\"".into(),
+        ..Opts::default()
+    };
+    let app = TestApp::spawn(settings(&sim, &db, &opts)).await;
+    wait_until(Duration::from_secs(30), "the 5 visible alerts", || {
+        sim.delivered_count() >= 5
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(40),
+        "the late one, through reconciliation",
+        || native_ids(&delivered_alerts(&sim)).contains("very-late"),
+    )
+    .await;
+    let (_, status) = app.get("/status").await;
+    assert!(
+        status["tenants"]["contoso"]["sources"]["alerts"]["late_arrivals"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{status}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_pick_what_enters_and_a_forwarded_alert_keeps_being_forwarded() {
+    let sim = sim().await;
+    let mut wanted = alert_json("wanted", &iso7_ago(900));
+    wanted["status"] = "new".into();
+    let mut unwanted = alert_json("unwanted", &iso7_ago(890));
+    unwanted["status"] = "resolved".into();
+    sim.insert_alert(TENANT_ID, wanted);
+    sim.insert_alert(TENANT_ID, unwanted);
+    let (_dir, db) = temp_db();
+    let opts = Opts {
+        extra_alerts: "statuses = [\"new\", \"inProgress\"]\nservice_sources = [\"microsoftDefenderForEndpoint\", \"microsoftDefenderForOffice365\"]".into(),
+        ..Opts::default()
+    };
+    let app = TestApp::spawn(settings(&sim, &db, &opts)).await;
+    wait_until(Duration::from_secs(30), "the new alert", || {
+        sim.delivered_count() >= 1
+    })
+    .await;
+    assert!(sim.update_alert(TENANT_ID, "wanted", json!({"status": "resolved"})));
+    wait_until(Duration::from_secs(30), "its resolved version", || {
+        sim.delivered_count() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let alerts = delivered_alerts(&sim);
+    assert_eq!(alerts.len(), 2);
+    assert!(alerts.iter().all(|a| a["native_id"] == "wanted"));
+    assert_eq!(alerts[1]["status"], "resolved");
+    let asked = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/alerts_v2") && r.query.contains("filter"))
+        .count();
+    assert!(asked > 0);
+    for r in sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/alerts_v2") && r.query.contains("filter"))
+    {
+        let q = r.query.replace('+', " ");
+        let q = url_decode(&q);
+        assert!(q.contains("serviceSource eq 'microsoftDefenderForEndpoint' or serviceSource eq 'microsoftDefenderForOffice365'"), "{q}");
+    }
+    app.stop().await;
+}
+
+fn url_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
