@@ -64,6 +64,10 @@ graph_requests_per_minute = 1000000
 [tenants.bench.sources.alerts]
 interval = "1s"
 settle = "1s"
+[tenants.bench.sources.incidents]
+enabled = false
+[tenants.bench.sources.submissions]
+enabled = false
 "#,
         db = dir.path().join("bench.db").display(),
     );

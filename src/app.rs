@@ -20,7 +20,7 @@ use crate::forward::{DestinationStatus, DropzoneSink, Forwarder};
 use crate::microsoft::{Budget, MicrosoftClock, MsClient};
 use crate::normalize::SourceKind;
 use crate::server::{Health, TenantHealth};
-use crate::sources::{GraphListing, Poller, SourceStatus};
+use crate::sources::{Poller, SourceStatus};
 use crate::store::{BatchLimits, TenantRef};
 use crate::AppStore;
 
@@ -114,7 +114,11 @@ impl App {
                 .with_context(|| format!("tenants.{name}.graph_url is not a URL"))?,
             );
             let mut sources = Vec::new();
-            for kind in [SourceKind::Alerts] {
+            for kind in [
+                SourceKind::Alerts,
+                SourceKind::Incidents,
+                SourceKind::Submissions,
+            ] {
                 let s = tenant.sources.get(kind).resolve(kind, tenant);
                 if !s.enabled {
                     continue;
@@ -126,7 +130,6 @@ impl App {
                         tref.clone(),
                         s,
                         tenant.start,
-                        GraphListing::alerts(),
                         graph.clone(),
                         store.clone(),
                         status,

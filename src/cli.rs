@@ -207,6 +207,10 @@ graph_url = "{graph}"
 interval = "10s"
 settle = "5s"
 overlap = "2m"
+[tenants.demo.sources.incidents]
+enabled = false
+[tenants.demo.sources.submissions]
+enabled = false
 "#,
         db = dir.join("m365-ingest.db").display(),
         dropzone = sim.dropzone_url(),

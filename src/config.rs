@@ -364,6 +364,10 @@ pub struct SourceSettings {
     pub max_slice: Duration,
     pub reconcile_interval: Duration,
     pub reconcile_window: Duration,
+    /// Incidents: ask for `$expand=alerts` (falls back to the plain listing on a 5xx).
+    pub expand_alerts: bool,
+    /// Submissions: the lists polled (`email`, `url`, `file`).
+    pub kinds: Vec<String>,
     pub filters: Filters,
 }
 
@@ -384,6 +388,22 @@ impl SourceConfig {
             _ => true,
         });
         let d = |v: Option<Duration>, default: u64| v.unwrap_or(Duration::from_secs(default));
+        // Sources without an update time re-list recent items instead of reconciling: their
+        // recheck is the reconciliation pass, over `recheck` every `recheck_interval`.
+        let (reconcile_interval, reconcile_window) = match kind {
+            SourceKind::Submissions => (
+                d(self.recheck_interval.or(self.reconcile_interval), 600),
+                d(self.recheck.or(self.reconcile_window), 7 * DAY),
+            ),
+            SourceKind::CloudApps => (
+                d(self.recheck_interval.or(self.reconcile_interval), 900),
+                d(self.recheck.or(self.reconcile_window), 3 * DAY),
+            ),
+            _ => (
+                d(self.reconcile_interval, 3600),
+                d(self.reconcile_window, DAY),
+            ),
+        };
         SourceSettings {
             kind,
             enabled,
@@ -392,8 +412,14 @@ impl SourceConfig {
             overlap: d(self.overlap, 600),
             settle: d(self.settle, 30),
             max_slice: d(self.max_slice, DAY),
-            reconcile_interval: d(self.reconcile_interval, 3600),
-            reconcile_window: d(self.reconcile_window, DAY),
+            reconcile_interval,
+            reconcile_window,
+            expand_alerts: self.expand_alerts.unwrap_or(false),
+            kinds: if self.kinds.is_empty() {
+                vec!["email".into(), "url".into(), "file".into()]
+            } else {
+                lower(&self.kinds)
+            },
             filters: Filters {
                 service_sources: self.service_sources.clone(),
                 detection_sources: lower(&self.detection_sources),
@@ -704,6 +730,13 @@ fn validate_tenant(name: &str, t: &TenantConfig) -> Result<(), ConfigError> {
             if !["new", "in_progress", "resolved", "unknown"].contains(&st.as_str()) {
                 return Err(bad(format!(
                     "{skey}.statuses: `{st}` is not one of new, in_progress, resolved, unknown"
+                )));
+            }
+        }
+        for k in &s.kinds {
+            if !["email", "url", "file"].contains(&k.as_str()) {
+                return Err(bad(format!(
+                    "{skey}.kinds: `{k}` is not one of email, url, file"
                 )));
             }
         }

@@ -96,6 +96,10 @@ graph_requests_per_minute = 6000
 [tenants.contoso.sources.alerts]
 interval = "1s"
 settle = "1s"
+[tenants.contoso.sources.incidents]
+enabled = false
+[tenants.contoso.sources.submissions]
+enabled = false
 "#,
         db = dir.path().join("db.sqlite").display(),
         dz = sim.dropzone_url(),

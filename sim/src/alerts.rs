@@ -6,7 +6,7 @@
 //! demand (`generator.rs`); inserted or patched ones as explicit JSON.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -179,6 +179,16 @@ type Key = (Reverse<i64>, Arc<str>);
 pub(crate) struct TenantAlerts {
     order: BTreeMap<Key, Body>,
     index: HashMap<Arc<str>, i64>,
+    /// Alert ids by `incidentId`, for incidents' `$expand=alerts`.
+    by_incident: HashMap<String, BTreeSet<Arc<str>>>,
+}
+
+/// The `incidentId` of an alert body, if it has one.
+fn incident_of(body: &Body) -> Option<String> {
+    match body {
+        Body::Gen(m) => Some(m.incident.to_string()),
+        Body::Json(v) => v.get("incidentId").and_then(Value::as_str).map(str::to_owned),
+    }
 }
 
 /// One alert as the filter sees it.
@@ -235,13 +245,47 @@ impl TenantAlerts {
         let id: Arc<str> = match self.index.get_key_value(id) {
             Some((k, old)) => {
                 let k = k.clone();
-                self.order.remove(&(Reverse(*old), k.clone()));
+                if let Some(prev) = self.order.remove(&(Reverse(*old), k.clone())) {
+                    if let Some(inc) = incident_of(&prev) {
+                        if let Some(set) = self.by_incident.get_mut(&inc) {
+                            set.remove(&k);
+                            if set.is_empty() {
+                                self.by_incident.remove(&inc);
+                            }
+                        }
+                    }
+                }
                 k
             }
             None => Arc::from(id),
         };
+        if let Some(inc) = incident_of(&body) {
+            self.by_incident.entry(inc).or_default().insert(id.clone());
+        }
         self.index.insert(id.clone(), ticks);
         self.order.insert((Reverse(ticks), id), body);
+    }
+
+    /// The alerts whose `incidentId` is `incident`, newest first.
+    pub fn of_incident(&self, incident: &str) -> Vec<(Arc<str>, i64, Body)> {
+        let mut out: Vec<(Arc<str>, i64, Body)> = self
+            .by_incident
+            .get(incident)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| {
+                let t = *self.index.get(id)?;
+                let b = self.order.get(&(Reverse(t), id.clone()))?;
+                Some((id.clone(), t, b.clone()))
+            })
+            .collect();
+        out.sort_by(|a, b| (Reverse(a.1), &a.0).cmp(&(Reverse(b.1), &b.0)));
+        out
+    }
+
+    /// Every `incidentId` some alert names.
+    pub fn incident_ids(&self) -> impl Iterator<Item = &str> {
+        self.by_incident.keys().map(String::as_str)
     }
 
     pub fn get(&self, id: &str) -> Option<(i64, &Body)> {
@@ -408,17 +452,7 @@ async fn get_one(
         "{}/graph/v1.0/$metadata#security/alerts_v2/$entity",
         inner.base_url
     );
-    let mut out = String::with_capacity(rendered.len() + context.len() + 32);
-    out.push_str("{\"@odata.context\":");
-    generator::esc(&mut out, &context);
-    match rendered.strip_prefix('{') {
-        Some(rest) if rest != "}" => {
-            out.push(',');
-            out.push_str(rest);
-        }
-        _ => out.push('}'),
-    }
-    ctx.ok(out)
+    ctx.ok(graph::entity_body(&context, &rendered))
 }
 
 pub(crate) fn routes() -> Router<Arc<Inner>> {
@@ -506,9 +540,15 @@ impl Simulator {
         let mut alerts = lock(&self.inner.alerts);
         let store = alerts.entry(tenant_key(tenant_id)).or_default();
         let mut ids = Vec::with_capacity(n);
+        let mut previous_incident = None;
         for _ in 0..n {
             let ticks = if hi > lo { rng.i64(lo..hi) } else { lo };
-            let meta = generator::new_meta(&mut rng, ticks);
+            let mut meta = generator::new_meta(&mut rng, ticks);
+            // Incidents correlate alerts: about a third join the previous alert's incident.
+            if let Some(inc) = previous_incident.filter(|_| rng.u8(0..3) == 0) {
+                meta.incident = inc;
+            }
+            previous_incident = Some(meta.incident);
             let mut id = generator::new_id(&mut rng, &meta);
             while store.contains(&id) {
                 id = generator::new_id(&mut rng, &meta);

@@ -31,6 +31,8 @@ pub(crate) struct GenMeta {
     pub determination: u8,
     /// 0 = unassigned, else 1 + index into [`ASSIGNEES`].
     pub assignee: u8,
+    /// The `incidentId` (kept here so incidents can find their alerts without rendering).
+    pub incident: u32,
 }
 
 /// Who generated alerts are assigned to (a filterable property, so it lives in the metadata).
@@ -124,6 +126,7 @@ pub(crate) fn new_meta(rng: &mut Rng, last_update: i64) -> GenMeta {
         classification,
         determination,
         assignee,
+        incident: 10_000 + rng.u32(0..90_000),
     }
 }
 
@@ -837,7 +840,9 @@ pub(crate) fn render(out: &mut String, tenant: &str, id: &str, last_update: i64,
         subject: pick_str(&mut rng, SUBJECTS),
         rng: Rng::with_seed(m.seed ^ 0x9e37_79b9_7f4a_7c15),
     };
-    let incident = 10_000 + rng.u32(0..90_000);
+    // Drawn and discarded so the rest of the rendering keeps its random sequence.
+    let _ = rng.u32(0..90_000);
+    let incident = m.incident;
     let provider_id = id
         .get(2..)
         .filter(|_| !id.starts_with("da") && !id.starts_with("ed"))

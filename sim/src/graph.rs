@@ -1,8 +1,8 @@
 //! What every Microsoft Graph resource of the simulator shares: bearer-token checks (401/403),
 //! the fault gate (429 with `Retry-After`, 503, delays), Graph's response headers and error body,
 //! the OData query options (`$filter`, `$top`, `$skip`, `$count`) and offset paging with
-//! `@odata.nextLink`. alerts_v2 lives in `alerts.rs`; incidents and submissions are meant to sit
-//! beside it using the same pieces.
+//! `@odata.nextLink` (`$skip`, or an opaque `$skiptoken` for the beta submission lists). The
+//! resources themselves live beside it: `alerts.rs`, `incidents.rs`, `submissions.rs`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,6 +12,9 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use serde_json::json;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 
 use crate::faults::Gate;
 use crate::odata::{self, Expr, Schema};
@@ -61,6 +64,7 @@ fn error_response(
     status: StatusCode,
     code: &str,
     message: &str,
+    details: bool,
     request_id: &str,
     client_request_id: Option<&str>,
     tenant: Option<&str>,
@@ -75,7 +79,13 @@ fn error_response(
         inner["message"] = json!("Please retry after");
         inner["status"] = json!("429");
     }
-    let body = json!({"error": {"code": code, "message": message, "innerError": inner}});
+    let mut error = json!({"code": code, "message": message});
+    if details {
+        // Some answers (the incidents `$top` one) carry an empty `details` array.
+        error["details"] = json!([]);
+    }
+    error["innerError"] = inner;
+    let body = json!({ "error": error });
     base_response(
         status,
         body.to_string(),
@@ -127,6 +137,7 @@ pub(crate) async fn begin(
             StatusCode::UNAUTHORIZED,
             "InvalidAuthenticationToken",
             message,
+            false,
             &request_id,
             crid,
             tenant.as_deref(),
@@ -178,6 +189,7 @@ pub(crate) async fn begin(
                 StatusCode::TOO_MANY_REQUESTS,
                 "TooManyRequests",
                 "Please retry again later.",
+                false,
                 &request_id,
                 crid,
                 Some(&tenant),
@@ -192,6 +204,7 @@ pub(crate) async fn begin(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceNotAvailable",
                 "The service is temporarily unavailable. Please retry later.",
+                false,
                 &request_id,
                 crid,
                 Some(&tenant),
@@ -212,6 +225,7 @@ pub(crate) async fn begin(
             StatusCode::FORBIDDEN,
             "Forbidden",
             &message,
+            false,
             &request_id,
             crid,
             Some(&tenant),
@@ -232,6 +246,20 @@ impl Ctx {
             status,
             code,
             message,
+            false,
+            &self.request_id,
+            self.client_request_id.as_deref(),
+            Some(&self.tenant),
+        )
+    }
+
+    /// The 400 answer for a refused query option.
+    pub fn query_error(&self, e: &QueryError) -> Response {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            e.code,
+            &e.message,
+            e.details,
             &self.request_id,
             self.client_request_id.as_deref(),
             Some(&self.tenant),
@@ -247,9 +275,15 @@ impl Ctx {
         if truncate {
             bytes.truncate(bytes.len() / 2);
         }
+        self.ok_whole(bytes)
+    }
+
+    /// A 200 with a JSON body, never truncated: the `truncate_next` fault is documented for
+    /// alerts_v2 answers only.
+    pub fn ok_whole(&self, body: impl Into<Body>) -> Response {
         base_response(
             StatusCode::OK,
-            bytes,
+            body,
             &self.request_id,
             self.client_request_id.as_deref(),
             Some(&self.tenant),
@@ -259,6 +293,17 @@ impl Ctx {
     /// The `@odata.nextLink` for the page at `skip`: the request's own path and query options
     /// with `$skip` replaced, on the simulator's base URL (or the tenant's `next_link_base`).
     pub fn next_link(&self, uri: &Uri, skip: usize) -> String {
+        self.next_link_with(uri, "$skip", &skip.to_string())
+    }
+
+    /// The `@odata.nextLink` carrying `$skiptoken` for the page at `offset`.
+    pub fn next_link_token(&self, uri: &Uri, offset: usize) -> String {
+        self.next_link_with(uri, "$skiptoken", &skiptoken(offset))
+    }
+
+    /// The request's path and query with any `$skip`/`$skiptoken` replaced by `key=value`
+    /// (`value` must need no percent-encoding).
+    fn next_link_with(&self, uri: &Uri, key: &str, value: &str) -> String {
         let base = lock(&self.inner.faults)
             .get(&self.tenant)
             .and_then(|f| f.faults.next_link_base.clone())
@@ -268,10 +313,14 @@ impl Ctx {
             .unwrap_or("")
             .split('&')
             .filter(|p| !p.is_empty())
-            .filter(|p| decode_pairs(p).first().is_none_or(|(k, _)| k != "$skip"))
+            .filter(|p| {
+                decode_pairs(p).first().is_none_or(|(k, _)| {
+                    k != "$skip" && !k.eq_ignore_ascii_case("$skiptoken")
+                })
+            })
             .map(str::to_owned)
             .collect();
-        parts.push(format!("$skip={skip}"));
+        parts.push(format!("{key}={value}"));
         format!(
             "{}{}?{}",
             base.trim_end_matches('/'),
@@ -281,12 +330,81 @@ impl Ctx {
     }
 }
 
+/// An entity answer: the rendered object with its `@odata.context` in front.
+pub(crate) fn entity_body(context: &str, rendered: &str) -> String {
+    let mut out = String::with_capacity(rendered.len() + context.len() + 32);
+    out.push_str("{\"@odata.context\":");
+    crate::generator::esc(&mut out, context);
+    match rendered.trim_start().strip_prefix('{') {
+        Some(rest) if rest.trim_start() != "}" => {
+            out.push(',');
+            out.push_str(rest);
+        }
+        _ => out.push('}'),
+    }
+    out
+}
+
+/// Prefix of the decoded `$skiptoken`, so a token from elsewhere is refused.
+const SKIPTOKEN_PREFIX: &str = "m365-sim:offset:";
+
+/// An opaque `$skiptoken` for an offset into a listing (URL-safe, needs no encoding).
+pub(crate) fn skiptoken(offset: usize) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{SKIPTOKEN_PREFIX}{offset}"))
+}
+
+fn parse_skiptoken(token: &str) -> Option<usize> {
+    let raw = URL_SAFE_NO_PAD.decode(token.trim()).ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    text.strip_prefix(SKIPTOKEN_PREFIX)?.parse().ok()
+}
+
 /// The OData query options of a collection request.
 pub(crate) struct ListQuery {
     pub filter: Option<Expr>,
     pub top: usize,
+    /// Where the page starts: from `$skip`, or from the offset a `$skiptoken` carries.
     pub skip: usize,
     pub count: bool,
+    /// The navigation properties named in `$expand`.
+    pub expand: Vec<String>,
+}
+
+/// How a collection pages.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Paging {
+    /// `$skip=n` (v1.0 security collections).
+    Skip,
+    /// `$skiptoken=<opaque>` (the beta submission lists); `$skip` is refused.
+    SkipToken,
+}
+
+/// What a collection accepts.
+pub(crate) struct Rules {
+    pub default_top: usize,
+    pub max_top: usize,
+    /// Above `max_top`: a 400 (incidents) instead of clamping (alerts_v2, submissions).
+    pub reject_over_max: bool,
+    /// Navigation properties `$expand` may name (empty: `$expand` is refused).
+    pub expand: &'static [&'static str],
+    pub paging: Paging,
+}
+
+/// Why a query was refused: the 400's `code`, `message` and whether it carries `details: []`.
+pub(crate) struct QueryError {
+    pub code: &'static str,
+    pub message: String,
+    pub details: bool,
+}
+
+impl From<String> for QueryError {
+    fn from(message: String) -> Self {
+        QueryError {
+            code: "BadRequest",
+            message,
+            details: false,
+        }
+    }
 }
 
 /// Reads `$filter`, `$top`, `$skip` and `$count`. `$top` is clamped to `max_top` as Graph does
@@ -298,38 +416,78 @@ pub(crate) fn list_query(
     default_top: usize,
     max_top: usize,
 ) -> Result<ListQuery, String> {
+    let rules = Rules {
+        default_top,
+        max_top,
+        reject_over_max: false,
+        expand: &[],
+        paging: Paging::Skip,
+    };
+    query(uri, schema, &rules).map_err(|e| e.message)
+}
+
+/// Reads a collection's query options by its [`Rules`]: `$filter`, `$top`, `$count`, `$expand`
+/// and `$skip` or `$skiptoken`.
+pub(crate) fn query(uri: &Uri, schema: &Schema, rules: &Rules) -> Result<ListQuery, QueryError> {
     let mut q = ListQuery {
         filter: None,
-        top: default_top.min(max_top),
+        top: rules.default_top.min(rules.max_top),
         skip: 0,
         count: false,
+        expand: Vec::new(),
     };
     let mut seen: Vec<String> = Vec::new();
     for (k, v) in decode_pairs(uri.query().unwrap_or("")) {
         if !k.starts_with('$') {
             continue;
         }
+        // Graph matches `$skipToken` and `$skiptoken` alike.
+        let k = if k.eq_ignore_ascii_case("$skiptoken") {
+            "$skiptoken".to_string()
+        } else {
+            k
+        };
         if seen.contains(&k) {
-            return Err(format!("Query option '{k}' was specified more than once, but it must be specified at most once."));
+            return Err(format!("Query option '{k}' was specified more than once, but it must be specified at most once.").into());
         }
         seen.push(k.clone());
         match k.as_str() {
             "$filter" => q.filter = Some(odata::parse(&v, schema)?),
             "$top" => {
                 let n: usize = v.trim().parse().map_err(|_| format!("Invalid value '{v}' for $top query option found. The $top query option requires a non-negative integer value."))?;
-                q.top = n.min(max_top);
+                if rules.reject_over_max && n > rules.max_top {
+                    // Seen in the wild (graph-error-incidents-top-exceeded.json): empty code.
+                    return Err(QueryError {
+                        code: "",
+                        message: format!("The query specified in the URI is not valid. The limit of '{}' for Top query has been exceeded. The value from the incoming request is '{n}'.", rules.max_top),
+                        details: true,
+                    });
+                }
+                q.top = n.min(rules.max_top);
             }
-            "$skip" => {
+            "$skip" if rules.paging == Paging::Skip => {
                 q.skip = v.trim().parse().map_err(|_| format!("Invalid value '{v}' for $skip query option found. The $skip query option requires a non-negative integer value."))?;
+            }
+            "$skiptoken" if rules.paging == Paging::SkipToken => {
+                q.skip = parse_skiptoken(&v)
+                    .ok_or_else(|| format!("The $skiptoken '{v}' is invalid or has expired."))?;
             }
             "$count" => {
                 q.count = match v.as_str() {
                     "true" => true,
                     "false" => false,
-                    _ => return Err(format!("'{v}' is not a valid count option.")),
+                    _ => return Err(format!("'{v}' is not a valid count option.").into()),
                 }
             }
-            _ => return Err(format!("Query option '{k}' is not allowed. To allow it, set the 'AllowedQueryOptions' property on EnableQueryAttribute or QueryValidationSettings.")),
+            "$expand" if !rules.expand.is_empty() => {
+                for name in v.split(',').map(str::trim) {
+                    if !rules.expand.contains(&name) {
+                        return Err(format!("Could not find a property named '{name}' on type '{}'.", schema.type_name).into());
+                    }
+                    q.expand.push(name.to_string());
+                }
+            }
+            _ => return Err(format!("Query option '{k}' is not allowed. To allow it, set the 'AllowedQueryOptions' property on EnableQueryAttribute or QueryValidationSettings.").into()),
         }
     }
     Ok(q)

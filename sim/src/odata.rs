@@ -9,8 +9,9 @@
 //! OP      := eq | ne | gt | ge | lt | le
 //! literal := 'string' ('' escapes a quote) | DateTimeOffset (unquoted ISO-8601) | null
 //! ```
-//! Each resource (alerts_v2 now; incidents later) passes its own table of filterable properties,
-//! so a filter on anything else is refused with the message Graph gives.
+//! Each resource (alerts_v2, incidents, threat submissions) passes its own table of filterable
+//! properties, so a filter on anything else is refused with the message Graph gives. Items kept
+//! as JSON are evaluated through [`JsonFields`].
 
 use crate::time;
 
@@ -55,6 +56,32 @@ pub enum Val<'a> {
 pub trait Fields {
     /// The value of a filterable property (`Val::Null` when absent or unreadable).
     fn field(&self, name: &str) -> Val<'_>;
+}
+
+/// A JSON object seen through a schema: string members are strings, and members the schema
+/// declares `DateTime` are parsed to ticks (unreadable ones are null).
+pub struct JsonFields<'a> {
+    pub value: &'a serde_json::Value,
+    pub schema: &'a Schema,
+}
+
+impl Fields for JsonFields<'_> {
+    fn field(&self, name: &str) -> Val<'_> {
+        let kind = self
+            .schema
+            .filterable
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.kind);
+        match (kind, self.value.get(name)) {
+            (Some(Kind::DateTime), Some(serde_json::Value::String(s))) => {
+                time::parse(s).map_or(Val::Null, Val::Time)
+            }
+            (Some(Kind::DateTime), _) => Val::Null,
+            (_, Some(serde_json::Value::String(s))) => Val::Str(s),
+            _ => Val::Null,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -62,7 +62,20 @@ pub struct GraphListing {
     pub path: &'static str,
     pub time_field: &'static str,
     pub max_top: usize,
+    /// The list's name within its source (its own coverage point); empty for one-list sources.
+    pub list: &'static str,
+    /// Incidents only: ask for `$expand=alerts`.
+    pub expand_alerts: bool,
 }
+
+/// Incidents answer 400 above this `$top` (API.md §4).
+pub const INCIDENTS_TOP: usize = 50;
+/// The submission lists and their names in `kinds`.
+pub const SUBMISSION_LISTS: [(&str, &str); 3] = [
+    ("email", "emailThreats"),
+    ("url", "urlThreats"),
+    ("file", "fileThreats"),
+];
 
 impl GraphListing {
     pub fn alerts() -> Self {
@@ -70,6 +83,48 @@ impl GraphListing {
             path: "/v1.0/security/alerts_v2",
             time_field: "lastUpdateDateTime",
             max_top: ALERTS_TOP,
+            list: "",
+            expand_alerts: false,
+        }
+    }
+
+    pub fn incidents(expand_alerts: bool) -> Self {
+        Self {
+            path: "/v1.0/security/incidents",
+            time_field: "lastUpdateDateTime",
+            max_top: INCIDENTS_TOP,
+            list: "",
+            expand_alerts,
+        }
+    }
+
+    /// One threat-submission list (beta, global cloud only), covered by `createdDateTime`.
+    pub fn submissions(list: &'static str) -> Self {
+        let path = match list {
+            "urlThreats" => "/beta/security/threatSubmission/urlThreats",
+            "fileThreats" => "/beta/security/threatSubmission/fileThreats",
+            _ => "/beta/security/threatSubmission/emailThreats",
+        };
+        Self {
+            path,
+            time_field: "createdDateTime",
+            max_top: 100,
+            list,
+            expand_alerts: false,
+        }
+    }
+
+    /// The listings a source polls, per its settings.
+    pub fn for_source(s: &SourceSettings) -> Vec<GraphListing> {
+        match s.kind {
+            SourceKind::Alerts => vec![Self::alerts()],
+            SourceKind::Incidents => vec![Self::incidents(s.expand_alerts)],
+            SourceKind::Submissions => SUBMISSION_LISTS
+                .iter()
+                .filter(|(kind, _)| s.kinds.iter().any(|k| k == kind))
+                .map(|(_, list)| Self::submissions(list))
+                .collect(),
+            SourceKind::CloudApps => Vec::new(),
         }
     }
 }
@@ -79,14 +134,15 @@ pub struct Poller {
     pub tenant: TenantRef,
     pub settings: SourceSettings,
     pub start: StartFrom,
-    pub listing: GraphListing,
     pub client: Arc<MsClient>,
     pub store: Arc<AppStore>,
     pub status: Arc<SourceStatus>,
     pub max_pending: u64,
     /// Bounds the page bodies held in memory across all pollers (design §10).
     pub pages: Arc<Semaphore>,
-    key: CursorKey,
+    lists: Vec<(GraphListing, CursorKey)>,
+    /// Set once `$expand=alerts` answered 5xx: the plain listing is used from then on.
+    expand_failed: std::sync::atomic::AtomicBool,
     last_reconcile: Option<Instant>,
     wake: Option<Arc<Notify>>,
 }
@@ -111,7 +167,7 @@ struct ODataPage<'a> {
     count: Option<i64>,
 }
 
-fn parse_page(kind: SourceKind, body: Vec<u8>) -> Result<ParsedPage, String> {
+fn parse_page(kind: SourceKind, list: &str, body: Vec<u8>) -> Result<ParsedPage, String> {
     let page: ODataPage<'_> = serde_json::from_slice(&body)
         .map_err(|e| format!("the answer is not a complete OData page: {e}"))?;
     let mut parsed = ParsedPage {
@@ -123,7 +179,11 @@ fn parse_page(kind: SourceKind, body: Vec<u8>) -> Result<ParsedPage, String> {
         ids: Vec::with_capacity(page.value.len()),
     };
     for raw in page.value {
-        match normalize::prepare(kind, raw) {
+        let prepared = match kind {
+            SourceKind::Submissions if !list.is_empty() => normalize::prepare_submission(list, raw),
+            _ => normalize::prepare(kind, raw),
+        };
+        match prepared {
             Ok(p) => {
                 parsed.ids.push(p.native_id.clone());
                 parsed.items.push(p);
@@ -151,29 +211,34 @@ impl Poller {
         tenant: TenantRef,
         settings: SourceSettings,
         start: StartFrom,
-        listing: GraphListing,
         client: Arc<MsClient>,
         store: Arc<AppStore>,
         status: Arc<SourceStatus>,
         max_pending: u64,
         pages: Arc<Semaphore>,
     ) -> Self {
-        let key = CursorKey {
-            tenant: tenant.name.clone(),
-            source: settings.kind,
-            list: String::new(),
-        };
+        let lists = GraphListing::for_source(&settings)
+            .into_iter()
+            .map(|l| {
+                let key = CursorKey {
+                    tenant: tenant.name.clone(),
+                    source: settings.kind,
+                    list: l.list.to_string(),
+                };
+                (l, key)
+            })
+            .collect();
         Self {
             tenant,
             settings,
             start,
-            listing,
             client,
             store,
             status,
             max_pending,
             pages,
-            key,
+            lists,
+            expand_failed: std::sync::atomic::AtomicBool::new(false),
             last_reconcile: None,
             wake: None,
         }
@@ -265,7 +330,7 @@ impl Poller {
         Some((d - c).max(0))
     }
 
-    /// One poll: scan slices until C ≥ P − settle.
+    /// One poll: for each list, scan slices until C ≥ P − settle.
     pub async fn poll_once(&mut self) -> Result<PollOutcome, PollError> {
         let undelivered = self.store.undelivered(&self.tenant.name).await?;
         if undelivered > self.max_pending {
@@ -275,13 +340,29 @@ impl Poller {
             )));
         }
         let mut outcome = PollOutcome::default();
-        let cursor = self.cursor(&mut outcome).await?;
+        let mut lowest = i64::MAX;
+        for (listing, key) in &self.lists {
+            let c = self.poll_list(listing, key, &mut outcome).await?;
+            lowest = lowest.min(c);
+        }
+        outcome.coverage = lowest;
+        self.status.first_run_finished();
+        Ok(outcome)
+    }
+
+    async fn poll_list(
+        &self,
+        listing: &GraphListing,
+        key: &CursorKey,
+        outcome: &mut PollOutcome,
+    ) -> Result<i64, PollError> {
+        let cursor = self.cursor(listing, key, outcome).await?;
         let mut c = cursor.coverage;
         self.status.set_coverage(c);
         let settle = self.settings.settle.as_secs() as i64;
         let p = match self.client.clock().now_secs() {
             Some(p) => p,
-            None => self.probe_date(&mut outcome).await?,
+            None => self.probe_date(listing, outcome).await?,
         };
         let target = p - settle;
         let mut a = c - self.settings.overlap.as_secs() as i64;
@@ -294,58 +375,68 @@ impl Poller {
             if b <= a {
                 break;
             }
-            self.scan(a, b, cursor.t0, Pass::Live, &mut outcome).await?;
+            self.scan(listing, key, a, b, cursor.t0, Pass::Live, outcome)
+                .await?;
             c = c.max(b);
             self.status.set_coverage(c);
             a = b;
         }
-        outcome.coverage = c;
-        self.status.first_run_finished();
-        Ok(outcome)
+        Ok(c)
     }
 
-    /// Re-lists [C − reconcile_window, C) without moving C; returns the late arrivals found.
+    /// Re-lists [C − reconcile_window, C) of every list without moving C; returns the new
+    /// versions found (late arrivals, or for submissions the changes a recheck exists to catch).
     pub async fn reconcile_once(&mut self) -> Result<u64, PollError> {
         self.last_reconcile = Some(Instant::now());
-        let Some(cursor) = self.store.load_cursor(&self.key).await? else {
-            return Ok(0);
-        };
         let mut outcome = PollOutcome::default();
-        let end = cursor.coverage;
-        let mut a = end - self.settings.reconcile_window.as_secs() as i64;
-        while a < end {
-            let b = (a + self.settings.max_slice.as_secs() as i64).min(end);
-            self.scan(a, b, cursor.t0, Pass::Reconcile, &mut outcome)
-                .await?;
-            a = b;
+        for (listing, key) in &self.lists {
+            let Some(cursor) = self.store.load_cursor(key).await? else {
+                continue;
+            };
+            let end = cursor.coverage;
+            let mut a = end - self.settings.reconcile_window.as_secs() as i64;
+            while a < end {
+                let b = (a + self.settings.max_slice.as_secs() as i64).min(end);
+                self.scan(listing, key, a, b, cursor.t0, Pass::Reconcile, &mut outcome)
+                    .await?;
+                a = b;
+            }
         }
-        let late = outcome.counts.new + outcome.counts.updated;
-        self.status.late_arrivals(late);
-        Ok(late)
+        let found = outcome.counts.new + outcome.counts.updated;
+        if self.settings.kind != SourceKind::Submissions {
+            self.status.late_arrivals(found);
+        }
+        Ok(found)
     }
 
     /// The stored cursor, or the first run's (rule 0), stored before any item.
-    async fn cursor(&mut self, outcome: &mut PollOutcome) -> Result<Cursor, PollError> {
-        if let Some(c) = self.store.load_cursor(&self.key).await? {
+    async fn cursor(
+        &self,
+        listing: &GraphListing,
+        key: &CursorKey,
+        outcome: &mut PollOutcome,
+    ) -> Result<Cursor, PollError> {
+        if let Some(c) = self.store.load_cursor(key).await? {
             return Ok(c);
         }
-        let date = self.probe_date(outcome).await?;
+        let date = self.probe_date(listing, outcome).await?;
         let t0 = date - self.settings.settle.as_secs() as i64;
         let coverage = match self.start {
             StartFrom::Lookback => t0 - self.settings.lookback.as_secs() as i64,
             StartFrom::Now => t0,
         };
-        let c = self
-            .store
-            .init_cursor(&self.key, Cursor { coverage, t0 })
-            .await?;
-        tracing::info!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), t0 = %format_seconds(c.t0), coverage = %format_seconds(c.coverage), "first run: coverage starts here");
+        let c = self.store.init_cursor(key, Cursor { coverage, t0 }).await?;
+        tracing::info!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), list = listing.list, t0 = %format_seconds(c.t0), coverage = %format_seconds(c.coverage), "first run: coverage starts here");
         Ok(c)
     }
 
     /// One small request whose only purpose is Microsoft's `Date`.
-    async fn probe_date(&self, outcome: &mut PollOutcome) -> Result<i64, PollError> {
-        let url = format!("{}{}?$top=1", self.base(), self.listing.path);
+    async fn probe_date(
+        &self,
+        listing: &GraphListing,
+        outcome: &mut PollOutcome,
+    ) -> Result<i64, PollError> {
+        let url = format!("{}{}?$top=1", self.base(), listing.path);
         let resp = self.client.get(&url, None).await?;
         outcome.requests += 1;
         resp.date.ok_or_else(|| {
@@ -363,8 +454,15 @@ impl Poller {
             .to_string()
     }
 
-    fn slice_url(&self, a: i64, b: i64, top: usize) -> String {
-        let field = self.listing.time_field;
+    fn expand(&self, listing: &GraphListing) -> bool {
+        listing.expand_alerts
+            && !self
+                .expand_failed
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn slice_url(&self, listing: &GraphListing, a: i64, b: i64, top: usize) -> String {
+        let field = listing.time_field;
         let mut filter = format!(
             "{field} ge {} and {field} lt {}",
             format_seconds(a),
@@ -379,24 +477,28 @@ impl Poller {
                 .join(" or ");
             filter = format!("({any}) and {filter}");
         }
-        let mut url = match url::Url::parse(&format!("{}{}", self.base(), self.listing.path)) {
+        let mut url = match url::Url::parse(&format!("{}{}", self.base(), listing.path)) {
             Ok(u) => u,
-            Err(_) => return format!("{}{}", self.base(), self.listing.path),
+            Err(_) => return format!("{}{}", self.base(), listing.path),
         };
         url.query_pairs_mut()
             .append_pair("$filter", &filter)
             .append_pair("$top", &top.to_string())
             .append_pair("$count", "true");
+        if self.expand(listing) {
+            url.query_pairs_mut().append_pair("$expand", "alerts");
+        }
         url.to_string()
     }
 
     /// Fetches and parses one page, re-asking when the body is cut short or too large (rule 4).
     async fn fetch(
         &self,
+        listing: &GraphListing,
         url_for_top: &(dyn Fn(usize) -> String + Sync),
         outcome: &mut PollOutcome,
     ) -> Result<ParsedPage, PollError> {
-        let mut top = self.listing.max_top;
+        let mut top = listing.max_top;
         let mut limit: Option<usize> = None;
         let mut bad_bodies = 0;
         loop {
@@ -409,6 +511,18 @@ impl Poller {
                 .map_err(|_| PollError::Invalid("shutting down".into()))?;
             let resp = match self.client.get(&url, limit).await {
                 Ok(r) => r,
+                Err(e) if e.status().is_some_and(|s| s >= 500) && self.expand(listing) => {
+                    // Large tenants see persistent 500s with $expand=alerts (API.md §4).
+                    self.expand_failed
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    let why = format!(
+                        "$expand=alerts failed ({e}); listing incidents without it from now on"
+                    );
+                    tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), "{why}");
+                    self.status.note(&why);
+                    outcome.requests += 1;
+                    continue;
+                }
                 Err(MsError::TooLarge { limit: l, .. }) => {
                     outcome.requests += 1;
                     if top > 1 {
@@ -426,7 +540,8 @@ impl Poller {
             };
             outcome.requests += 1;
             let kind = self.settings.kind;
-            let parsed = tokio::task::spawn_blocking(move || parse_page(kind, resp.body))
+            let list = listing.list;
+            let parsed = tokio::task::spawn_blocking(move || parse_page(kind, list, resp.body))
                 .await
                 .map_err(|e| PollError::Invalid(format!("page parser failed: {e}")))?;
             drop(permit);
@@ -444,8 +559,11 @@ impl Poller {
     }
 
     /// Scans [a, b): commit when it fits one page, else split it (rule 3).
+    #[allow(clippy::too_many_arguments)]
     async fn scan(
         &self,
+        listing: &GraphListing,
+        key: &CursorKey,
         a: i64,
         b: i64,
         t0: i64,
@@ -457,19 +575,27 @@ impl Poller {
         while let Some((a, b)) = todo.pop() {
             let historical = b <= t0;
             let page = self
-                .fetch(&|top| self.slice_url(a, b, top), outcome)
+                .fetch(listing, &|top| self.slice_url(listing, a, b, top), outcome)
                 .await?;
             let Some(next_link) = page.next_link.clone() else {
-                self.commit(page, historical, pass, Some(b), outcome)
+                self.commit(key, page, historical, pass, Some(b), outcome)
                     .await?;
                 continue;
             };
             let (n, m) = (page.count.unwrap_or(0), page.received.max(1) as i64);
-            self.commit(page, historical, pass, None, outcome).await?;
+            let first_ids = if b - a <= 1 {
+                page.ids.clone()
+            } else {
+                Vec::new()
+            };
+            self.commit(key, page, historical, pass, None, outcome)
+                .await?;
             let seconds = b - a;
             if seconds <= 1 {
-                self.walk(a, b, next_link, historical, pass, outcome)
-                    .await?;
+                self.walk(
+                    listing, key, a, b, first_ids, next_link, historical, pass, outcome,
+                )
+                .await?;
                 continue;
             }
             let k = seconds.min(2.max((n + m - 1) / m + 1));
@@ -482,32 +608,38 @@ impl Poller {
     }
 
     /// A one-second slice that overflows a page: walk nextLinks, again until a walk adds no new id.
+    #[allow(clippy::too_many_arguments)]
     async fn walk(
         &self,
+        listing: &GraphListing,
+        key: &CursorKey,
         a: i64,
         b: i64,
+        first_ids: Vec<String>,
         first_next: String,
         historical: bool,
         pass: Pass,
         outcome: &mut PollOutcome,
     ) -> Result<(), PollError> {
-        let mut seen: HashSet<String> = HashSet::new();
+        let mut seen: HashSet<String> = first_ids.into_iter().collect();
         let mut next = Some(first_next);
         for walk in 0..MAX_WALKS {
             let before = seen.len();
             if walk > 0 {
                 let page = self
-                    .fetch(&|top| self.slice_url(a, b, top), outcome)
+                    .fetch(listing, &|top| self.slice_url(listing, a, b, top), outcome)
                     .await?;
                 seen.extend(page.ids.iter().cloned());
                 next = page.next_link.clone();
-                self.commit(page, historical, pass, None, outcome).await?;
+                self.commit(key, page, historical, pass, None, outcome)
+                    .await?;
             }
             while let Some(link) = next.take() {
-                let page = self.fetch(&|_| link.clone(), outcome).await?;
+                let page = self.fetch(listing, &|_| link.clone(), outcome).await?;
                 seen.extend(page.ids.iter().cloned());
                 next = page.next_link.clone();
-                self.commit(page, historical, pass, None, outcome).await?;
+                self.commit(key, page, historical, pass, None, outcome)
+                    .await?;
             }
             if walk > 0 && seen.len() == before {
                 let empty = ParsedPage {
@@ -518,7 +650,9 @@ impl Poller {
                     received: 0,
                     ids: Vec::new(),
                 };
-                return self.commit(empty, historical, pass, Some(b), outcome).await;
+                return self
+                    .commit(key, empty, historical, pass, Some(b), outcome)
+                    .await;
             }
         }
         Err(PollError::Invalid(format!(
@@ -529,6 +663,7 @@ impl Poller {
 
     async fn commit(
         &self,
+        key: &CursorKey,
         page: ParsedPage,
         historical: bool,
         pass: Pass,
@@ -537,7 +672,7 @@ impl Poller {
     ) -> Result<(), PollError> {
         let observed_at = format_ticks(now_ticks());
         let advance = match (pass, advance_to) {
-            (Pass::Live, Some(b)) => Some((&self.key, b)),
+            (Pass::Live, Some(b)) => Some((key, b)),
             _ => None,
         };
         let unusable: Vec<(Option<String>, String)> = page

@@ -34,6 +34,7 @@ pub struct SourceSnapshot {
     pub first_run_done: bool,
     pub counts: Counts,
     pub late_arrivals: u64,
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -60,6 +61,7 @@ struct Inner {
     first_run_done: bool,
     counts: Counts,
     late: u64,
+    note: Option<String>,
 }
 
 pub struct SourceStatus {
@@ -84,6 +86,7 @@ impl SourceStatus {
                 first_run_done: false,
                 counts: Counts::default(),
                 late: 0,
+                note: None,
             }),
         }
     }
@@ -125,6 +128,11 @@ impl SourceStatus {
             s.last_poll = Some(Instant::now());
             s.paused = Some(why.to_string());
         });
+    }
+
+    /// A standing remark for `/status` (e.g. "listing without $expand").
+    pub fn note(&self, text: &str) {
+        self.with(|s| s.note = Some(text.to_string()));
     }
 
     pub fn set_coverage(&self, c: i64) {
@@ -193,6 +201,7 @@ impl SourceStatus {
             first_run_done: s.first_run_done,
             counts: s.counts,
             late_arrivals: s.late,
+            note: s.note.clone(),
         })
     }
 }

@@ -47,6 +47,8 @@ pub struct Opts {
     pub concurrency: usize,
     pub extra_alerts: String,
     pub extra_forward: String,
+    /// Raw TOML appended after the alerts section (other sources' sections).
+    pub extra_sources: String,
 }
 
 impl Default for Opts {
@@ -60,6 +62,7 @@ impl Default for Opts {
             concurrency: 4,
             extra_alerts: String::new(),
             extra_forward: String::new(),
+            extra_sources: "[tenants.contoso.sources.incidents]\nenabled = false\n[tenants.contoso.sources.submissions]\nenabled = false\n".into(),
         }
     }
 }
@@ -92,6 +95,7 @@ interval = "{interval}"
 settle = "{settle}"
 overlap = "{overlap}"
 {extra}
+{extra_sources}
 "#,
         db = db.display(),
         dz = sim.dropzone_url(),
@@ -105,6 +109,7 @@ overlap = "{overlap}"
         settle = o.settle,
         overlap = o.overlap,
         extra = o.extra_alerts,
+        extra_sources = o.extra_sources,
     );
     Settings::from_toml(&toml).expect("test settings are valid")
 }
