@@ -109,20 +109,54 @@ impl App {
                     &tenant.effective_graph_url(),
                     graph_tokens.clone(),
                     graph_budget,
-                    clock,
+                    clock.clone(),
                 )
                 .with_context(|| format!("tenants.{name}.graph_url is not a URL"))?,
             );
+            let mut tokens = vec![graph_tokens];
+            // Cloud Apps is its own API family: its own token scope, host and 30/min budget.
+            let cloud_apps = match &tenant.cloud_apps_url {
+                Some(url) => {
+                    let provider = Arc::new(TokenProvider::new(
+                        credentials(name, tenant)?,
+                        crate::auth::CLOUD_APPS_SCOPE.to_string(),
+                        ms_http.clone(),
+                    ));
+                    tokens.push(provider.clone());
+                    Some(Arc::new(
+                        MsClient::new(
+                            "cloud_apps",
+                            name.clone(),
+                            ms_http.clone(),
+                            url.trim_end_matches('/'),
+                            provider,
+                            Arc::new(Budget::per_minute(tenant.cloud_apps_requests_per_minute)),
+                            // One Microsoft clock per tenant, whichever API last sent a Date.
+                            clock.clone(),
+                        )
+                        .with_context(|| format!("tenants.{name}.cloud_apps_url is not a URL"))?,
+                    ))
+                }
+                None => None,
+            };
             let mut sources = Vec::new();
             for kind in [
                 SourceKind::Alerts,
                 SourceKind::Incidents,
                 SourceKind::Submissions,
+                SourceKind::CloudApps,
             ] {
                 let s = tenant.sources.get(kind).resolve(kind, tenant);
                 if !s.enabled {
                     continue;
                 }
+                let client = match kind {
+                    SourceKind::CloudApps => match &cloud_apps {
+                        Some(c) => c.clone(),
+                        None => continue,
+                    },
+                    _ => graph.clone(),
+                };
                 let status = Arc::new(SourceStatus::new(s.interval));
                 sources.push((kind, status.clone()));
                 pollers.push(
@@ -130,7 +164,7 @@ impl App {
                         tref.clone(),
                         s,
                         tenant.start,
-                        graph.clone(),
+                        client,
                         store.clone(),
                         status,
                         settings.store.max_pending,
@@ -144,7 +178,7 @@ impl App {
                 tenant_id: tref.id.clone(),
                 destination: dest_name,
                 sources,
-                tokens: vec![graph_tokens],
+                tokens,
             });
         }
         let mut forwarders = Vec::new();

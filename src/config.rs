@@ -261,6 +261,9 @@ pub struct TenantConfig {
     /// Requests per minute this tenant may make on Graph `/security` (Microsoft allows 150).
     #[serde(default = "default_graph_budget")]
     pub graph_requests_per_minute: u32,
+    /// Requests per minute on the Cloud Apps API (Microsoft allows 30).
+    #[serde(default = "default_cloud_apps_budget")]
+    pub cloud_apps_requests_per_minute: u32,
     #[serde(default)]
     pub sources: SourcesConfig,
     /// This tenant's own destination (MSSPs: one Dropzone account per customer).
@@ -424,7 +427,15 @@ impl SourceConfig {
                 service_sources: self.service_sources.clone(),
                 detection_sources: lower(&self.detection_sources),
                 severities: lower(&self.severities),
-                statuses: self.statuses.iter().map(|s| normalize_status(s)).collect(),
+                // Cloud Apps' "open only" is a status filter applied after storing (rule 7).
+                statuses: if kind == SourceKind::CloudApps
+                    && self.open_only == Some(true)
+                    && self.statuses.is_empty()
+                {
+                    vec!["new".into(), "in_progress".into()]
+                } else {
+                    self.statuses.iter().map(|s| normalize_status(s)).collect()
+                },
                 categories: lower(&self.categories),
             },
         }
@@ -483,6 +494,9 @@ fn default_lease_renew() -> Duration {
 }
 fn default_graph_budget() -> u32 {
     150
+}
+fn default_cloud_apps_budget() -> u32 {
+    30
 }
 
 /// Parses `"90s"`, `"10m"`, `"7d"`, `"1h 30m"`.

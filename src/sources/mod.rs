@@ -66,8 +66,12 @@ pub struct GraphListing {
     pub list: &'static str,
     /// Incidents only: ask for `$expand=alerts`.
     pub expand_alerts: bool,
+    /// A Defender for Cloud Apps listing: POSTed filters, `skip` paging, epoch-ms times.
+    pub cloud_apps: bool,
 }
 
+/// Cloud Apps answers at most this many alerts a request (API.md §8).
+pub const CLOUD_APPS_LIMIT: usize = 100;
 /// Incidents answer 400 above this `$top` (API.md §4).
 pub const INCIDENTS_TOP: usize = 50;
 /// The submission lists and their names in `kinds`.
@@ -85,6 +89,7 @@ impl GraphListing {
             max_top: ALERTS_TOP,
             list: "",
             expand_alerts: false,
+            cloud_apps: false,
         }
     }
 
@@ -95,6 +100,7 @@ impl GraphListing {
             max_top: INCIDENTS_TOP,
             list: "",
             expand_alerts,
+            cloud_apps: false,
         }
     }
 
@@ -111,6 +117,20 @@ impl GraphListing {
             max_top: 100,
             list,
             expand_alerts: false,
+            cloud_apps: false,
+        }
+    }
+
+    /// Defender for Cloud Apps alerts covered by `field`: `date` (creation, never changes) or
+    /// `resolutionDate` (the second coverage point that catches resolutions).
+    pub fn cloud_apps(field: &'static str) -> Self {
+        Self {
+            path: "/api/v1/alerts/",
+            time_field: field,
+            max_top: CLOUD_APPS_LIMIT,
+            list: field,
+            expand_alerts: false,
+            cloud_apps: true,
         }
     }
 
@@ -124,7 +144,9 @@ impl GraphListing {
                 .filter(|(kind, _)| s.kinds.iter().any(|k| k == kind))
                 .map(|(_, list)| Self::submissions(list))
                 .collect(),
-            SourceKind::CloudApps => Vec::new(),
+            SourceKind::CloudApps => {
+                vec![Self::cloud_apps("date"), Self::cloud_apps("resolutionDate")]
+            }
         }
     }
 }
@@ -155,30 +177,41 @@ struct ParsedPage {
     count: Option<i64>,
     received: usize,
     ids: Vec<String>,
+    has_next: bool,
 }
 
+/// A Graph page (`value`, `@odata.nextLink`) or a Cloud Apps one (`data`, `hasNext`).
 #[derive(Deserialize)]
-struct ODataPage<'a> {
-    #[serde(borrow)]
-    value: Vec<&'a RawValue>,
+struct AnyPage<'a> {
+    #[serde(borrow, default)]
+    value: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default)]
+    data: Option<Vec<&'a RawValue>>,
     #[serde(rename = "@odata.nextLink", default, borrow)]
     next_link: Option<Cow<'a, str>>,
     #[serde(rename = "@odata.count", default)]
     count: Option<i64>,
+    #[serde(rename = "hasNext", default)]
+    has_next: bool,
 }
 
 fn parse_page(kind: SourceKind, list: &str, body: Vec<u8>) -> Result<ParsedPage, String> {
-    let page: ODataPage<'_> = serde_json::from_slice(&body)
-        .map_err(|e| format!("the answer is not a complete OData page: {e}"))?;
+    let page: AnyPage<'_> = serde_json::from_slice(&body)
+        .map_err(|e| format!("the answer is not a complete page: {e}"))?;
+    let values = page
+        .value
+        .or(page.data)
+        .ok_or_else(|| "the answer has neither `value` nor `data`: not a listing".to_string())?;
     let mut parsed = ParsedPage {
-        items: Vec::with_capacity(page.value.len()),
+        items: Vec::with_capacity(values.len()),
         quarantine: Vec::new(),
         next_link: page.next_link.map(Cow::into_owned),
         count: page.count,
-        received: page.value.len(),
-        ids: Vec::with_capacity(page.value.len()),
+        received: values.len(),
+        ids: Vec::with_capacity(values.len()),
+        has_next: page.has_next,
     };
-    for raw in page.value {
+    for raw in values {
         let prepared = match kind {
             SourceKind::Submissions if !list.is_empty() => normalize::prepare_submission(list, raw),
             _ => normalize::prepare(kind, raw),
@@ -196,6 +229,12 @@ fn parse_page(kind: SourceKind, list: &str, body: Vec<u8>) -> Result<ParsedPage,
         }
     }
     Ok(parsed)
+}
+
+/// One request of a listing: Graph lists by GET, Cloud Apps by POSTed filters.
+enum Req {
+    Get(String),
+    Post(String, serde_json::Value),
 }
 
 /// Whether a scan moves the coverage point (live) or only looks again (reconciliation).
@@ -390,6 +429,10 @@ impl Poller {
         self.last_reconcile = Some(Instant::now());
         let mut outcome = PollOutcome::default();
         for (listing, key) in &self.lists {
+            // Cloud Apps' recheck re-lists by creation date; resolutions have their own cursor.
+            if listing.time_field == "resolutionDate" {
+                continue;
+            }
             let Some(cursor) = self.store.load_cursor(key).await? else {
                 continue;
             };
@@ -403,7 +446,10 @@ impl Poller {
             }
         }
         let found = outcome.counts.new + outcome.counts.updated;
-        if self.settings.kind != SourceKind::Submissions {
+        if !matches!(
+            self.settings.kind,
+            SourceKind::Submissions | SourceKind::CloudApps
+        ) {
             self.status.late_arrivals(found);
         }
         Ok(found)
@@ -436,14 +482,25 @@ impl Poller {
         listing: &GraphListing,
         outcome: &mut PollOutcome,
     ) -> Result<i64, PollError> {
-        let url = format!("{}{}?$top=1", self.base(), listing.path);
-        let resp = self.client.get(&url, None).await?;
+        let resp = if listing.cloud_apps {
+            let url = format!("{}{}", self.base(), listing.path);
+            let body =
+                serde_json::json!({"sortField": "date", "sortDirection": "desc", "limit": 1});
+            self.client.post_json(&url, &body, None).await?
+        } else {
+            let url = format!("{}{}?$top=1", self.base(), listing.path);
+            self.client.get(&url, None).await?
+        };
         outcome.requests += 1;
-        resp.date.ok_or_else(|| {
-            PollError::Invalid(
-                "Microsoft's answer had no Date header: cannot bound coverage".into(),
-            )
-        })
+        // An API that sends no Date (Cloud Apps' behaviour is undocumented) borrows the
+        // tenant's Microsoft clock from the other APIs.
+        resp.date
+            .or_else(|| self.client.clock().now_secs())
+            .ok_or_else(|| {
+                PollError::Invalid(
+                    "Microsoft's answer had no Date header: cannot bound coverage".into(),
+                )
+            })
     }
 
     fn base(&self) -> String {
@@ -495,21 +552,28 @@ impl Poller {
     async fn fetch(
         &self,
         listing: &GraphListing,
-        url_for_top: &(dyn Fn(usize) -> String + Sync),
+        request_for_top: &(dyn Fn(usize) -> Req + Sync),
         outcome: &mut PollOutcome,
     ) -> Result<ParsedPage, PollError> {
         let mut top = listing.max_top;
         let mut limit: Option<usize> = None;
         let mut bad_bodies = 0;
         loop {
-            let url = url_for_top(top);
+            let req = request_for_top(top);
             let permit = self
                 .pages
                 .clone()
                 .acquire_owned()
                 .await
                 .map_err(|_| PollError::Invalid("shutting down".into()))?;
-            let resp = match self.client.get(&url, limit).await {
+            let sent = match &req {
+                Req::Get(url) => self.client.get(url, limit).await,
+                Req::Post(url, body) => self.client.post_json(url, body, limit).await,
+            };
+            let url = match &req {
+                Req::Get(u) | Req::Post(u, _) => u.as_str(),
+            };
+            let resp = match sent {
                 Ok(r) => r,
                 Err(e) if e.status().is_some_and(|s| s >= 500) && self.expand(listing) => {
                     // Large tenants see persistent 500s with $expand=alerts (API.md §4).
@@ -570,12 +634,21 @@ impl Poller {
         pass: Pass,
         outcome: &mut PollOutcome,
     ) -> Result<(), PollError> {
+        if listing.cloud_apps {
+            return self
+                .scan_cloud_apps(listing, key, a, b, t0, pass, outcome)
+                .await;
+        }
         // A stack keeps the parts in order without recursion.
         let mut todo = vec![(a, b)];
         while let Some((a, b)) = todo.pop() {
             let historical = b <= t0;
             let page = self
-                .fetch(listing, &|top| self.slice_url(listing, a, b, top), outcome)
+                .fetch(
+                    listing,
+                    &|top| Req::Get(self.slice_url(listing, a, b, top)),
+                    outcome,
+                )
                 .await?;
             let Some(next_link) = page.next_link.clone() else {
                 self.commit(key, page, historical, pass, Some(b), outcome)
@@ -607,6 +680,47 @@ impl Poller {
         Ok(())
     }
 
+    /// Cloud Apps: `filters.{field} = {gte: A, lte: B − 1 ms}` ascending by date, `skip` while
+    /// `hasNext`; C := B after the slice's last page.
+    #[allow(clippy::too_many_arguments)]
+    async fn scan_cloud_apps(
+        &self,
+        listing: &GraphListing,
+        key: &CursorKey,
+        a: i64,
+        b: i64,
+        t0: i64,
+        pass: Pass,
+        outcome: &mut PollOutcome,
+    ) -> Result<(), PollError> {
+        let url = format!("{}{}", self.base(), listing.path);
+        let historical = b <= t0;
+        let mut skip = 0usize;
+        loop {
+            let body = |limit: usize| {
+                Req::Post(
+                    url.clone(),
+                    serde_json::json!({
+                        "filters": { listing.time_field: { "gte": a * 1000, "lte": b * 1000 - 1 } },
+                        "sortField": "date",
+                        "sortDirection": "asc",
+                        "skip": skip,
+                        "limit": limit,
+                    }),
+                )
+            };
+            let page = self.fetch(listing, &body, outcome).await?;
+            let received = page.received;
+            let last = !page.has_next || received == 0;
+            self.commit(key, page, historical, pass, last.then_some(b), outcome)
+                .await?;
+            if last {
+                return Ok(());
+            }
+            skip += received;
+        }
+    }
+
     /// A one-second slice that overflows a page: walk nextLinks, again until a walk adds no new id.
     #[allow(clippy::too_many_arguments)]
     async fn walk(
@@ -627,7 +741,11 @@ impl Poller {
             let before = seen.len();
             if walk > 0 {
                 let page = self
-                    .fetch(listing, &|top| self.slice_url(listing, a, b, top), outcome)
+                    .fetch(
+                        listing,
+                        &|top| Req::Get(self.slice_url(listing, a, b, top)),
+                        outcome,
+                    )
                     .await?;
                 seen.extend(page.ids.iter().cloned());
                 next = page.next_link.clone();
@@ -635,7 +753,9 @@ impl Poller {
                     .await?;
             }
             while let Some(link) = next.take() {
-                let page = self.fetch(listing, &|_| link.clone(), outcome).await?;
+                let page = self
+                    .fetch(listing, &|_| Req::Get(link.clone()), outcome)
+                    .await?;
                 seen.extend(page.ids.iter().cloned());
                 next = page.next_link.clone();
                 self.commit(key, page, historical, pass, None, outcome)
@@ -649,6 +769,7 @@ impl Poller {
                     count: None,
                     received: 0,
                     ids: Vec::new(),
+                    has_next: false,
                 };
                 return self
                     .commit(key, empty, historical, pass, Some(b), outcome)
