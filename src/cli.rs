@@ -87,6 +87,12 @@ fn load(path: &std::path::Path) -> Result<Settings, ExitCode> {
         Ok(s) => Ok(s),
         Err(e) => {
             eprintln!("{e}");
+            if !path.exists() {
+                eprintln!(
+                    "(no config file at {}: copy config/m365-ingest.example.toml there, or pass --config PATH; `m365-ingest demo` runs without one)",
+                    path.display()
+                );
+            }
             Err(ExitCode::from(EXIT_CONFIG))
         }
     }
@@ -164,15 +170,17 @@ async fn start_sim(
             "SecurityAlert.Read.All",
             "SecurityIncident.Read.All",
             "ThreatSubmission.Read.All",
+            "Investigation.read",
         ],
     );
     let now = SystemTime::now();
-    sim.generate_alerts(
-        DEMO_TENANT,
-        alerts,
-        now - Duration::from_secs(3 * 86_400),
-        now,
-    );
+    let history = now - Duration::from_secs(3 * 86_400);
+    sim.generate_alerts(DEMO_TENANT, alerts, history, now);
+    sim.generate_incidents(DEMO_TENANT, alerts / 10, history, now);
+    for list in ["emailThreats", "urlThreats", "fileThreats"] {
+        sim.generate_submissions(DEMO_TENANT, list, alerts / 50, history, now);
+    }
+    sim.generate_cloud_app_alerts(DEMO_TENANT, alerts / 20, history, now);
     if per_minute > 0 {
         sim.spawn_stream(DEMO_TENANT, per_minute);
     }
@@ -203,19 +211,31 @@ client_id = "{DEMO_CLIENT}"
 client_secret = "{secret}"
 login_url = "{login}"
 graph_url = "{graph}"
+cloud_apps_url = "{cloud_apps}"
 [tenants.demo.sources.alerts]
 interval = "10s"
 settle = "5s"
 overlap = "2m"
 [tenants.demo.sources.incidents]
-enabled = false
+interval = "10s"
+settle = "5s"
+overlap = "2m"
 [tenants.demo.sources.submissions]
-enabled = false
+interval = "20s"
+settle = "5s"
+overlap = "2m"
+recheck_interval = "30s"
+[tenants.demo.sources.cloud_apps]
+interval = "20s"
+settle = "5s"
+overlap = "2m"
+recheck_interval = "1m"
 "#,
         db = dir.join("m365-ingest.db").display(),
         dropzone = sim.dropzone_url(),
         login = sim.login_url(),
         graph = sim.graph_url(),
+        cloud_apps = sim.cloud_apps_url(),
     );
     let settings = Settings::from_toml(&toml)?;
     let app = App::build(settings).await?;
@@ -258,6 +278,7 @@ async fn sim(listen: SocketAddr, alerts: usize) -> anyhow::Result<()> {
     println!("  client_secret = \"{secret}\"");
     println!("  login_url     = \"{}\"", sim.login_url());
     println!("  graph_url     = \"{}\"", sim.graph_url());
+    println!("  cloud_apps_url = \"{}\"", sim.cloud_apps_url());
     println!("  forward.url   = \"{}\"", sim.dropzone_url());
     crate::shutdown::signal().await;
     sim.shutdown().await;

@@ -187,7 +187,10 @@ pub(crate) struct TenantAlerts {
 fn incident_of(body: &Body) -> Option<String> {
     match body {
         Body::Gen(m) => Some(m.incident.to_string()),
-        Body::Json(v) => v.get("incidentId").and_then(Value::as_str).map(str::to_owned),
+        Body::Json(v) => v
+            .get("incidentId")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
     }
 }
 

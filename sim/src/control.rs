@@ -1,7 +1,7 @@
 //! A small HTTP control API under `/_sim/` so the `m365-sim` binary can be driven by tools that
-//! are not Rust tests: register tenants and apps, generate or insert alerts, switch faults and
-//! the Dropzone behaviour, and read what was received. Control requests are not recorded in
-//! [`Simulator::requests`].
+//! are not Rust tests: register tenants and apps, generate or insert alerts, incidents, threat
+//! submissions and Cloud Apps alerts, switch faults and the Dropzone behaviour, and read what
+//! was received. Control requests are not recorded in [`Simulator::requests`].
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -61,6 +61,28 @@ fn default_minutes_back() -> u64 {
 }
 
 #[derive(Deserialize)]
+struct GenerateListReq {
+    tenant_id: String,
+    list: String,
+    n: usize,
+    #[serde(default = "default_minutes_back")]
+    minutes_back: u64,
+}
+
+#[derive(Deserialize)]
+struct InsertItemReq {
+    tenant_id: String,
+    item: Value,
+}
+
+#[derive(Deserialize)]
+struct InsertSubmissionReq {
+    tenant_id: String,
+    list: String,
+    item: Value,
+}
+
+#[derive(Deserialize)]
 struct InsertReq {
     tenant_id: String,
     alert: Value,
@@ -78,6 +100,8 @@ struct FaultsReq {
     update_during_listing: u32,
     next_link_base: Option<String>,
     delay_ms: Option<u64>,
+    #[serde(default)]
+    expand_fails: bool,
 }
 
 #[derive(Deserialize)]
@@ -137,6 +161,85 @@ async fn generate(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
     }
 }
 
+/// `[now - minutes_back, now)`.
+fn window(minutes_back: u64) -> (SystemTime, SystemTime) {
+    let to = SystemTime::now();
+    let from = to
+        .checked_sub(Duration::from_secs(minutes_back.saturating_mul(60)))
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    (from, to)
+}
+
+async fn generate_incidents(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    match parse::<GenerateReq>(&body) {
+        Ok(r) => {
+            let (from, to) = window(r.minutes_back);
+            let ids = sim(inner).generate_incidents(&r.tenant_id, r.n, from, to);
+            ok(json!({"generated": ids.len(), "ids": ids}))
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn generate_submissions(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    match parse::<GenerateListReq>(&body) {
+        Ok(r) if crate::submissions::list_name(&r.list).is_none() => bad_request(format!(
+            "unknown list '{}': expected emailThreats, urlThreats or fileThreats",
+            r.list
+        )),
+        Ok(r) => {
+            let (from, to) = window(r.minutes_back);
+            let ids = sim(inner).generate_submissions(&r.tenant_id, &r.list, r.n, from, to);
+            ok(json!({"generated": ids.len(), "ids": ids}))
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn generate_cloud_apps(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    match parse::<GenerateReq>(&body) {
+        Ok(r) => {
+            let (from, to) = window(r.minutes_back);
+            let ids = sim(inner).generate_cloud_app_alerts(&r.tenant_id, r.n, from, to);
+            ok(json!({"generated": ids.len(), "ids": ids}))
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn insert_incident(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    match parse::<InsertItemReq>(&body) {
+        Ok(r) => {
+            sim(inner).insert_incident(&r.tenant_id, r.item);
+            ok(json!({"ok": true}))
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn insert_submission(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    match parse::<InsertSubmissionReq>(&body) {
+        Ok(r) if crate::submissions::list_name(&r.list).is_none() => {
+            bad_request(format!("unknown list '{}'", r.list))
+        }
+        Ok(r) => {
+            sim(inner).insert_submission(&r.tenant_id, &r.list, r.item);
+            ok(json!({"ok": true}))
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn insert_cloud_app_alert(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    match parse::<InsertItemReq>(&body) {
+        Ok(r) => {
+            sim(inner).insert_cloud_app_alert(&r.tenant_id, r.item);
+            ok(json!({"ok": true}))
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
 async fn insert(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
     match parse::<InsertReq>(&body) {
         Ok(r) => {
@@ -159,6 +262,7 @@ async fn faults(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
                 next_link_base: r.next_link_base,
                 delay: r.delay_ms.map(Duration::from_millis),
                 hide_until: Vec::new(),
+                expand_fails: r.expand_fails,
             };
             sim(inner).set_faults(&r.tenant_id, f);
             ok(json!({"ok": true}))
@@ -235,6 +339,12 @@ pub(crate) fn routes() -> Router<Arc<Inner>> {
         .route("/_sim/apps", post(apps))
         .route("/_sim/alerts", post(insert))
         .route("/_sim/alerts/generate", post(generate))
+        .route("/_sim/incidents", post(insert_incident))
+        .route("/_sim/incidents/generate", post(generate_incidents))
+        .route("/_sim/submissions", post(insert_submission))
+        .route("/_sim/submissions/generate", post(generate_submissions))
+        .route("/_sim/cloud_apps", post(insert_cloud_app_alert))
+        .route("/_sim/cloud_apps/generate", post(generate_cloud_apps))
         .route("/_sim/faults", post(faults))
         .route("/_sim/dropzone", post(dropzone))
         .route("/_sim/received", get(received))

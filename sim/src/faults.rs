@@ -33,6 +33,9 @@ pub struct Faults {
     /// Alerts (by id) that listings leave out until the given time: late-indexed items. A get
     /// by id still finds them.
     pub hide_until: Vec<(String, SystemTime)>,
+    /// While true, every incidents request with `$expand=alerts` answers 500 (Graph's error
+    /// body), as large tenants saw (API.md §4); the same request without it succeeds.
+    pub expand_fails: bool,
 }
 
 /// What the fault gate decided for one Graph request.
@@ -131,8 +134,9 @@ impl Simulator {
         lock(&self.inner.faults).insert(tenant_key(tenant_id), FaultState::new(f));
     }
 
-    /// How many Graph requests arrived while a `Retry-After` their tenant was given was still
-    /// running (all tenants together). A well-behaved client keeps this at 0.
+    /// How many Graph or Cloud Apps requests arrived while a `Retry-After` their tenant was given
+    /// (by that API) was still running (all tenants together). A well-behaved client keeps this
+    /// at 0.
     pub fn throttle_violations(&self) -> usize {
         self.inner
             .throttle_violations

@@ -68,7 +68,7 @@ impl GenMeta {
 // Indices into SERVICE_SOURCE (alerts.rs), with how often each occurs, in percent.
 const ENDPOINT: u8 = 1;
 const IDENTITY: u8 = 2;
-const CLOUD_APPS: u8 = 3;
+pub(crate) const CLOUD_APPS: u8 = 3;
 const OFFICE: u8 = 4;
 const XDR: u8 = 5;
 const AADIP: u8 = 6;
@@ -83,7 +83,7 @@ const SERVICE_WEIGHTS: &[(u8, u32)] = &[
     (DLP, 3),
 ];
 
-fn weighted(rng: &mut Rng, table: &[(u8, u32)]) -> u8 {
+pub(crate) fn weighted(rng: &mut Rng, table: &[(u8, u32)]) -> u8 {
     let total: u32 = table.iter().map(|(_, w)| w).sum();
     let mut x = rng.u32(0..total.max(1));
     for &(v, w) in table {
@@ -145,15 +145,15 @@ pub(crate) fn new_id(rng: &mut Rng, m: &GenMeta) -> String {
     }
 }
 
-fn pick<'a, T>(rng: &mut Rng, xs: &'a [T]) -> &'a T {
+pub(crate) fn pick<'a, T>(rng: &mut Rng, xs: &'a [T]) -> &'a T {
     &xs[rng.usize(0..xs.len())]
 }
 
-fn pick_str(rng: &mut Rng, xs: &[&'static str]) -> &'static str {
+pub(crate) fn pick_str(rng: &mut Rng, xs: &[&'static str]) -> &'static str {
     xs[rng.usize(0..xs.len())]
 }
 
-fn hex(rng: &mut Rng, n: usize) -> String {
+pub(crate) fn hex(rng: &mut Rng, n: usize) -> String {
     const H: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(n);
     let mut bits = 0u64;
@@ -422,7 +422,7 @@ fn templates(service: u8) -> (&'static [Template], &'static str, &'static str) {
     (tpls, product, escaped_actions(actions))
 }
 
-const USERS: &[(&str, &str)] = &[
+pub(crate) const USERS: &[(&str, &str)] = &[
     ("Megan Bowen", "meganb"),
     ("Alex Wilber", "alexw"),
     ("Lidia Holloway", "lidiah"),
@@ -438,8 +438,8 @@ const USERS: &[(&str, &str)] = &[
     ("Pradeep Gupta", "pradeepg"),
     ("Diego Siciliani", "diegos"),
 ];
-const DOMAINS: &[&str] = &["contoso.com", "fabrikam.com", "woodgrovebank.com"];
-const HOSTS: &[&str] = &[
+pub(crate) const DOMAINS: &[&str] = &["contoso.com", "fabrikam.com", "woodgrovebank.com"];
+pub(crate) const HOSTS: &[&str] = &[
     "desktop-7qk2mnl",
     "laptop-fin-042",
     "srv-sql-01",
@@ -449,7 +449,7 @@ const HOSTS: &[&str] = &[
     "srv-web-03",
     "laptop-sales-118",
 ];
-const SENDERS: &[(&str, &str, &str)] = &[
+pub(crate) const SENDERS: &[(&str, &str, &str)] = &[
     (
         "Microsoft 365 Security",
         "micros0ft-secure.com",
@@ -472,7 +472,7 @@ const SENDERS: &[(&str, &str, &str)] = &[
         "ap@invoices-pay.biz",
     ),
 ];
-const SUBJECTS: &[&str] = &[
+pub(crate) const SUBJECTS: &[&str] = &[
     "Action required: your password expires today",
     "Invoice #88231 overdue",
     "Shared document: Q3 budget review.xlsx",
@@ -480,14 +480,14 @@ const SUBJECTS: &[&str] = &[
     "Voicemail received (00:42)",
     "Urgent wire transfer request",
 ];
-const URLS: &[&str] = &[
+pub(crate) const URLS: &[&str] = &[
     "https://login-micros0ft-secure.com/owa/auth/logon.aspx?replaceCurrent=1",
     "http://docusign-review.net/d/9f8a7c21/view",
     "https://fedex-tracking.info/track?id=774899120034",
     "https://bit.ly/3xQz7Pa",
     "https://contoso-sharepoint.web.app/shared/budget.xlsx",
 ];
-const FILES: &[(&str, &str, u32)] = &[
+pub(crate) const FILES: &[(&str, &str, u32)] = &[
     (
         "invoice_88231.docm",
         "C:\\Users\\Public\\Downloads",
@@ -514,7 +514,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("MsSense.exe", "\"MsSense.exe\""),
     ("schtasks.exe", "schtasks.exe /create /tn \"OneDrive Update\" /tr C:\\Users\\Public\\update.ps1 /sc hourly"),
 ];
-const CLOUD_APPS_LIST: &[(i64, &str)] = &[
+pub(crate) const CLOUD_APPS_LIST: &[(i64, &str)] = &[
     (11161, "Office 365"),
     (20893, "Microsoft Exchange Online"),
     (15600, "Microsoft OneDrive for Business"),
@@ -532,7 +532,7 @@ const PLACES: &[(&str, &str, &str, f64, f64)] = &[
     ("BR", "Sao Paulo", "Sao Paulo", -23.5505, -46.6333),
     ("VN", "Hanoi", "Hanoi", 21.0285, 105.8542),
 ];
-const COMMENTS: &[&str] = &[
+pub(crate) const COMMENTS: &[&str] = &[
     "Investigating with the user; machine isolated pending review.",
     "Confirmed with the service owner: this is a scheduled penetration test.",
     "User confirmed they did not click the link. Message purged from all mailboxes.",
@@ -559,7 +559,7 @@ impl Ctx {
     }
 }
 
-fn external_ip(rng: &mut Rng) -> String {
+pub(crate) fn external_ip(rng: &mut Rng) -> String {
     format!(
         "{}.{}.{}.{}",
         rng.u8(20..220),
@@ -935,9 +935,12 @@ pub(crate) fn render(out: &mut String, tenant: &str, id: &str, last_update: i64,
 }
 
 impl Simulator {
-    /// Keeps a tenant's alerts moving for the demo: about `per_minute` events a minute, most of
-    /// them new alerts, the rest triage updates of recent ones (new → inProgress → resolved,
-    /// with assignedTo, classification and determination set). Stops on [`Simulator::shutdown`].
+    /// Keeps a tenant's data moving for the demo: about `per_minute` alert events a minute, most
+    /// of them new alerts, the rest triage updates of recent ones (new → inProgress → resolved,
+    /// with assignedTo, classification and determination set). At lower rates it also creates
+    /// and triages incidents, files threat submissions that move notStarted → running →
+    /// succeeded, and raises Cloud Apps alerts (some with an alerts_v2 twin) that are later read
+    /// or resolved. Stops on [`Simulator::shutdown`].
     pub fn spawn_stream(&self, tenant_id: &str, per_minute: u32) {
         if per_minute == 0 {
             return;
@@ -947,38 +950,195 @@ impl Simulator {
         let period = Duration::from_secs_f64(60.0 / f64::from(per_minute));
         let stop = self.inner.stop.clone();
         let runtime = self.inner.runtime.clone();
-        self.inner.tasks.spawn_on(async move {
-            let mut rng = Rng::new();
-            // Start from the newest alerts already there so updates also touch the backlog.
-            let mut recent: Vec<String> = sim.newest_ids(&tenant, 200);
-            let mut tick = tokio::time::interval(period);
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    _ = tick.tick() => {}
-                }
-                if recent.is_empty() || rng.u8(0..10) < 7 {
-                    let now = std::time::SystemTime::now();
-                    recent.extend(sim.generate_alerts(&tenant, 1, now, now + Duration::from_micros(1)));
-                    if recent.len() > 500 {
-                        recent.drain(..250);
+        self.inner.tasks.spawn_on(
+            async move {
+                let mut rng = Rng::new();
+                // Start from the newest alerts already there so updates also touch the backlog.
+                let mut recent: Vec<String> = sim.newest_ids(&tenant, 200);
+                let mut tick = tokio::time::interval(period);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        _ = tick.tick() => {}
                     }
-                    continue;
-                }
-                let id = recent[rng.usize(0..recent.len())].clone();
-                let status = sim.alert(&tenant, &id).and_then(|a| a.get("status").and_then(|s| s.as_str()).map(str::to_owned));
-                let patch = match status.as_deref() {
-                    Some("new") => serde_json::json!({"status": "inProgress", "assignedTo": "soc-tier1@contoso.com"}),
-                    Some("inProgress") => {
-                        let (c, d) = *pick(&mut rng, &[("truePositive", "malware"), ("falsePositive", "notMalicious"), ("informationalExpectedActivity", "securityTesting")]);
-                        serde_json::json!({"status": "resolved", "classification": c, "determination": d,
-                            "resolvedDateTime": time::iso7(time::now_ticks())})
+                    sim.stream_alert(&tenant, &mut rng, &mut recent);
+                    // The other sources move at a fraction of the alert rate.
+                    match rng.u8(0..100) {
+                        0..20 => sim.stream_incident(&tenant, &mut rng),
+                        20..32 => sim.stream_submission(&tenant, &mut rng),
+                        32..52 => sim.stream_cloud_app_alert(&tenant, &mut rng),
+                        _ => {}
                     }
-                    _ => continue,
-                };
-                sim.update_alert(&tenant, &id, patch);
+                }
+            },
+            &runtime,
+        );
+    }
+
+    fn stream_alert(&self, tenant: &str, rng: &mut Rng, recent: &mut Vec<String>) {
+        if recent.is_empty() || rng.u8(0..10) < 7 {
+            let now = std::time::SystemTime::now();
+            recent.extend(self.generate_alerts(tenant, 1, now, now + Duration::from_micros(1)));
+            if recent.len() > 500 {
+                recent.drain(..250);
             }
-        }, &runtime);
+            return;
+        }
+        let id = recent[rng.usize(0..recent.len())].clone();
+        let status = self
+            .alert(tenant, &id)
+            .and_then(|a| a.get("status").and_then(|s| s.as_str()).map(str::to_owned));
+        let patch = match status.as_deref() {
+            Some("new") => {
+                serde_json::json!({"status": "inProgress", "assignedTo": "soc-tier1@contoso.com"})
+            }
+            Some("inProgress") => {
+                let (c, d) = *pick(
+                    rng,
+                    &[
+                        ("truePositive", "malware"),
+                        ("falsePositive", "notMalicious"),
+                        ("informationalExpectedActivity", "securityTesting"),
+                    ],
+                );
+                serde_json::json!({"status": "resolved", "classification": c, "determination": d,
+                    "resolvedDateTime": time::iso7(time::now_ticks())})
+            }
+            _ => return,
+        };
+        self.update_alert(tenant, &id, patch);
+    }
+
+    fn stream_incident(&self, tenant: &str, rng: &mut Rng) {
+        let recent = self.newest_incidents(tenant, 50);
+        if recent.is_empty() || rng.bool() {
+            let now = std::time::SystemTime::now();
+            self.generate_incidents(tenant, 1, now, now + Duration::from_micros(1));
+            return;
+        }
+        let id = &recent[rng.usize(0..recent.len())];
+        let status = self
+            .incident(tenant, id)
+            .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_owned));
+        let analyst = "soc-tier2@contoso.com";
+        let patch = match status.as_deref() {
+            Some("active") if rng.u8(0..10) == 0 => match recent.iter().find(|o| *o != id) {
+                // Merged into another incident.
+                Some(other) => {
+                    serde_json::json!({"status": "redirected", "redirectIncidentId": other})
+                }
+                None => return,
+            },
+            Some("active") => serde_json::json!({"status": "inProgress", "assignedTo": analyst,
+                "lastModifiedBy": analyst}),
+            Some("inProgress" | "awaitingAction") => {
+                let (c, d) = *pick(
+                    rng,
+                    &[
+                        ("truePositive", "multiStagedAttack"),
+                        ("falsePositive", "notMalicious"),
+                        ("informationalExpectedActivity", "securityTesting"),
+                    ],
+                );
+                serde_json::json!({"status": "resolved", "classification": c, "determination": d,
+                    "resolvingComment": "Closed by the demo stream.", "lastModifiedBy": analyst})
+            }
+            _ => return,
+        };
+        self.update_incident(tenant, id, patch);
+    }
+
+    fn stream_submission(&self, tenant: &str, rng: &mut Rng) {
+        let list = *pick(
+            rng,
+            &[
+                "emailThreats",
+                "emailThreats",
+                "emailThreats",
+                "urlThreats",
+                "fileThreats",
+            ],
+        );
+        let pending = self.pending_submissions(tenant, list);
+        if pending.is_empty() || rng.bool() {
+            let now = std::time::SystemTime::now();
+            for id in self.generate_submissions(tenant, list, 1, now, now) {
+                self.update_submission(
+                    tenant,
+                    list,
+                    &id,
+                    serde_json::json!({"status": "notStarted", "result": null, "adminReview": null}),
+                );
+            }
+            return;
+        }
+        let (id, status) = &pending[rng.usize(0..pending.len())];
+        let patch = if status == "notStarted" {
+            serde_json::json!({"status": "running"})
+        } else if rng.u8(0..10) == 0 {
+            serde_json::json!({"status": "failed", "result": {"detail": "itemNotReceivedByService",
+                "category": "noResultAvailable", "userMailboxSetting": null, "detectedUrls": [], "detectedFiles": []}})
+        } else {
+            serde_json::json!({"status": "succeeded", "result": crate::submissions::finished_result(rng, list)})
+        };
+        self.update_submission(tenant, list, id, patch);
+    }
+
+    fn stream_cloud_app_alert(&self, tenant: &str, rng: &mut Rng) {
+        let recent = self.newest_cloud_app_alerts(tenant, 100);
+        let fresh = serde_json::json!({"statusValue": 0, "resolutionStatusValue": 0,
+            "resolveTime": null, "handledByUser": null, "comment": ""});
+        if recent.is_empty() || rng.bool() {
+            let now = std::time::SystemTime::now();
+            let id = if rng.u8(0..3) == 0 {
+                let (id, twin) = self.generate_cloud_app_alert_with_twin(tenant, now);
+                self.update_alert(
+                    tenant,
+                    &twin,
+                    serde_json::json!({"status": "new", "classification": "unknown",
+                        "determination": "unknown", "assignedTo": null, "resolvedDateTime": null}),
+                );
+                id
+            } else {
+                self.generate_cloud_app_alerts(tenant, 1, now, now)
+                    .pop()
+                    .unwrap_or_default()
+            };
+            self.update_cloud_app_alert(tenant, &id, fresh);
+            return;
+        }
+        let id = &recent[rng.usize(0..recent.len())];
+        let Some(alert) = self.cloud_app_alert(tenant, id) else {
+            return;
+        };
+        let int = |k: &str| alert.get(k).and_then(serde_json::Value::as_i64);
+        let (patch, twin) = if int("statusValue") == Some(0) {
+            (
+                serde_json::json!({"statusValue": 1, "handledByUser": "soc-tier1@contoso.com"}),
+                serde_json::json!({"status": "inProgress", "assignedTo": "soc-tier1@contoso.com"}),
+            )
+        } else if int("resolutionStatusValue") == Some(0) {
+            let (res, c, d) = *pick(
+                rng,
+                &[
+                    (2, "unknown", "unknown"),
+                    (3, "falsePositive", "notMalicious"),
+                    (5, "truePositive", "compromisedAccount"),
+                ],
+            );
+            let now = time::now_ticks();
+            (
+                serde_json::json!({"resolutionStatusValue": res, "resolveTime": time::iso3(now),
+                    "handledByUser": "soc-tier2@contoso.com"}),
+                serde_json::json!({"status": "resolved", "classification": c, "determination": d,
+                    "resolvedDateTime": time::iso7(now)}),
+            )
+        } else {
+            return;
+        };
+        self.update_cloud_app_alert(tenant, id, patch);
+        // The same detection seen through alerts_v2 changes with it, if it has a twin.
+        self.update_alert(tenant, &format!("ca{id}"), twin);
     }
 }
 

@@ -314,9 +314,9 @@ impl Ctx {
             .split('&')
             .filter(|p| !p.is_empty())
             .filter(|p| {
-                decode_pairs(p).first().is_none_or(|(k, _)| {
-                    k != "$skip" && !k.eq_ignore_ascii_case("$skiptoken")
-                })
+                decode_pairs(p)
+                    .first()
+                    .is_none_or(|(k, _)| k != "$skip" && !k.eq_ignore_ascii_case("$skiptoken"))
             })
             .map(str::to_owned)
             .collect();

@@ -1,6 +1,7 @@
 //! m365-sim: a faithful loopback stand-in for the Microsoft side of m365-ingest (the Entra ID
-//! token endpoint and Microsoft Graph security alerts_v2) and for the Dropzone ingestion
-//! endpoint, for integration tests, benchmarks and the `demo` command.
+//! token endpoint, Microsoft Graph security alerts_v2, incidents and beta threat submissions, and
+//! the Defender for Cloud Apps alerts API) and for the Dropzone ingestion endpoint, for
+//! integration tests, benchmarks and the `demo` command.
 //!
 //! It follows `reference/microsoft/API.md`: AADSTS token errors, roles per app, bearer checks
 //! (401/403), `$filter` on the documented properties only, `$top` clamped at 1000, offset paging
@@ -13,14 +14,16 @@
 //! - `graph.rs`: what every Graph resource shares (auth, fault gate, headers, errors, paging).
 //! - `odata.rs`: the `$filter` parser and evaluator.
 //! - `alerts.rs`: alerts_v2 (per-tenant store and endpoints).
+//! - `incidents.rs`: incidents, `$expand=alerts` (joined on the alerts' `incidentId`).
+//! - `submissions.rs`: the three beta threat-submission lists, `$skiptoken` paging.
+//! - `cloud_apps.rs`: Defender for Cloud Apps alerts (JSON-body filters, 30 requests/min), and
+//!   detections seen through both MDA and alerts_v2.
+//! - `store.rs`: the time-ordered JSON store incidents, submissions and Cloud Apps share.
 //! - `generator.rs`: realistic alerts rendered lazily from seeds; the demo stream.
 //! - `faults.rs`: [`Faults`] and their per-tenant state.
 //! - `dropzone.rs`: the recording ingestion endpoint.
 //! - `control.rs`: the `/_sim/` HTTP control API.
 //! - `time.rs`: 100-ns timestamps.
-//!
-//! Incidents, threat submissions and Cloud Apps are meant to be added as siblings of
-//! `alerts.rs`, reusing `graph.rs` and `odata.rs`.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -38,12 +41,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod alerts;
+mod cloud_apps;
 mod control;
 mod dropzone;
 mod faults;
 mod generator;
 mod graph;
+mod incidents;
 mod odata;
+mod store;
+mod submissions;
 mod time;
 mod token;
 
@@ -75,7 +82,7 @@ impl Default for SimConfig {
     }
 }
 
-/// One request the simulator served (token, Graph or Dropzone; not the control API).
+/// One request the simulator served (token, Graph, Cloud Apps or Dropzone; not the control API).
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
     /// When it arrived.
@@ -84,7 +91,7 @@ pub struct RecordedRequest {
     pub path: String,
     /// The raw (still percent-encoded) query string, empty if none.
     pub query: String,
-    /// The tenant: from the token URL, or from the bearer token of a Graph request.
+    /// The tenant: from the token URL, or from the bearer token of a Graph or Cloud Apps request.
     pub tenant: Option<String>,
     pub has_authorization: bool,
     /// The status answered (0 while the answer is still pending).
@@ -104,6 +111,15 @@ pub(crate) struct Inner {
     pub(crate) keep_bodies: bool,
     pub(crate) directory: Mutex<token::Directory>,
     pub(crate) alerts: Mutex<HashMap<String, alerts::TenantAlerts>>,
+    /// Incidents per tenant, newest `lastUpdateDateTime` first.
+    pub(crate) incidents: Mutex<HashMap<String, store::JsonStore>>,
+    /// Threat submissions per (tenant, list), newest `createdDateTime` first.
+    pub(crate) submissions: Mutex<HashMap<(String, &'static str), store::JsonStore>>,
+    /// Cloud Apps alerts per tenant, keyed by `timestamp` (epoch ms).
+    pub(crate) cloud_apps: Mutex<HashMap<String, store::JsonStore>>,
+    /// Cloud Apps request windows per tenant, and the allowance per minute.
+    pub(crate) mda_throttle: Mutex<cloud_apps::Throttles>,
+    pub(crate) mda_per_minute: AtomicUsize,
     pub(crate) faults: Mutex<HashMap<String, faults::FaultState>>,
     pub(crate) requests: Mutex<Vec<RecordedRequest>>,
     pub(crate) dropzone: Mutex<dropzone::Sink>,
@@ -207,6 +223,9 @@ fn router(inner: Arc<Inner>) -> Router {
     Router::new()
         .merge(token::routes())
         .merge(alerts::routes())
+        .merge(incidents::routes())
+        .merge(submissions::routes())
+        .merge(cloud_apps::routes())
         .merge(dropzone::routes())
         .layer(middleware::from_fn_with_state(inner.clone(), record))
         .merge(control::routes())
@@ -230,6 +249,11 @@ impl Simulator {
             keep_bodies: cfg.keep_bodies,
             directory: Mutex::new(token::Directory::new(cfg.token_lifetime)),
             alerts: Mutex::default(),
+            incidents: Mutex::default(),
+            submissions: Mutex::default(),
+            cloud_apps: Mutex::default(),
+            mda_throttle: Mutex::default(),
+            mda_per_minute: AtomicUsize::new(cloud_apps::DEFAULT_PER_MINUTE),
             faults: Mutex::default(),
             requests: Mutex::default(),
             dropzone: Mutex::default(),
@@ -268,7 +292,9 @@ impl Simulator {
         self.base_url()
     }
 
-    /// The Graph host: alerts are at `{graph_url}/v1.0/security/alerts_v2`.
+    /// The Graph host: alerts are at `{graph_url}/v1.0/security/alerts_v2`, incidents at
+    /// `{graph_url}/v1.0/security/incidents`, submissions at
+    /// `{graph_url}/beta/security/threatSubmission/{emailThreats|urlThreats|fileThreats}`.
     pub fn graph_url(&self) -> String {
         format!("{}/graph", self.inner.base_url)
     }
@@ -297,7 +323,7 @@ impl Simulator {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.tasks.wait()).await;
     }
 
-    /// Every request served so far (token, Graph, Dropzone), in arrival order.
+    /// Every request served so far (token, Graph, Cloud Apps, Dropzone), in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.inner.requests).clone()
     }

@@ -1,6 +1,6 @@
 //! `m365-sim`: runs the simulator as a standalone process (for the demo and manual testing):
-//! one tenant and app pre-registered, a backlog of alerts, optionally a live stream, until
-//! Ctrl-C.
+//! one tenant and app pre-registered, a backlog of alerts (and optionally incidents, threat
+//! submissions and Cloud Apps alerts), optionally a live stream, until Ctrl-C.
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 use clap::Parser;
 use m365_sim::{SimConfig, Simulator};
 
-/// Every Graph security application permission, so the seeded app can read everything.
+/// Every Graph security and Cloud Apps application permission, so the seeded app can read
+/// everything.
 const ROLES: &[&str] = &[
     "SecurityAlert.Read.All",
     "SecurityIncident.Read.All",
@@ -38,6 +39,16 @@ struct Args {
     /// Alerts to generate over the last 3 days.
     #[arg(long, default_value_t = 1000)]
     alerts: usize,
+    /// Incidents to generate over the last 3 days (linked to the alerts' incident ids).
+    #[arg(long, default_value_t = 0)]
+    incidents: usize,
+    /// Threat submissions to generate in each of the three lists (emailThreats, urlThreats,
+    /// fileThreats) over the last 3 days.
+    #[arg(long, default_value_t = 0)]
+    submissions: usize,
+    /// Defender for Cloud Apps alerts to generate over the last 3 days.
+    #[arg(long, default_value_t = 0)]
+    cloud_app_alerts: usize,
     /// New or updated alerts per minute while running (0: none).
     #[arg(long, default_value_t = 0)]
     stream_per_minute: u32,
@@ -62,15 +73,24 @@ async fn main() -> std::io::Result<()> {
         .checked_sub(Duration::from_secs(3 * 86_400))
         .unwrap_or(SystemTime::UNIX_EPOCH);
     sim.generate_alerts(&args.tenant, args.alerts, from, now);
+    sim.generate_incidents(&args.tenant, args.incidents, from, now);
+    for list in ["emailThreats", "urlThreats", "fileThreats"] {
+        sim.generate_submissions(&args.tenant, list, args.submissions, from, now);
+    }
+    sim.generate_cloud_app_alerts(&args.tenant, args.cloud_app_alerts, from, now);
     sim.spawn_stream(&args.tenant, args.stream_per_minute);
     println!(
-        "m365-sim listening: login_url={} graph_url={} dropzone_url={} tenant={} client_id={} alerts={}",
+        "m365-sim listening: login_url={} graph_url={} cloud_apps_url={} dropzone_url={} tenant={} client_id={} alerts={} incidents={} submissions={}x3 cloud_app_alerts={}",
         sim.login_url(),
         sim.graph_url(),
+        sim.cloud_apps_url(),
         sim.dropzone_url(),
         args.tenant,
         args.client_id,
-        args.alerts
+        args.alerts,
+        args.incidents,
+        args.submissions,
+        args.cloud_app_alerts
     );
     tokio::signal::ctrl_c().await?;
     sim.shutdown().await;

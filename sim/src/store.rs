@@ -165,6 +165,9 @@ mod tests {
         let ids: Vec<String> = s.range(20, 30).map(|i| i.0.to_string()).collect();
         assert_eq!(ids, ["b", "c"]);
         assert_eq!(s.range(31, 30).count(), 0);
-        assert_eq!(s.get("a").map(|(t, v)| (t, v["n"].clone())), Some((40, json!(4))));
+        assert_eq!(
+            s.get("a").map(|(t, v)| (t, v["n"].clone())),
+            Some((40, json!(4)))
+        );
     }
 }

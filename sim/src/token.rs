@@ -421,8 +421,8 @@ impl Simulator {
             .unwrap_or(0)
     }
 
-    /// How many Graph requests were answered 401 (missing, unknown, expired or wrong-audience
-    /// token).
+    /// How many Graph and Cloud Apps requests were answered 401 (missing, unknown, expired or
+    /// wrong-audience token).
     pub fn unauthorized_count(&self) -> usize {
         self.inner
             .unauthorized

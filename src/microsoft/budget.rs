@@ -19,13 +19,14 @@ struct State {
 }
 
 impl Budget {
-    /// `per_minute` requests a minute, with bursts of a quarter of that (Microsoft counts per
-    /// minute, so a burst of the whole minute's worth would invite a 429).
+    /// At most `per_minute` requests in any 60 s window: a burst of a tenth of that, refilled
+    /// so that burst plus a minute's refill never exceeds the limit (Microsoft counts per
+    /// sliding minute, so a full-minute burst followed by the full rate would invite a 429).
     pub fn per_minute(per_minute: u32) -> Self {
-        let per_minute = f64::from(per_minute.max(1));
-        let capacity = (per_minute / 4.0).max(1.0);
+        let per_minute = f64::from(per_minute.max(2));
+        let capacity = (per_minute / 10.0).max(1.0);
         Self {
-            per_second: per_minute / 60.0,
+            per_second: (per_minute - capacity) / 60.0,
             capacity,
             state: Mutex::new(State {
                 tokens: capacity,
@@ -86,19 +87,25 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn a_burst_then_the_documented_rate() {
+    async fn no_minute_ever_holds_more_than_the_limit() {
         let b = Budget::per_minute(60);
         let start = Instant::now();
-        for _ in 0..15 {
+        let mut sent = Vec::new();
+        for _ in 0..130 {
             b.acquire().await;
+            sent.push(start.elapsed());
         }
-        assert!(start.elapsed() < Duration::from_millis(10));
-        b.acquire().await;
-        assert!(
-            start.elapsed() >= Duration::from_millis(990),
-            "{:?}",
-            start.elapsed()
-        );
+        assert!(sent[5] < Duration::from_millis(10), "a burst goes at once");
+        for (i, t) in sent.iter().enumerate() {
+            let in_window = sent[i..]
+                .iter()
+                .filter(|u| **u < *t + Duration::from_secs(60))
+                .count();
+            assert!(
+                in_window <= 60,
+                "{in_window} requests in the minute from {t:?}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -348,7 +348,7 @@ impl Poller {
     fn explain(&self, e: &PollError) -> String {
         match e {
             PollError::Microsoft(MsError::Status { status: 403, .. }) => format!(
-                "{e}. Fix: Entra admin center → App registrations → API permissions → Add a permission → Microsoft Graph → Application permissions → {}, then Grant admin consent",
+                "{e}. Fix: Entra admin center → App registrations → API permissions → Add a permission → {}, then Grant admin consent",
                 required_permission(self.settings.kind)
             ),
             _ => e.to_string(),
@@ -836,10 +836,10 @@ impl Poller {
 /// The Graph permission a source needs (for 403 messages).
 pub fn required_permission(kind: SourceKind) -> &'static str {
     match kind {
-        SourceKind::Alerts => "SecurityAlert.Read.All",
-        SourceKind::Incidents => "SecurityIncident.Read.All",
-        SourceKind::Submissions => "ThreatSubmission.Read.All",
-        SourceKind::CloudApps => "investigation.read (Microsoft Cloud App Security)",
+        SourceKind::Alerts => "Microsoft Graph → Application permissions → SecurityAlert.Read.All",
+        SourceKind::Incidents => "Microsoft Graph → Application permissions → SecurityIncident.Read.All",
+        SourceKind::Submissions => "Microsoft Graph → Application permissions → ThreatSubmission.Read.All",
+        SourceKind::CloudApps => "APIs my organization uses → Microsoft Cloud App Security → Application permissions → Investigation.Read",
     }
 }
 

@@ -105,6 +105,30 @@ impl SqliteStore {
     }
 }
 
+/// Runs `{statement} WHERE seq IN (…)` over `seqs` in chunks; a `value` is bound first (the
+/// statement then ends in a placeholder, e.g. `UPDATE outbox SET batch_id = `).
+async fn for_seqs(
+    conn: &mut sqlx::SqliteConnection,
+    statement: &str,
+    value: Option<i64>,
+    seqs: &[i64],
+) -> Result<()> {
+    for chunk in seqs.chunks(CHUNK) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(statement.to_string());
+        if let Some(v) = value {
+            q.push_bind(v);
+        }
+        q.push(" WHERE seq IN (");
+        let mut sep = q.separated(", ");
+        for s in chunk {
+            sep.push_bind(*s);
+        }
+        q.push(")");
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 fn redact(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
@@ -372,17 +396,13 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        for chunk in seqs.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("UPDATE outbox SET state = 1, batch_id = ");
-            q.push_bind(id).push(" WHERE seq IN (");
-            let mut sep = q.separated(", ");
-            for s in chunk {
-                sep.push_bind(*s);
-            }
-            q.push(")");
-            q.build().execute(&mut *tx).await?;
-        }
+        for_seqs(
+            &mut tx,
+            "UPDATE outbox SET state = 1, batch_id = ",
+            Some(id),
+            &seqs,
+        )
+        .await?;
         tx.commit().await?;
         Ok(Some(Batch {
             id,
@@ -476,17 +496,7 @@ impl Store for SqliteStore {
                 .bind(now)
                 .fetch_one(&mut *tx)
                 .await?;
-            for chunk in half.chunks(CHUNK) {
-                let mut q: QueryBuilder<Sqlite> =
-                    QueryBuilder::new("UPDATE outbox SET batch_id = ");
-                q.push_bind(child).push(" WHERE seq IN (");
-                let mut sep = q.separated(", ");
-                for s in chunk {
-                    sep.push_bind(*s);
-                }
-                q.push(")");
-                q.build().execute(&mut *tx).await?;
-            }
+            for_seqs(&mut tx, "UPDATE outbox SET batch_id = ", Some(child), half).await?;
         }
         sqlx::query("UPDATE batches SET state = 'split', updated_at = ? WHERE id = ?")
             .bind(now)
@@ -603,17 +613,8 @@ impl Store for SqliteStore {
             .bind(bodies_before)
             .fetch_all(&mut *tx)
             .await?;
-            for chunk in seqs.chunks(CHUNK) {
-                for table in ["outbox_body", "outbox"] {
-                    let mut q: QueryBuilder<Sqlite> =
-                        QueryBuilder::new(format!("DELETE FROM {table} WHERE seq IN ("));
-                    let mut sep = q.separated(", ");
-                    for s in chunk {
-                        sep.push_bind(*s);
-                    }
-                    q.push(")");
-                    q.build().execute(&mut *tx).await?;
-                }
+            for table in ["outbox_body", "outbox"] {
+                for_seqs(&mut tx, &format!("DELETE FROM {table}"), None, &seqs).await?;
             }
             tx.commit().await?;
             total += seqs.len() as u64;

@@ -181,12 +181,7 @@ async fn an_alert_updated_while_its_slice_is_listed_skips_no_other_alert() {
         ..Default::default()
     })
     .await;
-    let second = iso7_ago(900);
-    for i in 0..25 {
-        let mut t = second.clone();
-        t.replace_range(20..27, &format!("{:07}", i * 1000));
-        sim.insert_alert(TENANT_ID, alert_json(&format!("same-second-{i:02}"), &t));
-    }
+    insert_in_one_second(&sim, "same-second-", 25);
     sim.set_faults(
         TENANT_ID,
         Faults {
@@ -212,12 +207,7 @@ async fn a_next_link_to_another_host_is_not_followed_and_gets_no_token() {
         ..Default::default()
     })
     .await;
-    let second = iso7_ago(900);
-    for i in 0..25 {
-        let mut t = second.clone();
-        t.replace_range(20..27, &format!("{:07}", i * 1000));
-        sim.insert_alert(TENANT_ID, alert_json(&format!("s-{i:02}"), &t));
-    }
+    insert_in_one_second(&sim, "s-", 25);
     sim.set_faults(
         TENANT_ID,
         Faults {

@@ -276,3 +276,14 @@ pub fn iso7_ago(secs_ago: u64) -> String {
     let ticks = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64 / 100;
     m365_ingest::time::format_ticks(ticks)
 }
+
+/// `n` alerts whose versions all fall in one second 15 minutes ago: with a small page cap only
+/// a nextLink walk can read them.
+pub fn insert_in_one_second(sim: &Simulator, prefix: &str, n: usize) {
+    let second = iso7_ago(900);
+    for i in 0..n {
+        let mut t = second.clone();
+        t.replace_range(20..27, &format!("{:07}", i * 1000));
+        sim.insert_alert(TENANT_ID, alert_json(&format!("{prefix}{i:02}"), &t));
+    }
+}

@@ -112,3 +112,81 @@ async fn shutdown_stops_serving_and_the_stream() {
     }
     assert_eq!(sim.alert_count(TENANT), after, "stream stopped");
 }
+
+#[tokio::test]
+async fn the_control_api_generates_incidents_submissions_and_cloud_app_alerts() {
+    let sim = start().await;
+    let r = control(
+        &sim,
+        "incidents/generate",
+        json!({"tenant_id": TENANT, "n": 7, "minutes_back": 30}),
+    )
+    .await;
+    assert_eq!(
+        (r["generated"].as_u64(), sim.incident_count(TENANT)),
+        (Some(7), 7)
+    );
+    let r = control(
+        &sim,
+        "submissions/generate",
+        json!({"tenant_id": TENANT, "list": "urlThreats", "n": 4}),
+    )
+    .await;
+    assert_eq!(r["generated"], 4);
+    assert_eq!(sim.submission_count(TENANT, "urlThreats"), 4);
+    let r = control(
+        &sim,
+        "cloud_apps/generate",
+        json!({"tenant_id": TENANT, "n": 9}),
+    )
+    .await;
+    assert_eq!(r["ids"].as_array().map(Vec::len), Some(9));
+    assert_eq!(sim.cloud_app_alert_count(TENANT), 9);
+    control(&sim, "incidents", json!({"tenant_id": TENANT, "item": {"id": "5", "lastUpdateDateTime": "2024-01-01T00:00:00Z"}})).await;
+    control(&sim, "submissions", json!({"tenant_id": TENANT, "list": "fileThreats", "item": {"id": "f", "createdDateTime": "2024-01-01T00:00:00Z"}})).await;
+    control(&sim, "cloud_apps", json!({"tenant_id": TENANT, "item": {"_id": "603f704aaf7417985bbf3b22", "timestamp": 1621941916475i64}})).await;
+    assert_eq!(sim.incident_count(TENANT), 8);
+    assert_eq!(sim.submission_count(TENANT, "fileThreats"), 1);
+    assert_eq!(sim.cloud_app_alert_count(TENANT), 10);
+    control(
+        &sim,
+        "faults",
+        json!({"tenant_id": TENANT, "expand_fails": true}),
+    )
+    .await;
+    let r = http()
+        .post(format!("{}/_sim/submissions/generate", sim.base_url()))
+        .json(&json!({"tenant_id": TENANT, "list": "appThreats", "n": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn the_stream_also_moves_incidents_submissions_and_cloud_app_alerts() {
+    let sim = start().await;
+    sim.spawn_stream(TENANT, 60_000);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let submissions = |sim: &m365_sim::Simulator| {
+        ["emailThreats", "urlThreats", "fileThreats"]
+            .iter()
+            .map(|l| sim.submission_count(TENANT, l))
+            .sum::<usize>()
+    };
+    while sim.incident_count(TENANT) < 3
+        || submissions(&sim) < 3
+        || sim.cloud_app_alert_count(TENANT) < 3
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stream: {} incidents, {} submissions, {} cloud app alerts",
+            sim.incident_count(TENANT),
+            submissions(&sim),
+            sim.cloud_app_alert_count(TENANT)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    sim.shutdown().await;
+    assert!(sim.alert_count(TENANT) > sim.cloud_app_alert_count(TENANT));
+}

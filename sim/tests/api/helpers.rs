@@ -96,3 +96,47 @@ pub fn secs_ago(s: u64) -> SystemTime {
 pub fn at(iso_secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(iso_secs)
 }
+
+pub const CLOUD_APPS_SCOPE: &str = "05a65629-4c1b-48c1-a78b-804c4abdd4af/.default";
+
+/// Registers an app `client_id` with `roles` and returns a token for `scope`.
+pub async fn app_token(sim: &Simulator, client_id: &str, roles: &[&str], scope: &str) -> String {
+    sim.add_app(TENANT, client_id, "pw", roles);
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", client_id),
+        ("client_secret", "pw"),
+        ("scope", scope),
+    ];
+    let (status, body) = token_request(sim, TENANT, &form).await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+/// GET `{graph_url}{path}` with the given query options (values are percent-encoded here).
+pub async fn graph_get(
+    sim: &Simulator,
+    token: &str,
+    path: &str,
+    query: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut url = reqwest::Url::parse(&format!("{}{path}", sim.graph_url())).unwrap();
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query);
+    }
+    get_json(url.as_str(), token).await
+}
+
+/// Follows `@odata.nextLink` from `first`, returning every page.
+pub async fn all_pages(first: Value, token: &str) -> Vec<Value> {
+    let mut pages = vec![first];
+    while let Some(next) = pages.last().unwrap()["@odata.nextLink"]
+        .as_str()
+        .map(str::to_owned)
+    {
+        let (s, page) = get_json(&next, token).await;
+        assert_eq!(s, 200, "{page}");
+        pages.push(page);
+    }
+    pages
+}

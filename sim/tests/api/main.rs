@@ -4,7 +4,10 @@
 mod helpers;
 
 mod alerts;
+mod cloud_apps;
 mod control;
 mod dropzone;
 mod faults;
+mod incidents;
+mod submissions;
 mod token;

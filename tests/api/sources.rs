@@ -1,0 +1,278 @@
+//! The other three sources: incidents, threat submissions and Defender for Cloud Apps alerts,
+//! which sources are polled, and a permission missing for one of them.
+
+use std::time::Duration;
+
+use m365_sim::{Faults, SimConfig};
+use serde_json::json;
+
+use crate::helpers::*;
+
+const ONLY: &str = "[tenants.contoso.sources.incidents]\nenabled = false\n[tenants.contoso.sources.submissions]\nenabled = false\n";
+
+fn with_sources(extra: &str) -> Opts {
+    Opts {
+        extra_sources: extra.to_string(),
+        ..Opts::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_incidents_are_paged_fifty_at_a_time_and_every_version_arrives_once() {
+    let sim = sim().await;
+    let ids = sim.generate_incidents(TENANT_ID, 300, ago(2 * 86_400), ago(600));
+    let (_dir, db) = temp_db();
+    let opts = with_sources("[tenants.contoso.sources.submissions]\nenabled = false\n[tenants.contoso.sources.incidents]\ninterval = \"1s\"\nsettle = \"1s\"\n");
+    let app = TestApp::spawn(settings(&sim, &db, &opts)).await;
+    wait_until(Duration::from_secs(60), "300 incidents", || {
+        sim.delivered_count() >= 300
+    })
+    .await;
+    for id in ids.iter().take(20) {
+        assert!(sim.update_incident(
+            TENANT_ID,
+            id,
+            json!({"status": "resolved", "classification": "truePositive"})
+        ));
+    }
+    wait_until(Duration::from_secs(30), "20 updates", || {
+        sim.delivered_count() >= 320
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counts = delivered_counts(&sim);
+    assert_eq!(counts.len(), 320);
+    assert!(counts.values().all(|&n| n == 1));
+    let alerts = delivered_alerts(&sim);
+    assert!(alerts
+        .iter()
+        .all(|a| a["kind"] == "incident" && a["source"] == "incidents"));
+    assert_eq!(
+        alerts.iter().filter(|a| a["change"] == "updated").count(),
+        20
+    );
+    for r in sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/security/incidents"))
+    {
+        assert_ne!(r.status, 400, "a request broke the $top limit: {}", r.query);
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expand_alerts_answering_500_falls_back_to_the_plain_listing() {
+    let sim = sim().await;
+    sim.generate_incidents(TENANT_ID, 30, ago(7200), ago(600));
+    sim.set_faults(
+        TENANT_ID,
+        Faults {
+            expand_fails: true,
+            ..Default::default()
+        },
+    );
+    let (_dir, db) = temp_db();
+    let opts = with_sources("[tenants.contoso.sources.submissions]\nenabled = false\n[tenants.contoso.sources.incidents]\ninterval = \"1s\"\nsettle = \"1s\"\nexpand_alerts = true\n");
+    let app = TestApp::spawn(settings(&sim, &db, &opts)).await;
+    wait_until(
+        Duration::from_secs(60),
+        "30 incidents despite the 500s",
+        || sim.delivered_count() >= 30,
+    )
+    .await;
+    let (_, status) = app.get("/status").await;
+    let note = status["tenants"]["contoso"]["sources"]["incidents"]["note"]
+        .as_str()
+        .unwrap_or("");
+    assert!(note.contains("$expand"), "{status}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_of_every_kind_arrive_and_a_finished_email_submission_is_one_update() {
+    let sim = sim().await;
+    let created = iso7_ago(900);
+    sim.insert_submission(TENANT_ID, "emailThreats", json!({
+        "@odata.type": "#microsoft.graph.security.emailContentThreatSubmission",
+        "id": "49c5ef5b-1f65-444a-e6b9-08d772ea2059", "createdDateTime": created, "contentType": "email",
+        "category": "phishing", "status": "notStarted", "source": "user", "result": null, "adminReview": null,
+        "recipientEmailAddress": "megan@contoso.com", "sender": "attacker@fabrikam.example", "senderIP": "203.0.113.9",
+        "emailSubject": "Your mailbox is full", "internetMessageId": "<abc@fabrikam.example>",
+        "receivedDateTime": created, "tenantId": TENANT_ID
+    }));
+    sim.insert_submission(TENANT_ID, "urlThreats", json!({
+        "@odata.type": "#microsoft.graph.security.urlThreatSubmission", "id": "f6a1e2f3-0000-4000-8000-000000000001",
+        "createdDateTime": iso7_ago(850), "contentType": "url", "category": "phishing", "status": "succeeded",
+        "source": "administrator", "webUrl": "http://phish.example/login", "result": {"detail": "underInvestigation", "category": "phishing"}
+    }));
+    sim.insert_submission(TENANT_ID, "fileThreats", json!({
+        "@odata.type": "#microsoft.graph.security.fileContentThreatSubmission", "id": "f6a1e2f3-0000-4000-8000-000000000002",
+        "createdDateTime": iso7_ago(800), "contentType": "file", "category": "malware", "status": "succeeded",
+        "source": "administrator", "fileName": "invoice.docm", "result": {"detail": "malwareDetected", "category": "malware"}
+    }));
+    let (_dir, db) = temp_db();
+    let opts = with_sources("[tenants.contoso.sources.incidents]\nenabled = false\n[tenants.contoso.sources.submissions]\ninterval = \"1s\"\nsettle = \"1s\"\nrecheck_interval = \"1s\"\nrecheck = \"1d\"\n");
+    let app = TestApp::spawn(settings(&sim, &db, &opts)).await;
+    wait_until(Duration::from_secs(30), "3 submissions", || {
+        sim.delivered_count() >= 3
+    })
+    .await;
+    let alerts = delivered_alerts(&sim);
+    assert!(alerts
+        .iter()
+        .all(|a| a["kind"] == "submission" && a["change"] == "created"));
+    let email = alerts
+        .iter()
+        .find(|a| a["native_id"] == "emailThreats/49c5ef5b-1f65-444a-e6b9-08d772ea2059")
+        .unwrap();
+    assert_eq!(email["status"], "new");
+    assert!(
+        email["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "email"),
+        "{email}"
+    );
+
+    // running and succeeded land together, before the next recheck sees either.
+    sim.update_submission(
+        TENANT_ID,
+        "emailThreats",
+        "49c5ef5b-1f65-444a-e6b9-08d772ea2059",
+        json!({"status": "running"}),
+    );
+    sim.update_submission(TENANT_ID, "emailThreats", "49c5ef5b-1f65-444a-e6b9-08d772ea2059",
+        json!({"status": "succeeded", "result": {"detail": "phishingDetected", "category": "phishing"}}));
+    wait_until(Duration::from_secs(30), "the email's result", || {
+        sim.delivered_count() >= 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let alerts = delivered_alerts(&sim);
+    assert_eq!(alerts.len(), 4, "one update, no more");
+    let update = alerts.iter().find(|a| a["change"] == "updated").unwrap();
+    assert_eq!(update["status"], "resolved");
+    assert_eq!(update["raw"]["result"]["detail"], "phishingDetected");
+    assert!(
+        update["version"].as_str().unwrap().starts_with("r2."),
+        "{}",
+        update["version"]
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_apps_alerts_are_paged_and_every_triage_change_is_an_update() {
+    let sim = sim().await;
+    sim.add_app(
+        TENANT_ID,
+        CLIENT_ID,
+        SECRET,
+        &["SecurityAlert.Read.All", "Investigation.read"],
+    );
+    // 250 older alerts (3 pages of 100), then two recent ones the recheck keeps an eye on.
+    sim.generate_cloud_app_alerts(TENANT_ID, 248, ago(3 * 86_400), ago(2 * 86_400));
+    let recent = sim.generate_cloud_app_alerts(TENANT_ID, 2, ago(1200), ago(900));
+    // Both start unread and open, so each change below is a real one.
+    for id in &recent {
+        assert!(sim.update_cloud_app_alert(TENANT_ID, id, json!({"statusValue": 0, "resolutionStatusValue": 0, "resolveTime": null, "handledByUser": null})));
+    }
+    let (_dir, db) = temp_db();
+    let extra = "[tenants.contoso.sources.incidents]\nenabled = false\n[tenants.contoso.sources.submissions]\nenabled = false\n[tenants.contoso.sources.cloud_apps]\ninterval = \"2s\"\nsettle = \"1s\"\nrecheck_interval = \"2s\"\nrecheck = \"1h\"\n";
+    let mut settings = settings(&sim, &db, &with_sources(extra));
+    let tenant = settings.tenants.get_mut("contoso").unwrap();
+    tenant.cloud_apps_url = Some(sim.cloud_apps_url());
+    let app = TestApp::spawn(settings).await;
+    wait_until(Duration::from_secs(60), "250 alerts", || {
+        sim.delivered_count() >= 250
+    })
+    .await;
+
+    let (resolved, flipped) = (&recent[0], &recent[1]);
+    assert!(sim.update_cloud_app_alert(TENANT_ID, resolved, json!({"resolutionStatusValue": 2, "resolveTime": iso7_ago(0), "handledByUser": "soc@contoso.com"})));
+    wait_until(Duration::from_secs(60), "the resolution", || {
+        sim.delivered_count() >= 251
+    })
+    .await;
+    for (n, read) in [(252, 1), (253, 0), (254, 1)] {
+        assert!(sim.update_cloud_app_alert(TENANT_ID, flipped, json!({"statusValue": read})));
+        wait_until(Duration::from_secs(60), "a triage change", || {
+            sim.delivered_count() >= n
+        })
+        .await;
+    }
+    let counts = delivered_counts(&sim);
+    assert_eq!(counts.len(), 254);
+    assert!(counts.values().all(|&n| n == 1));
+    let alerts = delivered_alerts(&sim);
+    let updates: Vec<_> = alerts.iter().filter(|a| a["change"] == "updated").collect();
+    assert_eq!(updates.len(), 4);
+    assert_eq!(
+        updates
+            .iter()
+            .filter(|a| a["native_id"] == flipped.as_str())
+            .count(),
+        3
+    );
+    assert!(alerts
+        .iter()
+        .all(|a| a["source"] == "cloud_apps" && a["product"] == "microsoftDefenderForCloudApps"));
+    assert_eq!(sim.throttle_violations(), 0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_switched_off_is_never_requested() {
+    let sim = sim().await;
+    sim.generate_alerts(TENANT_ID, 5, ago(900), ago(600));
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(settings(&sim, &db, &with_sources(ONLY))).await;
+    wait_until(Duration::from_secs(30), "alerts", || {
+        sim.delivered_count() >= 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(sim
+        .requests()
+        .iter()
+        .all(|r| !r.path.contains("/incidents") && !r.path.contains("threatSubmission")));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_submission_permission_is_named_and_the_other_sources_keep_working() {
+    let sim = m365_sim::Simulator::start(SimConfig::default())
+        .await
+        .unwrap();
+    sim.add_tenant(TENANT_ID);
+    sim.add_app(
+        TENANT_ID,
+        CLIENT_ID,
+        SECRET,
+        &["SecurityAlert.Read.All", "SecurityIncident.Read.All"],
+    );
+    sim.generate_alerts(TENANT_ID, 10, ago(900), ago(600));
+    sim.generate_incidents(TENANT_ID, 5, ago(900), ago(600));
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(settings(&sim, &db, &with_sources(""))).await;
+    wait_until(Duration::from_secs(30), "alerts and incidents", || {
+        sim.delivered_count() >= 15
+    })
+    .await;
+    wait_until_async(Duration::from_secs(20), "the 403 in /status", || async {
+        app.get("/status").await.1["tenants"]["contoso"]["sources"]["submissions"]["last_error"]
+            .as_str()
+            .is_some_and(|e| {
+                e.contains("403")
+                    && e.contains("ThreatSubmission.Read.All")
+                    && e.contains("Grant admin consent")
+            })
+    })
+    .await;
+    let (code, body) = app.get("/readyz").await;
+    assert_eq!(code, 503);
+    assert!(body.to_string().contains("submissions"), "{body}");
+    app.stop().await;
+}
