@@ -34,9 +34,6 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(15))
-            // A 16 KiB page holds a whole ~10 KB body inline instead of an overflow chain
-            // (set when the file is created; ignored for an existing file).
-            .page_size(16_384)
             .pragma("temp_store", "memory")
             .pragma("cache_size", "-4000");
         let path = options.get_filename().to_path_buf();
