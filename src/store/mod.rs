@@ -122,7 +122,52 @@ pub struct OutboxRow {
     pub native_id: String,
     pub version: String,
     pub historical: bool,
-    pub body: Vec<u8>,
+    /// The body as stored (`body_codec::encode`).
+    pub stored: Vec<u8>,
+    /// The JSON body's length: batches are cut by what goes on the wire.
+    pub json_len: usize,
+}
+
+/// Stored bodies: one format byte, then the payload. JSON bodies of alerts compress about
+/// five-fold, and the store's cost is its bytes (WAL, checkpoint, disk), so they are kept LZ4
+/// compressed and handed out as the exact JSON bytes that were rendered.
+pub mod body_codec {
+    const LZ4: u8 = 1;
+
+    pub fn encode(json: &[u8]) -> Vec<u8> {
+        let compressed = lz4_flex::block::compress_prepend_size(json);
+        let mut out = Vec::with_capacity(compressed.len() + 1);
+        out.push(LZ4);
+        out.extend_from_slice(&compressed);
+        out
+    }
+
+    /// The JSON bytes; a body stored uncompressed (it starts with `{`) is returned as it is.
+    pub fn decode(stored: &[u8]) -> Result<Vec<u8>, String> {
+        match stored.split_first() {
+            Some((&LZ4, rest)) => lz4_flex::block::decompress_size_prepended(rest)
+                .map_err(|e| format!("stored body is corrupt: {e}")),
+            Some((b'{', _)) => Ok(stored.to_vec()),
+            _ => Err("stored body has an unknown format".into()),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn round_trip_and_plain_json_pass_through() {
+            let json = br#"{"a":"\u0000 and some text that repeats, repeats, repeats"}"#;
+            let stored = super::encode(json);
+            assert!(stored.len() < json.len());
+            assert_eq!(super::decode(&stored).unwrap(), json.to_vec());
+            assert_eq!(super::decode(json).unwrap(), json.to_vec());
+            assert!(super::decode(&[9, 1, 2]).is_err());
+            assert!(
+                super::decode(&stored[..stored.len() / 2]).is_err(),
+                "a cut body is an error"
+            );
+        }
+    }
 }
 
 /// The rows an ingest writes, decided without the database.
@@ -240,7 +285,8 @@ pub fn plan_ingest(
                 native_id: item.native_id,
                 version,
                 historical: batch.historical,
-                body,
+                stored: body_codec::encode(&body),
+                json_len: body.len(),
             });
             plan.counts.queued += 1;
         }

@@ -269,7 +269,7 @@ impl Store for SqliteStore {
                 "INSERT INTO outbox (event_id, tenant, source, native_id, version, historical, size, state, created_at) ",
             );
             q.push_values(chunk, |mut b, r| {
-                let size = r.body.len() as i64;
+                let size = r.json_len as i64;
                 b.push_bind(r.event_id.clone())
                     .push_bind(tenant.clone())
                     .push_bind(source)
@@ -279,7 +279,7 @@ impl Store for SqliteStore {
                     .push_bind(size)
                     .push_bind(row_state::PENDING)
                     .push_bind(now);
-                bodies.insert(r.event_id, r.body);
+                bodies.insert(r.event_id, r.stored);
             });
             q.push(" ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id");
             let inserted = q.build().fetch_all(&mut *tx).await?;
@@ -421,10 +421,13 @@ impl Store for SqliteStore {
                 .await?;
         rows.iter()
             .map(|r| {
+                let seq: i64 = r.try_get(0)?;
+                let stored: Vec<u8> = r.try_get(2)?;
                 Ok(BatchItem {
-                    seq: r.try_get(0)?,
+                    seq,
                     event_id: r.try_get(1)?,
-                    body: r.try_get(2)?,
+                    body: body_codec::decode(&stored)
+                        .map_err(|e| StoreError::Invalid(format!("outbox row {seq}: {e}")))?,
                 })
             })
             .collect()
