@@ -915,6 +915,21 @@ client_secret = "s"
     }
 
     #[test]
+    fn the_example_configuration_is_valid() {
+        let example = include_str!("../config/m365-ingest.example.toml")
+            .replace(
+                "api_key_file = \"/run/secrets/dropzone_api_key\"",
+                "api_key = \"k\"",
+            )
+            .replace(
+                "client_secret_file = \"/run/secrets/client_secret\"",
+                "client_secret = \"s\"",
+            );
+        let s = Settings::from_toml(&example).unwrap();
+        assert_eq!(s.tenants["contoso"].graph_requests_per_minute, 150);
+    }
+
+    #[test]
     fn bad_duration_names_the_value() {
         let toml = format!("{MINIMAL}\n[tenants.contoso.sources.alerts]\ninterval = \"soon\"\n");
         let err = Settings::from_toml(&toml).unwrap_err().to_string();
