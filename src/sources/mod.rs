@@ -371,13 +371,7 @@ impl Poller {
 
     /// One poll: for each list, scan slices until C ≥ P − settle.
     pub async fn poll_once(&mut self) -> Result<PollOutcome, PollError> {
-        let undelivered = self.store.undelivered(&self.tenant.name).await?;
-        if undelivered > self.max_pending {
-            return Err(PollError::Paused(format!(
-                "{undelivered} versions await delivery (store.max_pending = {}): waiting for the forwarder",
-                self.max_pending
-            )));
-        }
+        self.check_backpressure().await?;
         let mut outcome = PollOutcome::default();
         let mut lowest = i64::MAX;
         for (listing, key) in &self.lists {
@@ -387,6 +381,19 @@ impl Poller {
         outcome.coverage = lowest;
         self.status.first_run_finished();
         Ok(outcome)
+    }
+
+    /// Above `store.max_pending` undelivered versions the tenant's pollers stop reading (C
+    /// stays), so a long outage of Dropzone does not fill the disk.
+    async fn check_backpressure(&self) -> Result<(), PollError> {
+        let undelivered = self.store.undelivered(&self.tenant.name).await?;
+        if undelivered > self.max_pending {
+            return Err(PollError::Paused(format!(
+                "{undelivered} versions await delivery (store.max_pending = {}): waiting for the forwarder",
+                self.max_pending
+            )));
+        }
+        Ok(())
     }
 
     async fn poll_list(
@@ -419,6 +426,8 @@ impl Poller {
             c = c.max(b);
             self.status.set_coverage(c);
             a = b;
+            // A long backfill checks between slices, not only once per poll.
+            self.check_backpressure().await?;
         }
         Ok(c)
     }

@@ -80,3 +80,54 @@ async fn a_poisoned_alert_is_dead_lettered_and_the_rest_of_its_batch_delivered()
     assert_eq!(code, 200, "a dead letter does not make the daemon unready");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn above_max_pending_the_pollers_pause_and_resume_once_the_queue_drains() {
+    let sim = sim().await;
+    sim.set_dropzone(DropzoneBehavior::FailWith {
+        status: 503,
+        retry_after: Some("1".into()),
+    });
+    sim.generate_alerts(TENANT_ID, 50, ago(7200), ago(3600));
+    let (_dir, db) = temp_db();
+    let mut settings = settings(&sim, &db, &Opts::default());
+    settings.store.max_pending = 10;
+    let app = TestApp::spawn(settings).await;
+    wait_until_async(Duration::from_secs(30), "the poller pauses", || async {
+        app.get("/status").await.1["tenants"]["contoso"]["sources"]["alerts"]["state"] == "paused"
+    })
+    .await;
+    let (_, status) = app.get("/status").await;
+    let reason = status["tenants"]["contoso"]["sources"]["alerts"]["paused_reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("max_pending"), "{reason}");
+    // Alerts arriving now wait in Microsoft, not in memory: nothing new is read while paused.
+    let requests_before = sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/alerts_v2"))
+        .count();
+    sim.generate_alerts(TENANT_ID, 5, ago(120), ago(60));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let requests_after = sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/alerts_v2"))
+        .count();
+    assert_eq!(
+        requests_before, requests_after,
+        "a paused poller sent requests"
+    );
+    let (code, body) = app.get("/readyz").await;
+    assert_eq!(code, 503);
+    assert!(body.to_string().contains("max_pending"), "{body}");
+
+    sim.set_dropzone(DropzoneBehavior::Accept);
+    wait_until(Duration::from_secs(60), "all 55 delivered", || {
+        delivered_counts(&sim).len() >= 55
+    })
+    .await;
+    app.stop().await;
+}
