@@ -46,6 +46,17 @@ pub enum SourceKind {
 
 impl SourceKind {
     /// The `source` written in events, ids and config.
+    /// The inverse of `as_str`.
+    pub fn parse(s: &str) -> Option<SourceKind> {
+        Some(match s {
+            "alerts" => SourceKind::Alerts,
+            "incidents" => SourceKind::Incidents,
+            "submissions" => SourceKind::Submissions,
+            "cloud_apps" => SourceKind::CloudApps,
+            _ => return None,
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Alerts => "alerts",

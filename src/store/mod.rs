@@ -195,6 +195,7 @@ pub fn passes(filters: &Filters, f: &FilterFields) -> bool {
 pub fn plan_ingest(
     batch: &mut IngestBatch<'_>,
     states: &HashMap<String, AlertState>,
+    related: &HashMap<String, Vec<LinkRef>>,
 ) -> IngestPlan {
     let mut plan = IngestPlan {
         counts: IngestCounts {
@@ -256,6 +257,10 @@ pub fn plan_ingest(
             state.revision += 1;
             state.forwarded = true;
             state.field_hashes = item.field_hashes.encode();
+            let body = match related.get(&item.native_id) {
+                Some(refs) => with_related(&item.body, refs),
+                None => item.body.clone(),
+            };
             let event_id = envelope::event_id(&batch.tenant.id, source, &item.native_id, &version);
             let alert_id = envelope::alert_id(&batch.tenant.id, source, &item.native_id);
             let body = envelope::render(
@@ -278,7 +283,7 @@ pub fn plan_ingest(
                     native_id: &item.native_id,
                     version: &version,
                 },
-                &item.body,
+                &body,
             );
             plan.outbox.push(OutboxRow {
                 event_id,
@@ -300,10 +305,159 @@ pub fn plan_ingest(
 pub fn plan_ingest_guarded(
     batch: &mut IngestBatch<'_>,
     states: &HashMap<String, AlertState>,
+    related: &HashMap<String, Vec<LinkRef>>,
 ) -> Result<IngestPlan> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan_ingest(batch, states))).map_err(
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        plan_ingest(batch, states, related)
+    }))
+    .map_err(
         |_| StoreError::Invalid("internal error while preparing a page for the store (a bug: please report it with the logs)".into()),
     )
+}
+
+/// An item another item is linked to (design §6 `related`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LinkRef {
+    pub source: SourceKind,
+    pub native_id: String,
+}
+
+/// The keys that link an item to the same thing seen through another source: a Cloud Apps
+/// alert and its alerts_v2 twin share `mda:{provider alert id}`; an email submission and the
+/// alerts about that message share `msg:{message id}`.
+pub fn link_keys(source: SourceKind, item: &Prepared) -> Vec<String> {
+    let mut keys = Vec::new();
+    let from_cloud_apps = match source {
+        SourceKind::CloudApps => true,
+        SourceKind::Alerts => {
+            item.filter.service_source.as_deref() == Some("microsoftDefenderForCloudApps")
+        }
+        _ => false,
+    };
+    if from_cloud_apps {
+        if let Some(id) = &item.links.provider_alert_id {
+            // Graph may show the Cloud Apps id with a `ca` prefix.
+            let id = id
+                .strip_prefix("ca")
+                .filter(|_| source == SourceKind::Alerts && id.len() == 26)
+                .unwrap_or(id);
+            keys.push(format!("mda:{id}"));
+        }
+    }
+    if matches!(source, SourceKind::Alerts | SourceKind::Submissions) {
+        for m in &item.links.message_ids {
+            keys.push(format!(
+                "msg:{}",
+                m.trim_matches(|c| c == '<' || c == '>')
+                    .to_ascii_lowercase()
+            ));
+        }
+    }
+    keys
+}
+
+/// `body` with `refs` added to its `related` array. The normalizer writes `"related":[` once, as
+/// a key, before `raw`: inside strings every `"` is escaped, so the first match is that member.
+pub fn with_related(body: &[u8], refs: &[LinkRef]) -> Vec<u8> {
+    const KEY: &[u8] = br#""related":["#;
+    let Some(at) = body.windows(KEY.len()).position(|w| w == KEY) else {
+        return body.to_vec();
+    };
+    let insert_at = at + KEY.len();
+    let mut added = Vec::new();
+    for r in refs {
+        let entry = serde_json::json!({"kind": r.source.kind(), "source": r.source.as_str(), "native_id": r.native_id});
+        if !added.is_empty() {
+            added.push(b',');
+        }
+        added.extend_from_slice(entry.to_string().as_bytes());
+    }
+    if added.is_empty() {
+        return body.to_vec();
+    }
+    if body.get(insert_at) != Some(&b']') {
+        added.push(b',');
+    }
+    let mut out = Vec::with_capacity(body.len() + added.len());
+    out.extend_from_slice(&body[..insert_at]);
+    out.extend_from_slice(&added);
+    out.extend_from_slice(&body[insert_at..]);
+    out
+}
+
+/// A `linked` revision of an already forwarded item (design §6): re-prepared from the `raw` of
+/// its latest stored body, with its links, under version `{version}#l{k}`.
+#[allow(clippy::too_many_arguments)]
+pub fn linked_revision(
+    tenant: &TenantRef,
+    source: SourceKind,
+    state: &AlertState,
+    link_count: i64,
+    stored_json: &[u8],
+    refs: &[LinkRef],
+    observed_at: &str,
+) -> Option<(OutboxRow, AlertState)> {
+    #[derive(serde::Deserialize)]
+    struct RawOnly<'a> {
+        #[serde(borrow)]
+        raw: &'a serde_json::value::RawValue,
+    }
+    let raw = serde_json::from_slice::<RawOnly<'_>>(stored_json).ok()?.raw;
+    let prepared = match source {
+        SourceKind::Submissions => {
+            let list = state.native_id.split('/').next().unwrap_or("");
+            crate::normalize::prepare_submission(list, raw).ok()?
+        }
+        _ => crate::normalize::prepare(source, raw).ok()?,
+    };
+    let base = match (&prepared.version, &state.state_hash) {
+        (VersionInput::Ticks(_), _) => crate::time::format_ticks(state.latest),
+        (VersionInput::State { .. }, Some(h)) => {
+            let mut hash = [0u8; 32];
+            if h.len() != 32 {
+                return None;
+            }
+            hash.copy_from_slice(h);
+            envelope::state_version(state.latest, &hash)
+        }
+        (VersionInput::State { .. }, None) => return None,
+    };
+    let k = link_count + 1;
+    let version = format!("{base}#l{k}");
+    let body = with_related(&prepared.body, refs);
+    let event_id = envelope::event_id(&tenant.id, source.as_str(), &state.native_id, &version);
+    let alert_id = envelope::alert_id(&tenant.id, source.as_str(), &state.native_id);
+    let mut next = state.clone();
+    next.revision += 1;
+    let rendered = envelope::render(
+        &Envelope {
+            event_id: &event_id,
+            alert_id: &alert_id,
+            kind: source.kind(),
+            revision: next.revision,
+            change: Change::Linked,
+            changed_fields: &[],
+            observed_at,
+            historical: false,
+            tenant_id: &tenant.id,
+            tenant_name: &tenant.name,
+            source: source.as_str(),
+            native_id: &state.native_id,
+            version: &version,
+        },
+        &body,
+    );
+    Some((
+        OutboxRow {
+            event_id,
+            native_id: state.native_id.clone(),
+            version,
+            historical: false,
+            stored: body_codec::encode(&rendered),
+            json_len: rendered.len(),
+        },
+        next,
+    ))
 }
 
 /// Rule 8: one version per id per page, the newest.

@@ -66,6 +66,126 @@ impl SqliteStore {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
+    /// Records the page's link keys and returns, per item, what it is linked to, plus the
+    /// already stored items that gained a link now (they get a `linked` revision).
+    async fn link(
+        tx: &mut sqlx::SqliteConnection,
+        tenant: &str,
+        batch: &IngestBatch<'_>,
+    ) -> Result<(HashMap<String, Vec<LinkRef>>, Vec<(SourceKind, String)>)> {
+        let mut related: HashMap<String, Vec<LinkRef>> = HashMap::new();
+        let mut relink: Vec<(SourceKind, String)> = Vec::new();
+        let source = batch.source.as_str();
+        for item in &batch.items {
+            for key in link_keys(batch.source, item) {
+                let inserted = sqlx::query("INSERT INTO links (tenant, key, source, native_id) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
+                    .bind(tenant)
+                    .bind(&key)
+                    .bind(source)
+                    .bind(&item.native_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1;
+                let others = sqlx::query("SELECT source, native_id FROM links WHERE tenant = ? AND key = ? AND source <> ?")
+                    .bind(tenant)
+                    .bind(&key)
+                    .bind(source)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for r in &others {
+                    let (s, n): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+                    let Some(s) = SourceKind::parse(&s) else {
+                        continue;
+                    };
+                    let entry = related.entry(item.native_id.clone()).or_default();
+                    if !entry.iter().any(|l| l.source == s && l.native_id == n) {
+                        entry.push(LinkRef {
+                            source: s,
+                            native_id: n.clone(),
+                        });
+                    }
+                    if inserted && !relink.contains(&(s, n.clone())) {
+                        relink.push((s, n));
+                    }
+                }
+            }
+        }
+        Ok((related, relink))
+    }
+
+    /// A `linked` revision for an item forwarded before its counterpart arrived.
+    async fn linked_revision(
+        tx: &mut sqlx::SqliteConnection,
+        tenant: &TenantRef,
+        source: SourceKind,
+        native_id: &str,
+        observed_at: &str,
+    ) -> Result<Option<OutboxRow>> {
+        let row = sqlx::query("SELECT latest, state_hash, revision, forwarded, field_hashes, link_count FROM alerts WHERE tenant = ? AND source = ? AND native_id = ?")
+            .bind(&tenant.name)
+            .bind(source.as_str())
+            .bind(native_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let state = AlertState {
+            native_id: native_id.to_string(),
+            latest: row.try_get(0)?,
+            state_hash: row.try_get(1)?,
+            revision: row.try_get(2)?,
+            forwarded: row.try_get::<i64, _>(3)? != 0,
+            field_hashes: row.try_get(4)?,
+        };
+        let link_count: i64 = row.try_get(5)?;
+        if !state.forwarded {
+            // Never forwarded: its first forwarded version will carry the link.
+            return Ok(None);
+        }
+        let stored: Option<Vec<u8>> = sqlx::query_scalar("SELECT b.body FROM outbox o JOIN outbox_body b ON b.seq = o.seq WHERE o.tenant = ? AND o.source = ? AND o.native_id = ? ORDER BY o.seq DESC LIMIT 1")
+            .bind(&tenant.name)
+            .bind(source.as_str())
+            .bind(native_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        // Past retention the body is gone: the link then shows only on the other side.
+        let Some(json) = stored.and_then(|b| body_codec::decode(&b).ok()) else {
+            return Ok(None);
+        };
+        let refs: Vec<LinkRef> = sqlx::query("SELECT DISTINCT l2.source, l2.native_id FROM links l1 JOIN links l2 ON l2.tenant = l1.tenant AND l2.key = l1.key WHERE l1.tenant = ? AND l1.source = ? AND l1.native_id = ? AND NOT (l2.source = l1.source AND l2.native_id = l1.native_id)")
+            .bind(&tenant.name)
+            .bind(source.as_str())
+            .bind(native_id)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .filter_map(|r| {
+                let s: String = r.try_get(0).ok()?;
+                Some(LinkRef { source: SourceKind::parse(&s)?, native_id: r.try_get(1).ok()? })
+            })
+            .collect();
+        let Some((row, next)) = crate::store::linked_revision(
+            tenant,
+            source,
+            &state,
+            link_count,
+            &json,
+            &refs,
+            observed_at,
+        ) else {
+            return Ok(None);
+        };
+        sqlx::query("UPDATE alerts SET revision = ?, link_count = link_count + 1, last_change = ? WHERE tenant = ? AND source = ? AND native_id = ?")
+            .bind(next.revision)
+            .bind(now_ms())
+            .bind(&tenant.name)
+            .bind(source.as_str())
+            .bind(native_id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(Some(row))
+    }
+
     async fn load_states(
         tx: &mut sqlx::SqliteConnection,
         tenant: &str,
@@ -237,7 +357,17 @@ impl Store for SqliteStore {
         };
         let states = Self::load_states(&mut tx, &tenant, source, &ids).await?;
         drop(ids);
-        let plan = plan_ingest_guarded(&mut batch, &states)?;
+        let (related, relink) = Self::link(&mut tx, &tenant, &batch).await?;
+        let mut plan = plan_ingest_guarded(&mut batch, &states, &related)?;
+        for (src, native_id) in relink {
+            if let Some(row) =
+                Self::linked_revision(&mut tx, batch.tenant, src, &native_id, batch.observed_at)
+                    .await?
+            {
+                plan.outbox.push(row);
+                plan.counts.queued += 1;
+            }
+        }
         for chunk in plan.upserts.chunks(CHUNK) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO alerts (tenant, source, native_id, latest, state_hash, revision, forwarded, field_hashes, first_seen, last_change) ",

@@ -276,3 +276,55 @@ async fn a_missing_submission_permission_is_named_and_the_other_sources_keep_wor
     assert!(body.to_string().contains("submissions"), "{body}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_apps_alert_and_its_alerts_v2_twin_name_each_other_in_related() {
+    let sim = sim().await;
+    sim.add_app(
+        TENANT_ID,
+        CLIENT_ID,
+        SECRET,
+        &["SecurityAlert.Read.All", "Investigation.read"],
+    );
+    let (mda_id, graph_id) = sim.generate_cloud_app_alert_with_twin(TENANT_ID, ago(900));
+    let (_dir, db) = temp_db();
+    let extra = "[tenants.contoso.sources.incidents]\nenabled = false\n[tenants.contoso.sources.submissions]\nenabled = false\n[tenants.contoso.sources.cloud_apps]\ninterval = \"2s\"\nsettle = \"1s\"\n";
+    let mut settings = settings(&sim, &db, &with_sources(extra));
+    settings.tenants.get_mut("contoso").unwrap().cloud_apps_url = Some(sim.cloud_apps_url());
+    let app = TestApp::spawn(settings).await;
+    let names = |a: &serde_json::Value, source: &str, id: &str| {
+        a["related"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|l| l["source"] == source && l["native_id"] == id)
+        })
+    };
+    wait_until(Duration::from_secs(60), "both sides linked", || {
+        let alerts = delivered_alerts(&sim);
+        alerts.iter().any(|a| {
+            a["source"] == "alerts"
+                && a["native_id"] == graph_id.as_str()
+                && names(a, "cloud_apps", &mda_id)
+        }) && alerts.iter().any(|a| {
+            a["source"] == "cloud_apps"
+                && a["native_id"] == mda_id.as_str()
+                && names(a, "alerts", &graph_id)
+        })
+    })
+    .await;
+    let alerts = delivered_alerts(&sim);
+    let linked: Vec<_> = alerts.iter().filter(|a| a["change"] == "linked").collect();
+    assert_eq!(
+        linked.len(),
+        1,
+        "the side forwarded first gets one linked revision"
+    );
+    assert_eq!(linked[0]["revision"], 2);
+    assert!(linked[0]["version"].as_str().unwrap().ends_with("#l1"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        delivered_counts(&sim).len(),
+        3,
+        "two alerts and one linked revision, nothing more"
+    );
+    app.stop().await;
+}
