@@ -382,6 +382,9 @@ pub struct Filters {
     pub severities: Vec<String>,
     pub statuses: Vec<String>,
     pub categories: Vec<String>,
+    /// Cloud Apps: also forward an alert whose alerts_v2 twin is known (default: hold it, so
+    /// Dropzone investigates one detection once).
+    pub forward_twins: bool,
 }
 
 impl SourceConfig {
@@ -424,6 +427,7 @@ impl SourceConfig {
                 lower(&self.kinds)
             },
             filters: Filters {
+                forward_twins: self.forward_twins.unwrap_or(false),
                 service_sources: self.service_sources.clone(),
                 detection_sources: lower(&self.detection_sources),
                 severities: lower(&self.severities),

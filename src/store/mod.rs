@@ -236,7 +236,15 @@ pub fn plan_ingest(
             plan.counts.new += 1;
         }
         let was_forwarded = prev.is_some_and(|p| p.forwarded);
-        let forward = was_forwarded || passes(batch.filters, &item.filter);
+        let refs = related
+            .get(&item.native_id)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let twin = duplicate_of(batch.source, refs);
+        // The twin rule: a Cloud Apps alert already seen through alerts_v2 is held, unless
+        // forward_twins; one already forwarded keeps being forwarded (rule 7).
+        let held = twin.is_some() && !batch.filters.forward_twins;
+        let forward = was_forwarded || (!held && passes(batch.filters, &item.filter));
         let mut state = AlertState {
             native_id: item.native_id.clone(),
             latest: number,
@@ -257,10 +265,7 @@ pub fn plan_ingest(
             state.revision += 1;
             state.forwarded = true;
             state.field_hashes = item.field_hashes.encode();
-            let body = match related.get(&item.native_id) {
-                Some(refs) => with_related(&item.body, refs),
-                None => item.body.clone(),
-            };
+            let body = with_links(&item.body, refs, twin);
             let event_id = envelope::event_id(&batch.tenant.id, source, &item.native_id, &version);
             let alert_id = envelope::alert_id(&batch.tenant.id, source, &item.native_id);
             let body = envelope::render(
@@ -356,6 +361,35 @@ pub fn link_keys(source: SourceKind, item: &Prepared) -> Vec<String> {
     keys
 }
 
+/// The twin a Cloud Apps alert duplicates: the same detection seen through alerts_v2.
+pub fn duplicate_of(source: SourceKind, refs: &[LinkRef]) -> Option<&LinkRef> {
+    if source != SourceKind::CloudApps {
+        return None;
+    }
+    refs.iter().find(|r| r.source == SourceKind::Alerts)
+}
+
+/// `body` with its links: `refs` in `related`, and `duplicate_of` when it has a twin.
+pub fn with_links(body: &[u8], refs: &[LinkRef], twin: Option<&LinkRef>) -> Vec<u8> {
+    let body = if refs.is_empty() {
+        body.to_vec()
+    } else {
+        with_related(body, refs)
+    };
+    let Some(t) = twin else { return body };
+    const KEY: &[u8] = br#""duplicate_of":null"#;
+    let Some(at) = body.windows(KEY.len()).position(|w| w == KEY) else {
+        return body;
+    };
+    let value = serde_json::json!({"kind": t.source.kind(), "source": t.source.as_str(), "native_id": t.native_id});
+    let mut out = Vec::with_capacity(body.len() + 64);
+    out.extend_from_slice(&body[..at]);
+    out.extend_from_slice(br#""duplicate_of":"#);
+    out.extend_from_slice(value.to_string().as_bytes());
+    out.extend_from_slice(&body[at + KEY.len()..]);
+    out
+}
+
 /// `body` with `refs` added to its `related` array. The normalizer writes `"related":[` once, as
 /// a key, before `raw`: inside strings every `"` is escaped, so the first match is that member.
 pub fn with_related(body: &[u8], refs: &[LinkRef]) -> Vec<u8> {
@@ -424,7 +458,7 @@ pub fn linked_revision(
     };
     let k = link_count + 1;
     let version = format!("{base}#l{k}");
-    let body = with_related(&prepared.body, refs);
+    let body = with_links(&prepared.body, refs, duplicate_of(source, refs));
     let event_id = envelope::event_id(&tenant.id, source.as_str(), &state.native_id, &version);
     let alert_id = envelope::alert_id(&tenant.id, source.as_str(), &state.native_id);
     let mut next = state.clone();

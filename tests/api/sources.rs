@@ -288,7 +288,8 @@ async fn a_cloud_apps_alert_and_its_alerts_v2_twin_name_each_other_in_related() 
     );
     let (mda_id, graph_id) = sim.generate_cloud_app_alert_with_twin(TENANT_ID, ago(900));
     let (_dir, db) = temp_db();
-    let extra = "[tenants.contoso.sources.incidents]\nenabled = false\n[tenants.contoso.sources.submissions]\nenabled = false\n[tenants.contoso.sources.cloud_apps]\ninterval = \"2s\"\nsettle = \"1s\"\n";
+    // forward_twins: both sides are sent, so both carry the link.
+    let extra = "[tenants.contoso.sources.incidents]\nenabled = false\n[tenants.contoso.sources.submissions]\nenabled = false\n[tenants.contoso.sources.cloud_apps]\ninterval = \"2s\"\nsettle = \"1s\"\nforward_twins = true\n";
     let mut settings = settings(&sim, &db, &with_sources(extra));
     settings.tenants.get_mut("contoso").unwrap().cloud_apps_url = Some(sim.cloud_apps_url());
     let app = TestApp::spawn(settings).await;
@@ -326,5 +327,63 @@ async fn a_cloud_apps_alert_and_its_alerts_v2_twin_name_each_other_in_related() 
         3,
         "two alerts and one linked revision, nothing more"
     );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_apps_alert_whose_twin_is_known_is_held_as_a_duplicate() {
+    let sim = sim().await;
+    sim.add_app(
+        TENANT_ID,
+        CLIENT_ID,
+        SECRET,
+        &["SecurityAlert.Read.All", "Investigation.read"],
+    );
+    let (mda_id, graph_id) = sim.generate_cloud_app_alert_with_twin(TENANT_ID, ago(900));
+    let (_dir, db) = temp_db();
+    // First only alerts_v2, so the twin is known before the Cloud Apps alert is read.
+    let app = TestApp::spawn(settings(&sim, &db, &with_sources(ONLY))).await;
+    wait_until(Duration::from_secs(30), "the alerts_v2 twin", || {
+        sim.delivered_count() >= 1
+    })
+    .await;
+    app.stop().await;
+
+    let extra = "[tenants.contoso.sources.incidents]\nenabled = false\n[tenants.contoso.sources.submissions]\nenabled = false\n[tenants.contoso.sources.cloud_apps]\ninterval = \"1s\"\nsettle = \"1s\"\n";
+    let mut settings = settings(&sim, &db, &with_sources(extra));
+    settings.tenants.get_mut("contoso").unwrap().cloud_apps_url = Some(sim.cloud_apps_url());
+    let app = TestApp::spawn(settings).await;
+    wait_until_async(
+        Duration::from_secs(30),
+        "the Cloud Apps alert stored",
+        || async {
+            app.get("/status").await.1["tenants"]["contoso"]["sources"]["cloud_apps"]["counts"]
+                ["new"]
+                == 1
+        },
+    )
+    .await;
+    // Its arrival links the forwarded twin: one linked revision of the alerts_v2 item.
+    wait_until(
+        Duration::from_secs(30),
+        "the twin's linked revision",
+        || sim.delivered_count() >= 2,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let alerts = delivered_alerts(&sim);
+    assert!(
+        alerts
+            .iter()
+            .all(|a| a["source"] == "alerts" && a["native_id"] == graph_id.as_str()),
+        "the duplicate was forwarded"
+    );
+    let linked = alerts.iter().find(|a| a["change"] == "linked").unwrap();
+    assert!(linked["related"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["source"] == "cloud_apps" && l["native_id"] == mda_id.as_str()));
+    assert_eq!(alerts.len(), 2);
     app.stop().await;
 }
