@@ -387,3 +387,64 @@ async fn a_cloud_apps_alert_whose_twin_is_known_is_held_as_a_duplicate() {
     assert_eq!(alerts.len(), 2);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_submission_and_the_alert_about_the_same_message_are_linked() {
+    let sim = sim().await;
+    let mut alert = alert_json("phish-alert", &iso7_ago(900));
+    alert["evidence"] = json!([{
+        "@odata.type": "#microsoft.graph.security.analyzedMessageEvidence",
+        "verdict": "malicious", "roles": [],
+        "internetMessageId": "<Phish-123@fabrikam.example>",
+        "networkMessageId": "5e1b2a3c-0000-4000-8000-00000000beef",
+        "recipientEmailAddress": "megan@contoso.com",
+        "p1Sender": {"emailAddress": "attacker@fabrikam.example"},
+        "subject": "Your mailbox is full"
+    }]);
+    sim.insert_alert(TENANT_ID, alert);
+    let (_dir, db) = temp_db();
+    // Alerts first, so the submission arriving later links the already forwarded alert.
+    let app = TestApp::spawn(settings(&sim, &db, &with_sources(ONLY))).await;
+    wait_until(Duration::from_secs(30), "the alert", || {
+        sim.delivered_count() >= 1
+    })
+    .await;
+    app.stop().await;
+    let created = iso7_ago(600);
+    sim.insert_submission(TENANT_ID, "emailThreats", json!({
+        "@odata.type": "#microsoft.graph.security.emailContentThreatSubmission",
+        "id": "7a7a7a7a-0000-4000-8000-000000000007", "createdDateTime": created, "contentType": "email",
+        "category": "phishing", "status": "succeeded", "source": "user",
+        "recipientEmailAddress": "megan@contoso.com", "sender": "attacker@fabrikam.example",
+        "internetMessageId": "<phish-123@fabrikam.example>", "emailSubject": "Your mailbox is full"
+    }));
+    let extra = "[tenants.contoso.sources.incidents]\nenabled = false\n[tenants.contoso.sources.submissions]\ninterval = \"1s\"\nsettle = \"1s\"\n";
+    let app = TestApp::spawn(settings(&sim, &db, &with_sources(extra))).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the submission and the alert's linked revision",
+        || sim.delivered_count() >= 3,
+    )
+    .await;
+    let alerts = delivered_alerts(&sim);
+    let submission = alerts
+        .iter()
+        .find(|a| a["source"] == "submissions")
+        .unwrap();
+    assert!(
+        submission["related"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["source"] == "alerts" && l["native_id"] == "phish-alert"),
+        "{submission}"
+    );
+    let linked = alerts.iter().find(|a| a["change"] == "linked").unwrap();
+    assert_eq!(linked["native_id"], "phish-alert");
+    assert!(linked["related"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["source"] == "submissions"));
+    app.stop().await;
+}
