@@ -230,6 +230,7 @@ interval = "20s"
 settle = "5s"
 overlap = "2m"
 recheck_interval = "1m"
+twin_wait = "30s"
 "#,
         db = dir.join("m365-ingest.db").display(),
         dropzone = sim.dropzone_url(),

@@ -410,13 +410,20 @@ impl SourceConfig {
                 d(self.reconcile_window, DAY),
             ),
         };
+        let twin_wait = match kind {
+            SourceKind::CloudApps => d(self.twin_wait, 600),
+            _ => Duration::ZERO,
+        };
         SourceSettings {
             kind,
             enabled,
             interval: d(self.interval, 60),
             lookback: d(self.lookback, 7 * DAY),
-            overlap: d(self.overlap, 600),
-            settle: d(self.settle, 30),
+            // Cloud Apps' twin_wait: an alert is read only once it is older than the wait, so
+            // its alerts_v2 twin is usually known by then (the twin rule). Both bounds move by
+            // it, keeping settle < overlap.
+            overlap: d(self.overlap, 600) + twin_wait,
+            settle: d(self.settle, 30) + twin_wait,
             max_slice: d(self.max_slice, DAY),
             reconcile_interval,
             reconcile_window,
