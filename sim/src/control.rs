@@ -102,6 +102,8 @@ struct FaultsReq {
     delay_ms: Option<u64>,
     #[serde(default)]
     expand_fails: bool,
+    #[serde(default)]
+    refuse_submission_filter: bool,
 }
 
 #[derive(Deserialize)]
@@ -263,6 +265,7 @@ async fn faults(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
                 delay: r.delay_ms.map(Duration::from_millis),
                 hide_until: Vec::new(),
                 expand_fails: r.expand_fails,
+                refuse_submission_filter: r.refuse_submission_filter,
             };
             sim(inner).set_faults(&r.tenant_id, f);
             ok(json!({"ok": true}))

@@ -33,6 +33,9 @@ pub struct Faults {
     /// Alerts (by id) that listings leave out until the given time: late-indexed items. A get
     /// by id still finds them.
     pub hide_until: Vec<(String, SystemTime)>,
+    /// Threat-submission lists answer 400 to any `$filter`, as a tenant where Microsoft does not
+    /// support filtering them on `createdDateTime` would.
+    pub refuse_submission_filter: bool,
     /// While true, every incidents request with `$expand=alerts` answers 500 (Graph's error
     /// body), as large tenants saw (API.md §4); the same request without it succeeds.
     pub expand_fails: bool,

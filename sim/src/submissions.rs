@@ -172,6 +172,16 @@ async fn list(
         Ok(q) => q,
         Err(e) => return ctx.query_error(&e),
     };
+    let refuse = lock(&inner.faults)
+        .get(&ctx.tenant)
+        .is_some_and(|f| f.faults.refuse_submission_filter);
+    if refuse && q.filter.is_some() {
+        return ctx.error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Invalid filter clause: filtering on 'createdDateTime' is not supported.",
+        );
+    }
     let page = lock(&inner.submissions)
         .get(&key(&ctx.tenant, list))
         .map(|s| {

@@ -70,6 +70,8 @@ pub struct GraphListing {
     pub cloud_apps: bool,
 }
 
+/// Pages a submission list is read to when it must be listed without a filter.
+const FALLBACK_PAGES: usize = 10;
 /// Cloud Apps answers at most this many alerts a request (API.md §8).
 pub const CLOUD_APPS_LIMIT: usize = 100;
 /// Incidents answer 400 above this `$top` (API.md §4).
@@ -165,6 +167,8 @@ pub struct Poller {
     lists: Vec<(GraphListing, CursorKey)>,
     /// Set once `$expand=alerts` answered 5xx: the plain listing is used from then on.
     expand_failed: std::sync::atomic::AtomicBool,
+    /// Submission lists whose `createdDateTime` filter Microsoft refused: listed without one.
+    filter_refused: std::sync::Mutex<Vec<&'static str>>,
     last_reconcile: Option<Instant>,
     wake: Option<Arc<Notify>>,
 }
@@ -278,6 +282,7 @@ impl Poller {
             pages,
             lists,
             expand_failed: std::sync::atomic::AtomicBool::new(false),
+            filter_refused: std::sync::Mutex::new(Vec::new()),
             last_reconcile: None,
             wake: None,
         }
@@ -396,12 +401,53 @@ impl Poller {
         Ok(())
     }
 
+    fn refused(&self, listing: &GraphListing) -> bool {
+        self.filter_refused
+            .lock()
+            .map(|l| l.contains(&listing.list))
+            .unwrap_or(false)
+    }
+
+    /// A submission list whose time filter Microsoft refuses is listed newest first, without a
+    /// filter, up to `FALLBACK_PAGES` pages each poll; state numbers keep it from resending.
+    async fn poll_without_filter(
+        &self,
+        listing: &GraphListing,
+        key: &CursorKey,
+        outcome: &mut PollOutcome,
+    ) -> Result<(), PollError> {
+        let mut next = Some(format!(
+            "{}{}?$top={}",
+            self.base(),
+            listing.path,
+            listing.max_top
+        ));
+        let mut pages = 0;
+        while let Some(url) = next.take() {
+            let page = self
+                .fetch(listing, &|_| Req::Get(url.clone()), outcome)
+                .await?;
+            next = page.next_link.clone();
+            self.commit(key, page, false, Pass::Reconcile, None, outcome)
+                .await?;
+            pages += 1;
+            if pages >= FALLBACK_PAGES {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     async fn poll_list(
         &self,
         listing: &GraphListing,
         key: &CursorKey,
         outcome: &mut PollOutcome,
     ) -> Result<i64, PollError> {
+        if self.refused(listing) {
+            self.poll_without_filter(listing, key, outcome).await?;
+            return Ok(self.client.clock().now_secs().unwrap_or(0));
+        }
         let cursor = self.cursor(listing, key, outcome).await?;
         let mut c = cursor.coverage;
         self.status.set_coverage(c);
@@ -421,8 +467,25 @@ impl Poller {
             if b <= a {
                 break;
             }
-            self.scan(listing, key, a, b, cursor.t0, Pass::Live, outcome)
-                .await?;
+            match self
+                .scan(listing, key, a, b, cursor.t0, Pass::Live, outcome)
+                .await
+            {
+                Err(PollError::Microsoft(MsError::Status { status: 400, .. }))
+                    if self.settings.kind == SourceKind::Submissions =>
+                {
+                    // The $filter on createdDateTime is UNCONFIRMED for submissions (API.md §5).
+                    if let Ok(mut l) = self.filter_refused.lock() {
+                        l.push(listing.list);
+                    }
+                    let why = format!("Microsoft refused the createdDateTime filter on {}: listing its newest {} items each poll instead", listing.list, FALLBACK_PAGES * listing.max_top);
+                    tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), "{why}");
+                    self.status.note(&why);
+                    self.poll_without_filter(listing, key, outcome).await?;
+                    return Ok(c);
+                }
+                r => r?,
+            }
             c = c.max(b);
             self.status.set_coverage(c);
             a = b;
@@ -439,7 +502,8 @@ impl Poller {
         let mut outcome = PollOutcome::default();
         for (listing, key) in &self.lists {
             // Cloud Apps' recheck re-lists by creation date; resolutions have their own cursor.
-            if listing.time_field == "resolutionDate" {
+            // A list polled without a filter is re-listed whole each poll already.
+            if listing.time_field == "resolutionDate" || self.refused(listing) {
                 continue;
             }
             let Some(cursor) = self.store.load_cursor(key).await? else {

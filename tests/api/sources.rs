@@ -487,3 +487,46 @@ async fn a_fresh_cloud_apps_alert_waits_for_its_twin_and_is_then_held() {
     assert_eq!(alerts.len(), 5);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_list_whose_time_filter_is_refused_is_listed_without_one() {
+    let sim = sim().await;
+    sim.set_faults(
+        TENANT_ID,
+        Faults {
+            refuse_submission_filter: true,
+            ..Default::default()
+        },
+    );
+    let ids = sim.generate_submissions(TENANT_ID, "urlThreats", 3, ago(3600), ago(600));
+    let (_dir, db) = temp_db();
+    let extra = "[tenants.contoso.sources.incidents]\nenabled = false\n[tenants.contoso.sources.submissions]\ninterval = \"1s\"\nsettle = \"1s\"\nkinds = [\"url\"]\n";
+    let app = TestApp::spawn(settings(&sim, &db, &with_sources(extra))).await;
+    wait_until(Duration::from_secs(30), "3 submissions", || {
+        sim.delivered_count() >= 3
+    })
+    .await;
+    let (_, status) = app.get("/status").await;
+    let note = status["tenants"]["contoso"]["sources"]["submissions"]["note"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(note.contains("refused"), "{status}");
+    assert!(sim.update_submission(
+        TENANT_ID,
+        "urlThreats",
+        &ids[0],
+        json!({"status": "succeeded", "result": {"detail": "test-unique-detail", "category": "phishing"}})
+    ));
+    wait_until(Duration::from_secs(30), "the change", || {
+        sim.delivered_count() >= 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        delivered_counts(&sim).len(),
+        4,
+        "re-listing sends only changes"
+    );
+    app.stop().await;
+}
