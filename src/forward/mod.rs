@@ -265,7 +265,9 @@ impl Forwarder {
                 }
                 self.store.defer_single(batch, &reason).await?;
                 if facts.probes + 1 >= PROBES_BEFORE_PAUSE {
-                    let why = format!("{PROBES_BEFORE_PAUSE} single alerts rejected and none accepted ({reason}): the endpoint or its contract is wrong, not the data; check forward.url");
+                    // Dropzone's answer body stays in the store (dead-letter reason), never in
+                    // logs or /status.
+                    let why = format!("{PROBES_BEFORE_PAUSE} single alerts rejected with HTTP {status} and none accepted: the endpoint or its contract is wrong, not the data; check forward.url");
                     self.status.with(|s| s.paused = Some(why.clone()));
                     return Ok(Some(why));
                 }
@@ -284,7 +286,9 @@ impl Forwarder {
     async fn dead(&self, batch: &Batch, reason: &str) -> Result<(), StoreError> {
         self.store.dead_letter(batch, reason).await?;
         self.status.with(|s| s.dead_lettered += batch.rows as u64);
-        tracing::error!(destination = %self.name, tenant = %batch.tenant, batch = batch.id, reason = %reason, "alert dead-lettered");
+        // The reason may quote Dropzone's answer: it is kept for `dead-letters list`, not logged.
+        let status = reason.split(':').next().unwrap_or("");
+        tracing::error!(destination = %self.name, tenant = %batch.tenant, batch = batch.id, status = %status, "alert dead-lettered; the reason is stored with it");
         Ok(())
     }
 

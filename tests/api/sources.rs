@@ -10,6 +10,17 @@ use crate::helpers::*;
 
 const ONLY: &str = "[tenants.contoso.sources.incidents]\nenabled = false\n[tenants.contoso.sources.submissions]\nenabled = false\n";
 
+/// Settings with the Cloud Apps source on (at the simulator's portal URL) and `extra` sources.
+fn with_cloud_apps(
+    sim: &m365_sim::Simulator,
+    db: &std::path::Path,
+    extra: &str,
+) -> m365_ingest::config::Settings {
+    let mut s = settings(sim, db, &with_sources(extra));
+    s.tenants.get_mut("contoso").unwrap().cloud_apps_url = Some(sim.cloud_apps_url());
+    s
+}
+
 fn with_sources(extra: &str) -> Opts {
     Opts {
         extra_sources: extra.to_string(),
@@ -181,9 +192,7 @@ async fn cloud_apps_alerts_are_paged_and_every_triage_change_is_an_update() {
     }
     let (_dir, db) = temp_db();
     let extra = "[tenants.contoso.sources.incidents]\nenabled = false\n[tenants.contoso.sources.submissions]\nenabled = false\n[tenants.contoso.sources.cloud_apps]\ninterval = \"2s\"\nsettle = \"1s\"\nrecheck_interval = \"2s\"\nrecheck = \"1h\"\ntwin_wait = \"0s\"\n";
-    let mut settings = settings(&sim, &db, &with_sources(extra));
-    let tenant = settings.tenants.get_mut("contoso").unwrap();
-    tenant.cloud_apps_url = Some(sim.cloud_apps_url());
+    let settings = with_cloud_apps(&sim, &db, extra);
     let app = TestApp::spawn(settings).await;
     wait_until(Duration::from_secs(60), "250 alerts", || {
         sim.delivered_count() >= 250
@@ -290,8 +299,7 @@ async fn a_cloud_apps_alert_and_its_alerts_v2_twin_name_each_other_in_related() 
     let (_dir, db) = temp_db();
     // forward_twins: both sides are sent, so both carry the link.
     let extra = "[tenants.contoso.sources.incidents]\nenabled = false\n[tenants.contoso.sources.submissions]\nenabled = false\n[tenants.contoso.sources.cloud_apps]\ninterval = \"2s\"\nsettle = \"1s\"\nforward_twins = true\n";
-    let mut settings = settings(&sim, &db, &with_sources(extra));
-    settings.tenants.get_mut("contoso").unwrap().cloud_apps_url = Some(sim.cloud_apps_url());
+    let settings = with_cloud_apps(&sim, &db, extra);
     let app = TestApp::spawn(settings).await;
     let names = |a: &serde_json::Value, source: &str, id: &str| {
         a["related"].as_array().is_some_and(|r| {
@@ -350,8 +358,7 @@ async fn a_cloud_apps_alert_whose_twin_is_known_is_held_as_a_duplicate() {
     app.stop().await;
 
     let extra = "[tenants.contoso.sources.incidents]\nenabled = false\n[tenants.contoso.sources.submissions]\nenabled = false\n[tenants.contoso.sources.cloud_apps]\ninterval = \"1s\"\nsettle = \"1s\"\n";
-    let mut settings = settings(&sim, &db, &with_sources(extra));
-    settings.tenants.get_mut("contoso").unwrap().cloud_apps_url = Some(sim.cloud_apps_url());
+    let settings = with_cloud_apps(&sim, &db, extra);
     let app = TestApp::spawn(settings).await;
     wait_until_async(
         Duration::from_secs(30),
@@ -462,8 +469,7 @@ async fn a_fresh_cloud_apps_alert_waits_for_its_twin_and_is_then_held() {
     let (mda_id, graph_id) = sim.generate_cloud_app_alert_with_twin(TENANT_ID, ago(2));
     let (_dir, db) = temp_db();
     let extra = "[tenants.contoso.sources.incidents]\nenabled = false\n[tenants.contoso.sources.submissions]\nenabled = false\n[tenants.contoso.sources.cloud_apps]\ninterval = \"1s\"\nsettle = \"1s\"\ntwin_wait = \"8s\"\n";
-    let mut settings = settings(&sim, &db, &with_sources(extra));
-    settings.tenants.get_mut("contoso").unwrap().cloud_apps_url = Some(sim.cloud_apps_url());
+    let settings = with_cloud_apps(&sim, &db, extra);
     let app = TestApp::spawn(settings).await;
     // The three older Cloud Apps alerts and the alerts_v2 twin flow at once.
     wait_until(Duration::from_secs(30), "4 alerts", || {
