@@ -17,11 +17,12 @@ use tracing::Instrument;
 use crate::auth::{graph_scope, Credentials, TokenProvider};
 use crate::config::{Settings, TenantConfig};
 use crate::forward::{DestinationStatus, DropzoneSink, Forwarder};
+use crate::lease::LeaseGate;
 use crate::microsoft::{Budget, MicrosoftClock, MsClient};
 use crate::normalize::SourceKind;
 use crate::server::{Health, TenantHealth};
 use crate::sources::{Poller, SourceStatus};
-use crate::store::{BatchLimits, TenantRef};
+use crate::store::{destination_lease, tenant_lease, BatchLimits, TenantRef};
 use crate::AppStore;
 
 /// Page bodies held in memory at once across all pollers (design §10).
@@ -35,6 +36,8 @@ pub struct App {
     pollers: Vec<Poller>,
     forwarders: Vec<Forwarder>,
     store: Arc<AppStore>,
+    /// Leases kept by this replica when several share a Postgres store (design §10).
+    gates: Vec<Arc<LeaseGate>>,
 }
 
 /// The User-Agent on every request we make.
@@ -56,9 +59,8 @@ pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
 
 impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
-        let url = settings.store.resolved_url();
         let store = Arc::new(
-            crate::store::open(&url)
+            crate::store::open(&settings.store)
                 .await
                 .context("opening the store")?,
         );
@@ -67,6 +69,20 @@ impl App {
         let stop = CancellationToken::new();
         let wake = Arc::new(Notify::new());
         let pages = Arc::new(Semaphore::new(PAGES_IN_MEMORY));
+        // With Postgres several replicas may run: each lease's work runs on one of them.
+        let coordinated = matches!(*store, crate::store::AnyStore::Postgres(_));
+        let mut gates = Vec::new();
+        let mut gate_for = |lease: String| {
+            let gate = if coordinated {
+                LeaseGate::coordinated(lease)
+            } else {
+                LeaseGate::always(lease)
+            };
+            if coordinated {
+                gates.push(gate.clone());
+            }
+            gate
+        };
 
         let mut pollers = Vec::new();
         let mut tenants_health = Vec::new();
@@ -99,6 +115,7 @@ impl App {
                 graph_scope(&tenant.effective_graph_url()),
                 ms_http.clone(),
             ));
+            let tenant_gate = gate_for(tenant_lease(name));
             let clock = Arc::new(MicrosoftClock::default());
             let graph_budget = Arc::new(Budget::per_minute(tenant.graph_requests_per_minute));
             let graph = Arc::new(
@@ -170,7 +187,8 @@ impl App {
                         settings.store.max_pending,
                         pages.clone(),
                     )
-                    .with_wake(wake.clone()),
+                    .with_wake(wake.clone())
+                    .with_gate(tenant_gate.clone()),
                 );
             }
             tenants_health.push(TenantHealth {
@@ -179,12 +197,14 @@ impl App {
                 destination: dest_name,
                 sources,
                 tokens,
+                gate: tenant_gate,
             });
         }
         let mut forwarders = Vec::new();
         let mut dest_health = Vec::new();
         for (name, (status, tenants, cfg)) in destinations {
-            dest_health.push((name.clone(), status.clone()));
+            let gate = gate_for(destination_lease(&name));
+            dest_health.push((name.clone(), status.clone(), gate.clone()));
             forwarders.push(Forwarder {
                 name,
                 sink: Arc::new(DropzoneSink::new(dz_http.clone(), &cfg)),
@@ -197,6 +217,7 @@ impl App {
                 concurrency: cfg.concurrency,
                 status,
                 wake: wake.clone(),
+                gate,
             });
         }
         let listener = TcpListener::bind(settings.server.listen)
@@ -222,6 +243,7 @@ impl App {
             pollers,
             forwarders,
             store,
+            gates,
         })
     }
 
@@ -251,7 +273,23 @@ impl App {
             pollers,
             forwarders,
             store,
+            gates,
         } = self;
+        // Leases are renewed until in-flight work has drained, then let go for a standby.
+        let keepers_stop = CancellationToken::new();
+        let mut keepers = JoinSet::new();
+        for gate in gates.iter().cloned() {
+            let span = tracing::info_span!("lease", lease = gate.name());
+            keepers.spawn(
+                crate::lease::keep(
+                    store.clone(),
+                    gate,
+                    settings.leases.clone(),
+                    keepers_stop.clone(),
+                )
+                .instrument(span),
+            );
+        }
         let mut tasks = JoinSet::new();
         for poller in pollers {
             let span = tracing::info_span!("poller", tenant = %poller.tenant.name, source = poller.settings.kind.as_str());
@@ -262,7 +300,7 @@ impl App {
             tasks.spawn(fwd.run(stop.clone()).instrument(span));
         }
         tasks.spawn(prune_loop(
-            store,
+            store.clone(),
             settings.store.retention,
             settings.store.dedup_retention,
             stop.clone(),
@@ -301,6 +339,14 @@ impl App {
                 // Abandoned batches stay committed and are sent again with the same key.
                 tracing::warn!("grace period over: abandoning in-flight work");
                 tasks.abort_all();
+            }
+        }
+        keepers_stop.cancel();
+        while keepers.join_next().await.is_some() {}
+        if !gates.is_empty() {
+            use crate::store::Store;
+            if let Err(e) = store.release_leases().await {
+                tracing::warn!(error = %e, "could not release the leases; a standby takes over when they expire");
             }
         }
         Ok(())

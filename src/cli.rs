@@ -114,7 +114,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 Err(code) => return code,
             };
             crate::telemetry::init(&settings.log);
-            crate::store::open(&settings.store.resolved_url())
+            crate::store::open(&settings.store)
                 .await
                 .map(|_| println!("store is up to date"))
                 .map_err(anyhow::Error::from)

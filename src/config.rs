@@ -59,6 +59,12 @@ pub struct StoreConfig {
     /// Above this many undelivered versions of one tenant its pollers pause.
     #[serde(default = "default_max_pending")]
     pub max_pending: u64,
+    /// Postgres: connections in the pool (SQLite always uses one writer and two readers).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+    /// Postgres: how long connecting, or waiting for a free pooled connection, may take.
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
 }
 
 impl Default for StoreConfig {
@@ -69,6 +75,8 @@ impl Default for StoreConfig {
             retention: default_retention(),
             dedup_retention: default_dedup_retention(),
             max_pending: default_max_pending(),
+            pool_size: default_pool_size(),
+            connect_timeout: default_connect_timeout(),
         }
     }
 }
@@ -497,6 +505,12 @@ fn default_concurrency() -> usize {
 fn default_forward_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_pool_size() -> u32 {
+    10
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
 fn default_lease_ttl() -> Duration {
     Duration::from_secs(30)
 }
@@ -613,6 +627,12 @@ impl Settings {
             return Err(bad(
                 "leases.renew must be less than half of leases.ttl, so a lease is renewed twice before it can expire",
             ));
+        }
+        if !(2..=200).contains(&self.store.pool_size) {
+            return Err(bad("store.pool_size must be between 2 and 200"));
+        }
+        if self.store.connect_timeout < Duration::from_secs(1) {
+            return Err(bad("store.connect_timeout must be at least 1s"));
         }
         if self.store.dedup_retention < self.store.retention {
             return Err(bad("store.dedup_retention must not be shorter than store.retention (dedup state must outlive the bodies it guards)"));

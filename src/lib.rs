@@ -7,8 +7,8 @@
 //!   throttling, Microsoft's clock).
 //! - `sources`: pollers and the coverage scan. `normalize`: Microsoft's objects to
 //!   `m365-ingest.alert.v1`. `time`: 100-ns ticks.
-//! - `store`: the `Store` contract and its SQLite backend; the only hand-off between pollers and
-//!   forwarders.
+//! - `store`: the `Store` contract and its SQLite and Postgres backends; the only hand-off between
+//!   pollers and forwarders. `lease`: which replica runs what (design §10).
 //! - `forward`: batches to Dropzone. `server`: `/healthz`, `/readyz`, `/status`.
 //! - `app`: wiring. `cli`: the commands, including `demo`.
 
@@ -17,6 +17,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod forward;
+pub mod lease;
 pub mod microsoft;
 pub mod normalize;
 pub mod server;
@@ -27,4 +28,4 @@ pub mod telemetry;
 pub mod time;
 
 /// The store backend the daemon runs on.
-pub type AppStore = store::SqliteStore;
+pub type AppStore = store::AnyStore;

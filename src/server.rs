@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value};
 use crate::auth::TokenProvider;
 use crate::config::ReadyzRequires;
 use crate::forward::DestinationStatus;
+use crate::lease::LeaseGate;
 use crate::normalize::SourceKind;
 use crate::sources::SourceStatus;
 use crate::store::Store;
@@ -26,12 +27,14 @@ pub struct TenantHealth {
     pub destination: String,
     pub sources: Vec<(SourceKind, Arc<SourceStatus>)>,
     pub tokens: Vec<Arc<TokenProvider>>,
+    /// The tenant's lease: a standby replica does not poll it and is not judged by its sources.
+    pub gate: Arc<LeaseGate>,
 }
 
 pub struct Health {
     pub store: Arc<AppStore>,
     pub tenants: Vec<TenantHealth>,
-    pub destinations: Vec<(String, Arc<DestinationStatus>)>,
+    pub destinations: Vec<(String, Arc<DestinationStatus>, Arc<LeaseGate>)>,
     pub readyz_requires: ReadyzRequires,
     pub started: tokio::time::Instant,
 }
@@ -56,7 +59,9 @@ impl Health {
         let mut tenant_failures = Vec::new();
         for t in &self.tenants {
             let mut ok = true;
-            for (kind, s) in &t.sources {
+            // A standby is ready when its store answers: another replica runs this tenant.
+            let standby = !t.gate.held();
+            for (kind, s) in t.sources.iter().filter(|_| !standby) {
                 if let Err(e) = s.ready() {
                     ok = false;
                     tenant_failures.push(format!(
@@ -66,7 +71,11 @@ impl Health {
                     ));
                 }
             }
-            if let Some((_, d)) = self.destinations.iter().find(|(n, _)| *n == t.destination) {
+            if let Some((_, d, _)) = self
+                .destinations
+                .iter()
+                .find(|(n, _, g)| *n == t.destination && g.held())
+            {
                 if let Err(e) = d.ready() {
                     ok = false;
                     tenant_failures.push(format!("tenant {}: {e}", t.name));
@@ -110,13 +119,18 @@ impl Health {
                     "sources": sources,
                     "queue": queue,
                     "tokens": tokens,
+                    "lease": t.gate.describe(),
                 }),
             );
         }
         let destinations: Vec<Value> = self
             .destinations
             .iter()
-            .map(|(_, d)| json!(d.snapshot()))
+            .map(|(_, d, g)| {
+                let mut v = json!(d.snapshot());
+                v["lease"] = json!(g.describe());
+                v
+            })
             .collect();
         json!({
             "version": env!("CARGO_PKG_VERSION"),

@@ -95,8 +95,9 @@ impl FaultState {
             }
             self.throttled_until = None;
         }
-        let hit =
-            |every: Option<u32>| every.is_some_and(|n| n > 0 && self.requests % u64::from(n) == 0);
+        let hit = |every: Option<u32>| {
+            every.is_some_and(|n| n > 0 && self.requests.is_multiple_of(u64::from(n)))
+        };
         if hit(self.faults.throttle_every) {
             let ra = self.faults.retry_after.clone();
             if let Some(secs) = ra.as_deref().and_then(retry_after_secs) {

@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::lease::LeaseGate;
 use crate::store::{now_ms, Batch, BatchLimits, Store, StoreError};
 use crate::AppStore;
 
@@ -99,6 +100,8 @@ pub struct Forwarder {
     pub concurrency: usize,
     pub status: Arc<DestinationStatus>,
     pub wake: Arc<Notify>,
+    /// The destination's lease: batches are claimed and sent only on the replica holding it.
+    pub gate: Arc<LeaseGate>,
 }
 
 type SendResult = (Batch, SendOutcome);
@@ -113,7 +116,11 @@ impl Forwarder {
         loop {
             let mut wait = Duration::from_millis(500);
             let paused = paused_until.is_some_and(|t| Instant::now() < t);
-            if !stop.is_cancelled() && !paused {
+            if !self.gate.held() {
+                // Standby: another replica forwards; sends still in flight here settle below
+                // (their store writes are refused if the lease moved on).
+                wait = Duration::from_millis(250);
+            } else if !stop.is_cancelled() && !paused {
                 match self
                     .fill(&mut in_flight, &mut busy, turn, paused_until.is_some())
                     .await
@@ -179,6 +186,9 @@ impl Forwarder {
             if busy.contains(tenant) {
                 continue;
             }
+            let Some(timeout) = self.gate.send_window(self.sink.timeout()) else {
+                break;
+            };
             let batch = match self.store.next_open_batch(&self.name, tenant).await? {
                 Some(b) => {
                     let now = now_ms();
@@ -203,7 +213,7 @@ impl Forwarder {
             in_flight.spawn(async move {
                 let outcome = match store.batch_items(batch.id).await {
                     Ok(items) if items.is_empty() => SendOutcome::Delivered,
-                    Ok(items) => sink.send(&batch.key, &items).await,
+                    Ok(items) => sink.send(&batch.key, &items, timeout).await,
                     Err(e) => SendOutcome::Retry {
                         retry_after: None,
                         error: format!("reading the batch: {e}"),

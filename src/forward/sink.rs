@@ -108,7 +108,8 @@ impl DropzoneSink {
         out
     }
 
-    pub async fn send(&self, key: &str, items: &[BatchItem]) -> SendOutcome {
+    /// Posts one batch; `timeout` bounds the whole exchange (the lease may cut the configured one).
+    pub async fn send(&self, key: &str, items: &[BatchItem], timeout: Duration) -> SendOutcome {
         let authorization = match self.auth {
             ForwardAuth::Bearer => format!("Bearer {}", self.api_key.expose_secret()),
             ForwardAuth::Raw => self.api_key.expose_secret().to_string(),
@@ -119,7 +120,7 @@ impl DropzoneSink {
             .header(reqwest::header::AUTHORIZATION, authorization)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("Idempotency-Key", key)
-            .timeout(self.timeout)
+            .timeout(timeout)
             .body(Self::body(items))
             .send()
             .await;

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{SourceSettings, StartFrom};
+use crate::lease::LeaseGate;
 use crate::microsoft::{MsClient, MsError};
 use crate::normalize::{self, Prepared, SourceKind};
 use crate::store::{
@@ -171,6 +172,8 @@ pub struct Poller {
     filter_refused: std::sync::Mutex<Vec<&'static str>>,
     last_reconcile: Option<Instant>,
     wake: Option<Arc<Notify>>,
+    /// The tenant's lease: polls run only on the replica that holds it.
+    gate: Arc<LeaseGate>,
 }
 
 /// A slice's answer, parsed off the async threads.
@@ -260,6 +263,7 @@ impl Poller {
         max_pending: u64,
         pages: Arc<Semaphore>,
     ) -> Self {
+        let tenant_name = tenant.name.clone();
         let lists = GraphListing::for_source(&settings)
             .into_iter()
             .map(|l| {
@@ -285,7 +289,14 @@ impl Poller {
             filter_refused: std::sync::Mutex::new(Vec::new()),
             last_reconcile: None,
             wake: None,
+            gate: LeaseGate::always(crate::store::tenant_lease(&tenant_name)),
         }
+    }
+
+    /// Polls only while `gate`'s lease is held (several replicas on Postgres).
+    pub fn with_gate(mut self, gate: Arc<LeaseGate>) -> Self {
+        self.gate = gate;
+        self
     }
 
     /// Wakes the forwarders as soon as a commit queues versions.
@@ -298,6 +309,13 @@ impl Poller {
     /// and counted; it never ends the task.
     pub async fn run(mut self, stop: CancellationToken) {
         loop {
+            if !self.gate.held() {
+                if !self.gate.wait_held(&stop).await {
+                    break;
+                }
+                // Taken over from another replica: reconcile as a fresh start does.
+                self.last_reconcile = None;
+            }
             let started = Instant::now();
             let result = tokio::select! {
                 r = self.poll_once() => r,

@@ -2,6 +2,7 @@
 //! backend-independent decisions of an ingest (new, updated, unchanged or stale; forwarded or
 //! filtered; revision and changed fields). A backend only reads and writes rows.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use crate::config::Filters;
 use crate::normalize::envelope::{self, Change, Envelope};
 use crate::normalize::{FieldHashes, FilterFields, Prepared, SourceKind, VersionInput};
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A store failure; `connectivity` ones are retried by callers, the rest are bugs or full disks.
@@ -22,6 +24,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     Invalid(String),
+    /// This replica does not hold the lease the write needs (another replica took over).
+    #[error("lease {0} is not held by this replica: the write was refused")]
+    Fenced(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -118,6 +123,9 @@ pub struct AlertState {
 /// A version to append to the outbox.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
+    /// The source of the alert this version belongs to (a `linked` revision may be another
+    /// source's than the page being committed).
+    pub source: SourceKind,
     pub event_id: String,
     pub native_id: String,
     pub version: String,
@@ -291,6 +299,7 @@ pub fn plan_ingest(
                 &body,
             );
             plan.outbox.push(OutboxRow {
+                source: batch.source,
                 event_id,
                 native_id: item.native_id,
                 version,
@@ -483,6 +492,7 @@ pub fn linked_revision(
     );
     Some((
         OutboxRow {
+            source,
             event_id,
             native_id: state.native_id.clone(),
             version,
@@ -586,9 +596,29 @@ pub struct RootFacts {
     pub probes: i64,
 }
 
-/// The storage contract; `sqlite::SqliteStore` implements it (Postgres joins later).
+/// The lease that fences a tenant's pollers (all its sources: they share one Microsoft quota).
+pub fn tenant_lease(tenant: &str) -> String {
+    format!("tenant:{tenant}")
+}
+
+/// The lease that fences a destination's forwarder.
+pub fn destination_lease(destination: &str) -> String {
+    format!("forward:{destination}")
+}
+
+/// The storage contract, implemented by `SqliteStore` and `PgStore`. Writes of a tenant's
+/// pollers (`ingest`, `init_cursor`) are fenced by its `tenant_lease`; a forwarder's writes by
+/// its `destination_lease`. A backend without replicas (SQLite) grants every lease.
 pub trait Store: Send + Sync {
     fn ping(&self) -> impl Future<Output = Result<()>> + Send;
+    /// Takes or renews a lease for `ttl` (database clock); `true` while this replica holds it.
+    fn lease(
+        &self,
+        name: &str,
+        ttl: std::time::Duration,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Lets every lease of this replica go, so a standby takes over at once (graceful stop).
+    fn release_leases(&self) -> impl Future<Output = Result<()>> + Send;
     fn load_cursor(&self, key: &CursorKey) -> impl Future<Output = Result<Option<Cursor>>> + Send;
     /// Stores the first run's cursor unless one exists; returns the one in force.
     fn init_cursor(
@@ -641,17 +671,128 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<u64>> + Send;
 }
 
-/// Opens the store named by `store.url` (only SQLite so far) and applies its migrations.
-pub async fn open(url: &secrecy::SecretString) -> Result<crate::AppStore> {
+/// The backend chosen by the `store.url` scheme.
+pub enum AnyStore {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// Calls the same method on whichever backend is in use.
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            AnyStore::Sqlite($s) => $call.await,
+            AnyStore::Postgres($s) => $call.await,
+        }
+    };
+}
+
+impl AnyStore {
+    pub fn backend(&self) -> &'static str {
+        match self {
+            AnyStore::Sqlite(_) => "sqlite",
+            AnyStore::Postgres(_) => "postgres",
+        }
+    }
+}
+
+impl Store for AnyStore {
+    async fn ping(&self) -> Result<()> {
+        dispatch!(self, s => s.ping())
+    }
+    async fn lease(&self, name: &str, ttl: std::time::Duration) -> Result<bool> {
+        dispatch!(self, s => s.lease(name, ttl))
+    }
+    async fn release_leases(&self) -> Result<()> {
+        dispatch!(self, s => s.release_leases())
+    }
+    async fn load_cursor(&self, key: &CursorKey) -> Result<Option<Cursor>> {
+        dispatch!(self, s => s.load_cursor(key))
+    }
+    async fn init_cursor(&self, key: &CursorKey, c: Cursor) -> Result<Cursor> {
+        dispatch!(self, s => s.init_cursor(key, c))
+    }
+    async fn set_cursor(&self, key: &CursorKey, c: Cursor) -> Result<()> {
+        dispatch!(self, s => s.set_cursor(key, c))
+    }
+    async fn ingest(&self, batch: IngestBatch<'_>) -> Result<IngestCounts> {
+        dispatch!(self, s => s.ingest(batch))
+    }
+    async fn undelivered(&self, tenant: &str) -> Result<u64> {
+        dispatch!(self, s => s.undelivered(tenant))
+    }
+    async fn next_open_batch(&self, destination: &str, tenant: &str) -> Result<Option<Batch>> {
+        dispatch!(self, s => s.next_open_batch(destination, tenant))
+    }
+    async fn claim_batch(
+        &self,
+        destination: &str,
+        tenant: &str,
+        limits: BatchLimits,
+    ) -> Result<Option<Batch>> {
+        dispatch!(self, s => s.claim_batch(destination, tenant, limits))
+    }
+    async fn batch_items(&self, batch_id: i64) -> Result<Vec<BatchItem>> {
+        dispatch!(self, s => s.batch_items(batch_id))
+    }
+    async fn mark_delivered(&self, batch: &Batch) -> Result<()> {
+        dispatch!(self, s => s.mark_delivered(batch))
+    }
+    async fn mark_retry(&self, batch: &Batch, next_attempt_at: i64, error: &str) -> Result<()> {
+        dispatch!(self, s => s.mark_retry(batch, next_attempt_at, error))
+    }
+    async fn split_batch(&self, batch: &Batch) -> Result<()> {
+        dispatch!(self, s => s.split_batch(batch))
+    }
+    async fn defer_single(&self, batch: &Batch, error: &str) -> Result<()> {
+        dispatch!(self, s => s.defer_single(batch, error))
+    }
+    async fn dead_letter(&self, batch: &Batch, reason: &str) -> Result<()> {
+        dispatch!(self, s => s.dead_letter(batch, reason))
+    }
+    async fn root_facts(&self, root_id: i64) -> Result<RootFacts> {
+        dispatch!(self, s => s.root_facts(root_id))
+    }
+    async fn queue_status(&self, tenant: &str) -> Result<QueueStatus> {
+        dispatch!(self, s => s.queue_status(tenant))
+    }
+    async fn dead_letters(&self, tenant: Option<&str>) -> Result<Vec<DeadLetter>> {
+        dispatch!(self, s => s.dead_letters(tenant))
+    }
+    async fn prune(&self, bodies_before: i64, state_before: i64) -> Result<u64> {
+        dispatch!(self, s => s.prune(bodies_before, state_before))
+    }
+}
+
+/// Opens the store named by `store.url` (`sqlite://…` or `postgres://…`) and applies its
+/// migrations.
+pub async fn open(cfg: &crate::config::StoreConfig) -> Result<AnyStore> {
     use secrecy::ExposeSecret;
+    let url = cfg.resolved_url();
     let url = url.expose_secret();
     if url.starts_with("sqlite:") {
-        return SqliteStore::open(url).await;
+        return Ok(AnyStore::Sqlite(SqliteStore::open(url).await?));
+    }
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        return Ok(AnyStore::Postgres(
+            PgStore::open(url, cfg.pool_size, cfg.connect_timeout).await?,
+        ));
     }
     let scheme = url.split(':').next().unwrap_or("");
     Err(StoreError::Invalid(format!(
-        "store.url scheme `{scheme}` is not supported: use sqlite://PATH (Postgres support is planned)"
+        "store.url scheme `{scheme}` is not supported: use sqlite://PATH or postgres://USER@HOST:5432/DB"
     )))
+}
+
+/// A URL fit for messages: its password, if any, replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
 }
 
 pub fn now_ms() -> i64 {

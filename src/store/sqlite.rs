@@ -18,6 +18,54 @@ const CHUNK: usize = 1000;
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Held for the store's life: a second daemon on the same file would break the
+    /// single-writer rule the whole store relies on (design §5).
+    _lock: std::fs::File,
+}
+
+/// How long opening waits for another process to let go of the file (a restart's overlap).
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Takes the `<db>.lock` file, waiting up to `LOCK_WAIT`; refuses with the fix otherwise.
+async fn lock_file(db: &std::path::Path) -> Result<std::fs::File> {
+    let mut lock_path = db.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = std::path::PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            StoreError::Invalid(format!(
+                "cannot open the store lock {}: {e}",
+                lock_path.display()
+            ))
+        })?;
+    let until = tokio::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Invalid(format!(
+                    "the SQLite store {} is in use by another m365-ingest process (it holds {}): \
+                     SQLite allows one daemon per file. Stop the other process, give this one its \
+                     own store.url, or use Postgres (store.url = \"postgres://…\") to run several replicas",
+                    db.display(),
+                    lock_path.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::Invalid(format!(
+                    "cannot lock {}: {e}",
+                    lock_path.display()
+                )))
+            }
+        }
+    }
 }
 
 impl SqliteStore {
@@ -47,6 +95,7 @@ impl SqliteStore {
                 })?;
             }
         }
+        let lock = lock_file(&path).await?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -59,7 +108,11 @@ impl SqliteStore {
             .max_connections(2)
             .connect_with(options)
             .await?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            _lock: lock,
+        })
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
@@ -246,16 +299,6 @@ async fn for_seqs(
     Ok(())
 }
 
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
-
 fn batch_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Batch> {
     Ok(Batch {
         id: row.try_get("id")?,
@@ -275,6 +318,15 @@ const BATCH_COLUMNS: &str =
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    /// One process per file (the lock file): every lease is ours.
+    async fn lease(&self, _name: &str, _ttl: Duration) -> Result<bool> {
+        Ok(true)
+    }
+
+    async fn release_leases(&self) -> Result<()> {
         Ok(())
     }
 
@@ -402,7 +454,7 @@ impl Store for SqliteStore {
                 let size = r.json_len as i64;
                 b.push_bind(r.event_id.clone())
                     .push_bind(tenant.clone())
-                    .push_bind(source)
+                    .push_bind(r.source.as_str())
                     .push_bind(r.native_id)
                     .push_bind(r.version)
                     .push_bind(i64::from(r.historical))

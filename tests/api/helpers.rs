@@ -114,6 +114,37 @@ overlap = "{overlap}"
     Settings::from_toml(&toml).expect("test settings are valid")
 }
 
+/// One more `[tenants.<name>]` block against `sim`, alerts only, polled every second: append it
+/// to `Opts::extra_sources` to run several tenants in one daemon.
+pub fn tenant_toml(
+    sim: &Simulator,
+    name: &str,
+    tenant_id: &str,
+    client_id: &str,
+    secret: &str,
+) -> String {
+    format!(
+        r#"
+[tenants.{name}]
+tenant_id = "{tenant_id}"
+client_id = "{client_id}"
+client_secret = "{secret}"
+login_url = "{login}"
+graph_url = "{graph}"
+graph_requests_per_minute = 6000
+[tenants.{name}.sources.alerts]
+interval = "1s"
+settle = "1s"
+[tenants.{name}.sources.incidents]
+enabled = false
+[tenants.{name}.sources.submissions]
+enabled = false
+"#,
+        login = sim.login_url(),
+        graph = sim.graph_url(),
+    )
+}
+
 /// A running daemon.
 pub struct TestApp {
     pub port: u16,

@@ -6,3 +6,4 @@ mod faults;
 mod helpers;
 mod pipeline;
 mod sources;
+mod tenants;

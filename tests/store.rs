@@ -1,0 +1,796 @@
+//! The store conformance suite: every test runs on SQLite and on the local Postgres (each
+//! Postgres test in a database of its own, so tests stay parallel), plus the Postgres-only lease
+//! and fencing tests. `M365_TEST_PG_URL` names the server (default postgres@127.0.0.1:5432).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use m365_ingest::config::{Filters, StoreConfig};
+use m365_ingest::normalize::{self, SourceKind};
+use m365_ingest::store::{
+    self, destination_lease, tenant_lease, AnyStore, BatchLimits, Cursor, CursorKey, IngestBatch,
+    IngestCounts, QuarantineItem, Store, StoreError, TenantRef,
+};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+
+const TENANT: &str = "contoso";
+const TENANT_ID: &str = "9b2c1f43-0000-4000-8000-000000000001";
+const DEST: &str = "default";
+const LEASE_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+fn pg_base() -> String {
+    std::env::var("M365_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
+}
+
+/// A store on a fresh database; the guard drops the database (Postgres) or folder (SQLite).
+struct Fresh {
+    url: String,
+    pg_db: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Fresh {
+    async fn new(backend: Backend) -> Fresh {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match backend {
+            Backend::Sqlite => Fresh {
+                url: format!("sqlite://{}", dir.path().join("store.db").display()),
+                pg_db: None,
+                _dir: dir,
+            },
+            Backend::Postgres => {
+                let name = format!("m365_test_{}", uuid::Uuid::new_v4().simple());
+                admin(&format!("CREATE DATABASE {name}")).await;
+                Fresh {
+                    url: format!("{}/{name}", pg_base()),
+                    pg_db: Some(name),
+                    _dir: dir,
+                }
+            }
+        }
+    }
+
+    async fn open(&self) -> AnyStore {
+        let cfg = StoreConfig {
+            url: Some(SecretString::from(self.url.clone())),
+            ..StoreConfig::default()
+        };
+        store::open(&cfg).await.expect("store opens")
+    }
+
+    /// A store holding this test's tenant and destination leases.
+    async fn open_leader(&self) -> AnyStore {
+        let s = self.open().await;
+        assert!(s.lease(&tenant_lease(TENANT), LEASE_TTL).await.unwrap());
+        assert!(s.lease(&destination_lease(DEST), LEASE_TTL).await.unwrap());
+        s
+    }
+
+    async fn drop_db(self) {
+        if let Some(name) = &self.pg_db {
+            admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+        }
+    }
+}
+
+async fn admin(sql: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&format!("{}/postgres", pg_base()))
+        .await
+        .expect("the test Postgres answers (is it running? .ci/run starts it)");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut conn)
+        .await
+        .expect("admin statement");
+}
+
+fn tenant() -> TenantRef {
+    TenantRef {
+        name: TENANT.into(),
+        id: TENANT_ID.into(),
+    }
+}
+
+fn alert(id: &str, ticks_offset_s: i64, severity: &str) -> Value {
+    let ticks = (1_780_000_000 + ticks_offset_s) * 10_000_000;
+    let t = m365_ingest::time::format_ticks(ticks);
+    json!({
+        "@odata.type": "#microsoft.graph.security.alert",
+        "id": id, "providerAlertId": id, "incidentId": "1001",
+        "status": "new", "severity": severity,
+        "serviceSource": "microsoftDefenderForEndpoint", "detectionSource": "antivirus",
+        "tenantId": TENANT_ID, "title": format!("Alert {id}: \u{0000} kept as bytes"),
+        "category": "Malware", "createdDateTime": t, "lastUpdateDateTime": t,
+        "comments": [], "mitreTechniques": [], "evidence": []
+    })
+}
+
+fn prepared(source: SourceKind, v: &Value) -> normalize::Prepared {
+    let raw = serde_json::value::to_raw_value(v).unwrap();
+    normalize::prepare(source, &raw).unwrap()
+}
+
+async fn ingest(
+    s: &AnyStore,
+    alerts: &[Value],
+    historical: bool,
+    advance: Option<(&CursorKey, i64)>,
+) -> Result<IngestCounts, StoreError> {
+    let filters = Filters::default();
+    let tenant = tenant();
+    s.ingest(IngestBatch {
+        tenant: &tenant,
+        source: SourceKind::Alerts,
+        items: alerts
+            .iter()
+            .map(|a| prepared(SourceKind::Alerts, a))
+            .collect(),
+        quarantine: Vec::new(),
+        historical,
+        observed_at: "2026-11-26T10:00:00Z",
+        filters: &filters,
+        advance,
+    })
+    .await
+}
+
+fn limits(rows: usize) -> BatchLimits {
+    BatchLimits {
+        max_rows: rows,
+        max_bytes: 1 << 20,
+    }
+}
+
+fn event_ids(items: &[store::BatchItem]) -> Vec<String> {
+    items.iter().map(|i| i.event_id.clone()).collect()
+}
+
+fn native_of(body: &[u8]) -> String {
+    let v: Value = serde_json::from_slice(body).expect("stored body is JSON");
+    v["native_id"].as_str().unwrap_or_default().to_string()
+}
+
+async fn versions_are_deduplicated_and_counted(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    let page = [
+        alert("a1", 0, "low"),
+        alert("a2", 0, "low"),
+        alert("a3", 0, "low"),
+    ];
+    let c = ingest(&s, &page, false, None).await.unwrap();
+    assert_eq!((c.new, c.queued), (3, 3));
+    let c = ingest(&s, &page, false, None).await.unwrap();
+    assert_eq!(
+        (c.new, c.unchanged, c.queued),
+        (0, 3, 0),
+        "the same versions again"
+    );
+    let c = ingest(
+        &s,
+        &[alert("a1", 5, "high"), alert("a2", -5, "low")],
+        false,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!((c.updated, c.stale, c.queued), (1, 1, 1));
+    assert_eq!(s.undelivered(TENANT).await.unwrap(), 4);
+    // One version per id per page: the newest of two copies.
+    let c = ingest(
+        &s,
+        &[alert("a4", 1, "low"), alert("a4", 2, "low")],
+        false,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!((c.new, c.queued), (1, 1));
+    drop(s);
+    db.drop_db().await;
+}
+
+async fn claims_take_live_before_historical_in_order_within_limits(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    ingest(
+        &s,
+        &[alert("h1", 0, "low"), alert("h2", 1, "low")],
+        true,
+        None,
+    )
+    .await
+    .unwrap();
+    ingest(
+        &s,
+        &[
+            alert("l1", 0, "low"),
+            alert("l2", 1, "low"),
+            alert("l3", 2, "low"),
+        ],
+        false,
+        None,
+    )
+    .await
+    .unwrap();
+    let b1 = s
+        .claim_batch(DEST, TENANT, limits(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b1.rows, 2);
+    let items = s.batch_items(b1.id).await.unwrap();
+    let natives: Vec<String> = items.iter().map(|i| native_of(&i.body)).collect();
+    assert_eq!(natives, ["l1", "l2"], "live first, in page order");
+    let b2 = s
+        .claim_batch(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut natives: Vec<String> = s
+        .batch_items(b2.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| native_of(&i.body))
+        .collect();
+    natives.sort();
+    assert_eq!(
+        natives,
+        ["h1", "h2", "l3"],
+        "the rest, historical after live"
+    );
+    assert!(s
+        .claim_batch(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .is_none());
+    assert_ne!(b1.key, b2.key, "each batch has its own idempotency key");
+    // A byte limit smaller than one alert: it goes alone.
+    ingest(
+        &s,
+        &[alert("big1", 3, "low"), alert("big2", 4, "low")],
+        false,
+        None,
+    )
+    .await
+    .unwrap();
+    let tiny = BatchLimits {
+        max_rows: 10,
+        max_bytes: 10,
+    };
+    let b3 = s.claim_batch(DEST, TENANT, tiny).await.unwrap().unwrap();
+    assert_eq!(b3.rows, 1);
+    drop(s);
+    db.drop_db().await;
+}
+
+async fn a_batch_lives_through_retry_split_delivery_and_dead_letter(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    let page: Vec<Value> = (0..4).map(|i| alert(&format!("b{i}"), i, "low")).collect();
+    ingest(&s, &page, false, None).await.unwrap();
+    let batch = s
+        .claim_batch(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let open = s.next_open_batch(DEST, TENANT).await.unwrap().unwrap();
+    assert_eq!(
+        (open.id, &open.key),
+        (batch.id, &batch.key),
+        "the open batch is found again"
+    );
+    s.mark_retry(&batch, 42, "HTTP 503").await.unwrap();
+    let again = s.next_open_batch(DEST, TENANT).await.unwrap().unwrap();
+    assert_eq!(
+        (again.attempts, again.next_attempt_at, &again.key),
+        (1, 42, &batch.key)
+    );
+    s.split_batch(&again).await.unwrap();
+    let left = s.next_open_batch(DEST, TENANT).await.unwrap().unwrap();
+    assert_eq!(left.rows, 2);
+    assert_ne!(left.key, batch.key, "a child gets a new key");
+    assert_eq!(left.root_id, batch.id);
+    let left_items = s.batch_items(left.id).await.unwrap();
+    s.mark_delivered(&left).await.unwrap();
+    assert!(s.root_facts(batch.id).await.unwrap().accepted);
+    let right = s.next_open_batch(DEST, TENANT).await.unwrap().unwrap();
+    assert_ne!(right.id, left.id);
+    s.split_batch(&right).await.unwrap();
+    let single = s.next_open_batch(DEST, TENANT).await.unwrap().unwrap();
+    assert_eq!(single.rows, 1);
+    s.defer_single(&single, "HTTP 400").await.unwrap();
+    assert_eq!(s.root_facts(batch.id).await.unwrap().probes, 1);
+    let other = s.next_open_batch(DEST, TENANT).await.unwrap().unwrap();
+    assert_ne!(
+        other.id, single.id,
+        "a deferred single waits behind its sibling"
+    );
+    s.mark_delivered(&other).await.unwrap();
+    s.dead_letter(&single, "HTTP 400: bad alert").await.unwrap();
+    assert!(s.next_open_batch(DEST, TENANT).await.unwrap().is_none());
+    let q = s.queue_status(TENANT).await.unwrap();
+    assert_eq!((q.pending, q.delivered, q.dead_letters), (0, 3, 1));
+    let dead = s.dead_letters(Some(TENANT)).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "HTTP 400: bad alert");
+    assert_eq!(dead[0].source, "alerts");
+    assert!(s.dead_letters(Some("other")).await.unwrap().is_empty());
+    assert_eq!(s.dead_letters(None).await.unwrap().len(), 1);
+    assert_eq!(event_ids(&left_items).len(), 2);
+    drop(s);
+    db.drop_db().await;
+}
+
+async fn bodies_come_back_byte_for_byte(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    ingest(&s, &[alert("nul", 0, "low")], false, None)
+        .await
+        .unwrap();
+    let batch = s
+        .claim_batch(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let items = s.batch_items(batch.id).await.unwrap();
+    assert_eq!(items.len(), 1);
+    let text = std::str::from_utf8(&items[0].body).unwrap();
+    assert!(text.contains(r"\u0000 kept as bytes"), "{text}");
+    let v: Value = serde_json::from_slice(&items[0].body).unwrap();
+    assert_eq!(v["event_id"], items[0].event_id.as_str());
+    assert_eq!(v["schema"], "m365-ingest.alert.v1");
+    drop(s);
+    db.drop_db().await;
+}
+
+async fn coverage_points_start_once_and_only_move_forward_with_a_page(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    let key = CursorKey {
+        tenant: TENANT.into(),
+        source: SourceKind::Alerts,
+        list: String::new(),
+    };
+    assert!(s.load_cursor(&key).await.unwrap().is_none());
+    let first = Cursor {
+        coverage: 100,
+        t0: 100,
+    };
+    assert_eq!(s.init_cursor(&key, first).await.unwrap(), first);
+    let second = Cursor {
+        coverage: 500,
+        t0: 500,
+    };
+    assert_eq!(
+        s.init_cursor(&key, second).await.unwrap(),
+        first,
+        "the first run's T0 stays"
+    );
+    ingest(&s, &[alert("c1", 0, "low")], false, Some((&key, 300)))
+        .await
+        .unwrap();
+    assert_eq!(s.load_cursor(&key).await.unwrap().unwrap().coverage, 300);
+    ingest(&s, &[], false, Some((&key, 200))).await.unwrap();
+    assert_eq!(
+        s.load_cursor(&key).await.unwrap().unwrap().coverage,
+        300,
+        "never backwards"
+    );
+    s.set_cursor(
+        &key,
+        Cursor {
+            coverage: 50,
+            t0: 100,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.load_cursor(&key).await.unwrap().unwrap().coverage,
+        50,
+        "the operator may"
+    );
+    drop(s);
+    db.drop_db().await;
+}
+
+async fn a_bad_item_is_quarantined_once(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    let filters = Filters::default();
+    let tenant = tenant();
+    for expected in [1, 0] {
+        let c = s
+            .ingest(IngestBatch {
+                tenant: &tenant,
+                source: SourceKind::Alerts,
+                items: vec![prepared(SourceKind::Alerts, &alert("ok", 0, "low"))],
+                quarantine: vec![QuarantineItem {
+                    native_id: Some("bad".into()),
+                    reason: "lastUpdateDateTime missing".into(),
+                    raw: r#"{"id":"bad"}"#.into(),
+                }],
+                historical: false,
+                observed_at: "2026-11-26T10:00:00Z",
+                filters: &filters,
+                advance: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(c.quarantined, expected);
+    }
+    assert_eq!(s.queue_status(TENANT).await.unwrap().quarantined, 1);
+    drop(s);
+    db.drop_db().await;
+}
+
+async fn filtered_versions_are_stored_but_not_queued(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    let filters = Filters {
+        severities: vec!["high".into()],
+        ..Filters::default()
+    };
+    let tenant = tenant();
+    let page = [alert("f1", 0, "low"), alert("f2", 0, "high")];
+    let c = s
+        .ingest(IngestBatch {
+            tenant: &tenant,
+            source: SourceKind::Alerts,
+            items: page
+                .iter()
+                .map(|a| prepared(SourceKind::Alerts, a))
+                .collect(),
+            quarantine: Vec::new(),
+            historical: false,
+            observed_at: "2026-11-26T10:00:00Z",
+            filters: &filters,
+            advance: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!((c.new, c.queued), (2, 1));
+    // Seen again unchanged: not queued, not counted new.
+    let c = ingest(&s, &[alert("f1", 0, "low")], false, None)
+        .await
+        .unwrap();
+    assert_eq!((c.unchanged, c.queued), (1, 0));
+    drop(s);
+    db.drop_db().await;
+}
+
+async fn pruning_removes_old_delivered_bodies_and_old_state_only(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    ingest(
+        &s,
+        &[alert("p1", 0, "low"), alert("p2", 0, "low")],
+        false,
+        None,
+    )
+    .await
+    .unwrap();
+    let batch = s
+        .claim_batch(DEST, TENANT, limits(1))
+        .await
+        .unwrap()
+        .unwrap();
+    s.mark_delivered(&batch).await.unwrap();
+    let future = store::now_ms() + 60_000;
+    let removed = s.prune(future, 0).await.unwrap();
+    assert_eq!(removed, 1, "only the delivered body");
+    let q = s.queue_status(TENANT).await.unwrap();
+    assert_eq!((q.pending, q.delivered), (1, 0));
+    // Dedup state kept: the pruned alert seen again is unchanged, not queued again.
+    let c = ingest(&s, &[alert("p1", 0, "low")], false, None)
+        .await
+        .unwrap();
+    assert_eq!(c.unchanged, 1);
+    // Past dedup retention the state goes; the version is still not queued twice while its
+    // outbox row exists (the event id is unique).
+    s.prune(0, future).await.unwrap();
+    let c = ingest(&s, &[alert("p2", 0, "low")], false, None)
+        .await
+        .unwrap();
+    assert_eq!(c.new, 1);
+    assert_eq!(s.undelivered(TENANT).await.unwrap(), 1, "p2 is queued once");
+    drop(s);
+    db.drop_db().await;
+}
+
+async fn tenants_do_not_see_each_others_rows(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    assert!(s.lease(&tenant_lease("fabrikam"), LEASE_TTL).await.unwrap());
+    ingest(&s, &[alert("t1", 0, "low")], false, None)
+        .await
+        .unwrap();
+    let filters = Filters::default();
+    let other = TenantRef {
+        name: "fabrikam".into(),
+        id: "9b2c1f43-0000-4000-8000-000000000002".into(),
+    };
+    let c = s
+        .ingest(IngestBatch {
+            tenant: &other,
+            source: SourceKind::Alerts,
+            items: vec![prepared(SourceKind::Alerts, &alert("t1", 0, "low"))],
+            quarantine: Vec::new(),
+            historical: false,
+            observed_at: "2026-11-26T10:00:00Z",
+            filters: &filters,
+            advance: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.new, 1, "the same id in another tenant is another alert");
+    assert_eq!(s.undelivered(TENANT).await.unwrap(), 1);
+    assert_eq!(s.undelivered("fabrikam").await.unwrap(), 1);
+    let batch = s
+        .claim_batch(DEST, "fabrikam", limits(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.rows, 1);
+    assert!(s.next_open_batch(DEST, TENANT).await.unwrap().is_none());
+    drop(s);
+    db.drop_db().await;
+}
+
+async fn an_email_submission_links_the_alert_about_the_same_message(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    let mut a = alert("phish", 0, "high");
+    a["evidence"] = json!([{
+        "@odata.type": "#microsoft.graph.security.analyzedMessageEvidence",
+        "verdict": "malicious", "roles": [],
+        "internetMessageId": "<Phish-1@fabrikam.example>",
+        "subject": "Your mailbox is full"
+    }]);
+    ingest(&s, &[a], false, None).await.unwrap();
+    let sub = json!({
+        "@odata.type": "#microsoft.graph.security.emailContentThreatSubmission",
+        "id": "7a7a7a7a-0000-4000-8000-000000000007", "createdDateTime": "2026-06-01T10:00:00Z",
+        "contentType": "email", "category": "phishing", "status": "succeeded", "source": "user",
+        "recipientEmailAddress": "megan@contoso.com", "sender": "attacker@fabrikam.example",
+        "internetMessageId": "<phish-1@fabrikam.example>", "emailSubject": "Your mailbox is full"
+    });
+    let raw = serde_json::value::to_raw_value(&sub).unwrap();
+    let item = normalize::prepare_submission("emailThreats", &raw).unwrap();
+    let filters = Filters::default();
+    let tenant = tenant();
+    let c = s
+        .ingest(IngestBatch {
+            tenant: &tenant,
+            source: SourceKind::Submissions,
+            items: vec![item],
+            quarantine: Vec::new(),
+            historical: false,
+            observed_at: "2026-11-26T10:00:00Z",
+            filters: &filters,
+            advance: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        c.queued, 2,
+        "the submission and a linked revision of the alert"
+    );
+    let batch = s
+        .claim_batch(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let bodies: Vec<Value> = s
+        .batch_items(batch.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| serde_json::from_slice(&i.body).unwrap())
+        .collect();
+    let linked = bodies
+        .iter()
+        .find(|v| v["source"] == "alerts" && v["change"] == "linked")
+        .expect("a linked revision of the alert");
+    assert_eq!(linked["related"][0]["source"], "submissions");
+    // The linked revision is the alert's row, not the submission's.
+    s.mark_retry(&batch, 0, "x").await.unwrap();
+    s.dead_letter(&batch, "for the listing").await.unwrap();
+    let mut sources: Vec<String> = s
+        .dead_letters(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.source)
+        .collect();
+    sources.sort();
+    assert_eq!(sources, ["alerts", "alerts", "submissions"]);
+    drop(s);
+    db.drop_db().await;
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Postgres).await
+            })*
+        }
+    };
+}
+
+conformance!(
+    versions_are_deduplicated_and_counted,
+    claims_take_live_before_historical_in_order_within_limits,
+    a_batch_lives_through_retry_split_delivery_and_dead_letter,
+    bodies_come_back_byte_for_byte,
+    coverage_points_start_once_and_only_move_forward_with_a_page,
+    a_bad_item_is_quarantined_once,
+    filtered_versions_are_stored_but_not_queued,
+    pruning_removes_old_delivered_bodies_and_old_state_only,
+    tenants_do_not_see_each_others_rows,
+    an_email_submission_links_the_alert_about_the_same_message,
+);
+
+/// Waits (with a deadline) until `s` holds `lease`.
+async fn take_when_free(s: &AnyStore, lease: &str, ttl: Duration) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !s.lease(lease, ttl).await.unwrap() {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "lease {lease} was not free in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn postgres_a_stale_leader_cannot_commit_a_page_or_mark_a_batch_delivered() {
+    let db = Fresh::new(Backend::Postgres).await;
+    let old = db.open().await;
+    let new = db.open().await;
+    let short = Duration::from_secs(1);
+    assert!(old.lease(&tenant_lease(TENANT), short).await.unwrap());
+    assert!(old.lease(&destination_lease(DEST), short).await.unwrap());
+    assert!(
+        !new.lease(&tenant_lease(TENANT), short).await.unwrap(),
+        "a live lease is not taken"
+    );
+    ingest(
+        &old,
+        &[alert("s1", 0, "low"), alert("s2", 0, "low")],
+        false,
+        None,
+    )
+    .await
+    .unwrap();
+    let batch = old
+        .claim_batch(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .unwrap();
+    // The old leader stalls past its TTL; the new one takes both leases (epoch + 1).
+    take_when_free(&new, &tenant_lease(TENANT), LEASE_TTL).await;
+    take_when_free(&new, &destination_lease(DEST), LEASE_TTL).await;
+    let refused = ingest(&old, &[alert("s3", 0, "low")], false, None).await;
+    assert!(matches!(refused, Err(StoreError::Fenced(_))), "{refused:?}");
+    let refused = old.mark_delivered(&batch).await;
+    assert!(matches!(refused, Err(StoreError::Fenced(_))), "{refused:?}");
+    assert!(matches!(
+        old.claim_batch(DEST, TENANT, limits(10)).await,
+        Err(StoreError::Fenced(_))
+    ));
+    assert!(
+        !old.lease(&tenant_lease(TENANT), short).await.unwrap(),
+        "renewal finds the lease gone"
+    );
+    // Nothing of the stale leader's landed: the batch is still open for the new leader.
+    assert_eq!(new.undelivered(TENANT).await.unwrap(), 2);
+    let open = new.next_open_batch(DEST, TENANT).await.unwrap().unwrap();
+    assert_eq!((open.id, &open.key), (batch.id, &batch.key));
+    new.mark_delivered(&open).await.unwrap();
+    assert_eq!(new.undelivered(TENANT).await.unwrap(), 0);
+    drop((old, new));
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn postgres_a_released_lease_is_taken_at_once() {
+    let db = Fresh::new(Backend::Postgres).await;
+    let a = db.open().await;
+    let b = db.open().await;
+    assert!(a.lease("tenant:x", LEASE_TTL).await.unwrap());
+    assert!(a.lease("tenant:x", LEASE_TTL).await.unwrap(), "renewal");
+    assert!(!b.lease("tenant:x", LEASE_TTL).await.unwrap());
+    a.release_leases().await.unwrap();
+    assert!(b.lease("tenant:x", LEASE_TTL).await.unwrap());
+    assert!(!a.lease("tenant:x", LEASE_TTL).await.unwrap());
+    // Without the lease, nothing is written.
+    let key = CursorKey {
+        tenant: "x".into(),
+        source: SourceKind::Alerts,
+        list: String::new(),
+    };
+    assert!(matches!(
+        a.init_cursor(&key, Cursor { coverage: 1, t0: 1 }).await,
+        Err(StoreError::Fenced(_))
+    ));
+    drop((a, b));
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn sqlite_a_second_process_on_the_same_file_is_refused() {
+    let db = Fresh::new(Backend::Sqlite).await;
+    let first = db.open().await;
+    let cfg = StoreConfig {
+        url: Some(SecretString::from(db.url.clone())),
+        ..StoreConfig::default()
+    };
+    let started = std::time::Instant::now();
+    let second = store::open(&cfg).await;
+    let Err(e) = second else {
+        panic!("a second store on the same SQLite file opened");
+    };
+    let msg = e.to_string();
+    assert!(
+        msg.contains("in use by another m365-ingest process"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("postgres"),
+        "names the way to run several: {msg}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "it waited for a restart's overlap"
+    );
+    drop(first);
+    assert!(
+        store::open(&cfg).await.is_ok(),
+        "free again once the first is gone"
+    );
+}
+
+#[tokio::test]
+async fn a_postgres_url_that_does_not_answer_is_a_clear_error_without_the_password() {
+    let cfg = StoreConfig {
+        url: Some(SecretString::from(
+            "postgres://m365:s3cret-pw@127.0.0.1:1/m365".to_string(),
+        )),
+        connect_timeout: Duration::from_secs(1),
+        ..StoreConfig::default()
+    };
+    let Err(e) = store::open(&cfg).await else {
+        panic!("opened a store on a closed port");
+    };
+    let msg = e.to_string();
+    assert!(!msg.contains("s3cret-pw"), "{msg}");
+    assert!(msg.contains("cannot connect to Postgres"), "{msg}");
+    assert!(msg.contains("store.url"), "{msg}");
+    let cfg = StoreConfig {
+        url: Some(SecretString::from("mysql://x@y/z".to_string())),
+        ..StoreConfig::default()
+    };
+    let Err(e) = store::open(&cfg).await else {
+        panic!("opened a mysql URL");
+    };
+    assert!(e.to_string().contains("not supported"), "{e}");
+}
