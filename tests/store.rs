@@ -12,6 +12,10 @@ use m365_ingest::store::{
     IngestCounts, QuarantineItem, Store, StoreError, TenantRef,
 };
 use secrecy::SecretString;
+
+#[path = "common/pg.rs"]
+mod pg;
+use pg::PgDb;
 use serde_json::{json, Value};
 
 const TENANT: &str = "contoso";
@@ -25,15 +29,10 @@ enum Backend {
     Postgres,
 }
 
-fn pg_base() -> String {
-    std::env::var("M365_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
-}
-
 /// A store on a fresh database; the guard drops the database (Postgres) or folder (SQLite).
 struct Fresh {
     url: String,
-    pg_db: Option<String>,
+    pg_db: Option<PgDb>,
     _dir: tempfile::TempDir,
 }
 
@@ -47,11 +46,10 @@ impl Fresh {
                 _dir: dir,
             },
             Backend::Postgres => {
-                let name = format!("m365_test_{}", uuid::Uuid::new_v4().simple());
-                admin(&format!("CREATE DATABASE {name}")).await;
+                let db = PgDb::create().await;
                 Fresh {
-                    url: format!("{}/{name}", pg_base()),
-                    pg_db: Some(name),
+                    url: db.url.clone(),
+                    pg_db: Some(db),
                     _dir: dir,
                 }
             }
@@ -75,21 +73,10 @@ impl Fresh {
     }
 
     async fn drop_db(self) {
-        if let Some(name) = &self.pg_db {
-            admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+        if let Some(db) = self.pg_db {
+            db.drop_db().await;
         }
     }
-}
-
-async fn admin(sql: &str) {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(&format!("{}/postgres", pg_base()))
-        .await
-        .expect("the test Postgres answers (is it running? .ci/run starts it)");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-        .execute(&mut conn)
-        .await
-        .expect("admin statement");
 }
 
 fn tenant() -> TenantRef {

@@ -68,10 +68,15 @@ impl Default for Opts {
 }
 
 pub fn settings(sim: &Simulator, db: &Path, o: &Opts) -> Settings {
+    settings_on(sim, &format!("sqlite://{}", db.display()), o)
+}
+
+/// `settings` on any store URL (a Postgres test database).
+pub fn settings_on(sim: &Simulator, store_url: &str, o: &Opts) -> Settings {
     let toml = format!(
         r#"
 [store]
-url = "sqlite://{db}"
+url = "{store_url}"
 [server]
 listen = "127.0.0.1:0"
 shutdown_grace = "5s"
@@ -97,7 +102,6 @@ overlap = "{overlap}"
 {extra}
 {extra_sources}
 "#,
-        db = db.display(),
         dz = sim.dropzone_url(),
         login = sim.login_url(),
         graph = sim.graph_url(),

@@ -4,6 +4,9 @@
 mod delivery;
 mod faults;
 mod helpers;
+#[path = "../common/pg.rs"]
+mod pg;
 mod pipeline;
+mod replicas;
 mod sources;
 mod tenants;
