@@ -1,6 +1,9 @@
 //! A database of its own for each Postgres test on the local server (`M365_TEST_PG_URL`,
 //! default postgres@127.0.0.1:5432), so tests run in parallel; shared by the test binaries.
 
+// Each test binary that includes this file uses a part of it.
+#![allow(dead_code)]
+
 use sqlx::Connection;
 
 pub fn pg_base() -> String {
