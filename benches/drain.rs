@@ -1,7 +1,9 @@
 //! Drain benchmark: N alerts (default 200,000, `DRAIN_ALERTS`) from the simulator through SQLite
 //! to the recording Dropzone endpoint. The simulator runs in a child process (this same binary
 //! with `--sim-child`) so the figures are the daemon's alone: alerts/s, CPU seconds, peak RSS.
-//! `DRAIN_BATCH` sets forward.batch_size (default 100, the shipped default).
+//! `DRAIN_BATCH` sets forward.batch_size (default 100, the shipped default). `DRAIN_STORE=postgres`
+//! runs it on a fresh database of the local Postgres (`M365_TEST_PG_URL`, default
+//! postgres@127.0.0.1:5432) instead of SQLite.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -41,10 +43,25 @@ fn main() {
         }
     };
     let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pg_base = std::env::var("M365_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string());
+    let pg_db = (std::env::var("DRAIN_STORE").as_deref() == Ok("postgres"))
+        .then(|| format!("m365_bench_{}", std::process::id()));
+    let store_url = match &pg_db {
+        Some(name) => {
+            runtime.block_on(pg_admin(&pg_base, &format!("CREATE DATABASE {name}")));
+            format!("{pg_base}/{name}")
+        }
+        None => format!("sqlite://{}", dir.path().join("bench.db").display()),
+    };
     let toml = format!(
         r#"
 [store]
-url = "sqlite://{db}"
+url = "{store_url}"
 [server]
 listen = "127.0.0.1:0"
 [log]
@@ -68,14 +85,9 @@ settle = "1s"
 enabled = false
 [tenants.bench.sources.submissions]
 enabled = false
-"#,
-        db = dir.path().join("bench.db").display(),
+"#
     );
     let settings = m365_ingest::config::Settings::from_toml(&toml).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let cpu_before = cpu_seconds();
     let started = Instant::now();
     let stop = runtime.block_on(async {
@@ -93,14 +105,31 @@ enabled = false
     let elapsed = started.elapsed();
     let cpu = cpu_seconds() - cpu_before;
     stop.cancel();
+    std::thread::sleep(Duration::from_secs(1));
+    let db_size = match &pg_db {
+        Some(name) => runtime.block_on(async {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&format!("{pg_base}/postgres"))
+                .await
+                .unwrap();
+            let size: i64 = sqlx::query_scalar("SELECT pg_database_size($1)")
+                .bind(name)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            pg_admin(&pg_base, &format!("DROP DATABASE {name} WITH (FORCE)")).await;
+            size as u64
+        }),
+        None => std::fs::metadata(dir.path().join("bench.db"))
+            .map(|m| m.len())
+            .unwrap_or(0),
+    };
     runtime.shutdown_timeout(Duration::from_secs(5));
     let _ = child.kill();
     let _ = child.wait();
-    let db_size = std::fs::metadata(dir.path().join("bench.db"))
-        .map(|m| m.len())
-        .unwrap_or(0);
     println!(
-        "drain: {n} alerts, batch_size {batch}: {:.1} s, {:.0} alerts/s, daemon CPU {:.1} s ({:.0} alerts per CPU-second), peak RSS {:.1} MB, store {:.0} MB",
+        "drain ({}): {n} alerts, batch_size {batch}: {:.1} s, {:.0} alerts/s, daemon CPU {:.1} s ({:.0} alerts per CPU-second), peak RSS {:.1} MB, store {:.0} MB",
+        if pg_db.is_some() { "postgres" } else { "sqlite" },
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64(),
         cpu,
@@ -108,6 +137,17 @@ enabled = false
         peak_rss_mb(),
         db_size as f64 / 1e6,
     );
+}
+
+async fn pg_admin(base: &str, sql: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .expect("Postgres answers (DRAIN_STORE=postgres needs the local server)");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut conn)
+        .await
+        .unwrap();
 }
 
 fn sim_child(n: usize) {

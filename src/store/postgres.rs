@@ -32,7 +32,12 @@ impl PgStore {
             })?
             .application_name("m365-ingest")
             // A statement stuck this long holds its lease row and blocks renewal: fail it.
-            .options([("statement_timeout", "60s")]);
+            // Custom plans: a generic plan cached while the tables were small would keep
+            // scanning whole tables for `= ANY($ids)` once they have grown.
+            .options([
+                ("statement_timeout", "60s"),
+                ("plan_cache_mode", "force_custom_plan"),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
             .min_connections(1)
