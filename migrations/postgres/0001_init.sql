@@ -71,7 +71,12 @@ CREATE TABLE batches (
     created_at      BIGINT  NOT NULL,
     updated_at      BIGINT  NOT NULL
 );
+-- Queue tables: every row is updated twice after its insert; vacuum and analyze them early.
+ALTER TABLE outbox SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02,
+                        autovacuum_vacuum_insert_scale_factor = 0.05);
+
 CREATE INDEX batches_open ON batches (destination, tenant, root_id, deferred, min_seq) WHERE state = 'open';
+ALTER TABLE batches SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
 
 CREATE TABLE cursors (
     tenant     TEXT   NOT NULL,

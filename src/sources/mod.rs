@@ -238,6 +238,37 @@ fn parse_page(kind: SourceKind, list: &str, body: Vec<u8>) -> Result<ParsedPage,
     Ok(parsed)
 }
 
+impl ParsedPage {
+    fn empty() -> Self {
+        ParsedPage {
+            items: Vec::new(),
+            quarantine: Vec::new(),
+            next_link: None,
+            count: None,
+            received: 0,
+            ids: Vec::new(),
+            has_next: false,
+        }
+    }
+}
+
+/// A page read but not yet committed: it commits while the next request runs (`overlap`).
+struct Deferred {
+    page: ParsedPage,
+    historical: bool,
+    advance_to: Option<i64>,
+}
+
+impl Deferred {
+    fn new(page: ParsedPage, historical: bool, advance_to: Option<i64>) -> Self {
+        Self {
+            page,
+            historical,
+            advance_to,
+        }
+    }
+}
+
 /// One request of a listing: Graph lists by GET, Cloud Apps by POSTed filters.
 enum Req {
     Get(String),
@@ -732,18 +763,24 @@ impl Poller {
         }
         // A stack keeps the parts in order without recursion.
         let mut todo = vec![(a, b)];
+        let mut pending = None;
         while let Some((a, b)) = todo.pop() {
             let historical = b <= t0;
-            let page = self
-                .fetch(
-                    listing,
-                    &|top| Req::Get(self.slice_url(listing, a, b, top)),
-                    outcome,
+            let (page, counts) = self
+                .overlap(
+                    key,
+                    pass,
+                    pending.take(),
+                    self.fetch(
+                        listing,
+                        &|top| Req::Get(self.slice_url(listing, a, b, top)),
+                        outcome,
+                    ),
                 )
                 .await?;
+            outcome.counts.add(counts);
             let Some(next_link) = page.next_link.clone() else {
-                self.commit(key, page, historical, pass, Some(b), outcome)
-                    .await?;
+                pending = Some(Deferred::new(page, historical, Some(b)));
                 continue;
             };
             let (n, m) = (page.count.unwrap_or(0), page.received.max(1) as i64);
@@ -752,12 +789,19 @@ impl Poller {
             } else {
                 Vec::new()
             };
-            self.commit(key, page, historical, pass, None, outcome)
-                .await?;
+            pending = Some(Deferred::new(page, historical, None));
             let seconds = b - a;
             if seconds <= 1 {
                 self.walk(
-                    listing, key, a, b, first_ids, next_link, historical, pass, outcome,
+                    listing,
+                    key,
+                    (a, b),
+                    first_ids,
+                    next_link,
+                    historical,
+                    pass,
+                    &mut pending,
+                    outcome,
                 )
                 .await?;
                 continue;
@@ -767,6 +811,44 @@ impl Poller {
             for part in parts.into_iter().rev() {
                 todo.push(part);
             }
+        }
+        self.flush(key, pass, pending, outcome).await
+    }
+
+    /// Runs `next` (the following request) while the `pending` page commits. Commits stay in
+    /// page order, and a failed commit fails the scan before any later page is committed, so
+    /// the coverage point never passes a page that is not stored.
+    async fn overlap<T>(
+        &self,
+        key: &CursorKey,
+        pass: Pass,
+        pending: Option<Deferred>,
+        next: impl std::future::Future<Output = Result<T, PollError>>,
+    ) -> Result<(T, IngestCounts), PollError> {
+        let Some(d) = pending else {
+            return Ok((next.await?, IngestCounts::default()));
+        };
+        let (committed, fetched) = tokio::join!(
+            self.commit_page(key, d.page, d.historical, pass, d.advance_to),
+            next
+        );
+        let counts = committed?;
+        Ok((fetched?, counts))
+    }
+
+    /// Commits the last page of a scan.
+    async fn flush(
+        &self,
+        key: &CursorKey,
+        pass: Pass,
+        pending: Option<Deferred>,
+        outcome: &mut PollOutcome,
+    ) -> Result<(), PollError> {
+        if let Some(d) = pending {
+            let counts = self
+                .commit_page(key, d.page, d.historical, pass, d.advance_to)
+                .await?;
+            outcome.counts.add(counts);
         }
         Ok(())
     }
@@ -787,6 +869,7 @@ impl Poller {
         let url = format!("{}{}", self.base(), listing.path);
         let historical = b <= t0;
         let mut skip = 0usize;
+        let mut pending = None;
         loop {
             let body = |limit: usize| {
                 Req::Post(
@@ -800,13 +883,20 @@ impl Poller {
                     }),
                 )
             };
-            let page = self.fetch(listing, &body, outcome).await?;
+            let (page, counts) = self
+                .overlap(
+                    key,
+                    pass,
+                    pending.take(),
+                    self.fetch(listing, &body, outcome),
+                )
+                .await?;
+            outcome.counts.add(counts);
             let received = page.received;
             let last = !page.has_next || received == 0;
-            self.commit(key, page, historical, pass, last.then_some(b), outcome)
-                .await?;
+            pending = Some(Deferred::new(page, historical, last.then_some(b)));
             if last {
-                return Ok(());
+                return self.flush(key, pass, pending, outcome).await;
             }
             skip += received;
         }
@@ -818,53 +908,57 @@ impl Poller {
         &self,
         listing: &GraphListing,
         key: &CursorKey,
-        a: i64,
-        b: i64,
+        (a, b): (i64, i64),
         first_ids: Vec<String>,
         first_next: String,
         historical: bool,
         pass: Pass,
+        pending: &mut Option<Deferred>,
         outcome: &mut PollOutcome,
     ) -> Result<(), PollError> {
         let mut seen: HashSet<String> = first_ids.into_iter().collect();
         let mut next = Some(first_next);
         for walk in 0..MAX_WALKS {
             let before = seen.len();
-            if walk > 0 {
-                let page = self
-                    .fetch(
-                        listing,
-                        &|top| Req::Get(self.slice_url(listing, a, b, top)),
-                        outcome,
+            // A walk after the first lists the slice again from its first page.
+            let mut from_start = walk > 0;
+            loop {
+                let link = if std::mem::take(&mut from_start) {
+                    None
+                } else {
+                    match next.take() {
+                        Some(link) => Some(link),
+                        None => break,
+                    }
+                };
+                let (page, counts) = self
+                    .overlap(
+                        key,
+                        pass,
+                        pending.take(),
+                        self.fetch(
+                            listing,
+                            &|top| match &link {
+                                Some(l) => Req::Get(l.clone()),
+                                None => Req::Get(self.slice_url(listing, a, b, top)),
+                            },
+                            outcome,
+                        ),
                     )
                     .await?;
+                outcome.counts.add(counts);
                 seen.extend(page.ids.iter().cloned());
                 next = page.next_link.clone();
-                self.commit(key, page, historical, pass, None, outcome)
-                    .await?;
-            }
-            while let Some(link) = next.take() {
-                let page = self
-                    .fetch(listing, &|_| Req::Get(link.clone()), outcome)
-                    .await?;
-                seen.extend(page.ids.iter().cloned());
-                next = page.next_link.clone();
-                self.commit(key, page, historical, pass, None, outcome)
-                    .await?;
+                *pending = Some(Deferred::new(page, historical, None));
             }
             if walk > 0 && seen.len() == before {
-                let empty = ParsedPage {
-                    items: Vec::new(),
-                    quarantine: Vec::new(),
-                    next_link: None,
-                    count: None,
-                    received: 0,
-                    ids: Vec::new(),
-                    has_next: false,
-                };
-                return self
-                    .commit(key, empty, historical, pass, Some(b), outcome)
-                    .await;
+                // Commits stay in order: C moves only after the walk's pages are stored.
+                let (_, counts) = self
+                    .overlap(key, pass, pending.take(), async { Ok(()) })
+                    .await?;
+                outcome.counts.add(counts);
+                *pending = Some(Deferred::new(ParsedPage::empty(), historical, Some(b)));
+                return Ok(());
             }
         }
         Err(PollError::Invalid(format!(
@@ -882,6 +976,22 @@ impl Poller {
         advance_to: Option<i64>,
         outcome: &mut PollOutcome,
     ) -> Result<(), PollError> {
+        let counts = self
+            .commit_page(key, page, historical, pass, advance_to)
+            .await?;
+        outcome.counts.add(counts);
+        Ok(())
+    }
+
+    /// One page in one store transaction; `advance_to` moves C in the same transaction.
+    async fn commit_page(
+        &self,
+        key: &CursorKey,
+        page: ParsedPage,
+        historical: bool,
+        pass: Pass,
+        advance_to: Option<i64>,
+    ) -> Result<IngestCounts, PollError> {
         let observed_at = format_ticks(now_ticks());
         let advance = match (pass, advance_to) {
             (Pass::Live, Some(b)) => Some((key, b)),
@@ -905,7 +1015,6 @@ impl Poller {
                 advance,
             })
             .await?;
-        outcome.counts.add(counts);
         self.status.add_counts(counts);
         if counts.quarantined > 0 {
             for (native_id, reason) in &unusable {
@@ -920,7 +1029,7 @@ impl Poller {
         if advance.is_some() {
             self.status.slice_committed();
         }
-        Ok(())
+        Ok(counts)
     }
 }
 

@@ -32,11 +32,16 @@ impl PgStore {
             })?
             .application_name("m365-ingest")
             // A statement stuck this long holds its lease row and blocks renewal: fail it.
-            // Custom plans: a generic plan cached while the tables were small would keep
-            // scanning whole tables for `= ANY($ids)` once they have grown.
+            // The queue tables grow and churn faster than autovacuum refreshes their
+            // statistics (a first run's backfill fills them from empty in minutes), and every
+            // query here reads a few rows by an index. So: custom plans (a generic plan cached
+            // while the tables were small kept scanning them whole for `= ANY($ids)`), and no
+            // bitmap scans (with stale row estimates the planner gathered every pending row
+            // and sorted it for a LIMIT 100 claim instead of reading the ordered index).
             .options([
                 ("statement_timeout", "60s"),
                 ("plan_cache_mode", "force_custom_plan"),
+                ("enable_bitmapscan", "off"),
             ]);
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
@@ -710,8 +715,10 @@ impl Store for PgStore {
 
     async fn batch_items(&self, batch_id: i64) -> Result<Vec<BatchItem>> {
         let rows = sqlx::query(
-            "SELECT o.seq, o.event_id, b.body FROM outbox o JOIN outbox_body b ON b.seq = o.seq \
-             WHERE o.batch_id = $1 ORDER BY o.seq",
+            // A body per row by its key: a join planned on stale statistics hashed the whole
+            // body table for 100 rows.
+            "SELECT o.seq, o.event_id, (SELECT b.body FROM outbox_body b WHERE b.seq = o.seq) \
+             FROM outbox o WHERE o.batch_id = $1 ORDER BY o.seq",
         )
         .bind(batch_id)
         .fetch_all(&self.pool)
@@ -719,7 +726,10 @@ impl Store for PgStore {
         rows.iter()
             .map(|r| {
                 let seq: i64 = r.try_get(0)?;
-                let stored: Vec<u8> = r.try_get(2)?;
+                let stored: Option<Vec<u8>> = r.try_get(2)?;
+                let stored = stored.ok_or_else(|| {
+                    StoreError::Invalid(format!("outbox row {seq} has no stored body"))
+                })?;
                 Ok(BatchItem {
                     seq,
                     event_id: r.try_get(1)?,
