@@ -504,6 +504,33 @@ pub fn linked_revision(
     ))
 }
 
+/// An outbox row just inserted: (source, native id, seq).
+pub type QueuedRow = (SourceKind, String, i64);
+
+/// Where each alert's latest stored body now is: `seq` per upsert of the page (None: no new
+/// version queued, the stored one stays), and the queued rows of other sources (`linked`
+/// revisions) whose alerts must point at them too.
+pub fn last_seqs(
+    source: SourceKind,
+    upserts: &[AlertState],
+    inserted: &[QueuedRow],
+) -> (Vec<Option<i64>>, Vec<QueuedRow>) {
+    let mut own: HashMap<&str, i64> = HashMap::with_capacity(inserted.len());
+    let mut others = Vec::new();
+    for (s, native_id, seq) in inserted {
+        if *s == source {
+            own.insert(native_id.as_str(), *seq);
+        } else {
+            others.push((*s, native_id.clone(), *seq));
+        }
+    }
+    let seqs = upserts
+        .iter()
+        .map(|u| own.get(u.native_id.as_str()).copied())
+        .collect();
+    (seqs, others)
+}
+
 /// Rule 8: one version per id per page, the newest.
 fn dedup_newest(items: Vec<Prepared>) -> Vec<Prepared> {
     let mut index: HashMap<String, usize> = HashMap::with_capacity(items.len());

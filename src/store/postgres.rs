@@ -220,7 +220,7 @@ impl PgStore {
         observed_at: &str,
     ) -> Result<Option<OutboxRow>> {
         let row = sqlx::query(
-            "SELECT latest, state_hash, revision, forwarded, field_hashes, link_count FROM alerts \
+            "SELECT latest, state_hash, revision, forwarded, field_hashes, link_count, last_seq FROM alerts \
              WHERE tenant = $1 AND source = $2 AND native_id = $3",
         )
         .bind(&tenant.name)
@@ -238,19 +238,16 @@ impl PgStore {
             field_hashes: row.try_get(4)?,
         };
         let link_count: i64 = row.try_get(5)?;
-        if !state.forwarded {
+        let last_seq: Option<i64> = row.try_get(6)?;
+        let (true, Some(last_seq)) = (state.forwarded, last_seq) else {
             // Never forwarded: its first forwarded version will carry the link.
             return Ok(None);
-        }
-        let stored: Option<Vec<u8>> = sqlx::query_scalar(
-            "SELECT b.body FROM outbox o JOIN outbox_body b ON b.seq = o.seq \
-             WHERE o.tenant = $1 AND o.source = $2 AND o.native_id = $3 ORDER BY o.seq DESC LIMIT 1",
-        )
-        .bind(&tenant.name)
-        .bind(source.as_str())
-        .bind(native_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        };
+        let stored: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT body FROM outbox_body WHERE seq = $1")
+                .bind(last_seq)
+                .fetch_optional(&mut *tx)
+                .await?;
         // Past retention the body is gone: the link then shows only on the other side.
         let Some(json) = stored.and_then(|b| body_codec::decode(&b).ok()) else {
             return Ok(None);
@@ -305,6 +302,7 @@ impl PgStore {
         tenant: &str,
         source: &str,
         upserts: Vec<AlertState>,
+        last_seqs: Vec<Option<i64>>,
         now: i64,
     ) -> Result<()> {
         if upserts.is_empty() {
@@ -328,13 +326,14 @@ impl PgStore {
             fields.push(s.field_hashes);
         }
         sqlx::query(
-            "INSERT INTO alerts (tenant, source, native_id, latest, state_hash, revision, forwarded, field_hashes, first_seen, last_change) \
-             SELECT $1, $2, u.native_id, u.latest, u.state_hash, u.revision, u.forwarded, u.field_hashes, $9, $9 \
-             FROM UNNEST($3::text[], $4::int8[], $5::bytea[], $6::int8[], $7::bool[], $8::bytea[]) \
-               AS u(native_id, latest, state_hash, revision, forwarded, field_hashes) \
+            "INSERT INTO alerts (tenant, source, native_id, latest, state_hash, revision, forwarded, field_hashes, last_seq, first_seen, last_change) \
+             SELECT $1, $2, u.native_id, u.latest, u.state_hash, u.revision, u.forwarded, u.field_hashes, u.last_seq, $9, $9 \
+             FROM UNNEST($3::text[], $4::int8[], $5::bytea[], $6::int8[], $7::bool[], $8::bytea[], $10::int8[]) \
+               AS u(native_id, latest, state_hash, revision, forwarded, field_hashes, last_seq) \
              ON CONFLICT (tenant, source, native_id) DO UPDATE SET latest = excluded.latest, \
                state_hash = excluded.state_hash, revision = excluded.revision, forwarded = excluded.forwarded, \
-               field_hashes = excluded.field_hashes, last_change = excluded.last_change",
+               field_hashes = excluded.field_hashes, last_change = excluded.last_change, \
+               last_seq = COALESCE(excluded.last_seq, alerts.last_seq)",
         )
         .bind(tenant)
         .bind(source)
@@ -345,6 +344,7 @@ impl PgStore {
         .bind(forwarded)
         .bind(fields)
         .bind(now)
+        .bind(last_seqs)
         .execute(&mut *tx)
         .await?;
         Ok(())
@@ -352,14 +352,15 @@ impl PgStore {
 
     /// Appends versions and their bodies in one statement; a version already queued (the same
     /// event id) is skipped with its body.
+    /// Returns the rows inserted: (source, native id, seq).
     async fn write_outbox(
         tx: &mut sqlx::PgConnection,
         tenant: &str,
         rows: Vec<OutboxRow>,
         now: i64,
-    ) -> Result<()> {
+    ) -> Result<Vec<QueuedRow>> {
         if rows.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let n = rows.len();
         let (
@@ -396,9 +397,11 @@ impl PgStore {
              ), ins AS ( \
                INSERT INTO outbox (event_id, tenant, source, native_id, version, historical, size, state, created_at) \
                SELECT event_id, $1, source, native_id, version, historical, size, 0, $2 FROM u ORDER BY ord \
-               ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id \
+               ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id, source, native_id \
+             ), bodies AS ( \
+               INSERT INTO outbox_body (seq, body) SELECT ins.seq, u.body FROM ins JOIN u USING (event_id) \
              ) \
-             INSERT INTO outbox_body (seq, body) SELECT ins.seq, u.body FROM ins JOIN u USING (event_id)",
+             SELECT source, native_id, seq FROM ins",
         )
         .bind(tenant)
         .bind(now)
@@ -409,9 +412,18 @@ impl PgStore {
         .bind(historical)
         .bind(sizes)
         .bind(bodies)
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .filter_map(|r| {
+            let s: String = r.try_get(0).ok()?;
+            Some(Ok((
+                SourceKind::parse(&s)?,
+                r.try_get(1).ok()?,
+                r.try_get(2).ok()?,
+            )))
+        })
+        .collect()
     }
 }
 
@@ -590,8 +602,20 @@ impl Store for PgStore {
                 plan.counts.queued += 1;
             }
         }
-        Self::write_alerts(&mut tx, &tenant, source, plan.upserts, now).await?;
-        Self::write_outbox(&mut tx, &tenant, plan.outbox, now).await?;
+        let inserted = Self::write_outbox(&mut tx, &tenant, plan.outbox, now).await?;
+        let (seqs, others) = last_seqs(batch.source, &plan.upserts, &inserted);
+        Self::write_alerts(&mut tx, &tenant, source, plan.upserts, seqs, now).await?;
+        for (s, native_id, seq) in others {
+            sqlx::query(
+                "UPDATE alerts SET last_seq = $1 WHERE tenant = $2 AND source = $3 AND native_id = $4",
+            )
+            .bind(seq)
+            .bind(&tenant)
+            .bind(s.as_str())
+            .bind(native_id)
+            .execute(&mut *tx)
+            .await?;
+        }
         let mut counts = plan.counts;
         counts.quarantined = 0;
         for item in &batch.quarantine {

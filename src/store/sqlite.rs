@@ -175,7 +175,7 @@ impl SqliteStore {
         native_id: &str,
         observed_at: &str,
     ) -> Result<Option<OutboxRow>> {
-        let row = sqlx::query("SELECT latest, state_hash, revision, forwarded, field_hashes, link_count FROM alerts WHERE tenant = ? AND source = ? AND native_id = ?")
+        let row = sqlx::query("SELECT latest, state_hash, revision, forwarded, field_hashes, link_count, last_seq FROM alerts WHERE tenant = ? AND source = ? AND native_id = ?")
             .bind(&tenant.name)
             .bind(source.as_str())
             .bind(native_id)
@@ -191,16 +191,16 @@ impl SqliteStore {
             field_hashes: row.try_get(4)?,
         };
         let link_count: i64 = row.try_get(5)?;
-        if !state.forwarded {
+        let last_seq: Option<i64> = row.try_get(6)?;
+        let (true, Some(last_seq)) = (state.forwarded, last_seq) else {
             // Never forwarded: its first forwarded version will carry the link.
             return Ok(None);
-        }
-        let stored: Option<Vec<u8>> = sqlx::query_scalar("SELECT b.body FROM outbox o JOIN outbox_body b ON b.seq = o.seq WHERE o.tenant = ? AND o.source = ? AND o.native_id = ? ORDER BY o.seq DESC LIMIT 1")
-            .bind(&tenant.name)
-            .bind(source.as_str())
-            .bind(native_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        };
+        let stored: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT body FROM outbox_body WHERE seq = ?")
+                .bind(last_seq)
+                .fetch_optional(&mut *tx)
+                .await?;
         // Past retention the body is gone: the link then shows only on the other side.
         let Some(json) = stored.and_then(|b| body_codec::decode(&b).ok()) else {
             return Ok(None);
@@ -420,28 +420,8 @@ impl Store for SqliteStore {
                 plan.counts.queued += 1;
             }
         }
-        for chunk in plan.upserts.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO alerts (tenant, source, native_id, latest, state_hash, revision, forwarded, field_hashes, first_seen, last_change) ",
-            );
-            q.push_values(chunk, |mut b, s| {
-                b.push_bind(tenant.clone())
-                    .push_bind(source)
-                    .push_bind(s.native_id.clone())
-                    .push_bind(s.latest)
-                    .push_bind(s.state_hash.clone())
-                    .push_bind(s.revision)
-                    .push_bind(i64::from(s.forwarded))
-                    .push_bind(s.field_hashes.clone())
-                    .push_bind(now)
-                    .push_bind(now);
-            });
-            q.push(
-                " ON CONFLICT (tenant, source, native_id) DO UPDATE SET latest = excluded.latest, state_hash = excluded.state_hash, \
-                 revision = excluded.revision, forwarded = excluded.forwarded, field_hashes = excluded.field_hashes, last_change = excluded.last_change",
-            );
-            q.build().execute(&mut *tx).await?;
-        }
+        // Versions first: their seqs are where each alert's latest body now is.
+        let mut inserted: Vec<QueuedRow> = Vec::new();
         let mut outbox = plan.outbox;
         while !outbox.is_empty() {
             let rest = outbox.split_off(outbox.len().min(CHUNK));
@@ -463,26 +443,67 @@ impl Store for SqliteStore {
                     .push_bind(now);
                 bodies.insert(r.event_id, r.stored);
             });
-            q.push(" ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id");
-            let inserted = q.build().fetch_all(&mut *tx).await?;
-            let mut rows = Vec::with_capacity(inserted.len());
-            for r in &inserted {
+            q.push(" ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id, source, native_id");
+            let rows = q.build().fetch_all(&mut *tx).await?;
+            let mut stored = Vec::with_capacity(rows.len());
+            for r in &rows {
                 let seq: i64 = r.try_get(0)?;
                 let event_id: String = r.try_get(1)?;
+                let s: String = r.try_get(2)?;
+                if let Some(s) = SourceKind::parse(&s) {
+                    inserted.push((s, r.try_get(3)?, seq));
+                }
                 if let Some(body) = bodies.remove(&event_id) {
-                    rows.push((seq, body));
+                    stored.push((seq, body));
                 }
             }
             drop(bodies);
-            if rows.is_empty() {
+            if stored.is_empty() {
                 continue;
             }
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO outbox_body (seq, body) ");
-            q.push_values(rows, |mut b, (seq, body)| {
+            q.push_values(stored, |mut b, (seq, body)| {
                 b.push_bind(seq).push_bind(body);
             });
             q.build().execute(&mut *tx).await?;
+        }
+        let (seqs, others) = last_seqs(batch.source, &plan.upserts, &inserted);
+        let mut seqs = seqs.into_iter();
+        for chunk in plan.upserts.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO alerts (tenant, source, native_id, latest, state_hash, revision, forwarded, field_hashes, last_seq, first_seen, last_change) ",
+            );
+            q.push_values(chunk, |mut b, s| {
+                b.push_bind(tenant.clone())
+                    .push_bind(source)
+                    .push_bind(s.native_id.clone())
+                    .push_bind(s.latest)
+                    .push_bind(s.state_hash.clone())
+                    .push_bind(s.revision)
+                    .push_bind(i64::from(s.forwarded))
+                    .push_bind(s.field_hashes.clone())
+                    .push_bind(seqs.next().flatten())
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            q.push(
+                " ON CONFLICT (tenant, source, native_id) DO UPDATE SET latest = excluded.latest, state_hash = excluded.state_hash, \
+                 revision = excluded.revision, forwarded = excluded.forwarded, field_hashes = excluded.field_hashes, last_change = excluded.last_change, \
+                 last_seq = COALESCE(excluded.last_seq, alerts.last_seq)",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        for (s, native_id, seq) in others {
+            sqlx::query(
+                "UPDATE alerts SET last_seq = ? WHERE tenant = ? AND source = ? AND native_id = ?",
+            )
+            .bind(seq)
+            .bind(&tenant)
+            .bind(s.as_str())
+            .bind(native_id)
+            .execute(&mut *tx)
+            .await?;
         }
         let mut counts = plan.counts;
         counts.quarantined = 0;
