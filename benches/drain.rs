@@ -89,6 +89,7 @@ enabled = false
     );
     let settings = m365_ingest::config::Settings::from_toml(&toml).unwrap();
     let cpu_before = cpu_seconds();
+    let machine_before = machine_ticks();
     let started = Instant::now();
     let stop = runtime.block_on(async {
         let app = m365_ingest::app::App::build(settings).await.unwrap();
@@ -104,6 +105,10 @@ enabled = false
     }
     let elapsed = started.elapsed();
     let cpu = cpu_seconds() - cpu_before;
+    let machine = machine_ticks();
+    // Busy share of all cores during the drain: the simulator and Postgres run beside us.
+    let busy =
+        (machine.0 - machine_before.0) as f64 / ((machine.1 - machine_before.1).max(1)) as f64;
     stop.cancel();
     std::thread::sleep(Duration::from_secs(1));
     let db_size = match &pg_db {
@@ -128,7 +133,7 @@ enabled = false
     let _ = child.kill();
     let _ = child.wait();
     println!(
-        "drain ({}): {n} alerts, batch_size {batch}: {:.1} s, {:.0} alerts/s, daemon CPU {:.1} s ({:.0} alerts per CPU-second), peak RSS {:.1} MB, store {:.0} MB",
+        "drain ({}): {n} alerts, batch_size {batch}: {:.1} s, {:.0} alerts/s, daemon CPU {:.1} s ({:.0} alerts per CPU-second), peak RSS {:.1} MB, store {:.0} MB, machine busy {:.0}% of {} cores",
         if pg_db.is_some() { "postgres" } else { "sqlite" },
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64(),
@@ -136,6 +141,8 @@ enabled = false
         n as f64 / cpu.max(0.001),
         peak_rss_mb(),
         db_size as f64 / 1e6,
+        busy * 100.0,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     );
 }
 
@@ -148,6 +155,22 @@ async fn pg_admin(base: &str, sql: &str) {
         .execute(&mut conn)
         .await
         .unwrap();
+}
+
+/// (busy, total) jiffies of all cores, from /proc/stat (zeros elsewhere).
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else {
+        return (0, 0);
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
 }
 
 fn sim_child(n: usize) {

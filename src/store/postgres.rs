@@ -115,9 +115,12 @@ impl PgStore {
         source: &str,
         ids: &[&str],
     ) -> Result<HashMap<String, AlertState>> {
+        // One key lookup per id (OFFSET 0 keeps the planner from turning it into a join it
+        // would plan on stale statistics as a scan of the whole table).
         let rows = sqlx::query(
-            "SELECT native_id, latest, state_hash, revision, forwarded, field_hashes FROM alerts \
-             WHERE tenant = $1 AND source = $2 AND native_id = ANY($3)",
+            "SELECT a.native_id, a.latest, a.state_hash, a.revision, a.forwarded, a.field_hashes \
+             FROM UNNEST($3::text[]) AS u(id) CROSS JOIN LATERAL ( \
+               SELECT * FROM alerts WHERE tenant = $1 AND source = $2 AND native_id = u.id OFFSET 0) a",
         )
         .bind(tenant)
         .bind(source)
@@ -176,7 +179,9 @@ impl PgStore {
         .collect::<Result<_>>()?;
         let mut others: HashMap<String, Vec<(SourceKind, String)>> = HashMap::new();
         for r in sqlx::query(
-            "SELECT key, source, native_id FROM links WHERE tenant = $1 AND key = ANY($2) AND source <> $3",
+            "SELECT l.key, l.source, l.native_id FROM (SELECT DISTINCT k FROM UNNEST($2::text[]) AS u(k)) u \
+             CROSS JOIN LATERAL ( \
+               SELECT key, source, native_id FROM links WHERE tenant = $1 AND key = u.k AND source <> $3 OFFSET 0) l",
         )
         .bind(tenant)
         .bind(&keys)
