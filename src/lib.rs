@@ -12,6 +12,7 @@
 //! - `forward`: batches to Dropzone. `server`: `/healthz`, `/readyz`, `/status`.
 //! - `app`: wiring. `cli`: the commands, including `demo`.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cli;

@@ -417,6 +417,10 @@ async fn a_bad_item_is_quarantined_once(b: Backend) {
         assert_eq!(c.quarantined, expected);
     }
     assert_eq!(s.queue_status(TENANT).await.unwrap().quarantined, 1);
+    let listed = s.quarantined(Some(TENANT)).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].native_id.as_deref(), Some("bad"));
+    assert_eq!(listed[0].reason, "lastUpdateDateTime missing");
     drop(s);
     db.drop_db().await;
 }
@@ -606,6 +610,101 @@ async fn an_email_submission_links_the_alert_about_the_same_message(b: Backend) 
     db.drop_db().await;
 }
 
+async fn operators_retry_dead_letters_replay_and_list(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    ingest(
+        &s,
+        &[
+            alert("o1", 0, "low"),
+            alert("o2", 0, "low"),
+            alert("o3", 0, "low"),
+        ],
+        false,
+        None,
+    )
+    .await
+    .unwrap();
+    let first = s
+        .claim_batch(DEST, TENANT, limits(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let original = s.batch_items(first.id).await.unwrap();
+    s.dead_letter(&first, "HTTP 400: refused").await.unwrap();
+    let rest = s
+        .claim_batch(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .unwrap();
+    s.mark_delivered(&rest).await.unwrap();
+    assert_eq!(s.retry_dead_letters(Some("other"), &[]).await.unwrap(), 0);
+    assert_eq!(s.retry_dead_letters(Some(TENANT), &[]).await.unwrap(), 1);
+    assert!(s.dead_letters(None).await.unwrap().is_empty());
+    let again = s
+        .claim_batch(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.rows, 1);
+    assert_ne!(
+        again.key, first.key,
+        "a retried dead letter goes out under a new key"
+    );
+    let retried = s.batch_items(again.id).await.unwrap();
+    assert_eq!(retried[0].event_id, original[0].event_id);
+    s.mark_delivered(&again).await.unwrap();
+
+    // Replay one alert, then a time range, with the original event ids.
+    let one = store::ReplayFilter {
+        tenant: Some(TENANT.into()),
+        native_id: Some("o2".into()),
+        ..Default::default()
+    };
+    assert_eq!(s.requeue_delivered(&one).await.unwrap(), 1);
+    let replayed = s
+        .claim_batch(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let items = s.batch_items(replayed.id).await.unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(native_of(&items[0].body), "o2");
+    s.mark_delivered(&replayed).await.unwrap();
+    let future = store::ReplayFilter {
+        since_ms: Some(store::now_ms() + 60_000),
+        ..Default::default()
+    };
+    assert_eq!(s.requeue_delivered(&future).await.unwrap(), 0);
+    let all = store::ReplayFilter {
+        tenant: Some(TENANT.into()),
+        source: Some(SourceKind::Alerts),
+        since_ms: Some(0),
+        until_ms: Some(store::now_ms() + 60_000),
+        ..Default::default()
+    };
+    assert_eq!(s.requeue_delivered(&all).await.unwrap(), 3);
+
+    let key = CursorKey {
+        tenant: TENANT.into(),
+        source: SourceKind::Alerts,
+        list: String::new(),
+    };
+    s.init_cursor(&key, Cursor { coverage: 7, t0: 9 })
+        .await
+        .unwrap();
+    let cursors = s.cursors(Some(TENANT)).await.unwrap();
+    assert_eq!(cursors.len(), 1);
+    assert_eq!(
+        (cursors[0].key.clone(), cursors[0].cursor),
+        (key, Cursor { coverage: 7, t0: 9 })
+    );
+    assert!(s.cursors(Some("other")).await.unwrap().is_empty());
+    assert!(s.quarantined(None).await.unwrap().is_empty());
+    drop(s);
+    db.drop_db().await;
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -634,6 +733,7 @@ conformance!(
     pruning_removes_old_delivered_bodies_and_old_state_only,
     tenants_do_not_see_each_others_rows,
     an_email_submission_links_the_alert_about_the_same_message,
+    operators_retry_dead_letters_replay_and_list,
 );
 
 /// Waits (with a deadline) until `s` holds `lease`.

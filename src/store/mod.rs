@@ -616,6 +616,37 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
+/// Which delivered versions `replay` sends again.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayFilter {
+    pub tenant: Option<String>,
+    pub source: Option<SourceKind>,
+    pub native_id: Option<String>,
+    /// Stored at or after this Unix ms.
+    pub since_ms: Option<i64>,
+    /// Stored before this Unix ms.
+    pub until_ms: Option<i64>,
+}
+
+/// A quarantined item, for `quarantine list`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Quarantined {
+    pub id: i64,
+    pub tenant: String,
+    pub source: String,
+    pub native_id: Option<String>,
+    pub reason: String,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+/// A coverage point as stored, for `cursor show`.
+#[derive(Debug, Clone)]
+pub struct StoredCursor {
+    pub key: CursorKey,
+    pub cursor: Cursor,
+}
+
 /// Per-root-batch facts used to tell a poisoned alert from a broken endpoint.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RootFacts {
@@ -690,6 +721,23 @@ pub trait Store: Send + Sync {
         &self,
         tenant: Option<&str>,
     ) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send;
+    /// Queues dead letters again (all of `tenant`, or only `seqs`); they go out in new batches
+    /// with new keys. Returns how many.
+    fn retry_dead_letters(
+        &self,
+        tenant: Option<&str>,
+        seqs: &[i64],
+    ) -> impl Future<Output = Result<u64>> + Send;
+    /// Queues delivered versions again, with their original event ids (`replay`).
+    fn requeue_delivered(&self, filter: &ReplayFilter) -> impl Future<Output = Result<u64>> + Send;
+    fn quarantined(
+        &self,
+        tenant: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<Quarantined>>> + Send;
+    fn cursors(
+        &self,
+        tenant: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<StoredCursor>>> + Send;
     /// Deletes delivered bodies older than `bodies_before` and dedup state older than `state_before` (Unix ms).
     fn prune(
         &self,
@@ -788,6 +836,18 @@ impl Store for AnyStore {
     }
     async fn prune(&self, bodies_before: i64, state_before: i64) -> Result<u64> {
         dispatch!(self, s => s.prune(bodies_before, state_before))
+    }
+    async fn retry_dead_letters(&self, tenant: Option<&str>, seqs: &[i64]) -> Result<u64> {
+        dispatch!(self, s => s.retry_dead_letters(tenant, seqs))
+    }
+    async fn requeue_delivered(&self, filter: &ReplayFilter) -> Result<u64> {
+        dispatch!(self, s => s.requeue_delivered(filter))
+    }
+    async fn quarantined(&self, tenant: Option<&str>) -> Result<Vec<Quarantined>> {
+        dispatch!(self, s => s.quarantined(tenant))
+    }
+    async fn cursors(&self, tenant: Option<&str>) -> Result<Vec<StoredCursor>> {
+        dispatch!(self, s => s.cursors(tenant))
     }
 }
 

@@ -805,6 +805,91 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn retry_dead_letters(&self, tenant: Option<&str>, seqs: &[i64]) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let dead: Vec<i64> = sqlx::query_scalar(
+            "SELECT seq FROM outbox WHERE state = 3 AND (?1 IS NULL OR tenant = ?1) ORDER BY seq",
+        )
+        .bind(tenant)
+        .fetch_all(&mut *tx)
+        .await?;
+        let chosen: Vec<i64> = dead
+            .into_iter()
+            .filter(|s| seqs.is_empty() || seqs.contains(s))
+            .collect();
+        for_seqs(
+            &mut tx,
+            "UPDATE outbox SET state = 0, batch_id = NULL, dead_reason = NULL",
+            None,
+            &chosen,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(chosen.len() as u64)
+    }
+
+    async fn requeue_delivered(&self, f: &ReplayFilter) -> Result<u64> {
+        let n = sqlx::query(
+            "UPDATE outbox SET state = 0, batch_id = NULL, delivered_at = NULL WHERE state = 2 \
+             AND (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR source = ?2) AND (?3 IS NULL OR native_id = ?3) \
+             AND (?4 IS NULL OR created_at >= ?4) AND (?5 IS NULL OR created_at < ?5)",
+        )
+        .bind(f.tenant.as_deref())
+        .bind(f.source.map(|s| s.as_str()))
+        .bind(f.native_id.as_deref())
+        .bind(f.since_ms)
+        .bind(f.until_ms)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    async fn quarantined(&self, tenant: Option<&str>) -> Result<Vec<Quarantined>> {
+        let rows = sqlx::query("SELECT id, tenant, source, native_id, reason, created_at FROM quarantine WHERE (?1 IS NULL OR tenant = ?1) ORDER BY id")
+            .bind(tenant)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Quarantined {
+                    id: r.try_get(0)?,
+                    tenant: r.try_get(1)?,
+                    source: r.try_get(2)?,
+                    native_id: r.try_get(3)?,
+                    reason: r.try_get(4)?,
+                    created_at: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn cursors(&self, tenant: Option<&str>) -> Result<Vec<StoredCursor>> {
+        let rows = sqlx::query("SELECT tenant, source, list, coverage, t0 FROM cursors WHERE (?1 IS NULL OR tenant = ?1) ORDER BY tenant, source, list")
+            .bind(tenant)
+            .fetch_all(&self.reader)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let source: String = r.try_get(1)?;
+            let Some(source) = SourceKind::parse(&source) else {
+                continue;
+            };
+            out.push(StoredCursor {
+                key: CursorKey {
+                    tenant: r.try_get(0)?,
+                    source,
+                    list: r.try_get(2)?,
+                },
+                cursor: Cursor {
+                    coverage: r.try_get(3)?,
+                    t0: r.try_get(4)?,
+                },
+            });
+        }
+        Ok(out)
+    }
+
     async fn prune(&self, bodies_before: i64, state_before: i64) -> Result<u64> {
         let mut total = 0u64;
         // Small chunks keep each write transaction short, so ingest never waits long.
