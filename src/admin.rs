@@ -109,15 +109,19 @@ fn parse_ms(what: &str, s: &str) -> Result<i64, AdminError> {
     })
 }
 
+/// One JSON object per line, for scripts.
+fn json_lines<T: serde::Serialize>(rows: &[T]) -> String {
+    rows.iter()
+        .map(|r| serde_json::to_string(r).unwrap_or_default() + "\n")
+        .collect()
+}
+
 pub async fn dead_letters(store: &AnyStore, cmd: DeadLetters) -> Result<String, AdminError> {
     match cmd {
         DeadLetters::List { tenant, json } => {
             let rows = store.dead_letters(tenant.as_deref()).await?;
             if json {
-                return Ok(rows
-                    .iter()
-                    .map(|r| serde_json::to_string(r).unwrap_or_default() + "\n")
-                    .collect());
+                return Ok(json_lines(&rows));
             }
             let mut out = format!(
                 "{:>8}  {:<12} {:<12} {:<40} reason\n",
@@ -145,10 +149,7 @@ pub async fn quarantine(store: &AnyStore, cmd: Quarantine) -> Result<String, Adm
     let Quarantine::List { tenant, json } = cmd;
     let rows = store.quarantined(tenant.as_deref()).await?;
     if json {
-        return Ok(rows
-            .iter()
-            .map(|r| serde_json::to_string(r).unwrap_or_default() + "\n")
-            .collect());
+        return Ok(json_lines(&rows));
     }
     let mut out = format!(
         "{:>6}  {:<24} {:<12} {:<12} {:<40} reason\n",
@@ -232,10 +233,7 @@ pub async fn cursor(store: &AnyStore, cmd: CursorCmd) -> Result<String, AdminErr
 }
 
 pub async fn replay(store: &AnyStore, args: Replay) -> Result<String, AdminError> {
-    if args.tenant.is_none()
-        && args.alert.is_none()
-        && args.since.is_none()
-        && args.until.is_none()
+    if args.tenant.is_none() && args.alert.is_none() && args.since.is_none() && args.until.is_none()
     {
         return Err(AdminError::Usage(
             "replay needs --tenant, --alert, or a time range (--since/--until): it will not resend everything by accident".into(),

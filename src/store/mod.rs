@@ -2,6 +2,21 @@
 //! backend-independent decisions of an ingest (new, updated, unchanged or stale; forwarded or
 //! filtered; revision and changed fields). A backend only reads and writes rows.
 
+/// Builds a `$ty` from a row's columns taken in order: both backends decode these columns to the
+/// same Rust types, so one mapping serves both.
+macro_rules! from_row {
+    ($ty:ident, $row:expr, $($field:ident),+ $(,)?) => {{
+        let mut column = 0usize;
+        $ty {
+            $($field: {
+                let value = $row.try_get(column)?;
+                column += 1;
+                value
+            }),+
+        }
+    }};
+}
+
 pub mod postgres;
 pub mod sqlite;
 
@@ -638,6 +653,25 @@ pub struct Quarantined {
     pub reason: String,
     /// Unix ms.
     pub created_at: i64,
+}
+
+/// A coverage point from a `tenant, source, list, coverage, t0` row; `None` for a source this
+/// version does not know.
+pub fn stored_cursor(
+    tenant: String,
+    source: &str,
+    list: String,
+    coverage: i64,
+    t0: i64,
+) -> Option<StoredCursor> {
+    Some(StoredCursor {
+        key: CursorKey {
+            tenant,
+            source: SourceKind::parse(source)?,
+            list,
+        },
+        cursor: Cursor { coverage, t0 },
+    })
 }
 
 /// A coverage point as stored, for `cursor show`.

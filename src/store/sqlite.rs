@@ -300,16 +300,19 @@ async fn for_seqs(
 }
 
 fn batch_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Batch> {
-    Ok(Batch {
-        id: row.try_get("id")?,
-        tenant: row.try_get("tenant")?,
-        destination: row.try_get("destination")?,
-        key: row.try_get("key")?,
-        root_id: row.try_get("root_id")?,
-        attempts: row.try_get("attempts")?,
-        next_attempt_at: row.try_get("next_attempt_at")?,
-        rows: row.try_get("rows")?,
-    })
+    // Columns in `BATCH_COLUMNS` order.
+    Ok(from_row!(
+        Batch,
+        row,
+        id,
+        tenant,
+        destination,
+        key,
+        root_id,
+        attempts,
+        next_attempt_at,
+        rows
+    ))
 }
 
 const BATCH_COLUMNS: &str =
@@ -792,15 +795,9 @@ impl Store for SqliteStore {
             .await?;
         rows.iter()
             .map(|r| {
-                Ok(DeadLetter {
-                    seq: r.try_get(0)?,
-                    tenant: r.try_get(1)?,
-                    source: r.try_get(2)?,
-                    native_id: r.try_get(3)?,
-                    version: r.try_get(4)?,
-                    event_id: r.try_get(5)?,
-                    reason: r.try_get(6)?,
-                })
+                Ok(from_row!(
+                    DeadLetter, r, seq, tenant, source, native_id, version, event_id, reason
+                ))
             })
             .collect()
     }
@@ -852,14 +849,16 @@ impl Store for SqliteStore {
             .await?;
         rows.iter()
             .map(|r| {
-                Ok(Quarantined {
-                    id: r.try_get(0)?,
-                    tenant: r.try_get(1)?,
-                    source: r.try_get(2)?,
-                    native_id: r.try_get(3)?,
-                    reason: r.try_get(4)?,
-                    created_at: r.try_get(5)?,
-                })
+                Ok(from_row!(
+                    Quarantined,
+                    r,
+                    id,
+                    tenant,
+                    source,
+                    native_id,
+                    reason,
+                    created_at
+                ))
             })
             .collect()
     }
@@ -872,20 +871,13 @@ impl Store for SqliteStore {
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let source: String = r.try_get(1)?;
-            let Some(source) = SourceKind::parse(&source) else {
-                continue;
-            };
-            out.push(StoredCursor {
-                key: CursorKey {
-                    tenant: r.try_get(0)?,
-                    source,
-                    list: r.try_get(2)?,
-                },
-                cursor: Cursor {
-                    coverage: r.try_get(3)?,
-                    t0: r.try_get(4)?,
-                },
-            });
+            out.extend(stored_cursor(
+                r.try_get(0)?,
+                &source,
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+            ));
         }
         Ok(out)
     }
