@@ -6,6 +6,7 @@ mod faults;
 mod helpers;
 #[path = "../common/pg.rs"]
 mod pg;
+mod operators;
 mod pipeline;
 mod replicas;
 mod sources;
