@@ -83,6 +83,24 @@ pub struct Replay {
     pub until: Option<String>,
 }
 
+/// One operator command.
+pub enum Op {
+    DeadLetters(DeadLetters),
+    Quarantine(Quarantine),
+    Cursor(CursorCmd),
+    Replay(Replay),
+}
+
+/// Runs `op` on `store` and returns what to print.
+pub async fn execute(store: &AnyStore, op: Op) -> Result<String, AdminError> {
+    match op {
+        Op::DeadLetters(cmd) => dead_letters(store, cmd).await,
+        Op::Quarantine(cmd) => quarantine(store, cmd).await,
+        Op::Cursor(cmd) => cursor(store, cmd).await,
+        Op::Replay(args) => replay(store, args).await,
+    }
+}
+
 /// A command's failure: bad arguments (the operator's to fix) or a store error.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -208,10 +226,10 @@ pub async fn cursor(store: &AnyStore, cmd: CursorCmd) -> Result<String, AdminErr
             let coverage = parse_ms("--to", &to)? / 1000;
             let Some(current) = store.load_cursor(&key).await? else {
                 return Err(AdminError::Usage(format!(
-                    "no coverage point for tenant {} source {} list `{}`: see `cursor show` (a source gets one on its first poll)",
+                    "no coverage point for tenant {} source {}{}: see `cursor show` (a source gets one on its first poll)",
                     key.tenant,
                     key.source.as_str(),
-                    key.list
+                    if key.list.is_empty() { String::new() } else { format!(" list {}", key.list) }
                 )));
             };
             store

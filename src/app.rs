@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
@@ -59,6 +60,16 @@ pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
 
 impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        if let Some(token) = &settings.server.status_token {
+            // An empty token would make `Authorization: Bearer ` the password.
+            if token.expose_secret().trim().is_empty() {
+                anyhow::bail!(
+                    "server.status_token is empty: set a long random token or remove the key"
+                );
+            }
+        }
+        // Installed before anything records: metrics recorded earlier would be lost.
+        crate::metrics::handle();
         let store = Arc::new(
             crate::store::open(&settings.store)
                 .await
@@ -130,6 +141,7 @@ impl App {
                 )
                 .with_context(|| format!("tenants.{name}.graph_url is not a URL"))?,
             );
+            crate::metrics::register_api(name, "graph");
             let mut tokens = vec![graph_tokens];
             // Cloud Apps is its own API family: its own token scope, host and 30/min budget.
             let cloud_apps = match &tenant.cloud_apps_url {
@@ -140,6 +152,7 @@ impl App {
                         ms_http.clone(),
                     ));
                     tokens.push(provider.clone());
+                    crate::metrics::register_api(name, "cloud_apps");
                     Some(Arc::new(
                         MsClient::new(
                             "cloud_apps",
@@ -175,6 +188,7 @@ impl App {
                     _ => graph.clone(),
                 };
                 let status = Arc::new(SourceStatus::new(s.interval));
+                crate::metrics::register_source(name, kind.as_str());
                 sources.push((kind, status.clone()));
                 pollers.push(
                     Poller::new(
@@ -198,6 +212,12 @@ impl App {
                 sources,
                 tokens,
                 gate: tenant_gate,
+                // Validated as YYYY-MM-DD when the settings were read.
+                secret_expires: tenant
+                    .client_secret_expires
+                    .as_deref()
+                    .and_then(|d| crate::time::parse_ticks(&format!("{d}T00:00:00Z")))
+                    .map(|t| t / crate::time::TICKS_PER_SECOND),
             });
         }
         let mut forwarders = Vec::new();
@@ -205,6 +225,9 @@ impl App {
         for (name, (status, tenants, cfg)) in destinations {
             let gate = gate_for(destination_lease(&name));
             dest_health.push((name.clone(), status.clone(), gate.clone()));
+            for tenant in &tenants {
+                crate::metrics::register_destination(&name, tenant);
+            }
             forwarders.push(Forwarder {
                 name,
                 sink: Arc::new(DropzoneSink::new(dz_http.clone(), &cfg)),
@@ -233,6 +256,7 @@ impl App {
             tenants: tenants_health,
             destinations: dest_health,
             readyz_requires: settings.server.readyz_requires,
+            status_token: settings.server.status_token.clone(),
             started: tokio::time::Instant::now(),
         });
         Ok(App {
@@ -305,6 +329,11 @@ impl App {
             settings.store.dedup_retention,
             stop.clone(),
         ));
+        tasks.spawn(crate::metrics::upkeep(stop.clone()));
+        let listen = settings.server.listen;
+        if settings.server.status_token.is_none() && !listen.ip().is_loopback() {
+            tracing::warn!(listen = %listen, "/status and /metrics are readable by anyone who can reach {listen}; set server.status_token");
+        }
         let router = crate::server::router(health);
         let server_stop = stop.clone();
         tasks.spawn(async move {

@@ -123,6 +123,15 @@ impl TokenProvider {
         &self.creds.tenant_name
     }
 
+    /// The API family this token is for, as metrics label it.
+    fn api(&self) -> &'static str {
+        if self.scope == CLOUD_APPS_SCOPE {
+            "cloud_apps"
+        } else {
+            "graph"
+        }
+    }
+
     /// How many tokens were fetched so far.
     pub fn refresh_count(&self) -> u64 {
         self.refreshes.load(Ordering::Relaxed)
@@ -139,7 +148,9 @@ impl TokenProvider {
                 });
             }
         }
-        let (secret, lifetime) = self.fetch().await?;
+        let fetched = self.fetch().await;
+        crate::metrics::token_refresh(&self.creds.tenant_name, self.api(), fetched.is_ok());
+        let (secret, lifetime) = fetched?;
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         self.refreshes.fetch_add(1, Ordering::Relaxed);
         *state = Some(Cached {

@@ -1,4 +1,5 @@
-//! The command line: `run` (the daemon), `migrate`, `demo` (simulator + daemon on loopback, no
+//! The command line: `run` (the daemon), `migrate`, `check`, the operator commands (`dead-letters`,
+//! `quarantine`, `cursor`, `replay`: see `admin`), `demo` (simulator + daemon on loopback, no
 //! tenant needed) and `sim` (the simulator alone). Exit codes: 0 done, 78 bad configuration,
 //! 1 anything else.
 
@@ -40,6 +41,31 @@ pub enum Command {
     Run,
     /// Create or upgrade the store's tables, then exit.
     Migrate,
+    /// Test the setup ("Test & Save"): tokens, granted permissions, one request per source and
+    /// the Dropzone endpoint. Exit code 0 when every check passes (warnings allowed), 1 if not.
+    Check {
+        /// Print a JSON array of checks instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dead-lettered versions: list them, or queue them again once the cause is fixed.
+    DeadLetters {
+        #[command(subcommand)]
+        cmd: crate::admin::DeadLetters,
+    },
+    /// Items Microsoft sent that could not be read.
+    Quarantine {
+        #[command(subcommand)]
+        cmd: crate::admin::Quarantine,
+    },
+    /// Coverage points: show them, or move one to read a period again.
+    Cursor {
+        #[command(subcommand)]
+        cmd: crate::admin::CursorCmd,
+    },
+    /// Send delivered versions again with their original event ids (by tenant, source, alert or
+    /// time stored).
+    Replay(crate::admin::Replay),
     /// Run the built-in simulator and the daemon against it (SQLite in a temporary folder).
     Demo {
         /// Alerts already waiting in the simulated tenant (spread over the last 3 days).
@@ -119,6 +145,30 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 .map(|_| println!("store is up to date"))
                 .map_err(anyhow::Error::from)
         }
+        Command::Check { json } => {
+            let settings = match load(&cli.config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let report = crate::check::run(&settings).await;
+            print!(
+                "{}",
+                if json {
+                    report.to_json() + "\n"
+                } else {
+                    report.to_table()
+                }
+            );
+            return ExitCode::from(report.exit_code());
+        }
+        Command::DeadLetters { cmd } => {
+            return admin(&cli.config, crate::admin::Op::DeadLetters(cmd)).await
+        }
+        Command::Quarantine { cmd } => {
+            return admin(&cli.config, crate::admin::Op::Quarantine(cmd)).await
+        }
+        Command::Cursor { cmd } => return admin(&cli.config, crate::admin::Op::Cursor(cmd)).await,
+        Command::Replay(args) => return admin(&cli.config, crate::admin::Op::Replay(args)).await,
         Command::Demo {
             alerts,
             per_minute,
@@ -130,6 +180,36 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An operator command on the configured store. Exit codes: 0 done, 2 bad arguments, 78 bad
+/// configuration, 1 a store error (with SQLite: stop the daemon first, the file has one writer).
+async fn admin(config: &std::path::Path, op: crate::admin::Op) -> ExitCode {
+    let settings = match load(config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let store = match crate::store::open(&settings.store).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: opening the store: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::admin::execute(&store, op).await {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(crate::admin::AdminError::Usage(why)) => {
+            eprintln!("error: {why}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -9,16 +9,19 @@
 //!   `m365-ingest.alert.v1`. `time`: 100-ns ticks.
 //! - `store`: the `Store` contract and its SQLite and Postgres backends; the only hand-off between
 //!   pollers and forwarders. `lease`: which replica runs what (design §10).
-//! - `forward`: batches to Dropzone. `server`: `/healthz`, `/readyz`, `/status`.
+//! - `forward`: batches to Dropzone. `server`: `/healthz`, `/readyz`, `/status`, `/metrics`;
+//!   `metrics`: the Prometheus names and the process's recorder.
 //! - `app`: wiring. `cli`: the commands, including `demo`.
 
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod forward;
 pub mod lease;
+pub mod metrics;
 pub mod microsoft;
 pub mod normalize;
 pub mod server;

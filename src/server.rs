@@ -1,15 +1,20 @@
 //! The on-call's view: `/healthz` (the process serves), `/readyz` (store answers, sources commit,
-//! destinations deliver; 503 with the failing checks otherwise) and `/status` (everything an
-//! operator needs to see why and how far behind). Never shows a secret or a token.
+//! destinations deliver; 503 with the failing checks otherwise), `/status` (everything an
+//! operator needs to see why and how far behind) and `/metrics` (Prometheus text). With
+//! `server.status_token` set, `/status` and `/metrics` need `Authorization: Bearer <token>`;
+//! the probes stay open for orchestrators. Never shows a secret or a token.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::auth::TokenProvider;
 use crate::config::ReadyzRequires;
@@ -29,6 +34,8 @@ pub struct TenantHealth {
     pub tokens: Vec<Arc<TokenProvider>>,
     /// The tenant's lease: a standby replica does not poll it and is not judged by its sources.
     pub gate: Arc<LeaseGate>,
+    /// `client_secret_expires` as Unix seconds (midnight UTC of that day).
+    pub secret_expires: Option<i64>,
 }
 
 pub struct Health {
@@ -36,6 +43,8 @@ pub struct Health {
     pub tenants: Vec<TenantHealth>,
     pub destinations: Vec<(String, Arc<DestinationStatus>, Arc<LeaseGate>)>,
     pub readyz_requires: ReadyzRequires,
+    /// `server.status_token`: required by `/status` and `/metrics` when set.
+    pub status_token: Option<SecretString>,
     pub started: tokio::time::Instant,
 }
 
@@ -44,10 +53,63 @@ pub fn router(health: Arc<Health>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .route("/metrics", get(metrics_text))
         .with_state(health)
 }
 
 impl Health {
+    /// True when no token is configured or the request carries it as a bearer token.
+    pub fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.status_token else {
+            return true;
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
+        let Some(presented) = presented else {
+            return false;
+        };
+        // Digests are compared, in constant time, so neither the token's bytes nor its length
+        // can be learnt from how long a refusal takes.
+        let want = Sha256::digest(token.expose_secret().trim().as_bytes());
+        let got = Sha256::digest(presented.as_bytes());
+        want[..].ct_eq(&got[..]).into()
+    }
+
+    /// Sets the gauges that mirror the store, the sources and the calendar, just before a scrape.
+    async fn refresh_gauges(&self) {
+        use crate::metrics::{COVERAGE_LAG, OUTBOX_OLDEST_AGE, OUTBOX_PENDING, SECRET_DAYS_LEFT};
+        let now = crate::store::now_ms() / 1000;
+        for t in &self.tenants {
+            let tenant = t.name.clone();
+            for (kind, s) in &t.sources {
+                if let Some(lag) = s.snapshot().lag_s {
+                    ::metrics::gauge!(COVERAGE_LAG, "tenant" => tenant.clone(), "source" => kind.as_str())
+                        .set(lag as f64);
+                }
+            }
+            match self.store.queue_status(&t.name).await {
+                Ok(q) => {
+                    ::metrics::gauge!(OUTBOX_PENDING, "tenant" => tenant.clone())
+                        .set(q.pending as f64);
+                    ::metrics::gauge!(OUTBOX_OLDEST_AGE, "tenant" => tenant.clone())
+                        .set(q.oldest_pending_age_s.unwrap_or(0).max(0) as f64);
+                }
+                // The gauges keep their last value; `/status` and `/readyz` name the store error.
+                Err(e) => {
+                    tracing::debug!(tenant = %t.name, error = %e, "metrics: queue status unavailable")
+                }
+            }
+            if let Some(expires) = t.secret_expires {
+                let days = ((expires - now) as f64 / 86_400.0).floor();
+                ::metrics::gauge!(SECRET_DAYS_LEFT, "tenant" => tenant).set(days);
+            }
+        }
+    }
+
     /// The failing checks, empty when ready.
     pub async fn readiness(&self) -> Vec<String> {
         let mut failures = Vec::new();
@@ -155,6 +217,33 @@ async fn readyz(State(h): State<Arc<Health>>) -> Response {
     }
 }
 
-async fn status(State(h): State<Arc<Health>>) -> Response {
+async fn status(State(h): State<Arc<Health>>, headers: HeaderMap) -> Response {
+    if !h.authorized(&headers) {
+        return unauthorized();
+    }
     Json(h.status_json().await).into_response()
+}
+
+async fn metrics_text(State(h): State<Arc<Health>>, headers: HeaderMap) -> Response {
+    if !h.authorized(&headers) {
+        return unauthorized();
+    }
+    h.refresh_gauges().await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::handle().render(),
+    )
+        .into_response()
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({"error": "unauthorized: send Authorization: Bearer <server.status_token>"})),
+    )
+        .into_response()
 }

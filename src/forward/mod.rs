@@ -210,10 +210,23 @@ impl Forwarder {
             busy.insert(tenant.clone());
             let store = self.store.clone();
             let sink = self.sink.clone();
+            let destination = self.name.clone();
             in_flight.spawn(async move {
                 let outcome = match store.batch_items(batch.id).await {
                     Ok(items) if items.is_empty() => SendOutcome::Delivered,
-                    Ok(items) => sink.send(&batch.key, &items, timeout).await,
+                    Ok(items) => {
+                        if batch.attempts > 0 {
+                            crate::metrics::redelivery(&destination, &batch.tenant);
+                        }
+                        let started = Instant::now();
+                        let outcome = sink.send(&batch.key, &items, timeout).await;
+                        crate::metrics::delivery_duration(
+                            &destination,
+                            &batch.tenant,
+                            started.elapsed(),
+                        );
+                        outcome
+                    }
                     Err(e) => SendOutcome::Retry {
                         retry_after: None,
                         error: format!("reading the batch: {e}"),
@@ -231,9 +244,11 @@ impl Forwarder {
         batch: &Batch,
         outcome: SendOutcome,
     ) -> Result<Option<String>, StoreError> {
+        let counted = |outcome| crate::metrics::delivery(&self.name, &batch.tenant, outcome, 1);
         match outcome {
             SendOutcome::Delivered => {
                 self.store.mark_delivered(batch).await?;
+                counted("delivered");
                 self.status.note_accept();
                 self.status.with(|s| {
                     s.consecutive_failures = 0;
@@ -247,22 +262,26 @@ impl Forwarder {
                 let delay = retry_after.unwrap_or_else(|| full_jitter(batch.attempts));
                 let next = now_ms() + delay.as_millis() as i64;
                 self.store.mark_retry(batch, next, &error).await?;
+                counted("retry");
                 self.failed(&error);
                 tracing::warn!(destination = %self.name, tenant = %batch.tenant, batch = batch.id, error = %error, retry_in_ms = delay.as_millis() as u64, "delivery failed; will retry");
                 Ok(None)
             }
             SendOutcome::TooLarge if batch.rows > 1 => {
                 self.store.split_batch(batch).await?;
+                counted("split");
                 tracing::info!(destination = %self.name, tenant = %batch.tenant, batch = batch.id, "HTTP 413: batch split in two");
                 Ok(None)
             }
             SendOutcome::TooLarge => {
                 self.dead(batch, "too_large: HTTP 413 for this alert alone")
                     .await?;
+                counted("dead");
                 Ok(None)
             }
             SendOutcome::Rejected { status, .. } if batch.rows > 1 => {
                 self.store.split_batch(batch).await?;
+                counted("split");
                 tracing::info!(destination = %self.name, tenant = %batch.tenant, batch = batch.id, status, "batch rejected: split to isolate the refused alert");
                 Ok(None)
             }
@@ -271,21 +290,26 @@ impl Forwarder {
                 let facts = self.store.root_facts(batch.root_id).await?;
                 if facts.accepted || self.status.accepted_recently() {
                     self.dead(batch, &reason).await?;
+                    counted("dead");
                     return Ok(None);
                 }
                 self.store.defer_single(batch, &reason).await?;
                 if facts.probes + 1 >= PROBES_BEFORE_PAUSE {
+                    counted("paused");
                     // Dropzone's answer body stays in the store (dead-letter reason), never in
                     // logs or /status.
                     let why = format!("{PROBES_BEFORE_PAUSE} single alerts rejected with HTTP {status} and none accepted: the endpoint or its contract is wrong, not the data; check forward.url");
                     self.status.with(|s| s.paused = Some(why.clone()));
                     return Ok(Some(why));
                 }
+                // Parked behind its siblings and sent again later: a retry, as far as counts go.
+                counted("retry");
                 Ok(None)
             }
             SendOutcome::Pause { status: _, error } => {
                 let next = now_ms() + PAUSE_RETRY.as_millis() as i64;
                 self.store.mark_retry(batch, next, &error).await?;
+                counted("paused");
                 self.failed(&error);
                 self.status.with(|s| s.paused = Some(error.clone()));
                 Ok(Some(error))
@@ -295,6 +319,7 @@ impl Forwarder {
 
     async fn dead(&self, batch: &Batch, reason: &str) -> Result<(), StoreError> {
         self.store.dead_letter(batch, reason).await?;
+        crate::metrics::dead_letters(&self.name, &batch.tenant, batch.rows.max(0) as u64);
         self.status.with(|s| s.dead_lettered += batch.rows as u64);
         // The reason may quote Dropzone's answer: it is kept for `dead-letters list`, not logged.
         let status = reason.split(':').next().unwrap_or("");

@@ -187,14 +187,24 @@ impl MsClient {
                 req = req.json(body);
             }
             let outcome = match req.send().await {
-                Ok(resp) => self.read(resp, limit).await,
-                Err(e) => Err(Failure::Retryable {
-                    error: MsError::Network {
-                        api: self.api.into(),
-                        message: describe_reqwest_error(&e),
-                    },
-                    retry_after: None,
-                }),
+                Ok(resp) => {
+                    crate::metrics::microsoft_request(
+                        &self.tenant,
+                        self.api,
+                        Some(resp.status().as_u16()),
+                    );
+                    self.read(resp, limit).await
+                }
+                Err(e) => {
+                    crate::metrics::microsoft_request(&self.tenant, self.api, None);
+                    Err(Failure::Retryable {
+                        error: MsError::Network {
+                            api: self.api.into(),
+                            message: describe_reqwest_error(&e),
+                        },
+                        retry_after: None,
+                    })
+                }
             };
             match outcome {
                 Ok(resp) => {
@@ -253,6 +263,9 @@ impl MsClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
+        if matches!(status, 429 | 503) && retry_after.is_some() {
+            crate::metrics::throttled(&self.tenant, self.api);
+        }
         if headers.get("Warning").is_some() {
             tracing::info!(tenant = %self.tenant, api = self.api, warning = ?headers.get("Warning"), "Microsoft sent a Warning header");
         }

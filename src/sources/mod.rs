@@ -384,17 +384,20 @@ impl Poller {
         let lag = self.lag();
         match result {
             Ok(o) => {
+                crate::metrics::poll(&self.tenant.name, self.settings.kind.as_str(), "success");
                 self.status.success(o, lag);
                 if o.counts.queued > 0 || o.counts.quarantined > 0 {
                     tracing::info!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), new = o.counts.new, updated = o.counts.updated, unchanged = o.counts.unchanged, stale = o.counts.stale, quarantined = o.counts.quarantined, queued = o.counts.queued, requests = o.requests, lag_s = lag.unwrap_or(0), "poll done");
                 }
             }
             Err(PollError::Paused(why)) => {
+                crate::metrics::poll(&self.tenant.name, self.settings.kind.as_str(), "paused");
                 self.status.paused(&why);
                 tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), reason = %why, "poll skipped");
             }
             Err(e) => {
                 let message = self.explain(&e);
+                crate::metrics::poll(&self.tenant.name, self.settings.kind.as_str(), "failure");
                 self.status.failure(&message, lag);
                 tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), error = %message, "poll failed");
             }
@@ -581,6 +584,7 @@ impl Poller {
             SourceKind::Submissions | SourceKind::CloudApps
         ) {
             self.status.late_arrivals(found);
+            crate::metrics::late_arrivals(&self.tenant.name, self.settings.kind.as_str(), found);
         }
         Ok(found)
     }
@@ -1024,6 +1028,7 @@ impl Poller {
             })
             .await?;
         self.status.add_counts(counts);
+        crate::metrics::record_items(&self.tenant.name, self.settings.kind.as_str(), counts);
         if counts.quarantined > 0 {
             for (native_id, reason) in &unusable {
                 tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), native_id = native_id.as_deref().unwrap_or(""), reason = %reason, "item quarantined: see `quarantine list`");

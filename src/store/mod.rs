@@ -7,13 +7,15 @@
 macro_rules! from_row {
     ($ty:ident, $row:expr, $($field:ident),+ $(,)?) => {{
         let mut column = 0usize;
-        $ty {
+        let built = $ty {
             $($field: {
                 let value = $row.try_get(column)?;
                 column += 1;
                 value
             }),+
-        }
+        };
+        debug_assert!(column > 0);
+        built
     }};
 }
 

@@ -1,12 +1,14 @@
 //! Black-box tests of the daemon against the simulator: one binary, a file per concern.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod check;
 mod delivery;
 mod faults;
 mod helpers;
+mod metrics;
+mod operators;
 #[path = "../common/pg.rs"]
 mod pg;
-mod operators;
 mod pipeline;
 mod replicas;
 mod sources;
