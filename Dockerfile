@@ -21,5 +21,9 @@ ENV M365_INGEST_CONFIG=/etc/m365-ingest/m365-ingest.toml \
     M365_INGEST__STORE__URL=sqlite:///var/lib/m365-ingest/m365-ingest.db
 VOLUME ["/var/lib/m365-ingest"]
 EXPOSE 8080
+# The image has no curl: the binary probes itself. /healthz: the process serves (readiness, which
+# depends on Microsoft and Dropzone, is for orchestrators: `health --url …/readyz`).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
+  CMD ["/usr/local/bin/m365-ingest", "health", "--url", "http://127.0.0.1:8080/healthz"]
 ENTRYPOINT ["/usr/local/bin/m365-ingest"]
 CMD ["run"]

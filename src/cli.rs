@@ -66,6 +66,12 @@ pub enum Command {
     /// Send delivered versions again with their original event ids (by tenant, source, alert or
     /// time stored).
     Replay(crate::admin::Replay),
+    /// Probe a running daemon (container HEALTHCHECK: the image has no curl): exit 0 when the
+    /// URL answers 200 within 5 s, 1 otherwise.
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
     /// Run the built-in simulator and the daemon against it (SQLite in a temporary folder).
     Demo {
         /// Alerts already waiting in the simulated tenant (spread over the last 3 days).
@@ -169,6 +175,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         }
         Command::Cursor { cmd } => return admin(&cli.config, crate::admin::Op::Cursor(cmd)).await,
         Command::Replay(args) => return admin(&cli.config, crate::admin::Op::Replay(args)).await,
+        Command::Health { url } => return health(&url).await,
         Command::Demo {
             alerts,
             per_minute,
@@ -180,6 +187,30 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn health(url: &str) -> ExitCode {
+    let answer = match crate::app::http_client(Duration::from_secs(5)) {
+        Ok(client) => client.get(url).send().await,
+        Err(e) => {
+            eprintln!("unhealthy: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match answer {
+        Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("unhealthy: {url} answered {}", r.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!(
+                "unhealthy: {url}: {}",
+                crate::microsoft::describe_reqwest_error(&e)
+            );
             ExitCode::FAILURE
         }
     }

@@ -628,6 +628,17 @@ impl Settings {
                 "leases.renew must be less than half of leases.ttl, so a lease is renewed twice before it can expire",
             ));
         }
+        if self
+            .server
+            .status_token
+            .as_ref()
+            .is_some_and(|t| t.expose_secret().trim().is_empty())
+        {
+            // An empty token would make `Authorization: Bearer ` the password.
+            return Err(bad(
+                "server.status_token is empty: set a long random token or remove the key",
+            ));
+        }
         if !(2..=200).contains(&self.store.pool_size) {
             return Err(bad("store.pool_size must be between 2 and 200"));
         }

@@ -154,3 +154,24 @@ async fn replaying_a_time_range_resends_exactly_those_versions_with_their_event_
     assert!(refused.is_err(), "a replay of everything needs a filter");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_probe_exits_zero_only_when_the_daemon_answers() {
+    let sim = sim().await;
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(settings(&sim, &db, &Opts::default())).await;
+    let probe = |url: String| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_m365-ingest"))
+            .args(["health", "--url", &url])
+            .output()
+            .await
+            .unwrap()
+    };
+    let up = probe(format!("http://127.0.0.1:{}/healthz", app.port)).await;
+    assert!(up.status.success(), "{up:?}");
+    let port = app.port;
+    app.stop().await;
+    let down = probe(format!("http://127.0.0.1:{port}/healthz")).await;
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("unhealthy"));
+}
