@@ -316,6 +316,7 @@ impl App {
             let span = tracing::info_span!("forwarder", destination = %fwd.name);
             tasks.spawn(fwd.run(stop.clone()).instrument(span));
         }
+        tasks.spawn(secret_watch(health.clone(), stop.clone()));
         tasks.spawn(prune_loop(
             store.clone(),
             settings.store.retention,
@@ -386,6 +387,25 @@ fn credentials(name: &str, t: &TenantConfig) -> anyhow::Result<Credentials> {
             .with_context(|| format!("tenants.{name}.client_secret is missing"))?,
         login_url: t.effective_login_url(),
     })
+}
+
+/// Logs, once a day, each client secret that expires within 30 days or has expired.
+async fn secret_watch(health: Arc<Health>, stop: CancellationToken) {
+    loop {
+        let now = crate::time::unix_seconds_now();
+        for t in &health.tenants {
+            if let Some(why) = t
+                .secret_expires
+                .and_then(|e| crate::server::secret_expiry_warning(&t.name, e, now))
+            {
+                tracing::warn!(tenant = %t.name, "{why}");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(86_400)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
 }
 
 /// Deletes delivered bodies after `retention` and dedup state after `dedup_retention`, hourly.

@@ -38,6 +38,27 @@ pub struct TenantHealth {
     pub secret_expires: Option<i64>,
 }
 
+/// Whole days from `now` until `expires` (both Unix seconds); negative once it has passed.
+pub fn days_left(expires: i64, now: i64) -> i64 {
+    (expires - now).div_euclid(86_400)
+}
+
+/// What to say about a client secret expiring at `expires`, if anything (design §3: warn from
+/// 30 days ahead; past it, the tenant is not ready).
+pub fn secret_expiry_warning(tenant: &str, expires: i64, now: i64) -> Option<String> {
+    let days = days_left(expires, now);
+    let fix = format!("create a new one (Entra admin center → App registrations → the app → Certificates & secrets → New client secret) and update tenants.{tenant}.client_secret and client_secret_expires");
+    match days {
+        d if d < 0 => Some(format!(
+            "tenant {tenant}: the client secret has expired: {fix}"
+        )),
+        d if d <= 30 => Some(format!(
+            "tenant {tenant}: the client secret expires in {d} days: {fix}"
+        )),
+        _ => None,
+    }
+}
+
 pub struct Health {
     pub store: Arc<AppStore>,
     pub tenants: Vec<TenantHealth>,
@@ -104,8 +125,8 @@ impl Health {
                 }
             }
             if let Some(expires) = t.secret_expires {
-                let days = ((expires - now) as f64 / 86_400.0).floor();
-                ::metrics::gauge!(SECRET_DAYS_LEFT, "tenant" => tenant).set(days);
+                ::metrics::gauge!(SECRET_DAYS_LEFT, "tenant" => tenant)
+                    .set(days_left(expires, now) as f64);
             }
         }
     }
@@ -123,6 +144,16 @@ impl Health {
             let mut ok = true;
             // A standby is ready when its store answers: another replica runs this tenant.
             let standby = !t.gate.held();
+            if let Some(expires) = t.secret_expires {
+                if days_left(expires, crate::time::unix_seconds_now()) < 0 {
+                    ok = false;
+                    tenant_failures.extend(secret_expiry_warning(
+                        &t.name,
+                        expires,
+                        crate::time::unix_seconds_now(),
+                    ));
+                }
+            }
             for (kind, s) in t.sources.iter().filter(|_| !standby) {
                 if let Err(e) = s.ready() {
                     ok = false;
@@ -182,6 +213,7 @@ impl Health {
                     "queue": queue,
                     "tokens": tokens,
                     "lease": t.gate.describe(),
+                    "client_secret_days_left": t.secret_expires.map(|e| days_left(e, crate::time::unix_seconds_now())),
                 }),
             );
         }
@@ -246,4 +278,23 @@ fn unauthorized() -> Response {
         Json(json!({"error": "unauthorized: send Authorization: Bearer <server.status_token>"})),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_expiry_is_quiet_until_30_days_and_says_the_fix() {
+        let now = 1_800_000_000;
+        let day = 86_400;
+        assert_eq!(secret_expiry_warning("c", now + 31 * day + 10, now), None);
+        let soon = secret_expiry_warning("c", now + 10 * day + 10, now).unwrap();
+        assert!(soon.contains("expires in 10 days"), "{soon}");
+        assert!(soon.contains("tenants.c.client_secret"), "{soon}");
+        let past = secret_expiry_warning("c", now - 10, now).unwrap();
+        assert!(past.contains("has expired"), "{past}");
+        assert_eq!(days_left(now - 10, now), -1);
+        assert_eq!(days_left(now + day, now), 1);
+    }
 }

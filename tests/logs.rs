@@ -34,6 +34,14 @@ const SECRET: &str = "S3cr3t~client~value~9f2a";
 const API_KEY: &str = "dz-api-key-4e1f9c77";
 const TENANT: &str = "d1a2b3c4-0000-4000-8000-0000000000aa";
 
+/// A `client_secret_expires` date with `days` whole days left: its midnight (UTC) falls within
+/// the day after now + `days`.
+fn in_days(days: u64) -> String {
+    let t = SystemTime::now() + Duration::from_secs((days + 1) * 86_400);
+    let ticks = t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as i64 / 100;
+    m365_ingest::time::format_ticks(ticks)[..10].to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_of_a_full_run_contain_no_secret_token_or_api_key() {
     let capture = Capture::default();
@@ -90,6 +98,7 @@ api_key = "{API_KEY}"
 tenant_id = "{TENANT}"
 client_id = "c1"
 client_secret = "{SECRET}"
+client_secret_expires = "{expires}"
 login_url = "{login}"
 graph_url = "{graph}"
 graph_requests_per_minute = 6000
@@ -105,6 +114,7 @@ enabled = false
         dz = sim.dropzone_url(),
         login = sim.login_url(),
         graph = sim.graph_url(),
+        expires = in_days(10),
     );
     let app = App::build(Settings::from_toml(&toml).unwrap())
         .await
@@ -132,6 +142,10 @@ enabled = false
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     assert!(logs.lines().count() > 20, "the run logged");
     assert!(logs.contains("batch delivered"));
+    assert!(
+        logs.contains("the client secret expires in 10 days"),
+        "the secret's coming expiry is warned about"
+    );
     assert!(!logs.contains(SECRET), "client secret in logs");
     assert!(!logs.contains(API_KEY), "Dropzone API key in logs");
     for token in sim.issued_tokens() {

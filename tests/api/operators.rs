@@ -175,3 +175,32 @@ async fn the_health_probe_exits_zero_only_when_the_daemon_answers() {
     assert_eq!(down.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&down.stderr).contains("unhealthy"));
 }
+
+/// A `client_secret_expires` date with `days` whole days left (negative: past): its midnight
+/// falls within the day after now + `days`.
+fn date_in_days(days: i64) -> String {
+    let secs = m365_ingest::time::unix_seconds_now() + (days + 1) * 86_400;
+    m365_ingest::time::format_seconds(secs)[..10].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_expiring_soon_shows_its_days_and_an_expired_one_fails_readyz() {
+    let sim = sim().await;
+    let (_dir, db) = temp_db();
+    let mut s = settings(&sim, &db, &Opts::default());
+    s.tenants.get_mut("contoso").unwrap().client_secret_expires = Some(date_in_days(10));
+    let app = TestApp::spawn(s).await;
+    let (_, status) = app.get("/status").await;
+    assert_eq!(status["tenants"]["contoso"]["client_secret_days_left"], 10);
+    app.stop().await;
+
+    let mut s = settings(&sim, &db, &Opts::default());
+    s.tenants.get_mut("contoso").unwrap().client_secret_expires = Some(date_in_days(-2));
+    let app = TestApp::spawn(s).await;
+    let (code, body) = app.get("/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    let text = body.to_string();
+    assert!(text.contains("client secret has expired"), "{text}");
+    assert!(text.contains("New client secret"), "names the fix: {text}");
+    app.stop().await;
+}
