@@ -278,6 +278,82 @@ pub async fn replay(store: &AnyStore, args: Replay) -> Result<String, AdminError
     ))
 }
 
+/// `/status` for a terminal: one block per tenant, one line per source and destination.
+pub fn render_status(v: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "m365-ingest {}  up {}s  ready: {}",
+        text(&v["version"]),
+        text(&v["uptime_s"]),
+        text(&v["ready"])
+    );
+    if let Some(tenants) = v["tenants"].as_object() {
+        for (name, t) in tenants {
+            let q = &t["queue"];
+            let _ = writeln!(
+                out,
+                "\ntenant {name} ({})  lease {}  → {}  secret days left {}",
+                text(&t["tenant_id"]),
+                text(&t["lease"]),
+                text(&t["destination"]),
+                text(&t["client_secret_days_left"])
+            );
+            let _ = writeln!(
+                out,
+                "  queue: {} pending (oldest {}s), {} delivered, {} dead letters, {} quarantined",
+                text(&q["pending"]),
+                text(&q["oldest_pending_age_s"]),
+                text(&q["delivered"]),
+                text(&q["dead_letters"]),
+                text(&q["quarantined"])
+            );
+            if let Some(sources) = t["sources"].as_object() {
+                for (source, s) in sources {
+                    let _ = writeln!(
+                        out,
+                        "  {source:<12} {:<10} coverage {}  lag {}s  failures {}{}",
+                        text(&s["state"]),
+                        text(&s["coverage"]),
+                        text(&s["lag_s"]),
+                        text(&s["consecutive_failures"]),
+                        match &s["last_error"] {
+                            serde_json::Value::String(e) =>
+                                format!("\n               last error: {e}"),
+                            _ => String::new(),
+                        }
+                    );
+                }
+            }
+        }
+    }
+    if let Some(dests) = v["destinations"].as_array() {
+        for d in dests {
+            let _ = writeln!(
+                out,
+                "\ndestination {}  lease {}  delivered {} alerts  dead-lettered {}  in flight {}{}",
+                text(&d["name"]),
+                text(&d["lease"]),
+                text(&d["delivered_alerts"]),
+                text(&d["dead_lettered"]),
+                text(&d["in_flight"]),
+                match (&d["paused"], &d["last_error"]) {
+                    (serde_json::Value::String(p), _) => format!("\n  PAUSED: {p}"),
+                    (_, serde_json::Value::String(e)) => format!("\n  last error: {e}"),
+                    _ => String::new(),
+                }
+            );
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,6 +66,19 @@ pub enum Command {
     /// Send delivered versions again with their original event ids (by tenant, source, alert or
     /// time stored).
     Replay(crate::admin::Replay),
+    /// Print a running daemon's `/status` readably: per tenant and source, how far behind, the
+    /// last error, the queue, dead letters and leases.
+    Status {
+        /// The daemon's address (`server.listen`).
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// A file holding `server.status_token`, when the daemon has one.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Print the JSON as the daemon sent it.
+        #[arg(long)]
+        json: bool,
+    },
     /// Probe a running daemon (container HEALTHCHECK: the image has no curl): exit 0 when the
     /// URL answers 200 within 5 s, 1 otherwise.
     Health {
@@ -176,6 +189,11 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Cursor { cmd } => return admin(&cli.config, crate::admin::Op::Cursor(cmd)).await,
         Command::Replay(args) => return admin(&cli.config, crate::admin::Op::Replay(args)).await,
         Command::Health { url } => return health(&url).await,
+        Command::Status {
+            url,
+            token_file,
+            json,
+        } => return status(&url, token_file.as_deref(), json).await,
         Command::Demo {
             alerts,
             per_minute,
@@ -190,6 +208,53 @@ async fn dispatch(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn status(url: &str, token_file: Option<&std::path::Path>, json: bool) -> ExitCode {
+    let token = match token_file.map(std::fs::read_to_string).transpose() {
+        Ok(t) => t.map(|t| t.trim().to_string()),
+        Err(e) => {
+            eprintln!("error: cannot read --token-file: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let client = match crate::app::http_client(Duration::from_secs(10)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut req = client.get(format!("{}/status", url.trim_end_matches('/')));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let body: serde_json::Value = match req.send().await {
+        Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
+            eprintln!("error: the daemon wants server.status_token: pass it with --token-file");
+            return ExitCode::FAILURE;
+        }
+        Ok(r) => match r.json().await {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("error: {url}/status did not answer JSON: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(e) => {
+            eprintln!(
+                "error: no daemon answers at {url}: {}",
+                crate::microsoft::describe_reqwest_error(&e)
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!("{body:#}");
+    } else {
+        print!("{}", crate::admin::render_status(&body));
+    }
+    ExitCode::SUCCESS
 }
 
 async fn health(url: &str) -> ExitCode {

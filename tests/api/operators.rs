@@ -204,3 +204,35 @@ async fn a_secret_expiring_soon_shows_its_days_and_an_expired_one_fails_readyz()
     assert!(text.contains("New client secret"), "names the fix: {text}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_command_prints_each_tenant_source_and_destination() {
+    let sim = sim().await;
+    sim.insert_alert(TENANT_ID, alert_json("st-1", &iso7_ago(900)));
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(settings(&sim, &db, &Opts::default())).await;
+    wait_until(Duration::from_secs(30), "the alert", || {
+        sim.delivered_count() >= 1
+    })
+    .await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_m365-ingest"))
+        .args(["status", "--url", &format!("http://127.0.0.1:{}", app.port)])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("tenant contoso"), "{text}");
+    assert!(text.contains("  alerts "), "{text}");
+    assert!(text.contains("destination default"), "{text}");
+    assert!(text.contains("0 pending"), "{text}");
+    let port = app.port;
+    app.stop().await;
+    let down = tokio::process::Command::new(env!("CARGO_BIN_EXE_m365-ingest"))
+        .args(["status", "--url", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("no daemon answers"));
+}
