@@ -307,9 +307,12 @@ pub fn render_status(v: &serde_json::Value) -> String {
             );
             let _ = writeln!(
                 out,
-                "  queue: {} pending (oldest {}s), {} delivered, {} dead letters, {} quarantined",
+                "  queue: {} pending{}, {} delivered, {} dead letters, {} quarantined",
                 text(&q["pending"]),
-                text(&q["oldest_pending_age_s"]),
+                match q["oldest_pending_age_s"].as_i64() {
+                    Some(age) => format!(" (oldest {age}s)"),
+                    None => String::new(),
+                },
                 text(&q["delivered"]),
                 text(&q["dead_letters"]),
                 text(&q["quarantined"])
