@@ -104,7 +104,9 @@ pub struct Forwarder {
     pub gate: Arc<LeaseGate>,
 }
 
-type SendResult = (Batch, SendOutcome);
+/// A batch and what became of it; `Err`: its stored bodies cannot be read (corrupt or missing),
+/// which no retry will cure.
+type SendResult = (Batch, Result<SendOutcome, String>);
 
 impl Forwarder {
     pub async fn run(self, stop: CancellationToken) {
@@ -143,7 +145,11 @@ impl Forwarder {
                 Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
                     let Ok((batch, outcome)) = joined else { continue };
                     busy.remove(&batch.tenant);
-                    match self.settle(&batch, outcome).await {
+                    let settled = match outcome {
+                        Ok(outcome) => self.settle(&batch, outcome).await,
+                        Err(why) => self.unreadable(&batch, &why).await.map(|()| None),
+                    };
+                    match settled {
                         Ok(Some(pause)) => {
                             paused_until = Some(Instant::now() + PAUSE_RETRY);
                             tracing::error!(destination = %self.name, reason = %pause, "destination paused; retrying every minute");
@@ -213,7 +219,7 @@ impl Forwarder {
             let destination = self.name.clone();
             in_flight.spawn(async move {
                 let outcome = match store.batch_items(batch.id).await {
-                    Ok(items) if items.is_empty() => SendOutcome::Delivered,
+                    Ok(items) if items.is_empty() => Ok(SendOutcome::Delivered),
                     Ok(items) => {
                         if batch.attempts > 0 {
                             crate::metrics::redelivery(&destination, &batch.tenant);
@@ -225,17 +231,31 @@ impl Forwarder {
                             &batch.tenant,
                             started.elapsed(),
                         );
-                        outcome
+                        Ok(outcome)
                     }
-                    Err(e) => SendOutcome::Retry {
+                    Err(StoreError::Invalid(why)) => Err(why),
+                    Err(e) => Ok(SendOutcome::Retry {
                         retry_after: None,
                         error: format!("reading the batch: {e}"),
-                    },
+                    }),
                 };
                 (batch, outcome)
             });
         }
         Ok(wait)
+    }
+
+    /// A batch whose stored body cannot be read: split to find the row, dead-letter it alone,
+    /// so one damaged row never blocks its tenant's queue.
+    async fn unreadable(&self, batch: &Batch, why: &str) -> Result<(), StoreError> {
+        if batch.rows > 1 {
+            self.store.split_batch(batch).await?;
+            tracing::warn!(destination = %self.name, tenant = %batch.tenant, batch = batch.id, error = %why, "a stored body cannot be read: batch split to isolate it");
+            return Ok(());
+        }
+        self.dead(batch, &format!("unreadable: {why}")).await?;
+        crate::metrics::delivery(&self.name, &batch.tenant, "dead", 1);
+        Ok(())
     }
 
     /// Records an answer; returns the pause reason when the destination must pause.

@@ -1,5 +1,5 @@
 //! Microsoft misbehaving: throttling, short token lifetimes, truncated pages, odd items,
-//! items moving mid-listing, nextLinks to other hosts.
+//! items moving mid-listing, nextLinks to other hosts; and a stored body damaged on disk.
 
 use std::time::Duration;
 
@@ -266,5 +266,60 @@ async fn an_item_without_an_id_is_quarantined_with_the_reason_and_the_rest_deliv
     );
     let (_, status) = app.get("/status").await;
     assert_eq!(status["tenants"]["contoso"]["queue"]["quarantined"], 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_body_that_cannot_be_read_is_dead_lettered_alone() {
+    use m365_ingest::store::Store;
+    let sim = sim().await;
+    for i in 0..5 {
+        sim.insert_alert(TENANT_ID, alert_json(&format!("c-{i}"), &iso7_ago(900 + i)));
+    }
+    // Nothing is accepted until the damage is done, so every version is still stored.
+    sim.set_dropzone(m365_sim::DropzoneBehavior::FailWith {
+        status: 503,
+        retry_after: Some("1".into()),
+    });
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(settings(&sim, &db, &Opts::default())).await;
+    let store = app.store.clone();
+    wait_until_async(Duration::from_secs(30), "five versions queued", || {
+        let store = store.clone();
+        async move { store.undelivered("contoso").await.unwrap_or(0) == 5 }
+    })
+    .await;
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query("UPDATE outbox_body SET body = x'01ffffff' WHERE seq = (SELECT MIN(seq) FROM outbox_body)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    sim.set_dropzone(m365_sim::DropzoneBehavior::Accept);
+    wait_until(Duration::from_secs(60), "the four readable alerts", || {
+        sim.delivered_count() >= 4
+    })
+    .await;
+    wait_until_async(
+        Duration::from_secs(60),
+        "the damaged one dead-lettered",
+        || {
+            let store = store.clone();
+            async move {
+                store
+                    .dead_letters(None)
+                    .await
+                    .map(|d| d.len() == 1 && d[0].reason.starts_with("unreadable"))
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    assert_eq!(delivered_counts(&sim).len(), 4);
+    assert_eq!(store.undelivered("contoso").await.unwrap(), 0);
     app.stop().await;
 }
