@@ -81,6 +81,10 @@ pub struct Replay {
     /// Versions stored before this time (RFC 3339).
     #[arg(long)]
     pub until: Option<String>,
+    /// Send them as new versions (`{version}#replay{n}`, new event ids), for a receiver that
+    /// dedupes on event ids.
+    #[arg(long)]
+    pub as_new: bool,
 }
 
 /// One operator command.
@@ -272,6 +276,12 @@ pub async fn replay(store: &AnyStore, args: Replay) -> Result<String, AdminError
             .map(|s| parse_ms("--until", s))
             .transpose()?,
     };
+    if args.as_new {
+        let n = store.replay_as_new(&filter).await?;
+        return Ok(format!(
+            "{n} delivered version(s) queued again as new versions (new event ids); versions past store.retention are no longer stored\n"
+        ));
+    }
     let n = store.requeue_delivered(&filter).await?;
     Ok(format!(
         "{n} delivered version(s) queued again with their original event ids; versions past store.retention are no longer stored\n"

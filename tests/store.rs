@@ -670,6 +670,7 @@ async fn operators_retry_dead_letters_replay_and_list(b: Backend) {
     let items = s.batch_items(replayed.id).await.unwrap();
     assert_eq!(items.len(), 1);
     assert_eq!(native_of(&items[0].body), "o2");
+    let o2_event = items[0].event_id.clone();
     s.mark_delivered(&replayed).await.unwrap();
     let future = store::ReplayFilter {
         since_ms: Some(store::now_ms() + 60_000),
@@ -684,6 +685,27 @@ async fn operators_retry_dead_letters_replay_and_list(b: Backend) {
         ..Default::default()
     };
     assert_eq!(s.requeue_delivered(&all).await.unwrap(), 3);
+    let requeued = s
+        .claim_batch(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .unwrap();
+    s.mark_delivered(&requeued).await.unwrap();
+
+    // As new: new versions and event ids, the body otherwise as sent.
+    assert_eq!(s.replay_as_new(&one).await.unwrap(), 1);
+    let fresh = s
+        .claim_batch(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let items = s.batch_items(fresh.id).await.unwrap();
+    assert_eq!(items.len(), 1);
+    let v: serde_json::Value = serde_json::from_slice(&items[0].body).unwrap();
+    assert_eq!(v["native_id"], "o2");
+    assert!(v["version"].as_str().unwrap().contains("#replay"), "{v}");
+    assert_eq!(v["event_id"], items[0].event_id.as_str());
+    assert_ne!(items[0].event_id, o2_event, "a new event id");
 
     let key = CursorKey {
         tenant: TENANT.into(),

@@ -346,6 +346,60 @@ pub fn plan_ingest_guarded(
     )
 }
 
+/// A delivered version to send again as new (`replay --as-new`, design §7): version
+/// `{version}#replay{n}` (n: the replay run) and so a new event id; the rest of the body as it was sent. `None` when
+/// the stored body cannot be read.
+pub fn replay_row(
+    source: SourceKind,
+    native_id: &str,
+    version: &str,
+    n: i64,
+    stored: &[u8],
+) -> Option<OutboxRow> {
+    fn replace_first(body: &[u8], from: &str, to: &str) -> Option<Vec<u8>> {
+        let at = body
+            .windows(from.len())
+            .position(|w| w == from.as_bytes())?;
+        let mut out = Vec::with_capacity(body.len() + to.len());
+        out.extend_from_slice(&body[..at]);
+        out.extend_from_slice(to.as_bytes());
+        out.extend_from_slice(&body[at + from.len()..]);
+        Some(out)
+    }
+    let json = body_codec::decode(stored).ok()?;
+    let parsed: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    let tenant_id = parsed["tenant"]["id"].as_str()?;
+    let old_event = parsed["event_id"].as_str()?;
+    let new_version = format!("{version}#replay{n}");
+    let event_id = envelope::event_id(tenant_id, source.as_str(), native_id, &new_version);
+    let quoted = |s: &str| serde_json::Value::from(s).to_string();
+    // The envelope writes `event_id` and `version` once, before `raw`: the first match is theirs.
+    let body = replace_first(
+        &json,
+        &format!(r#""event_id":{}"#, quoted(old_event)),
+        &format!(r#""event_id":{}"#, quoted(&event_id)),
+    )?;
+    let body = replace_first(
+        &body,
+        &format!(r#""version":{}"#, quoted(version)),
+        &format!(r#""version":{}"#, quoted(&new_version)),
+    )?;
+    Some(OutboxRow {
+        source,
+        event_id,
+        native_id: native_id.to_string(),
+        version: new_version,
+        historical: false,
+        stored: body_codec::encode(&body),
+        json_len: body.len(),
+    })
+}
+
+/// The version a replay is numbered from: a replayed version counts from its original.
+pub fn replay_base(version: &str) -> &str {
+    version.split("#replay").next().unwrap_or(version)
+}
+
 /// An item another item is linked to (design §6 `related`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LinkRef {
@@ -764,6 +818,8 @@ pub trait Store: Send + Sync {
         tenant: Option<&str>,
         seqs: &[i64],
     ) -> impl Future<Output = Result<u64>> + Send;
+    /// Queues delivered versions again as new versions (`replay --as-new`): new event ids.
+    fn replay_as_new(&self, filter: &ReplayFilter) -> impl Future<Output = Result<u64>> + Send;
     /// Queues delivered versions again, with their original event ids (`replay`).
     fn requeue_delivered(&self, filter: &ReplayFilter) -> impl Future<Output = Result<u64>> + Send;
     fn quarantined(
@@ -878,6 +934,9 @@ impl Store for AnyStore {
     }
     async fn requeue_delivered(&self, filter: &ReplayFilter) -> Result<u64> {
         dispatch!(self, s => s.requeue_delivered(filter))
+    }
+    async fn replay_as_new(&self, filter: &ReplayFilter) -> Result<u64> {
+        dispatch!(self, s => s.replay_as_new(filter))
     }
     async fn quarantined(&self, tenant: Option<&str>) -> Result<Vec<Quarantined>> {
         dispatch!(self, s => s.quarantined(tenant))

@@ -299,6 +299,63 @@ async fn for_seqs(
     Ok(())
 }
 
+/// Appends versions and their bodies; a version already queued (the same event id) is skipped
+/// with its body. Returns the rows inserted.
+async fn write_outbox(
+    tx: &mut sqlx::SqliteConnection,
+    tenant: &str,
+    rows: Vec<OutboxRow>,
+    now: i64,
+) -> Result<Vec<QueuedRow>> {
+    let mut inserted: Vec<QueuedRow> = Vec::new();
+    let mut outbox = rows;
+    while !outbox.is_empty() {
+        let rest = outbox.split_off(outbox.len().min(CHUNK));
+        let chunk = std::mem::replace(&mut outbox, rest);
+        let mut bodies: HashMap<String, Vec<u8>> = HashMap::with_capacity(chunk.len());
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO outbox (event_id, tenant, source, native_id, version, historical, size, state, created_at) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            let size = r.json_len as i64;
+            b.push_bind(r.event_id.clone())
+                .push_bind(tenant.to_string())
+                .push_bind(r.source.as_str())
+                .push_bind(r.native_id)
+                .push_bind(r.version)
+                .push_bind(i64::from(r.historical))
+                .push_bind(size)
+                .push_bind(row_state::PENDING)
+                .push_bind(now);
+            bodies.insert(r.event_id, r.stored);
+        });
+        q.push(" ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id, source, native_id");
+        let rows = q.build().fetch_all(&mut *tx).await?;
+        let mut stored = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let seq: i64 = r.try_get(0)?;
+            let event_id: String = r.try_get(1)?;
+            let s: String = r.try_get(2)?;
+            if let Some(s) = SourceKind::parse(&s) {
+                inserted.push((s, r.try_get(3)?, seq));
+            }
+            if let Some(body) = bodies.remove(&event_id) {
+                stored.push((seq, body));
+            }
+        }
+        drop(bodies);
+        if stored.is_empty() {
+            continue;
+        }
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO outbox_body (seq, body) ");
+        q.push_values(stored, |mut b, (seq, body)| {
+            b.push_bind(seq).push_bind(body);
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+    Ok(inserted)
+}
+
 fn batch_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Batch> {
     // Columns in `BATCH_COLUMNS` order.
     Ok(from_row!(
@@ -424,53 +481,7 @@ impl Store for SqliteStore {
             }
         }
         // Versions first: their seqs are where each alert's latest body now is.
-        let mut inserted: Vec<QueuedRow> = Vec::new();
-        let mut outbox = plan.outbox;
-        while !outbox.is_empty() {
-            let rest = outbox.split_off(outbox.len().min(CHUNK));
-            let chunk = std::mem::replace(&mut outbox, rest);
-            let mut bodies: HashMap<String, Vec<u8>> = HashMap::with_capacity(chunk.len());
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO outbox (event_id, tenant, source, native_id, version, historical, size, state, created_at) ",
-            );
-            q.push_values(chunk, |mut b, r| {
-                let size = r.json_len as i64;
-                b.push_bind(r.event_id.clone())
-                    .push_bind(tenant.clone())
-                    .push_bind(r.source.as_str())
-                    .push_bind(r.native_id)
-                    .push_bind(r.version)
-                    .push_bind(i64::from(r.historical))
-                    .push_bind(size)
-                    .push_bind(row_state::PENDING)
-                    .push_bind(now);
-                bodies.insert(r.event_id, r.stored);
-            });
-            q.push(" ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id, source, native_id");
-            let rows = q.build().fetch_all(&mut *tx).await?;
-            let mut stored = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let seq: i64 = r.try_get(0)?;
-                let event_id: String = r.try_get(1)?;
-                let s: String = r.try_get(2)?;
-                if let Some(s) = SourceKind::parse(&s) {
-                    inserted.push((s, r.try_get(3)?, seq));
-                }
-                if let Some(body) = bodies.remove(&event_id) {
-                    stored.push((seq, body));
-                }
-            }
-            drop(bodies);
-            if stored.is_empty() {
-                continue;
-            }
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO outbox_body (seq, body) ");
-            q.push_values(stored, |mut b, (seq, body)| {
-                b.push_bind(seq).push_bind(body);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
+        let inserted = write_outbox(&mut tx, &tenant, plan.outbox, now).await?;
         let (seqs, others) = last_seqs(batch.source, &plan.upserts, &inserted);
         let mut seqs = seqs.into_iter();
         for chunk in plan.upserts.chunks(CHUNK) {
@@ -823,6 +834,43 @@ impl Store for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(chosen.len() as u64)
+    }
+
+    async fn replay_as_new(&self, f: &ReplayFilter) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(
+            "SELECT o.tenant, o.source, o.native_id, o.version, b.body FROM outbox o JOIN outbox_body b ON b.seq = o.seq WHERE o.state = 2 \
+             AND (?1 IS NULL OR o.tenant = ?1) AND (?2 IS NULL OR o.source = ?2) AND (?3 IS NULL OR o.native_id = ?3) \
+             AND (?4 IS NULL OR o.created_at >= ?4) AND (?5 IS NULL OR o.created_at < ?5) ORDER BY o.seq",
+        )
+        .bind(f.tenant.as_deref())
+        .bind(f.source.map(|s| s.as_str()))
+        .bind(f.native_id.as_deref())
+        .bind(f.since_ms)
+        .bind(f.until_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        // One number per replay run (its start, in ms): unique without counting earlier ones.
+        let run = now_ms();
+        let mut by_tenant: HashMap<String, Vec<OutboxRow>> = HashMap::new();
+        for r in &rows {
+            let (tenant, source, native_id, version): (String, String, String, String) =
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+            let Some(source) = SourceKind::parse(&source) else {
+                continue;
+            };
+            let base = replay_base(&version);
+            let stored: Vec<u8> = r.try_get(4)?;
+            if let Some(row) = replay_row(source, &native_id, base, run, &stored) {
+                by_tenant.entry(tenant).or_default().push(row);
+            }
+        }
+        let mut queued = 0;
+        for (tenant, rows) in by_tenant {
+            queued += write_outbox(&mut tx, &tenant, rows, run).await?.len() as u64;
+        }
+        tx.commit().await?;
+        Ok(queued)
     }
 
     async fn requeue_delivered(&self, f: &ReplayFilter) -> Result<u64> {

@@ -112,6 +112,7 @@ async fn replaying_a_time_range_resends_exactly_those_versions_with_their_event_
             alert: None,
             since: Some(since),
             until: None,
+            as_new: false,
         },
     )
     .await
@@ -148,6 +149,7 @@ async fn replaying_a_time_range_resends_exactly_those_versions_with_their_event_
             alert: None,
             since: None,
             until: None,
+            as_new: false,
         },
     )
     .await;
