@@ -105,6 +105,25 @@ fn prepared(source: SourceKind, v: &Value) -> normalize::Prepared {
     normalize::prepare(source, &raw).unwrap()
 }
 
+/// A page of `items` with nothing quarantined, live, not moving a coverage point.
+fn page<'a>(
+    tenant: &'a TenantRef,
+    source: SourceKind,
+    items: Vec<normalize::Prepared>,
+    filters: &'a Filters,
+) -> IngestBatch<'a> {
+    IngestBatch {
+        tenant,
+        source,
+        items,
+        quarantine: Vec::new(),
+        historical: false,
+        observed_at: "2026-11-26T10:00:00Z",
+        filters,
+        advance: None,
+    }
+}
+
 async fn ingest(
     s: &AnyStore,
     alerts: &[Value],
@@ -113,18 +132,14 @@ async fn ingest(
 ) -> Result<IngestCounts, StoreError> {
     let filters = Filters::default();
     let tenant = tenant();
+    let items = alerts
+        .iter()
+        .map(|a| prepared(SourceKind::Alerts, a))
+        .collect();
     s.ingest(IngestBatch {
-        tenant: &tenant,
-        source: SourceKind::Alerts,
-        items: alerts
-            .iter()
-            .map(|a| prepared(SourceKind::Alerts, a))
-            .collect(),
-        quarantine: Vec::new(),
         historical,
-        observed_at: "2026-11-26T10:00:00Z",
-        filters: &filters,
         advance,
+        ..page(&tenant, SourceKind::Alerts, items, &filters)
     })
     .await
 }
@@ -399,18 +414,17 @@ async fn a_bad_item_is_quarantined_once(b: Backend) {
     for expected in [1, 0] {
         let c = s
             .ingest(IngestBatch {
-                tenant: &tenant,
-                source: SourceKind::Alerts,
-                items: vec![prepared(SourceKind::Alerts, &alert("ok", 0, "low"))],
                 quarantine: vec![QuarantineItem {
                     native_id: Some("bad".into()),
                     reason: "lastUpdateDateTime missing".into(),
                     raw: r#"{"id":"bad"}"#.into(),
                 }],
-                historical: false,
-                observed_at: "2026-11-26T10:00:00Z",
-                filters: &filters,
-                advance: None,
+                ..page(
+                    &tenant,
+                    SourceKind::Alerts,
+                    vec![prepared(SourceKind::Alerts, &alert("ok", 0, "low"))],
+                    &filters,
+                )
             })
             .await
             .unwrap();
@@ -433,21 +447,17 @@ async fn filtered_versions_are_stored_but_not_queued(b: Backend) {
         ..Filters::default()
     };
     let tenant = tenant();
-    let page = [alert("f1", 0, "low"), alert("f2", 0, "high")];
+    let items = [alert("f1", 0, "low"), alert("f2", 0, "high")];
     let c = s
-        .ingest(IngestBatch {
-            tenant: &tenant,
-            source: SourceKind::Alerts,
-            items: page
+        .ingest(page(
+            &tenant,
+            SourceKind::Alerts,
+            items
                 .iter()
                 .map(|a| prepared(SourceKind::Alerts, a))
                 .collect(),
-            quarantine: Vec::new(),
-            historical: false,
-            observed_at: "2026-11-26T10:00:00Z",
-            filters: &filters,
-            advance: None,
-        })
+            &filters,
+        ))
         .await
         .unwrap();
     assert_eq!((c.new, c.queued), (2, 1));
@@ -512,16 +522,12 @@ async fn tenants_do_not_see_each_others_rows(b: Backend) {
         id: "9b2c1f43-0000-4000-8000-000000000002".into(),
     };
     let c = s
-        .ingest(IngestBatch {
-            tenant: &other,
-            source: SourceKind::Alerts,
-            items: vec![prepared(SourceKind::Alerts, &alert("t1", 0, "low"))],
-            quarantine: Vec::new(),
-            historical: false,
-            observed_at: "2026-11-26T10:00:00Z",
-            filters: &filters,
-            advance: None,
-        })
+        .ingest(page(
+            &other,
+            SourceKind::Alerts,
+            vec![prepared(SourceKind::Alerts, &alert("t1", 0, "low"))],
+            &filters,
+        ))
         .await
         .unwrap();
     assert_eq!(c.new, 1, "the same id in another tenant is another alert");
@@ -561,16 +567,7 @@ async fn an_email_submission_links_the_alert_about_the_same_message(b: Backend) 
     let filters = Filters::default();
     let tenant = tenant();
     let c = s
-        .ingest(IngestBatch {
-            tenant: &tenant,
-            source: SourceKind::Submissions,
-            items: vec![item],
-            quarantine: Vec::new(),
-            historical: false,
-            observed_at: "2026-11-26T10:00:00Z",
-            filters: &filters,
-            advance: None,
-        })
+        .ingest(page(&tenant, SourceKind::Submissions, vec![item], &filters))
         .await
         .unwrap();
     assert_eq!(
