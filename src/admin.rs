@@ -299,8 +299,9 @@ pub fn render_status(v: &serde_json::Value) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "m365-ingest {}  up {}s  ready: {}",
+        "m365-ingest {} on {}  up {}s  ready: {}",
         text(&v["version"]),
+        text(&v["store"]),
         text(&v["uptime_s"]),
         text(&v["ready"])
     );

@@ -229,6 +229,7 @@ impl Health {
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.started.elapsed().as_secs(),
+            "store": self.store.backend(),
             "ready": self.readiness().await.is_empty(),
             "tenants": tenants,
             "destinations": destinations,

@@ -64,11 +64,6 @@ impl PgStore {
         })
     }
 
-    /// This replica's name in the `leases` table.
-    pub fn holder(&self) -> &str {
-        &self.holder
-    }
-
     fn held_epoch(&self, lease: &str) -> Option<i64> {
         let held = match self.held.lock() {
             Ok(g) => g,

@@ -228,6 +228,8 @@ async fn the_status_command_prints_each_tenant_source_and_destination() {
     assert!(text.contains("  alerts "), "{text}");
     assert!(text.contains("destination default"), "{text}");
     assert!(text.contains("0 pending"), "{text}");
+    let (_, status) = app.get("/status").await;
+    assert_eq!(status["store"], "sqlite", "/status names the store backend");
     let port = app.port;
     app.stop().await;
     let down = tokio::process::Command::new(env!("CARGO_BIN_EXE_m365-ingest"))
