@@ -1,5 +1,5 @@
-//! The operator's store commands (design §7, §8): `dead-letters list | retry`, `quarantine list`,
-//! `cursor show | set` and `replay`. They open the store as the daemon does; with SQLite the
+//! The operator's store commands (design §7, §8): `dead-letters list | retry`,
+//! `quarantine list | retry`, `cursor show | set` and `replay`. They open the store as the daemon does; with SQLite the
 //! daemon must be stopped first (one writer per file), with Postgres they run beside it.
 
 use clap::{Args, Subcommand};
@@ -36,6 +36,16 @@ pub enum Quarantine {
         tenant: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Mark items to be read again with this version's parser (after an upgrade that reads
+    /// them). The daemon's poller for the item's tenant and source does it on its next poll:
+    /// items that parse now are stored and forwarded; the rest stay, with the new reason.
+    Retry {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only these (the `id` column of `list`); all of the tenant's when none is given.
+        #[arg(long = "id")]
+        ids: Vec<i64>,
     },
 }
 
@@ -168,7 +178,17 @@ pub async fn dead_letters(store: &AnyStore, cmd: DeadLetters) -> Result<String, 
 }
 
 pub async fn quarantine(store: &AnyStore, cmd: Quarantine) -> Result<String, AdminError> {
-    let Quarantine::List { tenant, json } = cmd;
+    let (tenant, json) = match cmd {
+        Quarantine::List { tenant, json } => (tenant, json),
+        Quarantine::Retry { tenant, ids } => {
+            let n = store
+                .request_quarantine_retry(tenant.as_deref(), &ids)
+                .await?;
+            return Ok(format!(
+                "{n} quarantined item(s) marked for retry; the daemon re-reads them on its next poll of each item's source (start it if it is stopped), then `quarantine list` shows what is left\n"
+            ));
+        }
+    };
     let rows = store.quarantined(tenant.as_deref()).await?;
     if json {
         return Ok(json_lines(&rows));
@@ -178,8 +198,13 @@ pub async fn quarantine(store: &AnyStore, cmd: Quarantine) -> Result<String, Adm
         "id", "stored", "tenant", "source", "native id"
     );
     for r in &rows {
+        let retry = match (r.retry_requested, r.attempts) {
+            (true, _) => " [retry requested]".to_string(),
+            (false, 0) => String::new(),
+            (false, n) => format!(" [retried {n}x]"),
+        };
         out.push_str(&format!(
-            "{:>6}  {:<24} {:<12} {:<12} {:<40} {}\n",
+            "{:>6}  {:<24} {:<12} {:<12} {:<40} {}{retry}\n",
             r.id,
             format_rfc3339_millis_from_ms(r.created_at),
             r.tenant,
@@ -310,11 +335,19 @@ pub fn render_status(v: &serde_json::Value) -> String {
             let q = &t["queue"];
             let _ = writeln!(
                 out,
-                "\ntenant {name} ({})  lease {}  → {}  secret days left {}",
+                "\ntenant {name} ({})  lease {}  → {}{}",
                 text(&t["tenant_id"]),
                 text(&t["lease"]),
                 text(&t["destination"]),
-                text(&t["client_secret_days_left"])
+                match t["credential"]["kind"].as_str() {
+                    Some(kind) => format!(
+                        "  {} expires {} ({} days left)",
+                        kind.replace('_', " "),
+                        text(&t["credential"]["expires"]),
+                        text(&t["credential"]["days_left"])
+                    ),
+                    None => String::new(),
+                }
             );
             let _ = writeln!(
                 out,

@@ -15,11 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::auth::{graph_scope, Credentials, TokenProvider};
-use crate::config::{Settings, TenantConfig};
+use crate::config::Settings;
 use crate::forward::{DestinationStatus, DropzoneSink, Forwarder};
 use crate::lease::LeaseGate;
 use crate::microsoft::{Budget, MicrosoftClock, MsClient};
 use crate::normalize::SourceKind;
+use crate::server::CredentialExpiry;
 use crate::server::{Health, TenantHealth};
 use crate::sources::{Poller, SourceStatus};
 use crate::store::{destination_lease, tenant_lease, BatchLimits, TenantRef};
@@ -115,7 +116,7 @@ impl App {
             });
             dest.1.push(name.clone());
             let graph_tokens = Arc::new(TokenProvider::new(
-                credentials(name, tenant)?,
+                Credentials::of_tenant(name, tenant).map_err(anyhow::Error::msg)?,
                 graph_scope(&tenant.effective_graph_url()),
                 ms_http.clone(),
             ));
@@ -140,7 +141,7 @@ impl App {
             let cloud_apps = match &tenant.cloud_apps_url {
                 Some(url) => {
                     let provider = Arc::new(TokenProvider::new(
-                        credentials(name, tenant)?,
+                        Credentials::of_tenant(name, tenant).map_err(anyhow::Error::msg)?,
                         crate::auth::CLOUD_APPS_SCOPE.to_string(),
                         ms_http.clone(),
                     ));
@@ -205,12 +206,7 @@ impl App {
                 sources,
                 tokens,
                 gate: tenant_gate,
-                // Validated as YYYY-MM-DD when the settings were read.
-                secret_expires: tenant
-                    .client_secret_expires
-                    .as_deref()
-                    .and_then(|d| crate::time::parse_ticks(&format!("{d}T00:00:00Z")))
-                    .map(|t| t / crate::time::TICKS_PER_SECOND),
+                credential_expires: CredentialExpiry::of_tenant(tenant),
             });
         }
         let mut forwarders = Vec::new();
@@ -376,27 +372,14 @@ impl App {
     }
 }
 
-fn credentials(name: &str, t: &TenantConfig) -> anyhow::Result<Credentials> {
-    Ok(Credentials {
-        tenant_name: name.to_string(),
-        tenant_id: t.tenant_id.trim().to_string(),
-        client_id: t.client_id.trim().to_string(),
-        client_secret: t
-            .secret()
-            .cloned()
-            .with_context(|| format!("tenants.{name}.client_secret is missing"))?,
-        login_url: t.effective_login_url(),
-    })
-}
-
-/// Logs, once a day, each client secret that expires within 30 days or has expired.
+/// Logs, once a day, each client secret or certificate that expires within 30 days or has expired.
 async fn secret_watch(health: Arc<Health>, stop: CancellationToken) {
     loop {
         let now = crate::time::unix_seconds_now();
         for t in &health.tenants {
             if let Some(why) = t
-                .secret_expires
-                .and_then(|e| crate::server::secret_expiry_warning(&t.name, e, now))
+                .credential_expires
+                .and_then(|c| crate::server::expiry_warning(&t.name, c, now))
             {
                 tracing::warn!(tenant = %t.name, "{why}");
             }

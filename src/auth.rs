@@ -3,7 +3,11 @@
 //! become operator-readable messages keyed on the AADSTS code; the endpoint's body is never logged.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::certificate::ClientCertificate;
+use crate::config::TenantConfig;
 
 use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
@@ -43,6 +47,10 @@ pub struct AuthError {
 pub enum AuthErrorKind {
     WrongSecret,
     ExpiredSecret,
+    /// The certificate is not (or no longer) registered on the app, or the key does not match.
+    WrongCertificate,
+    /// The assertion was outside its valid time: this host's clock is off.
+    ClockSkew,
     UnknownApplication,
     UnknownTenant,
     InvalidScope,
@@ -64,25 +72,64 @@ pub struct Token {
     pub generation: u64,
 }
 
+/// How the app proves who it is.
+#[derive(Clone)]
+pub enum ClientCredential {
+    Secret(SecretString),
+    /// A client assertion signed with the certificate's key, made anew for every request.
+    Certificate(Arc<ClientCertificate>),
+}
+
 /// Who asks for tokens: one app registration in one tenant.
 #[derive(Clone)]
 pub struct Credentials {
     pub tenant_name: String,
     pub tenant_id: String,
     pub client_id: String,
-    pub client_secret: SecretString,
+    pub credential: ClientCredential,
     pub login_url: String,
+}
+
+impl Credentials {
+    /// The credentials of `[tenants.<name>]`, whose settings were validated at load.
+    pub fn of_tenant(name: &str, t: &TenantConfig) -> Result<Credentials, String> {
+        let credential = match (&t.client_certificate, t.secret()) {
+            (Some(c), _) => ClientCredential::Certificate(c.clone()),
+            (None, Some(s)) => ClientCredential::Secret(s.clone()),
+            (None, None) => {
+                return Err(format!(
+                    "tenants.{name} has no credential: set client_secret, client_secret_file or client_certificate_file"
+                ))
+            }
+        };
+        Ok(Credentials {
+            tenant_name: name.to_string(),
+            tenant_id: t.tenant_id.trim().to_string(),
+            client_id: t.client_id.trim().to_string(),
+            credential,
+            login_url: t.effective_login_url(),
+        })
+    }
 }
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let credential = match &self.credential {
+            ClientCredential::Secret(_) => "client secret [REDACTED]".to_string(),
+            ClientCredential::Certificate(c) => {
+                format!("certificate x5t#S256={}", c.thumbprint_s256())
+            }
+        };
         f.debug_struct("Credentials")
             .field("tenant_id", &self.tenant_id)
             .field("client_id", &self.client_id)
-            .field("client_secret", &"[REDACTED]")
+            .field("credential", &credential)
             .finish()
     }
 }
+
+/// RFC 7523's client assertion type.
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 struct Cached {
     secret: SecretString,
@@ -176,16 +223,19 @@ impl TokenProvider {
             "{}/{}/oauth2/v2.0/token",
             self.creds.login_url, self.creds.tenant_id
         );
+        let audience = token_url.clone();
         let token_url = TokenUrl::new(token_url).map_err(|e| AuthError {
             kind: AuthErrorKind::Other,
             message: format!("login_url is not a valid URL: {e}"),
         })?;
-        let client: EntraClient = oauth2::Client::new(ClientId::new(self.creds.client_id.clone()))
-            .set_client_secret(ClientSecret::new(
-                self.creds.client_secret.expose_secret().to_string(),
-            ))
-            .set_auth_type(AuthType::RequestBody)
-            .set_token_uri(token_url);
+        let mut client: EntraClient =
+            oauth2::Client::new(ClientId::new(self.creds.client_id.clone()))
+                .set_auth_type(AuthType::RequestBody)
+                .set_token_uri(token_url);
+        if let ClientCredential::Secret(secret) = &self.creds.credential {
+            client =
+                client.set_client_secret(ClientSecret::new(secret.expose_secret().to_string()));
+        }
         let http = self.http.clone();
         let send = move |req: oauth2::HttpRequest| {
             let http = http.clone();
@@ -194,11 +244,25 @@ impl TokenProvider {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let result = client
+            let mut request = client
                 .exchange_client_credentials()
-                .add_scope(Scope::new(self.scope.clone()))
-                .request_async(&send)
-                .await;
+                .add_scope(Scope::new(self.scope.clone()));
+            if let ClientCredential::Certificate(cert) = &self.creds.credential {
+                let assertion = cert
+                    .assertion(
+                        &self.creds.client_id,
+                        &audience,
+                        crate::time::unix_seconds_now(),
+                    )
+                    .map_err(|message| AuthError {
+                        kind: AuthErrorKind::Other,
+                        message: format!("tenant {}: {message}", self.creds.tenant_name),
+                    })?;
+                request = request
+                    .add_extra_param("client_assertion_type", JWT_BEARER)
+                    .add_extra_param("client_assertion", assertion);
+            }
+            let result = request.request_async(&send).await;
             match result {
                 Ok(resp) => {
                     let lifetime = resp.expires_in().unwrap_or(Duration::from_secs(3599));
@@ -275,6 +339,14 @@ pub fn explain_aadsts(
         "7000222" => (
             AuthErrorKind::ExpiredSecret,
             format!("tenant {tenant}: AADSTS7000222 the client secret has expired. Fix: Entra admin center → App registrations → (client id {client_id}) → Certificates & secrets → New client secret; update tenants.{tenant}.client_secret and client_secret_expires"),
+        ),
+        "700027" => (
+            AuthErrorKind::WrongCertificate,
+            format!("tenant {tenant}: AADSTS700027 Entra does not accept the certificate: it is not uploaded to this app registration, has expired there, or was replaced. Fix: Entra admin center → App registrations → (client id {client_id}) → Certificates & secrets → Certificates → Upload certificate (the certificate only, without its key), and check that tenants.{tenant}.client_certificate_file holds that certificate"),
+        ),
+        "700024" => (
+            AuthErrorKind::ClockSkew,
+            format!("tenant {tenant}: AADSTS700024 the client assertion is outside its valid time range: this host's clock is wrong. Fix: synchronize the clock (NTP)"),
         ),
         "700016" => (
             AuthErrorKind::UnknownApplication,

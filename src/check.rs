@@ -15,10 +15,13 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
-use crate::auth::{graph_scope, AuthError, AuthErrorKind, Credentials, TokenProvider};
+use crate::auth::{
+    graph_scope, AuthError, AuthErrorKind, ClientCredential, Credentials, TokenProvider,
+};
 use crate::config::{Cloud, ForwardAuth, ForwardConfig, Settings, TenantConfig};
 use crate::forward::{DropzoneSink, SendOutcome};
 use crate::normalize::SourceKind;
+use crate::server::CredentialExpiry;
 use crate::sources::{required_permission, GraphListing};
 
 /// Every check request gets this long; a setup check should answer quickly or say why not.
@@ -289,26 +292,15 @@ pub async fn run(settings: &Settings) -> Report {
 
 async fn check_tenant(report: &mut Report, http: &reqwest::Client, name: &str, t: &TenantConfig) {
     let tenant = Some(name);
-    let Some(secret) = t.secret().cloned() else {
-        // Validation refuses a tenant without a secret; kept so this never panics.
-        report.push(
-            tenant,
-            "credentials",
-            Outcome::Fail,
-            "no client secret",
-            Some(format!(
-                "set tenants.{name}.client_secret or client_secret_file"
-            )),
-        );
-        return;
+    let creds = match Credentials::of_tenant(name, t) {
+        Ok(c) => c,
+        // Validation refuses a tenant without a credential; kept so this never panics.
+        Err(e) => {
+            report.push(tenant, "credentials", Outcome::Fail, &e, None);
+            return;
+        }
     };
-    let creds = Credentials {
-        tenant_name: name.to_string(),
-        tenant_id: t.tenant_id.trim().to_string(),
-        client_id: t.client_id.trim().to_string(),
-        client_secret: secret,
-        login_url: t.effective_login_url(),
-    };
+    credential_row(report, name, t, &creds);
     let app = format!("App registrations → (client id {})", creds.client_id);
     let enabled: Vec<SourceKind> = ALL_SOURCES
         .into_iter()
@@ -569,12 +561,45 @@ fn rank(o: Outcome) -> u8 {
     }
 }
 
+/// Which credential the tenant signs in with and how long it has left.
+fn credential_row(report: &mut Report, name: &str, t: &TenantConfig, creds: &Credentials) {
+    let what = match &creds.credential {
+        ClientCredential::Secret(_) => "client secret".to_string(),
+        ClientCredential::Certificate(c) => format!("certificate x5t#S256={}", c.thumbprint_s256()),
+    };
+    let now = crate::time::unix_seconds_now();
+    let Some(expiry) = CredentialExpiry::of_tenant(t) else {
+        report.push(
+            Some(name),
+            "credential",
+            Outcome::Pass,
+            format!("{what}; its expiry is unknown: set tenants.{name}.client_secret_expires (the Expires column under Certificates & secrets) to be warned 30 days ahead"),
+            None,
+        );
+        return;
+    };
+    let days = crate::server::days_left(expiry.expires, now);
+    let detail = format!(
+        "{what}, expires {} ({days} days left)",
+        &crate::time::format_seconds(expiry.expires)[..10]
+    );
+    let outcome = match crate::server::expiry_warning(name, expiry, now) {
+        None => Outcome::Pass,
+        Some(_) if days < 0 => Outcome::Fail,
+        Some(_) => Outcome::Warn,
+    };
+    let fix = (outcome != Outcome::Pass).then(|| crate::server::expiry_fix(name, expiry.kind));
+    report.push(Some(name), "credential", outcome, detail, fix);
+}
+
 /// Errors about the app registration itself: every resource would answer the same.
 fn is_credential_error(e: &AuthError) -> bool {
     matches!(
         e.kind,
         AuthErrorKind::WrongSecret
             | AuthErrorKind::ExpiredSecret
+            | AuthErrorKind::WrongCertificate
+            | AuthErrorKind::ClockSkew
             | AuthErrorKind::UnknownApplication
             | AuthErrorKind::UnknownTenant
     )

@@ -252,6 +252,13 @@ pub struct TenantConfig {
     /// `YYYY-MM-DD`; warned about 30 days ahead.
     #[serde(default)]
     pub client_secret_expires: Option<String>,
+    /// A PEM file with the app's certificate and its RSA private key: the alternative to a
+    /// client secret. Its expiry is read from the certificate.
+    #[serde(default)]
+    pub client_certificate_file: Option<PathBuf>,
+    /// `client_certificate_file`, loaded and checked at load.
+    #[serde(skip)]
+    pub client_certificate: Option<std::sync::Arc<crate::certificate::ClientCertificate>>,
     #[serde(default)]
     pub cloud: Cloud,
     #[serde(default)]
@@ -611,6 +618,19 @@ impl Settings {
                     path,
                 )?);
             }
+            if let Some(path) = &t.client_certificate_file {
+                if t.client_secret.is_some() {
+                    return Err(bad(format!(
+                        "tenants.{name}: set a client secret or client_certificate_file, not both (remove the one the app registration does not use)"
+                    )));
+                }
+                let cert = crate::certificate::ClientCertificate::load(
+                    &format!("tenants.{name}.client_certificate_file"),
+                    path,
+                )
+                .map_err(bad)?;
+                t.client_certificate = Some(std::sync::Arc::new(cert));
+            }
             if let Some(fwd) = t.forward.as_mut() {
                 fwd.read_secret_file(&format!("tenants.{name}.forward"))?;
             }
@@ -734,11 +754,17 @@ fn validate_tenant(name: &str, t: &TenantConfig) -> Result<(), ConfigError> {
     }
     match &t.client_secret {
         Some(s) if !s.expose_secret().trim().is_empty() => {}
+        _ if t.client_certificate.is_some() => {}
         _ => {
             return Err(bad(format!(
-                "{key}.client_secret is missing: set client_secret or client_secret_file (Certificates & secrets → New client secret → copy the Value)"
+                "{key}.client_secret is missing: set client_secret or client_secret_file (Certificates & secrets → New client secret → copy the Value), or client_certificate_file"
             )))
         }
+    }
+    if t.client_certificate.is_some() && t.client_secret_expires.is_some() {
+        return Err(bad(format!(
+            "{key}.client_secret_expires is set but the tenant signs in with a certificate, whose expiry is read from the certificate itself: remove client_secret_expires"
+        )));
     }
     if let Some(date) = &t.client_secret_expires {
         if crate::time::parse_ticks(&format!("{date}T00:00:00Z")).is_none() {
@@ -954,6 +980,52 @@ client_secret = "s"
             s.tenants["contoso"].secret().unwrap().expose_secret(),
             "file-secret"
         );
+    }
+
+    #[test]
+    fn a_certificate_file_replaces_the_secret_and_is_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = crate::certificate::tests::generated(30);
+        let pem = dir.path().join("app.pem");
+        std::fs::write(&pem, format!("{cert}{key}")).unwrap();
+        let with_cert = MINIMAL.replace(
+            "client_secret = \"s\"",
+            &format!("client_certificate_file = \"{}\"", pem.display()),
+        );
+        let s = Settings::from_toml(&with_cert).unwrap();
+        let t = &s.tenants["contoso"];
+        assert!(t.secret().is_none());
+        assert!(t.client_certificate.is_some());
+        assert!(!format!("{s:?}").contains("PRIVATE KEY"));
+
+        let both = MINIMAL.replace(
+            "client_secret = \"s\"",
+            &format!(
+                "client_secret = \"s\"\nclient_certificate_file = \"{}\"",
+                pem.display()
+            ),
+        );
+        let err = Settings::from_toml(&both).unwrap_err().to_string();
+        assert!(err.contains("not both"), "{err}");
+
+        let missing = with_cert.replace("app.pem", "nowhere.pem");
+        let err = Settings::from_toml(&missing).unwrap_err().to_string();
+        assert!(
+            err.contains("tenants.contoso.client_certificate_file") && err.contains("nowhere.pem"),
+            "{err}"
+        );
+
+        std::fs::write(&pem, &cert).unwrap();
+        let err = Settings::from_toml(&with_cert).unwrap_err().to_string();
+        assert!(err.contains("no private key"), "{err}");
+
+        let dated = with_cert.replace(
+            "client_certificate_file",
+            "client_secret_expires = \"2030-01-01\"\nclient_certificate_file",
+        );
+        std::fs::write(&pem, format!("{cert}{key}")).unwrap();
+        let err = Settings::from_toml(&dated).unwrap_err().to_string();
+        assert!(err.contains("remove client_secret_expires"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! Layout (design §1, §2):
 //! - `config`: settings, defaults, validation. `telemetry`, `shutdown`: logs and signals.
-//! - `auth`: Entra ID tokens. `microsoft`: the one HTTP client for Microsoft (pinning, retries,
+//! - `auth`: Entra ID tokens (`certificate`: certificate credentials). `microsoft`: the one HTTP client for Microsoft (pinning, retries,
 //!   throttling, Microsoft's clock).
 //! - `sources`: pollers and the coverage scan. `normalize`: Microsoft's objects to
 //!   `m365-ingest.alert.v1`. `time`: 100-ns ticks.
@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod certificate;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -27,6 +27,7 @@ pub const REDELIVERIES: &str = "m365_ingest_redeliveries_total";
 pub const DELIVERY_SECONDS: &str = "m365_ingest_delivery_duration_seconds";
 pub const DEAD_LETTERS: &str = "m365_ingest_dead_letters_total";
 pub const SECRET_DAYS_LEFT: &str = "m365_ingest_client_secret_days_left";
+pub const CERTIFICATE_DAYS_LEFT: &str = "m365_ingest_client_certificate_days_left";
 
 /// One batch POST: tens of milliseconds when healthy, up to `forward.timeout` (30 s by default)
 /// and at most a lease's send window when not.
@@ -115,6 +116,10 @@ fn describe() {
     describe_gauge!(
         SECRET_DAYS_LEFT,
         "Days until the client secret expires (tenants.<name>.client_secret_expires)"
+    );
+    describe_gauge!(
+        CERTIFICATE_DAYS_LEFT,
+        "Days until the client certificate expires (tenants.<name>.client_certificate_file)"
     );
 }
 

@@ -34,8 +34,52 @@ pub struct TenantHealth {
     pub tokens: Vec<Arc<TokenProvider>>,
     /// The tenant's lease: a standby replica does not poll it and is not judged by its sources.
     pub gate: Arc<LeaseGate>,
-    /// `client_secret_expires` as Unix seconds (midnight UTC of that day).
-    pub secret_expires: Option<i64>,
+    /// When the tenant's credential stops working, when known.
+    pub credential_expires: Option<CredentialExpiry>,
+}
+
+/// Which credential a tenant signs in with, for expiry messages and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// `client_secret_expires`, midnight UTC of that day.
+    Secret,
+    /// The certificate's own `notAfter`.
+    Certificate,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CredentialExpiry {
+    pub kind: CredentialKind,
+    /// Unix seconds.
+    pub expires: i64,
+}
+
+impl CredentialExpiry {
+    /// When the tenant's credential expires: the certificate's own date, or
+    /// `client_secret_expires` (validated as YYYY-MM-DD when the settings were read).
+    pub fn of_tenant(t: &crate::config::TenantConfig) -> Option<CredentialExpiry> {
+        if let Some(cert) = &t.client_certificate {
+            return Some(CredentialExpiry {
+                kind: CredentialKind::Certificate,
+                expires: cert.not_after(),
+            });
+        }
+        let date = t.client_secret_expires.as_deref()?;
+        let ticks = crate::time::parse_ticks(&format!("{date}T00:00:00Z"))?;
+        Some(CredentialExpiry {
+            kind: CredentialKind::Secret,
+            expires: ticks / crate::time::TICKS_PER_SECOND,
+        })
+    }
+
+    /// `/status`'s view: what it is, when it expires, how many days are left.
+    fn describe(self, now: i64) -> Value {
+        json!({
+            "kind": match self.kind { CredentialKind::Secret => "client_secret", CredentialKind::Certificate => "client_certificate" },
+            "expires": crate::time::format_seconds(self.expires),
+            "days_left": days_left(self.expires, now),
+        })
+    }
 }
 
 /// Whole days from `now` until `expires` (both Unix seconds); negative once it has passed.
@@ -43,19 +87,28 @@ pub fn days_left(expires: i64, now: i64) -> i64 {
     (expires - now).div_euclid(86_400)
 }
 
-/// What to say about a client secret expiring at `expires`, if anything (design §3: warn from
+/// What to say about a credential expiring at `expires`, if anything (design §3: warn from
 /// 30 days ahead; past it, the tenant is not ready).
-pub fn secret_expiry_warning(tenant: &str, expires: i64, now: i64) -> Option<String> {
-    let days = days_left(expires, now);
-    let fix = format!("create a new one (Entra admin center → App registrations → the app → Certificates & secrets → New client secret) and update tenants.{tenant}.client_secret and client_secret_expires");
-    match days {
-        d if d < 0 => Some(format!(
-            "tenant {tenant}: the client secret has expired: {fix}"
-        )),
+pub fn expiry_warning(tenant: &str, credential: CredentialExpiry, now: i64) -> Option<String> {
+    let what = match credential.kind {
+        CredentialKind::Secret => "client secret",
+        CredentialKind::Certificate => "client certificate",
+    };
+    let fix = expiry_fix(tenant, credential.kind);
+    match days_left(credential.expires, now) {
+        d if d < 0 => Some(format!("tenant {tenant}: the {what} has expired: {fix}")),
         d if d <= 30 => Some(format!(
-            "tenant {tenant}: the client secret expires in {d} days: {fix}"
+            "tenant {tenant}: the {what} expires in {d} days: {fix}"
         )),
         _ => None,
+    }
+}
+
+/// How to replace an expiring credential, in the Entra admin center's words.
+pub fn expiry_fix(tenant: &str, kind: CredentialKind) -> String {
+    match kind {
+        CredentialKind::Secret => format!("create a new one (Entra admin center → App registrations → the app → Certificates & secrets → New client secret) and update tenants.{tenant}.client_secret and client_secret_expires"),
+        CredentialKind::Certificate => format!("create a new certificate, upload it (Entra admin center → App registrations → the app → Certificates & secrets → Certificates → Upload certificate) and replace the file named by tenants.{tenant}.client_certificate_file"),
     }
 }
 
@@ -102,7 +155,10 @@ impl Health {
 
     /// Sets the gauges that mirror the store, the sources and the calendar, just before a scrape.
     async fn refresh_gauges(&self) {
-        use crate::metrics::{COVERAGE_LAG, OUTBOX_OLDEST_AGE, OUTBOX_PENDING, SECRET_DAYS_LEFT};
+        use crate::metrics::{
+            CERTIFICATE_DAYS_LEFT, COVERAGE_LAG, OUTBOX_OLDEST_AGE, OUTBOX_PENDING,
+            SECRET_DAYS_LEFT,
+        };
         let now = crate::store::now_ms() / 1000;
         for t in &self.tenants {
             let tenant = t.name.clone();
@@ -124,9 +180,12 @@ impl Health {
                     tracing::debug!(tenant = %t.name, error = %e, "metrics: queue status unavailable")
                 }
             }
-            if let Some(expires) = t.secret_expires {
-                ::metrics::gauge!(SECRET_DAYS_LEFT, "tenant" => tenant)
-                    .set(days_left(expires, now) as f64);
+            if let Some(c) = t.credential_expires {
+                let name = match c.kind {
+                    CredentialKind::Secret => SECRET_DAYS_LEFT,
+                    CredentialKind::Certificate => CERTIFICATE_DAYS_LEFT,
+                };
+                ::metrics::gauge!(name, "tenant" => tenant).set(days_left(c.expires, now) as f64);
             }
         }
     }
@@ -144,14 +203,11 @@ impl Health {
             let mut ok = true;
             // A standby is ready when its store answers: another replica runs this tenant.
             let standby = !t.gate.held();
-            if let Some(expires) = t.secret_expires {
-                if days_left(expires, crate::time::unix_seconds_now()) < 0 {
+            if let Some(c) = t.credential_expires {
+                let now = crate::time::unix_seconds_now();
+                if days_left(c.expires, now) < 0 {
                     ok = false;
-                    tenant_failures.extend(secret_expiry_warning(
-                        &t.name,
-                        expires,
-                        crate::time::unix_seconds_now(),
-                    ));
+                    tenant_failures.extend(expiry_warning(&t.name, c, now));
                 }
             }
             for (kind, s) in t.sources.iter().filter(|_| !standby) {
@@ -213,7 +269,8 @@ impl Health {
                     "queue": queue,
                     "tokens": tokens,
                     "lease": t.gate.describe(),
-                    "client_secret_days_left": t.secret_expires.map(|e| days_left(e, crate::time::unix_seconds_now())),
+                    "credential": t.credential_expires.map(|c| c.describe(crate::time::unix_seconds_now())),
+                    "client_secret_days_left": t.credential_expires.filter(|c| c.kind == CredentialKind::Secret).map(|c| days_left(c.expires, crate::time::unix_seconds_now())),
                 }),
             );
         }
@@ -286,16 +343,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn secret_expiry_is_quiet_until_30_days_and_says_the_fix() {
+    fn credential_expiry_is_quiet_until_30_days_and_says_the_fix() {
         let now = 1_800_000_000;
         let day = 86_400;
-        assert_eq!(secret_expiry_warning("c", now + 31 * day + 10, now), None);
-        let soon = secret_expiry_warning("c", now + 10 * day + 10, now).unwrap();
+        let secret = |expires| CredentialExpiry {
+            kind: CredentialKind::Secret,
+            expires,
+        };
+        assert_eq!(expiry_warning("c", secret(now + 31 * day + 10), now), None);
+        let soon = expiry_warning("c", secret(now + 10 * day + 10), now).unwrap();
         assert!(soon.contains("expires in 10 days"), "{soon}");
         assert!(soon.contains("tenants.c.client_secret"), "{soon}");
-        let past = secret_expiry_warning("c", now - 10, now).unwrap();
+        let past = expiry_warning("c", secret(now - 10), now).unwrap();
         assert!(past.contains("has expired"), "{past}");
         assert_eq!(days_left(now - 10, now), -1);
         assert_eq!(days_left(now + day, now), 1);
+        let cert = CredentialExpiry {
+            kind: CredentialKind::Certificate,
+            expires: now + 3 * day + 1,
+        };
+        let soon = expiry_warning("c", cert, now).unwrap();
+        assert!(
+            soon.contains("client certificate expires in 3 days"),
+            "{soon}"
+        );
+        assert!(
+            soon.contains("Upload certificate")
+                && soon.contains("tenants.c.client_certificate_file"),
+            "{soon}"
+        );
     }
 }

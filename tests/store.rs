@@ -9,7 +9,7 @@ use m365_ingest::config::{Filters, StoreConfig};
 use m365_ingest::normalize::{self, SourceKind};
 use m365_ingest::store::{
     self, destination_lease, tenant_lease, AnyStore, BatchLimits, Cursor, CursorKey, IngestBatch,
-    IngestCounts, QuarantineItem, Store, StoreError, TenantRef,
+    IngestCounts, QuarantineItem, RetriedQuarantine, Store, StoreError, TenantRef,
 };
 use secrecy::SecretString;
 
@@ -117,6 +117,7 @@ fn page<'a>(
         source,
         items,
         quarantine: Vec::new(),
+        retried: Vec::new(),
         historical: false,
         observed_at: "2026-11-26T10:00:00Z",
         filters,
@@ -418,6 +419,7 @@ async fn a_bad_item_is_quarantined_once(b: Backend) {
                     native_id: Some("bad".into()),
                     reason: "lastUpdateDateTime missing".into(),
                     raw: r#"{"id":"bad"}"#.into(),
+                    list: String::new(),
                 }],
                 ..page(
                     &tenant,
@@ -435,6 +437,122 @@ async fn a_bad_item_is_quarantined_once(b: Backend) {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].native_id.as_deref(), Some("bad"));
     assert_eq!(listed[0].reason, "lastUpdateDateTime missing");
+    drop(s);
+    db.drop_db().await;
+}
+
+async fn a_quarantined_item_retried_leaves_when_it_parses_and_stays_when_not(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    let filters = Filters::default();
+    let tenant = tenant();
+    let readable = alert("fixed", 0, "high");
+    let bad = |raw: String| QuarantineItem {
+        native_id: Some("x".into()),
+        reason: "an older version could not read it".into(),
+        raw,
+        list: String::new(),
+    };
+    s.ingest(IngestBatch {
+        quarantine: vec![
+            bad(readable.to_string()),
+            bad(r#"{"id":"still-bad"}"#.into()),
+        ],
+        ..page(&tenant, SourceKind::Alerts, vec![], &filters)
+    })
+    .await
+    .unwrap();
+    assert!(
+        s.quarantine_retries(TENANT, SourceKind::Alerts, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing asked yet"
+    );
+    assert_eq!(
+        s.request_quarantine_retry(Some("another-tenant"), &[])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.request_quarantine_retry(Some(TENANT), &[]).await.unwrap(),
+        2
+    );
+    let asked = s
+        .quarantine_retries(TENANT, SourceKind::Alerts, 10)
+        .await
+        .unwrap();
+    assert_eq!(asked.len(), 2);
+    assert!(s
+        .quarantine_retries(TENANT, SourceKind::Incidents, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s
+        .quarantined(Some(TENANT))
+        .await
+        .unwrap()
+        .iter()
+        .all(|q| q.retry_requested));
+
+    // What the poller does: the readable one is stored, the other stays with the new reason.
+    let (fixed, still) = if asked[0].raw.contains("still-bad") {
+        (&asked[1], &asked[0])
+    } else {
+        (&asked[0], &asked[1])
+    };
+    let c = s
+        .ingest(IngestBatch {
+            retried: vec![
+                RetriedQuarantine {
+                    id: fixed.id,
+                    still_unusable: None,
+                },
+                RetriedQuarantine {
+                    id: still.id,
+                    still_unusable: Some("lastUpdateDateTime missing".into()),
+                },
+            ],
+            historical: true,
+            ..page(
+                &tenant,
+                SourceKind::Alerts,
+                vec![prepared(SourceKind::Alerts, &readable)],
+                &filters,
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!((c.new, c.queued), (1, 1));
+    let left = s.quarantined(Some(TENANT)).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, still.id);
+    assert_eq!(left[0].reason, "lastUpdateDateTime missing");
+    assert!(!left[0].retry_requested);
+    assert_eq!(left[0].attempts, 1);
+    assert!(s
+        .quarantine_retries(TENANT, SourceKind::Alerts, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let batch = s
+        .claim_batch(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.rows, 1, "the released item is queued for delivery");
+    // One id only.
+    assert_eq!(
+        s.request_quarantine_retry(None, &[still.id]).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        s.request_quarantine_retry(None, &[still.id + 1000])
+            .await
+            .unwrap(),
+        0
+    );
     drop(s);
     db.drop_db().await;
 }
@@ -748,6 +866,7 @@ conformance!(
     bodies_come_back_byte_for_byte,
     coverage_points_start_once_and_only_move_forward_with_a_page,
     a_bad_item_is_quarantined_once,
+    a_quarantined_item_retried_leaves_when_it_parses_and_stays_when_not,
     filtered_versions_are_stored_but_not_queued,
     pruning_removes_old_delivered_bodies_and_old_state_only,
     tenants_do_not_see_each_others_rows,

@@ -36,6 +36,10 @@ struct Args {
     /// Client secret of the registered app.
     #[arg(long, default_value = "sim-secret")]
     client_secret: String,
+    /// A certificate (PEM) to upload for the app, so it can also sign in with a client assertion
+    /// signed by that certificate's key (`client_certificate_file`).
+    #[arg(long)]
+    client_certificate: Option<std::path::PathBuf>,
     /// Alerts to generate over the last 3 days.
     #[arg(long, default_value_t = 1000)]
     alerts: usize,
@@ -68,6 +72,13 @@ async fn main() -> std::io::Result<()> {
     let sim = Simulator::start(cfg).await?;
     sim.add_tenant(&args.tenant);
     sim.add_app(&args.tenant, &args.client_id, &args.client_secret, ROLES);
+    if let Some(path) = &args.client_certificate {
+        let pem = std::fs::read_to_string(path)?;
+        sim.add_app_certificate(&args.tenant, &args.client_id, &pem)
+            .map_err(|e| {
+                std::io::Error::other(format!("--client-certificate {}: {e}", path.display()))
+            })?;
+    }
     let now = SystemTime::now();
     let from = now
         .checked_sub(Duration::from_secs(3 * 86_400))

@@ -82,6 +82,143 @@ struct App {
     secret: String,
     roles: Vec<String>,
     secret_expired: bool,
+    certificates: Vec<UploadedCertificate>,
+}
+
+/// The secret's checks; `Some` is the refusal to send.
+fn check_secret(app: &App, client_id: &str, secret: &str) -> Option<Response> {
+    if secret != app.secret {
+        return Some(aad_error(StatusCode::UNAUTHORIZED, "invalid_client", 7000215, &format!(
+            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'.")));
+    }
+    if app.secret_expired {
+        return Some(aad_error(StatusCode::UNAUTHORIZED, "invalid_client", 7000222, &format!(
+            "The provided client secret keys for app '{client_id}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds.")));
+    }
+    None
+}
+
+/// A certificate's public part, as uploaded under Certificates & secrets.
+struct UploadedCertificate {
+    thumbprint_s256: String,
+    key: jsonwebtoken::DecodingKey,
+    not_after: u64,
+}
+
+impl UploadedCertificate {
+    fn from_pem(pem_text: &str) -> Result<Self, String> {
+        use sha2::Digest as _;
+        use x509_cert::der::Decode as _;
+        let block = pem::parse_many(pem_text)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|b| b.tag() == "CERTIFICATE")
+            .ok_or("no CERTIFICATE block")?;
+        let cert = x509_cert::Certificate::from_der(block.contents()).map_err(|e| e.to_string())?;
+        let tbs = cert.tbs_certificate();
+        let public = tbs
+            .subject_public_key_info()
+            .subject_public_key
+            .as_bytes()
+            .ok_or("the public key is not a whole number of bytes")?;
+        Ok(UploadedCertificate {
+            thumbprint_s256: URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(block.contents())),
+            key: jsonwebtoken::DecodingKey::from_rsa_der(public),
+            not_after: tbs.validity().not_after.to_unix_duration().as_secs(),
+        })
+    }
+}
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Entra's checks of a client assertion; `Some` is the refusal to send.
+fn verify_assertion(
+    app: &App,
+    client_id: &str,
+    audience_suffix: &str,
+    assertion_type: Option<&str>,
+    assertion: &str,
+) -> Option<Response> {
+    let invalid = |code: u32, message: String| {
+        Some(aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            code,
+            &message,
+        ))
+    };
+    if assertion_type != Some(JWT_BEARER) {
+        return invalid(
+            7000219,
+            format!("'client_assertion_type' must be '{JWT_BEARER}'."),
+        );
+    }
+    let Ok(header) = jsonwebtoken::decode_header(assertion) else {
+        return invalid(50027, "JWT token is invalid or malformed.".to_string());
+    };
+    let Some(thumbprint) = header.x5t_s256.as_deref() else {
+        return invalid(
+            700027,
+            "Client assertion failed signature validation. Reason: the x5t#S256 header is missing."
+                .to_string(),
+        );
+    };
+    if header.alg != jsonwebtoken::Algorithm::PS256 {
+        return invalid(700027, format!("Client assertion failed signature validation. Reason: algorithm {:?} is not PS256.", header.alg));
+    }
+    let Some(cert) = app
+        .certificates
+        .iter()
+        .find(|c| c.thumbprint_s256 == thumbprint)
+    else {
+        return invalid(700027, format!("Client assertion failed signature validation. [Reason - The key was not found., Thumbprint of key used by client: '{thumbprint}', Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '{client_id}'.]"));
+    };
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if now > cert.not_after {
+        return invalid(
+            700027,
+            "Client assertion contains an invalid signature. [Reason - The key used is expired.]"
+                .to_string(),
+        );
+    }
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::PS256);
+    validation.validate_aud = false;
+    validation.validate_nbf = true;
+    validation.set_issuer(&[client_id]);
+    validation.set_required_spec_claims(&["exp", "nbf", "aud", "iss", "sub"]);
+    let claims = match jsonwebtoken::decode::<serde_json::Value>(assertion, &cert.key, &validation)
+    {
+        Ok(data) => data.claims,
+        Err(e) => {
+            use jsonwebtoken::errors::ErrorKind;
+            return match e.kind() {
+                ErrorKind::InvalidSignature => invalid(700027, "Client assertion contains an invalid signature.".to_string()),
+                ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => invalid(700024, "Client assertion is not within its valid time range.".to_string()),
+                ErrorKind::InvalidIssuer => invalid(700021, "Client assertion application identifier doesn't match 'client_id' parameter. Review the documentation at https://aka.ms/certCreds .".to_string()),
+                other => invalid(50027, format!("JWT token is invalid or malformed ({other:?}).")),
+            };
+        }
+    };
+    if claims["sub"].as_str() != Some(client_id) {
+        return invalid(
+            700021,
+            "Client assertion subject doesn't match 'client_id' parameter.".to_string(),
+        );
+    }
+    // The audience is this endpoint's URL; the scheme and host are whatever the client used.
+    let aud = claims["aud"].as_str().unwrap_or("");
+    if !aud
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(audience_suffix))
+    {
+        return invalid(
+            50027,
+            format!("Invalid JWT token. The audience '{aud}' is not this token endpoint."),
+        );
+    }
+    None
 }
 
 /// What a token stands for.
@@ -230,16 +367,27 @@ fn issue(inner: &Inner, tenant: &str, headers: &HeaderMap, body: &[u8]) -> Respo
         return aad_error(StatusCode::BAD_REQUEST, "unauthorized_client", 700016, &format!(
             "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."));
     };
-    let Some(secret) = secret.filter(|s| !s.is_empty()) else {
+    if let Some(assertion) = field("client_assertion") {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let suffix = format!("{host}/{tenant}/oauth2/v2.0/token");
+        if let Some(refused) = verify_assertion(
+            app,
+            &client_id,
+            &suffix,
+            field("client_assertion_type"),
+            assertion,
+        ) {
+            return refused;
+        }
+    } else if let Some(secret) = secret.filter(|s| !s.is_empty()) {
+        if let Some(refused) = check_secret(app, &client_id, &secret) {
+            return refused;
+        }
+    } else {
         return aad_error(StatusCode::UNAUTHORIZED, "invalid_client", 7000218, "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.");
-    };
-    if secret != app.secret {
-        return aad_error(StatusCode::UNAUTHORIZED, "invalid_client", 7000215, &format!(
-            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."));
-    }
-    if app.secret_expired {
-        return aad_error(StatusCode::UNAUTHORIZED, "invalid_client", 7000222, &format!(
-            "The provided client secret keys for app '{client_id}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds."));
     }
     let Some(scope) = field("scope") else {
         return aad_error(
@@ -381,12 +529,32 @@ impl Simulator {
             secret: secret.to_string(),
             roles: roles.iter().map(|r| (*r).to_string()).collect(),
             secret_expired: false,
+            certificates: Vec::new(),
         };
         lock(&self.inner.directory)
             .tenants
             .entry(tenant_key(tenant_id))
             .or_default()
             .insert(client_id.to_ascii_lowercase(), app);
+    }
+
+    /// Uploads a certificate (PEM; only its public part is read) to an app registered with
+    /// [`Simulator::add_app`], so the app can sign in with a client assertion signed by its key.
+    pub fn add_app_certificate(
+        &self,
+        tenant_id: &str,
+        client_id: &str,
+        certificate_pem: &str,
+    ) -> Result<(), String> {
+        let cert = UploadedCertificate::from_pem(certificate_pem)?;
+        let mut dir = lock(&self.inner.directory);
+        let app = dir
+            .tenants
+            .get_mut(&tenant_key(tenant_id))
+            .and_then(|t| t.get_mut(&client_id.to_ascii_lowercase()))
+            .ok_or_else(|| format!("no app {client_id} in tenant {tenant_id}: add_app first"))?;
+        app.certificates.push(cert);
+        Ok(())
     }
 
     /// Marks an app's secret as expired (AADSTS7000222) or valid again.

@@ -20,7 +20,8 @@ use crate::lease::LeaseGate;
 use crate::microsoft::{MsClient, MsError};
 use crate::normalize::{self, Prepared, SourceKind};
 use crate::store::{
-    Cursor, CursorKey, IngestBatch, IngestCounts, QuarantineItem, Store, StoreError, TenantRef,
+    Cursor, CursorKey, IngestBatch, IngestCounts, QuarantineItem, RetriedQuarantine, Store,
+    StoreError, TenantRef,
 };
 use crate::time::{format_seconds, format_ticks, now_ticks};
 use crate::AppStore;
@@ -222,11 +223,7 @@ fn parse_page(kind: SourceKind, list: &str, body: Vec<u8>) -> Result<ParsedPage,
         has_next: page.has_next,
     };
     for raw in values {
-        let prepared = match kind {
-            SourceKind::Submissions if !list.is_empty() => normalize::prepare_submission(list, raw),
-            _ => normalize::prepare(kind, raw),
-        };
-        match prepared {
+        match prepare_item(kind, list, raw) {
             Ok(p) => {
                 parsed.ids.push(p.native_id.clone());
                 parsed.items.push(p);
@@ -235,10 +232,23 @@ fn parse_page(kind: SourceKind, list: &str, body: Vec<u8>) -> Result<ParsedPage,
                 native_id: u.native_id,
                 reason: u.reason,
                 raw: raw.get().to_string(),
+                list: list.to_string(),
             }),
         }
     }
     Ok(parsed)
+}
+
+/// One listed item, parsed by its source's (and, for submissions, its list's) rules.
+fn prepare_item(
+    kind: SourceKind,
+    list: &str,
+    raw: &RawValue,
+) -> Result<Prepared, normalize::Unusable> {
+    match kind {
+        SourceKind::Submissions if !list.is_empty() => normalize::prepare_submission(list, raw),
+        _ => normalize::prepare(kind, raw),
+    }
 }
 
 impl ParsedPage {
@@ -356,6 +366,9 @@ impl Poller {
                 _ = stop.cancelled() => break,
             };
             self.record(result);
+            if let Err(e) = self.retry_quarantined().await {
+                tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), error = %e, "quarantine retry failed; tried again next poll");
+            }
             if self.reconcile_due() {
                 let r = tokio::select! {
                     r = self.reconcile_once() => r,
@@ -995,6 +1008,65 @@ impl Poller {
         Ok(())
     }
 
+    /// Re-reads the quarantined items the operator marked (`quarantine retry`) with this
+    /// version's parser: those that parse now are stored like any listed item and leave the
+    /// quarantine in the same transaction; the others stay, unmarked, with today's reason.
+    /// The poller does it because on Postgres only the tenant's lease holder may write.
+    async fn retry_quarantined(&self) -> Result<(), PollError> {
+        const RETRIES_PER_POLL: i64 = 500;
+        let kind = self.settings.kind;
+        let rows = self
+            .store
+            .quarantine_retries(&self.tenant.name, kind, RETRIES_PER_POLL)
+            .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut items = Vec::new();
+        let mut retried = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let parsed = serde_json::from_str::<&RawValue>(&row.raw)
+                .map_err(|e| format!("the stored text is not JSON: {e}"))
+                .and_then(|raw| prepare_item(kind, &row.list, raw).map_err(|u| u.reason));
+            let still_unusable = match parsed {
+                Ok(p) => {
+                    items.push(p);
+                    None
+                }
+                Err(reason) => Some(reason),
+            };
+            retried.push(RetriedQuarantine {
+                id: row.id,
+                still_unusable,
+            });
+        }
+        let released = items.len();
+        let observed_at = format_ticks(now_ticks());
+        let counts = self
+            .store
+            .ingest(IngestBatch {
+                tenant: &self.tenant,
+                source: kind,
+                items,
+                quarantine: Vec::new(),
+                retried,
+                historical: true,
+                observed_at: &observed_at,
+                filters: &self.settings.filters,
+                advance: None,
+            })
+            .await?;
+        self.status.add_counts(counts);
+        crate::metrics::record_items(&self.tenant.name, kind.as_str(), counts);
+        tracing::info!(tenant = %self.tenant.name, source = kind.as_str(), retried = rows.len(), released, still_quarantined = rows.len() - released, queued = counts.queued, "quarantine retry done");
+        if counts.queued > 0 {
+            if let Some(w) = &self.wake {
+                w.notify_waiters();
+            }
+        }
+        Ok(())
+    }
+
     /// One page in one store transaction; `advance_to` moves C in the same transaction.
     async fn commit_page(
         &self,
@@ -1021,6 +1093,7 @@ impl Poller {
                 source: self.settings.kind,
                 items: page.items,
                 quarantine: page.quarantine,
+                retried: Vec::new(),
                 historical,
                 observed_at: &observed_at,
                 filters: &self.settings.filters,

@@ -77,6 +77,26 @@ pub struct QuarantineItem {
     pub native_id: Option<String>,
     pub reason: String,
     pub raw: String,
+    /// The submission list it came from (it picks the parser on retry); empty otherwise.
+    pub list: String,
+}
+
+/// A quarantined item the operator asked to retry (`quarantine retry`), for its poller.
+#[derive(Debug, Clone)]
+pub struct QuarantineRetry {
+    pub id: i64,
+    pub list: String,
+    pub raw: String,
+}
+
+/// What a retry of a quarantined item came to, settled in the ingest transaction that stores
+/// the items that now parse.
+#[derive(Debug, Clone)]
+pub struct RetriedQuarantine {
+    pub id: i64,
+    /// `None`: it parsed and is in the batch's items, so the row goes; `Some`: still unusable,
+    /// the row stays (unmarked) with this reason.
+    pub still_unusable: Option<String>,
 }
 
 impl QuarantineItem {
@@ -94,6 +114,8 @@ pub struct IngestBatch<'a> {
     pub source: SourceKind,
     pub items: Vec<Prepared>,
     pub quarantine: Vec<QuarantineItem>,
+    /// Quarantined items retried in this batch.
+    pub retried: Vec<RetriedQuarantine>,
     pub historical: bool,
     pub observed_at: &'a str,
     pub filters: &'a Filters,
@@ -709,6 +731,10 @@ pub struct Quarantined {
     pub reason: String,
     /// Unix ms.
     pub created_at: i64,
+    /// Marked by `quarantine retry`, not yet re-read by its poller.
+    pub retry_requested: bool,
+    /// How many retries it has failed.
+    pub attempts: i64,
 }
 
 /// A coverage point from a `tenant, source, list, coverage, t0` row; `None` for a source this
@@ -826,6 +852,20 @@ pub trait Store: Send + Sync {
         &self,
         tenant: Option<&str>,
     ) -> impl Future<Output = Result<Vec<Quarantined>>> + Send;
+    /// Marks quarantined items for a retry by their poller (all of `tenant`, or the given ids).
+    /// Not fenced: it only sets a flag, which the lease holder acts on. Returns how many.
+    fn request_quarantine_retry(
+        &self,
+        tenant: Option<&str>,
+        ids: &[i64],
+    ) -> impl Future<Output = Result<u64>> + Send;
+    /// Up to `limit` items of (tenant, source) marked for retry, oldest first.
+    fn quarantine_retries(
+        &self,
+        tenant: &str,
+        source: SourceKind,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<QuarantineRetry>>> + Send;
     fn cursors(
         &self,
         tenant: Option<&str>,
@@ -940,6 +980,17 @@ impl Store for AnyStore {
     }
     async fn quarantined(&self, tenant: Option<&str>) -> Result<Vec<Quarantined>> {
         dispatch!(self, s => s.quarantined(tenant))
+    }
+    async fn request_quarantine_retry(&self, tenant: Option<&str>, ids: &[i64]) -> Result<u64> {
+        dispatch!(self, s => s.request_quarantine_retry(tenant, ids))
+    }
+    async fn quarantine_retries(
+        &self,
+        tenant: &str,
+        source: SourceKind,
+        limit: i64,
+    ) -> Result<Vec<QuarantineRetry>> {
+        dispatch!(self, s => s.quarantine_retries(tenant, source, limit))
     }
     async fn cursors(&self, tenant: Option<&str>) -> Result<Vec<StoredCursor>> {
         dispatch!(self, s => s.cursors(tenant))

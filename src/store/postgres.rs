@@ -623,8 +623,8 @@ impl Store for PgStore {
         counts.quarantined = 0;
         for item in &batch.quarantine {
             counts.quarantined += sqlx::query(
-                "INSERT INTO quarantine (tenant, source, native_id, reason, raw, raw_hash, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                "INSERT INTO quarantine (tenant, source, native_id, reason, raw, raw_hash, created_at, list) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
             )
             .bind(&tenant)
             .bind(source)
@@ -633,9 +633,21 @@ impl Store for PgStore {
             .bind(&item.raw)
             .bind(item.raw_hash())
             .bind(now)
+            .bind(&item.list)
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        }
+        for r in &batch.retried {
+            let statement = match r.still_unusable {
+                None => "DELETE FROM quarantine WHERE id = $1 AND tenant = $2",
+                Some(_) => "UPDATE quarantine SET retry_requested = FALSE, attempts = attempts + 1, reason = $3 WHERE id = $1 AND tenant = $2",
+            };
+            let mut q = sqlx::query(statement).bind(r.id).bind(&tenant);
+            if let Some(reason) = &r.still_unusable {
+                q = q.bind(reason);
+            }
+            q.execute(&mut *tx).await?;
         }
         if let Some((key, b)) = batch.advance {
             sqlx::query(
@@ -1013,9 +1025,42 @@ impl Store for PgStore {
         Ok(n)
     }
 
+    async fn request_quarantine_retry(&self, tenant: Option<&str>, ids: &[i64]) -> Result<u64> {
+        let n = sqlx::query(
+            "UPDATE quarantine SET retry_requested = TRUE WHERE ($1::text IS NULL OR tenant = $1) \
+             AND (cardinality($2::int8[]) = 0 OR id = ANY($2))",
+        )
+        .bind(tenant)
+        .bind(ids)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    async fn quarantine_retries(
+        &self,
+        tenant: &str,
+        source: SourceKind,
+        limit: i64,
+    ) -> Result<Vec<QuarantineRetry>> {
+        let rows = sqlx::query(
+            "SELECT id, list, raw FROM quarantine WHERE tenant = $1 AND source = $2 AND retry_requested \
+             ORDER BY id LIMIT $3",
+        )
+        .bind(tenant)
+        .bind(source.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(from_row!(QuarantineRetry, r, id, list, raw)))
+            .collect()
+    }
+
     async fn quarantined(&self, tenant: Option<&str>) -> Result<Vec<Quarantined>> {
         let rows = sqlx::query(
-            "SELECT id, tenant, source, native_id, reason, created_at FROM quarantine \
+            "SELECT id, tenant, source, native_id, reason, created_at, retry_requested, attempts FROM quarantine \
              WHERE ($1::text IS NULL OR tenant = $1) ORDER BY id",
         )
         .bind(tenant)
@@ -1031,7 +1076,9 @@ impl Store for PgStore {
                     source,
                     native_id,
                     reason,
-                    created_at
+                    created_at,
+                    retry_requested,
+                    attempts
                 ))
             })
             .collect()

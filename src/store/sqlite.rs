@@ -522,7 +522,7 @@ impl Store for SqliteStore {
         let mut counts = plan.counts;
         counts.quarantined = 0;
         for item in &batch.quarantine {
-            counts.quarantined += sqlx::query("INSERT INTO quarantine (tenant, source, native_id, reason, raw, raw_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
+            counts.quarantined += sqlx::query("INSERT INTO quarantine (tenant, source, native_id, reason, raw, raw_hash, created_at, list) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
                 .bind(&tenant)
                 .bind(source)
                 .bind(&item.native_id)
@@ -530,9 +530,21 @@ impl Store for SqliteStore {
                 .bind(&item.raw)
                 .bind(item.raw_hash())
                 .bind(now)
+                .bind(&item.list)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+        }
+        for r in &batch.retried {
+            let statement = match r.still_unusable {
+                None => "DELETE FROM quarantine WHERE id = ?1 AND tenant = ?2",
+                Some(_) => "UPDATE quarantine SET retry_requested = 0, attempts = attempts + 1, reason = ?3 WHERE id = ?1 AND tenant = ?2",
+            };
+            let mut q = sqlx::query(statement).bind(r.id).bind(&tenant);
+            if let Some(reason) = &r.still_unusable {
+                q = q.bind(reason);
+            }
+            q.execute(&mut *tx).await?;
         }
         if let Some((key, b)) = batch.advance {
             sqlx::query("UPDATE cursors SET coverage = MAX(coverage, ?), updated_at = ? WHERE tenant = ? AND source = ? AND list = ?")
@@ -890,8 +902,49 @@ impl Store for SqliteStore {
         Ok(n)
     }
 
+    async fn request_quarantine_retry(&self, tenant: Option<&str>, ids: &[i64]) -> Result<u64> {
+        let mut n = 0;
+        let mut tx = self.begin().await?;
+        if ids.is_empty() {
+            n = sqlx::query(
+                "UPDATE quarantine SET retry_requested = 1 WHERE (?1 IS NULL OR tenant = ?1)",
+            )
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        for id in ids {
+            n += sqlx::query("UPDATE quarantine SET retry_requested = 1 WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)")
+                .bind(id)
+                .bind(tenant)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn quarantine_retries(
+        &self,
+        tenant: &str,
+        source: SourceKind,
+        limit: i64,
+    ) -> Result<Vec<QuarantineRetry>> {
+        let rows = sqlx::query("SELECT id, list, raw FROM quarantine WHERE tenant = ? AND source = ? AND retry_requested = 1 ORDER BY id LIMIT ?")
+            .bind(tenant)
+            .bind(source.as_str())
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(from_row!(QuarantineRetry, r, id, list, raw)))
+            .collect()
+    }
+
     async fn quarantined(&self, tenant: Option<&str>) -> Result<Vec<Quarantined>> {
-        let rows = sqlx::query("SELECT id, tenant, source, native_id, reason, created_at FROM quarantine WHERE (?1 IS NULL OR tenant = ?1) ORDER BY id")
+        let rows = sqlx::query("SELECT id, tenant, source, native_id, reason, created_at, retry_requested, attempts FROM quarantine WHERE (?1 IS NULL OR tenant = ?1) ORDER BY id")
             .bind(tenant)
             .fetch_all(&self.reader)
             .await?;
@@ -905,7 +958,9 @@ impl Store for SqliteStore {
                     source,
                     native_id,
                     reason,
-                    created_at
+                    created_at,
+                    retry_requested,
+                    attempts
                 ))
             })
             .collect()

@@ -322,3 +322,33 @@ pub fn insert_in_one_second(sim: &Simulator, prefix: &str, n: usize) {
         sim.insert_alert(TENANT_ID, alert_json(&format!("{prefix}{i:02}"), &t));
     }
 }
+
+/// Writes a self-signed RSA certificate valid for `days` more days (negative: expired) and its
+/// key to `dir/app.pem`, as an operator would mount it; returns the path and the certificate
+/// alone (what is uploaded to the app registration).
+pub fn certificate_file(dir: &Path, days: i64) -> (PathBuf, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["m365-ingest.test".into()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    // Half a day past the whole days, so "days left" is exactly `days`.
+    let end = m365_ingest::time::unix_seconds_now() + days * 86_400 + 43_200;
+    params.not_after = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(end as u64);
+    let cert = params.self_signed(&key).unwrap().pem();
+    let path = dir.join("app.pem");
+    std::fs::write(&path, format!("{cert}{}", key.serialize_pem())).unwrap();
+    (path, cert)
+}
+
+/// The tenant signs in with the certificate in `path` instead of its secret.
+pub fn use_certificate(s: &mut Settings, path: &Path) {
+    let t = s.tenants.get_mut("contoso").unwrap();
+    t.client_secret = None;
+    t.client_certificate_file = Some(path.to_path_buf());
+    t.client_certificate = Some(Arc::new(
+        m365_ingest::certificate::ClientCertificate::load(
+            "tenants.contoso.client_certificate_file",
+            path,
+        )
+        .unwrap(),
+    ));
+}

@@ -240,3 +240,95 @@ async fn the_status_command_prints_each_tenant_source_and_destination() {
     assert_eq!(down.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&down.stderr).contains("no daemon answers"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantine_retry_sends_what_this_version_reads_and_keeps_the_rest() {
+    use m365_ingest::admin::Quarantine;
+    use m365_ingest::store::{IngestBatch, QuarantineItem, TenantRef};
+
+    let sim = sim().await;
+    let (_dir, db) = temp_db();
+    let app = TestApp::spawn(settings(&sim, &db, &Opts::default())).await;
+    // What an older version quarantined: one item this version reads, one nobody can.
+    let readable = alert_json("q-fixed", &iso7_ago(3_600));
+    let item = |raw: String| QuarantineItem {
+        native_id: None,
+        reason: "an older parser refused it".into(),
+        raw,
+        list: String::new(),
+    };
+    let filters = m365_ingest::config::Filters::default();
+    app.store
+        .ingest(IngestBatch {
+            tenant: &TenantRef {
+                name: "contoso".into(),
+                id: TENANT_ID.into(),
+            },
+            source: m365_ingest::normalize::SourceKind::Alerts,
+            items: vec![],
+            quarantine: vec![
+                item(readable.to_string()),
+                item(r#"{"title":"no id"}"#.into()),
+            ],
+            retried: vec![],
+            historical: true,
+            observed_at: "2026-11-26T10:00:00Z",
+            filters: &filters,
+            advance: None,
+        })
+        .await
+        .unwrap();
+    let listed = quarantine_list(&app.store).await;
+    assert!(listed.contains("2 quarantined item(s)"), "{listed}");
+
+    let said = admin::quarantine(
+        &app.store,
+        Quarantine::Retry {
+            tenant: Some("contoso".into()),
+            ids: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        said.starts_with("2 quarantined item(s) marked for retry"),
+        "{said}"
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the readable item delivered",
+        || {
+            delivered_alerts(&sim)
+                .iter()
+                .any(|a| a["native_id"] == "q-fixed")
+        },
+    )
+    .await;
+    let store = app.store.clone();
+    wait_until_async(Duration::from_secs(30), "the retry settled", || {
+        let store = store.clone();
+        async move {
+            let left = store.quarantined(None).await.unwrap();
+            left.len() == 1 && !left[0].retry_requested
+        }
+    })
+    .await;
+    let left = app.store.quarantined(None).await.unwrap();
+    assert_eq!(left[0].attempts, 1);
+    assert!(
+        left[0].reason.contains("id"),
+        "today's reason: {}",
+        left[0].reason
+    );
+    let listed = quarantine_list(&app.store).await;
+    assert!(listed.contains("[retried 1x]"), "{listed}");
+    app.stop().await;
+}
+
+async fn quarantine_list(store: &m365_ingest::AppStore) -> String {
+    let all = admin::Quarantine::List {
+        tenant: None,
+        json: false,
+    };
+    admin::quarantine(store, all).await.unwrap()
+}

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod alerts;
+mod certificates;
 mod cloud_apps;
 mod control;
 mod dropzone;
