@@ -365,9 +365,13 @@ impl Poller {
                 r = self.poll_once() => r,
                 _ = stop.cancelled() => break,
             };
+            // A failed poll already says why; a retry would only fail the same way.
+            let polled = result.is_ok();
             self.record(result);
-            if let Err(e) = self.retry_quarantined().await {
-                tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), error = %e, "quarantine retry failed; tried again next poll");
+            if polled {
+                if let Err(e) = self.retry_quarantined().await {
+                    tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), error = %e, "quarantine retry failed; tried again next poll");
+                }
             }
             if self.reconcile_due() {
                 let r = tokio::select! {
