@@ -232,6 +232,8 @@ fn need(kind: SourceKind) -> Need {
             "Investigation.Read",
             &["Investigation.manage", "Discovery.read"],
         ),
+        // Mail.ReadBasic.All would list the reports but not their attachments: not enough.
+        SourceKind::PhishingReports => (Resource::Graph, "Mail.Read", &["Mail.ReadWrite"]),
     };
     Need {
         kind,
@@ -241,12 +243,7 @@ fn need(kind: SourceKind) -> Need {
     }
 }
 
-const ALL_SOURCES: [SourceKind; 4] = [
-    SourceKind::Alerts,
-    SourceKind::Incidents,
-    SourceKind::Submissions,
-    SourceKind::CloudApps,
-];
+const ALL_SOURCES: [SourceKind; 5] = SourceKind::ALL;
 
 /// A token obtained for a resource, with the roles read from it (`None`: not a readable JWT).
 struct Granted {

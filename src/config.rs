@@ -315,6 +315,8 @@ pub struct SourcesConfig {
     pub submissions: SourceConfig,
     #[serde(default)]
     pub cloud_apps: SourceConfig,
+    #[serde(default)]
+    pub phishing_reports: SourceConfig,
 }
 
 impl SourcesConfig {
@@ -324,6 +326,7 @@ impl SourcesConfig {
             SourceKind::Incidents => &self.incidents,
             SourceKind::Submissions => &self.submissions,
             SourceKind::CloudApps => &self.cloud_apps,
+            SourceKind::PhishingReports => &self.phishing_reports,
         }
     }
 }
@@ -368,6 +371,15 @@ pub struct SourceConfig {
     #[serde(default)]
     pub kinds: Vec<String>,
     pub open_only: Option<bool>,
+    /// Phishing reports: the reporting mailbox (UPN or object id), or `auto` for the one set in
+    /// Defender's user reported settings. The source is on when this is set.
+    pub mailbox: Option<String>,
+    /// Phishing reports: a well-known folder name (`inbox`) or a folder id.
+    pub folder: Option<String>,
+    /// Phishing reports: the original MIME travels base64 in the alert up to this many bytes.
+    pub include_original_max: Option<usize>,
+    /// Phishing reports: the text body is cut at this many bytes (and marked).
+    pub body_max: Option<usize>,
 }
 
 /// A source's settings with every default applied.
@@ -387,6 +399,24 @@ pub struct SourceSettings {
     /// Submissions: the lists polled (`email`, `url`, `file`).
     pub kinds: Vec<String>,
     pub filters: Filters,
+    /// Phishing reports: where they are read.
+    pub mailbox: Option<MailboxSettings>,
+}
+
+/// The reporting mailbox a `phishing_reports` source reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxSettings {
+    /// A UPN or object id, or `auto` (Defender's user reported settings).
+    pub mailbox: String,
+    pub folder: String,
+    pub include_original_max: usize,
+    pub body_max: usize,
+}
+
+impl MailboxSettings {
+    pub fn is_auto(&self) -> bool {
+        self.mailbox.eq_ignore_ascii_case("auto")
+    }
 }
 
 /// "Which alert types to sync": applied after storing, except `service_sources` (design §4 rule 7).
@@ -406,6 +436,7 @@ impl SourceConfig {
     pub fn resolve(&self, kind: SourceKind, tenant: &TenantConfig) -> SourceSettings {
         let enabled = self.enabled.unwrap_or(match kind {
             SourceKind::CloudApps => tenant.cloud_apps_url.is_some(),
+            SourceKind::PhishingReports => self.mailbox.is_some(),
             _ => true,
         });
         let d = |v: Option<Duration>, default: u64| v.unwrap_or(Duration::from_secs(default));
@@ -463,6 +494,21 @@ impl SourceConfig {
                     self.statuses.iter().map(|s| normalize_status(s)).collect()
                 },
                 categories: lower(&self.categories),
+            },
+            mailbox: match kind {
+                SourceKind::PhishingReports => self.mailbox.as_ref().map(|m| MailboxSettings {
+                    mailbox: m.trim().to_string(),
+                    folder: self
+                        .folder
+                        .as_deref()
+                        .map(str::trim)
+                        .filter(|f| !f.is_empty())
+                        .unwrap_or("inbox")
+                        .to_string(),
+                    include_original_max: self.include_original_max.unwrap_or(2 * 1024 * 1024),
+                    body_max: self.body_max.unwrap_or(64 * 1024),
+                }),
+                _ => None,
             },
         }
     }
@@ -782,12 +828,7 @@ fn validate_tenant(name: &str, t: &TenantConfig) -> Result<(), ConfigError> {
     if let Some(u) = &t.cloud_apps_url {
         check_cloud_apps_url(&key, t, u)?;
     }
-    for kind in [
-        SourceKind::Alerts,
-        SourceKind::Incidents,
-        SourceKind::Submissions,
-        SourceKind::CloudApps,
-    ] {
+    for kind in SourceKind::ALL {
         let s = t.sources.get(kind).resolve(kind, t);
         let skey = format!("{key}.sources.{}", kind.as_str());
         if s.interval < Duration::from_secs(1) {
@@ -827,11 +868,59 @@ fn validate_tenant(name: &str, t: &TenantConfig) -> Result<(), ConfigError> {
                 "{skey} is enabled but {key}.cloud_apps_url is not set: copy the Portal URL from Defender → Settings → Cloud Apps → System → About"
             )));
         }
+        validate_mailbox(&skey, kind, t.sources.get(kind), &s)?;
         if s.enabled && kind == SourceKind::Submissions && t.cloud != Cloud::Global {
             return Err(bad(format!(
                 "{skey}: threat submissions exist only in the global cloud; set enabled = false for this tenant"
             )));
         }
+    }
+    Ok(())
+}
+
+/// The mailbox keys belong to `phishing_reports` only, and that source needs a mailbox.
+fn validate_mailbox(
+    skey: &str,
+    kind: SourceKind,
+    raw: &SourceConfig,
+    s: &SourceSettings,
+) -> Result<(), ConfigError> {
+    let mailbox_keys = [
+        ("mailbox", raw.mailbox.is_some()),
+        ("folder", raw.folder.is_some()),
+        ("include_original_max", raw.include_original_max.is_some()),
+        ("body_max", raw.body_max.is_some()),
+    ];
+    if kind != SourceKind::PhishingReports {
+        if let Some((key, _)) = mailbox_keys.iter().find(|(_, set)| *set) {
+            return Err(bad(format!(
+                "{skey}.{key} belongs to the phishing_reports source only"
+            )));
+        }
+        return Ok(());
+    }
+    let Some(m) = &s.mailbox else {
+        if s.enabled {
+            return Err(bad(format!(
+                "{skey} is enabled but has no mailbox: set {skey}.mailbox to the reporting mailbox (e.g. \"phish-reports@contoso.com\", or \"auto\" to use the one set in Defender's user reported settings)"
+            )));
+        }
+        return Ok(());
+    };
+    if m.mailbox.is_empty() || m.mailbox.contains(['/', '?', '#', ' ']) {
+        return Err(bad(format!(
+            "{skey}.mailbox `{}` is not a mailbox: give its address (UPN), its object id, or \"auto\"",
+            m.mailbox
+        )));
+    }
+    if m.folder.contains(['/', '?', '#']) {
+        return Err(bad(format!(
+            "{skey}.folder `{}` is not a folder: give a well-known name such as \"inbox\" or a folder id",
+            m.folder
+        )));
+    }
+    if m.body_max < 1024 {
+        return Err(bad(format!("{skey}.body_max must be at least 1024 bytes")));
     }
     Ok(())
 }

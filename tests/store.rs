@@ -122,6 +122,7 @@ fn page<'a>(
         observed_at: "2026-11-26T10:00:00Z",
         filters,
         advance: None,
+        source_state: None,
     }
 }
 
@@ -140,6 +141,7 @@ async fn ingest(
     s.ingest(IngestBatch {
         historical,
         advance,
+        source_state: None,
         ..page(&tenant, SourceKind::Alerts, items, &filters)
     })
     .await

@@ -78,6 +78,8 @@ pub struct MsClient {
     clock: Arc<MicrosoftClock>,
     max_body: usize,
     max_attempts: usize,
+    /// Requests of this client in flight at once (Outlook allows 4 per app and mailbox).
+    concurrency: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl MsClient {
@@ -100,7 +102,14 @@ impl MsClient {
             clock,
             max_body: DEFAULT_MAX_BODY,
             max_attempts: 6,
+            concurrency: None,
         })
+    }
+
+    /// At most `n` requests of this client in flight at once.
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = Some(Arc::new(tokio::sync::Semaphore::new(n.max(1))));
+        self
     }
 
     pub fn base(&self) -> &url::Url {
@@ -130,7 +139,19 @@ impl MsClient {
 
     /// GET with retries; `body_limit` overrides the size cap for this request.
     pub async fn get(&self, url: &str, body_limit: Option<usize>) -> Result<MsResponse, MsError> {
-        self.send(reqwest::Method::GET, url, None, body_limit).await
+        self.send(reqwest::Method::GET, url, None, body_limit, &[])
+            .await
+    }
+
+    /// GET with extra request headers (e.g. more `Prefer` preferences), sent on every attempt.
+    pub async fn get_with(
+        &self,
+        url: &str,
+        body_limit: Option<usize>,
+        headers: &[(&'static str, &str)],
+    ) -> Result<MsResponse, MsError> {
+        self.send(reqwest::Method::GET, url, None, body_limit, headers)
+            .await
     }
 
     /// POST a JSON body with retries (Cloud Apps lists alerts by POST).
@@ -140,7 +161,7 @@ impl MsClient {
         body: &serde_json::Value,
         body_limit: Option<usize>,
     ) -> Result<MsResponse, MsError> {
-        self.send(reqwest::Method::POST, url, Some(body), body_limit)
+        self.send(reqwest::Method::POST, url, Some(body), body_limit, &[])
             .await
     }
 
@@ -150,6 +171,7 @@ impl MsClient {
         url: &str,
         json: Option<&serde_json::Value>,
         body_limit: Option<usize>,
+        headers: &[(&'static str, &str)],
     ) -> Result<MsResponse, MsError> {
         let parsed = url::Url::parse(url).map_err(|e| MsError::Network {
             api: self.api.into(),
@@ -173,6 +195,11 @@ impl MsClient {
         let mut refreshed_after_401 = false;
         loop {
             self.budget.acquire().await;
+            // Held through the body read: Outlook counts a request until its answer is read.
+            let in_flight = match &self.concurrency {
+                Some(s) => Some(s.acquire().await.map_err(|_| MsError::Cancelled)?),
+                None => None,
+            };
             let token = self.tokens.token().await?;
             let client_request_id = uuid::Uuid::new_v4().to_string();
             let started = Instant::now();
@@ -183,6 +210,9 @@ impl MsClient {
                 .header("Prefer", "include-unknown-enum-members")
                 .header("client-request-id", &client_request_id)
                 .header("Accept", "application/json");
+            for (name, value) in headers {
+                req = req.header(*name, *value);
+            }
             if let Some(body) = json {
                 req = req.json(body);
             }
@@ -237,6 +267,7 @@ impl MsClient {
                     };
                     let wait = delay.unwrap_or(backoff_delay);
                     tracing::info!(tenant = %self.tenant, api = self.api, error = %error, retry_in_ms = wait.as_millis() as u64, "retrying microsoft request");
+                    drop(in_flight);
                     tokio::time::sleep(wait).await;
                 }
             }

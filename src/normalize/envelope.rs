@@ -169,6 +169,72 @@ pub fn event_id(tenant_id: &str, source: &str, native_id: &str, version: &str) -
     hex(&h.finalize())
 }
 
+/// The one version of an item that never changes (a phishing report).
+pub const ONCE_VERSION: &str = "r1";
+
+/// The envelope members `render` writes before a body's own.
+const ENVELOPE_MEMBERS: [&str; 13] = [
+    "schema",
+    "event_id",
+    "alert_id",
+    "kind",
+    "revision",
+    "change",
+    "changed_fields",
+    "observed_at",
+    "historical",
+    "tenant",
+    "source",
+    "native_id",
+    "version",
+];
+
+/// The body of a rendered event, as `prepare` made it: the envelope members dropped, the body's
+/// members kept in their order and bytes, and the links (`related`, `duplicate_of`) emptied for
+/// the caller to fill again. `None` when `event` is not a JSON object.
+pub fn body_of_event(event: &[u8]) -> Option<Vec<u8>> {
+    use serde::de::{Deserializer as _, MapAccess, Visitor};
+    use serde_json::value::RawValue;
+
+    /// Top-level members in document order (a map would reorder them).
+    struct Members<'a>(Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>);
+    struct MembersVisitor;
+    impl<'de> Visitor<'de> for MembersVisitor {
+        type Value = Members<'de>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some((k, v)) = map.next_entry::<std::borrow::Cow<'de, str>, &RawValue>()? {
+                out.push((k, v));
+            }
+            Ok(Members(out))
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(event);
+    let members = de.deserialize_map(MembersVisitor).ok()?;
+    let mut out = Vec::with_capacity(event.len());
+    out.push(b'{');
+    for (key, value) in members.0 {
+        if ENVELOPE_MEMBERS.contains(&key.as_ref()) {
+            continue;
+        }
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        write_str(&mut out, &key);
+        out.push(b':');
+        match key.as_ref() {
+            "related" => out.extend_from_slice(b"[]"),
+            "duplicate_of" => out.extend_from_slice(b"null"),
+            _ => out.extend_from_slice(value.get().as_bytes()),
+        }
+    }
+    out.push(b'}');
+    Some(out)
+}
+
 /// A state-number version: `r{n}.{first 12 hex digits of the state hash}`.
 pub fn state_version(n: i64, hash: &[u8; 32]) -> String {
     format!("r{n}.{}", hex(&hash[..6]))

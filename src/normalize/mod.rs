@@ -42,6 +42,8 @@ pub enum SourceKind {
     Incidents,
     Submissions,
     CloudApps,
+    /// User-reported messages read from the reporting mailbox (Graph mail delta).
+    PhishingReports,
 }
 
 impl SourceKind {
@@ -53,9 +55,19 @@ impl SourceKind {
             "incidents" => SourceKind::Incidents,
             "submissions" => SourceKind::Submissions,
             "cloud_apps" => SourceKind::CloudApps,
+            "phishing_reports" => SourceKind::PhishingReports,
             _ => return None,
         })
     }
+
+    /// Every source, in the order pollers are started and listed.
+    pub const ALL: [SourceKind; 5] = [
+        SourceKind::Alerts,
+        SourceKind::Incidents,
+        SourceKind::Submissions,
+        SourceKind::CloudApps,
+        SourceKind::PhishingReports,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -63,6 +75,7 @@ impl SourceKind {
             SourceKind::Incidents => "incidents",
             SourceKind::Submissions => "submissions",
             SourceKind::CloudApps => "cloud_apps",
+            SourceKind::PhishingReports => "phishing_reports",
         }
     }
 
@@ -72,6 +85,7 @@ impl SourceKind {
             SourceKind::Alerts | SourceKind::CloudApps => "alert",
             SourceKind::Incidents => "incident",
             SourceKind::Submissions => "submission",
+            SourceKind::PhishingReports => "phishing_report",
         }
     }
 }
@@ -116,6 +130,9 @@ pub enum VersionInput {
     /// Submissions and Cloud Apps: SHA-256 of the RFC 8785 JSON of the mutable fields; the store
     /// turns a new hash into the next state number.
     State { hash: [u8; 32] },
+    /// Phishing reports: a report never changes, so it has one version, `r1`; reading it again
+    /// (a resync, a move back into the folder) is always a duplicate.
+    Once,
 }
 
 /// Links to other items, for the store's cross-source joins (incident, twin, message).
@@ -154,6 +171,12 @@ pub fn prepare(source: SourceKind, raw: &RawValue) -> Result<Prepared, Unusable>
         SourceKind::Incidents => incident::prepare(raw),
         SourceKind::Submissions => submission::prepare(None, raw),
         SourceKind::CloudApps => cloud_apps::prepare(raw),
+        // A report is prepared from its mailbox message and the attached original
+        // (`prepare_phishing_report`), never from a stored Graph object alone.
+        SourceKind::PhishingReports => Err(Unusable {
+            reason: "a phishing report is read from the mailbox, not from stored text".into(),
+            native_id: None,
+        }),
     }
 }
 

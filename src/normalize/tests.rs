@@ -822,7 +822,7 @@ fn the_submission_state_hash_moves_only_with_its_mutable_fields() {
         .version
     {
         VersionInput::State { hash } => hash,
-        VersionInput::Ticks(_) => panic!("submissions have state versions"),
+        other => panic!("submissions have state versions, not {other:?}"),
     };
     let base = state(&v);
     assert_eq!(base, state(&serde_json::from_str(base_text.get()).unwrap()));
@@ -990,7 +990,7 @@ fn cloud_apps_resolutions_severities_and_state() {
 
     let state = |item: &RawValue| match prepare(SourceKind::CloudApps, item).unwrap().version {
         VersionInput::State { hash } => hash,
-        VersionInput::Ticks(_) => panic!("cloud apps have state versions"),
+        other => panic!("cloud apps have state versions, not {other:?}"),
     };
     let base = state(&mda_with(|_| {}));
     assert_eq!(

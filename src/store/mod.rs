@@ -121,6 +121,9 @@ pub struct IngestBatch<'a> {
     pub filters: &'a Filters,
     /// `Some((key, b))`: C := max(C, b) in the same transaction.
     pub advance: Option<(&'a CursorKey, i64)>,
+    /// With `advance`: the source's own coverage state, stored in the same transaction (the
+    /// reporting mailbox's delta or next link).
+    pub source_state: Option<&'a str>,
 }
 
 /// What an ingest did, for logs, `/status` and metrics.
@@ -268,6 +271,11 @@ pub fn plan_ingest(
                 }
                 (*t, None, crate::time::format_ticks(*t))
             }
+            (VersionInput::Once, Some(_)) => {
+                plan.counts.unchanged += 1;
+                continue;
+            }
+            (VersionInput::Once, None) => (1, None, envelope::ONCE_VERSION.to_string()),
             (VersionInput::State { hash }, p) => {
                 if p.is_some_and(|p| p.state_hash.as_deref() == Some(&hash[..])) {
                     plan.counts.unchanged += 1;
@@ -451,7 +459,10 @@ pub fn link_keys(source: SourceKind, item: &Prepared) -> Vec<String> {
             keys.push(format!("mda:{id}"));
         }
     }
-    if matches!(source, SourceKind::Alerts | SourceKind::Submissions) {
+    if matches!(
+        source,
+        SourceKind::Alerts | SourceKind::Submissions | SourceKind::PhishingReports
+    ) {
         for m in &item.links.message_ids {
             keys.push(format!(
                 "msg:{}",
@@ -538,15 +549,23 @@ pub fn linked_revision(
         #[serde(borrow)]
         raw: &'a serde_json::value::RawValue,
     }
-    let raw = serde_json::from_slice::<RawOnly<'_>>(stored_json).ok()?.raw;
-    let prepared = match source {
-        SourceKind::Submissions => {
-            let list = state.native_id.split('/').next().unwrap_or("");
-            crate::normalize::prepare_submission(list, raw).ok()?
-        }
-        _ => crate::normalize::prepare(source, raw).ok()?,
+    let (version, body) = if source == SourceKind::PhishingReports {
+        // A report's body comes from its attached original, which is not kept: the stored
+        // event is the body, minus its envelope and with the links found so far.
+        (VersionInput::Once, envelope::body_of_event(stored_json)?)
+    } else {
+        let raw = serde_json::from_slice::<RawOnly<'_>>(stored_json).ok()?.raw;
+        let prepared = match source {
+            SourceKind::Submissions => {
+                let list = state.native_id.split('/').next().unwrap_or("");
+                crate::normalize::prepare_submission(list, raw).ok()?
+            }
+            _ => crate::normalize::prepare(source, raw).ok()?,
+        };
+        (prepared.version, prepared.body)
     };
-    let base = match (&prepared.version, &state.state_hash) {
+    let base = match (&version, &state.state_hash) {
+        (VersionInput::Once, _) => envelope::ONCE_VERSION.to_string(),
         (VersionInput::Ticks(_), _) => crate::time::format_ticks(state.latest),
         (VersionInput::State { .. }, Some(h)) => {
             let mut hash = [0u8; 32];
@@ -560,7 +579,7 @@ pub fn linked_revision(
     };
     let k = link_count + 1;
     let version = format!("{base}#l{k}");
-    let body = with_links(&prepared.body, refs, duplicate_of(source, refs));
+    let body = with_links(&body, refs, duplicate_of(source, refs));
     let event_id = envelope::event_id(&tenant.id, source.as_str(), &state.native_id, &version);
     let alert_id = envelope::alert_id(&tenant.id, source.as_str(), &state.native_id);
     let mut next = state.clone();
@@ -800,8 +819,22 @@ pub trait Store: Send + Sync {
         key: &CursorKey,
         c: Cursor,
     ) -> impl Future<Output = Result<Cursor>> + Send;
-    /// Moves C backwards or forwards (`cursor set`).
+    /// Moves C backwards or forwards (`cursor set`); it clears the source's own state, so a
+    /// reporting mailbox resyncs from the new point.
     fn set_cursor(&self, key: &CursorKey, c: Cursor) -> impl Future<Output = Result<()>> + Send;
+    /// The source's own coverage state stored with `IngestBatch::source_state`.
+    fn load_cursor_state(
+        &self,
+        key: &CursorKey,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// Which of `ids` the store already holds for (tenant, source): a report read again is not
+    /// fetched again.
+    fn known_ids(
+        &self,
+        tenant: &str,
+        source: SourceKind,
+        ids: &[String],
+    ) -> impl Future<Output = Result<std::collections::HashSet<String>>> + Send;
     fn ingest(&self, batch: IngestBatch<'_>) -> impl Future<Output = Result<IngestCounts>> + Send;
     /// Undelivered versions of a tenant (pending or batched).
     fn undelivered(&self, tenant: &str) -> impl Future<Output = Result<u64>> + Send;
@@ -921,6 +954,17 @@ impl Store for AnyStore {
     }
     async fn set_cursor(&self, key: &CursorKey, c: Cursor) -> Result<()> {
         dispatch!(self, s => s.set_cursor(key, c))
+    }
+    async fn load_cursor_state(&self, key: &CursorKey) -> Result<Option<String>> {
+        dispatch!(self, s => s.load_cursor_state(key))
+    }
+    async fn known_ids(
+        &self,
+        tenant: &str,
+        source: SourceKind,
+        ids: &[String],
+    ) -> Result<std::collections::HashSet<String>> {
+        dispatch!(self, s => s.known_ids(tenant, source, ids))
     }
     async fn ingest(&self, batch: IngestBatch<'_>) -> Result<IngestCounts> {
         dispatch!(self, s => s.ingest(batch))

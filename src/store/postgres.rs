@@ -565,7 +565,7 @@ impl Store for PgStore {
     async fn set_cursor(&self, key: &CursorKey, c: Cursor) -> Result<()> {
         sqlx::query(
             "INSERT INTO cursors (tenant, source, list, coverage, t0, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (tenant, source, list) DO UPDATE SET coverage = excluded.coverage, t0 = excluded.t0, updated_at = excluded.updated_at",
+             ON CONFLICT (tenant, source, list) DO UPDATE SET coverage = excluded.coverage, t0 = excluded.t0, state = NULL, updated_at = excluded.updated_at",
         )
         .bind(&key.tenant)
         .bind(key.source.as_str())
@@ -576,6 +576,35 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn load_cursor_state(&self, key: &CursorKey) -> Result<Option<String>> {
+        let state: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT state FROM cursors WHERE tenant = $1 AND source = $2 AND list = $3",
+        )
+        .bind(&key.tenant)
+        .bind(key.source.as_str())
+        .bind(&key.list)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(state.flatten())
+    }
+
+    async fn known_ids(
+        &self,
+        tenant: &str,
+        source: SourceKind,
+        ids: &[String],
+    ) -> Result<HashSet<String>> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT native_id FROM alerts WHERE tenant = $1 AND source = $2 AND native_id = ANY($3)",
+        )
+        .bind(tenant)
+        .bind(source.as_str())
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
     }
 
     async fn ingest(&self, mut batch: IngestBatch<'_>) -> Result<IngestCounts> {
@@ -651,7 +680,7 @@ impl Store for PgStore {
         }
         if let Some((key, b)) = batch.advance {
             sqlx::query(
-                "UPDATE cursors SET coverage = GREATEST(coverage, $1), updated_at = $2 \
+                "UPDATE cursors SET coverage = GREATEST(coverage, $1), updated_at = $2, state = COALESCE($6, state) \
                  WHERE tenant = $3 AND source = $4 AND list = $5",
             )
             .bind(b)
@@ -659,6 +688,7 @@ impl Store for PgStore {
             .bind(&key.tenant)
             .bind(key.source.as_str())
             .bind(&key.list)
+            .bind(batch.source_state)
             .execute(&mut *tx)
             .await?;
         }

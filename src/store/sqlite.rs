@@ -1,7 +1,7 @@
 //! The embedded SQLite store: zero set-up, one writer connection owned by the store (WAL,
 //! `synchronous=FULL`, `BEGIN IMMEDIATE`), a small pool of readers beside it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -440,7 +440,7 @@ impl Store for SqliteStore {
     async fn set_cursor(&self, key: &CursorKey, c: Cursor) -> Result<()> {
         sqlx::query(
             "INSERT INTO cursors (tenant, source, list, coverage, t0, updated_at) VALUES (?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (tenant, source, list) DO UPDATE SET coverage = excluded.coverage, t0 = excluded.t0, updated_at = excluded.updated_at",
+             ON CONFLICT (tenant, source, list) DO UPDATE SET coverage = excluded.coverage, t0 = excluded.t0, state = NULL, updated_at = excluded.updated_at",
         )
         .bind(&key.tenant)
         .bind(key.source.as_str())
@@ -451,6 +451,43 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await?;
         Ok(())
+    }
+
+    async fn load_cursor_state(&self, key: &CursorKey) -> Result<Option<String>> {
+        let state: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT state FROM cursors WHERE tenant = ? AND source = ? AND list = ?",
+        )
+        .bind(&key.tenant)
+        .bind(key.source.as_str())
+        .bind(&key.list)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(state.flatten())
+    }
+
+    async fn known_ids(
+        &self,
+        tenant: &str,
+        source: SourceKind,
+        ids: &[String],
+    ) -> Result<HashSet<String>> {
+        let mut known = HashSet::new();
+        for chunk in ids.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT native_id FROM alerts WHERE tenant = ");
+            q.push_bind(tenant)
+                .push(" AND source = ")
+                .push_bind(source.as_str())
+                .push(" AND native_id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(id.as_str());
+            }
+            q.push(")");
+            let rows: Vec<String> = q.build_query_scalar().fetch_all(&self.reader).await?;
+            known.extend(rows);
+        }
+        Ok(known)
     }
 
     async fn ingest(&self, mut batch: IngestBatch<'_>) -> Result<IngestCounts> {
@@ -547,8 +584,9 @@ impl Store for SqliteStore {
             q.execute(&mut *tx).await?;
         }
         if let Some((key, b)) = batch.advance {
-            sqlx::query("UPDATE cursors SET coverage = MAX(coverage, ?), updated_at = ? WHERE tenant = ? AND source = ? AND list = ?")
+            sqlx::query("UPDATE cursors SET coverage = MAX(coverage, ?), state = COALESCE(?, state), updated_at = ? WHERE tenant = ? AND source = ? AND list = ?")
                 .bind(b)
+                .bind(batch.source_state)
                 .bind(now)
                 .bind(&key.tenant)
                 .bind(key.source.as_str())

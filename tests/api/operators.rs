@@ -275,6 +275,7 @@ async fn quarantine_retry_sends_what_this_version_reads_and_keeps_the_rest() {
             observed_at: "2026-11-26T10:00:00Z",
             filters: &filters,
             advance: None,
+            source_state: None,
         })
         .await
         .unwrap();

@@ -1,0 +1,640 @@
+//! The coverage scan of time-listed collections (design §4 rules 0–5): Graph's alerts_v2,
+//! incidents and submission lists, and Cloud Apps alerts. A poll scans slices [A, B) until the
+//! coverage point C reaches Microsoft's clock minus settle; a slice that does not fit one page is
+//! split, not paged; C moves only in the transaction that stores a completed slice; a
+//! reconciliation pass re-lists [C − window, C) without moving C.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use super::submissions::{FALLBACK_PAGES, SUBMISSION_LISTS};
+use super::{PollError, PollOutcome, Poller, BACKPRESSURE_EVERY};
+use crate::config::{SourceSettings, StartFrom};
+use crate::microsoft::MsError;
+use crate::normalize::{self, Prepared, SourceKind};
+use crate::store::{Cursor, CursorKey, IngestCounts, QuarantineItem, Store};
+use crate::time::format_seconds;
+/// How often a one-second slice that overflows a page is walked before giving up for this poll.
+pub(super) const MAX_WALKS: usize = 5;
+/// A body that is not complete JSON is asked for again this many times within one poll.
+pub(super) const BAD_BODY_RETRIES: usize = 3;
+
+/// A Graph collection listed by a time field, e.g. alerts_v2 by `lastUpdateDateTime`.
+#[derive(Debug, Clone)]
+pub struct GraphListing {
+    /// Path below the Graph base, e.g. `/v1.0/security/alerts_v2`.
+    pub path: &'static str,
+    pub time_field: &'static str,
+    pub max_top: usize,
+    /// The list's name within its source (its own coverage point); empty for one-list sources.
+    pub list: &'static str,
+    /// Incidents only: ask for `$expand=alerts`.
+    pub expand_alerts: bool,
+    /// A Defender for Cloud Apps listing: POSTed filters, `skip` paging, epoch-ms times.
+    pub cloud_apps: bool,
+}
+
+impl GraphListing {
+    /// The listings a source polls, per its settings.
+    pub fn for_source(s: &SourceSettings) -> Vec<GraphListing> {
+        match s.kind {
+            SourceKind::Alerts => vec![Self::alerts()],
+            SourceKind::Incidents => vec![Self::incidents(s.expand_alerts)],
+            SourceKind::Submissions => SUBMISSION_LISTS
+                .iter()
+                .filter(|(kind, _)| s.kinds.iter().any(|k| k == kind))
+                .map(|(_, list)| Self::submissions(list))
+                .collect(),
+            SourceKind::CloudApps => {
+                vec![Self::cloud_apps("date"), Self::cloud_apps("resolutionDate")]
+            }
+            // The mailbox is read by delta query, not listed by time.
+            SourceKind::PhishingReports => Vec::new(),
+        }
+    }
+}
+
+/// A slice's answer, parsed off the async threads.
+pub(super) struct ParsedPage {
+    pub(super) items: Vec<Prepared>,
+    pub(super) quarantine: Vec<QuarantineItem>,
+    pub(super) next_link: Option<String>,
+    pub(super) count: Option<i64>,
+    pub(super) received: usize,
+    pub(super) ids: Vec<String>,
+    pub(super) has_next: bool,
+}
+
+/// A Graph page (`value`, `@odata.nextLink`) or a Cloud Apps one (`data`, `hasNext`).
+#[derive(Deserialize)]
+pub(super) struct AnyPage<'a> {
+    #[serde(borrow, default)]
+    value: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default)]
+    data: Option<Vec<&'a RawValue>>,
+    #[serde(rename = "@odata.nextLink", default, borrow)]
+    next_link: Option<Cow<'a, str>>,
+    #[serde(rename = "@odata.count", default)]
+    count: Option<i64>,
+    #[serde(rename = "hasNext", default)]
+    has_next: bool,
+}
+
+pub(super) fn parse_page(
+    kind: SourceKind,
+    list: &str,
+    body: Vec<u8>,
+) -> Result<ParsedPage, String> {
+    let page: AnyPage<'_> = serde_json::from_slice(&body)
+        .map_err(|e| format!("the answer is not a complete page: {e}"))?;
+    let values = page
+        .value
+        .or(page.data)
+        .ok_or_else(|| "the answer has neither `value` nor `data`: not a listing".to_string())?;
+    let mut parsed = ParsedPage {
+        items: Vec::with_capacity(values.len()),
+        quarantine: Vec::new(),
+        next_link: page.next_link.map(Cow::into_owned),
+        count: page.count,
+        received: values.len(),
+        ids: Vec::with_capacity(values.len()),
+        has_next: page.has_next,
+    };
+    for raw in values {
+        match prepare_item(kind, list, raw) {
+            Ok(p) => {
+                parsed.ids.push(p.native_id.clone());
+                parsed.items.push(p);
+            }
+            Err(u) => parsed.quarantine.push(QuarantineItem {
+                native_id: u.native_id,
+                reason: u.reason,
+                raw: raw.get().to_string(),
+                list: list.to_string(),
+            }),
+        }
+    }
+    Ok(parsed)
+}
+
+/// One listed item, parsed by its source's (and, for submissions, its list's) rules.
+pub(super) fn prepare_item(
+    kind: SourceKind,
+    list: &str,
+    raw: &RawValue,
+) -> Result<Prepared, normalize::Unusable> {
+    match kind {
+        SourceKind::Submissions if !list.is_empty() => normalize::prepare_submission(list, raw),
+        _ => normalize::prepare(kind, raw),
+    }
+}
+
+impl ParsedPage {
+    pub(super) fn empty() -> Self {
+        ParsedPage {
+            items: Vec::new(),
+            quarantine: Vec::new(),
+            next_link: None,
+            count: None,
+            received: 0,
+            ids: Vec::new(),
+            has_next: false,
+        }
+    }
+}
+
+/// A page read but not yet committed: it commits while the next request runs (`overlap`).
+pub(super) struct Deferred {
+    pub(super) page: ParsedPage,
+    pub(super) historical: bool,
+    pub(super) advance_to: Option<i64>,
+}
+
+impl Deferred {
+    pub(super) fn new(page: ParsedPage, historical: bool, advance_to: Option<i64>) -> Self {
+        Self {
+            page,
+            historical,
+            advance_to,
+        }
+    }
+}
+
+/// One request of a listing: Graph lists by GET, Cloud Apps by POSTed filters.
+pub(super) enum Req {
+    Get(String),
+    Post(String, serde_json::Value),
+}
+
+/// Whether a scan moves the coverage point (live) or only looks again (reconciliation).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pass {
+    Live,
+    Reconcile,
+}
+
+impl Poller {
+    pub(super) async fn poll_list(
+        &self,
+        listing: &GraphListing,
+        key: &CursorKey,
+        outcome: &mut PollOutcome,
+    ) -> Result<i64, PollError> {
+        if self.refused(listing) {
+            self.poll_without_filter(listing, key, outcome).await?;
+            return Ok(self.client.clock().now_secs().unwrap_or(0));
+        }
+        let cursor = self.cursor(listing, key, outcome).await?;
+        let mut c = cursor.coverage;
+        self.status.set_coverage(c);
+        let settle = self.settings.settle.as_secs() as i64;
+        let p = match self.client.clock().now_secs() {
+            Some(p) => p,
+            None => self.probe_date(listing, outcome).await?,
+        };
+        let target = p - settle;
+        let mut a = c - self.settings.overlap.as_secs() as i64;
+        let mut last_check = Instant::now();
+        while c < target {
+            let mut b = (a + self.settings.max_slice.as_secs() as i64).min(target);
+            if c < cursor.t0 {
+                b = b.min(cursor.t0);
+            }
+            let b = b.max(c);
+            if b <= a {
+                break;
+            }
+            match self
+                .scan(listing, key, a, b, cursor.t0, Pass::Live, outcome)
+                .await
+            {
+                Err(PollError::Microsoft(MsError::Status { status: 400, .. }))
+                    if self.settings.kind == SourceKind::Submissions =>
+                {
+                    // The $filter on createdDateTime is UNCONFIRMED for submissions (API.md §5).
+                    if let Ok(mut l) = self.filter_refused.lock() {
+                        l.push(listing.list);
+                    }
+                    let why = format!("Microsoft refused the createdDateTime filter on {}: listing its newest {} items each poll instead", listing.list, FALLBACK_PAGES * listing.max_top);
+                    tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), "{why}");
+                    self.status.note(&why);
+                    self.poll_without_filter(listing, key, outcome).await?;
+                    return Ok(c);
+                }
+                r => r?,
+            }
+            c = c.max(b);
+            self.status.set_coverage(c);
+            a = b;
+            // A long backfill checks between slices, not only once per poll; every few seconds
+            // is enough for a coarse guard, and counting a large queue is not free.
+            if last_check.elapsed() >= BACKPRESSURE_EVERY {
+                self.check_backpressure().await?;
+                last_check = Instant::now();
+            }
+        }
+        Ok(c)
+    }
+
+    /// Re-lists [C − reconcile_window, C) of every list without moving C; returns the new
+    /// versions found (late arrivals, or for submissions the changes a recheck exists to catch).
+    pub async fn reconcile_once(&mut self) -> Result<u64, PollError> {
+        self.last_reconcile = Some(Instant::now());
+        let mut outcome = PollOutcome::default();
+        for (listing, key) in &self.lists {
+            // Cloud Apps' recheck re-lists by creation date; resolutions have their own cursor.
+            // A list polled without a filter is re-listed whole each poll already.
+            if listing.time_field == "resolutionDate" || self.refused(listing) {
+                continue;
+            }
+            let Some(cursor) = self.store.load_cursor(key).await? else {
+                continue;
+            };
+            let end = cursor.coverage;
+            let mut a = end - self.settings.reconcile_window.as_secs() as i64;
+            while a < end {
+                let b = (a + self.settings.max_slice.as_secs() as i64).min(end);
+                self.scan(listing, key, a, b, cursor.t0, Pass::Reconcile, &mut outcome)
+                    .await?;
+                a = b;
+            }
+        }
+        let found = outcome.counts.new + outcome.counts.updated;
+        if !matches!(
+            self.settings.kind,
+            SourceKind::Submissions | SourceKind::CloudApps
+        ) {
+            self.status.late_arrivals(found);
+            crate::metrics::late_arrivals(&self.tenant.name, self.settings.kind.as_str(), found);
+        }
+        Ok(found)
+    }
+
+    /// The stored cursor, or the first run's (rule 0), stored before any item.
+    pub(super) async fn cursor(
+        &self,
+        listing: &GraphListing,
+        key: &CursorKey,
+        outcome: &mut PollOutcome,
+    ) -> Result<Cursor, PollError> {
+        if let Some(c) = self.store.load_cursor(key).await? {
+            return Ok(c);
+        }
+        let date = self.probe_date(listing, outcome).await?;
+        let t0 = date - self.settings.settle.as_secs() as i64;
+        let coverage = match self.start {
+            StartFrom::Lookback => t0 - self.settings.lookback.as_secs() as i64,
+            StartFrom::Now => t0,
+        };
+        let c = self.store.init_cursor(key, Cursor { coverage, t0 }).await?;
+        tracing::info!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), list = listing.list, t0 = %format_seconds(c.t0), coverage = %format_seconds(c.coverage), "first run: coverage starts here");
+        Ok(c)
+    }
+
+    /// One small request whose only purpose is Microsoft's `Date`.
+    pub(super) async fn probe_date(
+        &self,
+        listing: &GraphListing,
+        outcome: &mut PollOutcome,
+    ) -> Result<i64, PollError> {
+        let resp = if listing.cloud_apps {
+            let url = format!("{}{}", self.base(), listing.path);
+            let body =
+                serde_json::json!({"sortField": "date", "sortDirection": "desc", "limit": 1});
+            self.client.post_json(&url, &body, None).await?
+        } else {
+            let url = format!("{}{}?$top=1", self.base(), listing.path);
+            self.client.get(&url, None).await?
+        };
+        outcome.requests += 1;
+        // An API that sends no Date (Cloud Apps' behaviour is undocumented) borrows the
+        // tenant's Microsoft clock from the other APIs.
+        resp.date
+            .or_else(|| self.client.clock().now_secs())
+            .ok_or_else(|| {
+                PollError::Invalid(
+                    "Microsoft's answer had no Date header: cannot bound coverage".into(),
+                )
+            })
+    }
+
+    pub(super) fn base(&self) -> String {
+        self.client
+            .base()
+            .as_str()
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    pub(super) fn slice_url(&self, listing: &GraphListing, a: i64, b: i64, top: usize) -> String {
+        let field = listing.time_field;
+        let mut filter = format!(
+            "{field} ge {} and {field} lt {}",
+            format_seconds(a),
+            format_seconds(b)
+        );
+        let sources = &self.settings.filters.service_sources;
+        if !sources.is_empty() && self.settings.kind == SourceKind::Alerts {
+            let any = sources
+                .iter()
+                .map(|s| format!("serviceSource eq '{}'", s.replace('\'', "''")))
+                .collect::<Vec<_>>()
+                .join(" or ");
+            filter = format!("({any}) and {filter}");
+        }
+        let mut url = match url::Url::parse(&format!("{}{}", self.base(), listing.path)) {
+            Ok(u) => u,
+            Err(_) => return format!("{}{}", self.base(), listing.path),
+        };
+        url.query_pairs_mut()
+            .append_pair("$filter", &filter)
+            .append_pair("$top", &top.to_string())
+            .append_pair("$count", "true");
+        if self.expand(listing) {
+            url.query_pairs_mut().append_pair("$expand", "alerts");
+        }
+        url.to_string()
+    }
+
+    /// Fetches and parses one page, re-asking when the body is cut short or too large (rule 4).
+    pub(super) async fn fetch(
+        &self,
+        listing: &GraphListing,
+        request_for_top: &(dyn Fn(usize) -> Req + Sync),
+        outcome: &mut PollOutcome,
+    ) -> Result<ParsedPage, PollError> {
+        let mut top = listing.max_top;
+        let mut limit: Option<usize> = None;
+        let mut bad_bodies = 0;
+        loop {
+            let req = request_for_top(top);
+            let permit = self
+                .pages
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| PollError::Invalid("shutting down".into()))?;
+            let sent = match &req {
+                Req::Get(url) => self.client.get(url, limit).await,
+                Req::Post(url, body) => self.client.post_json(url, body, limit).await,
+            };
+            let url = match &req {
+                Req::Get(u) | Req::Post(u, _) => u.as_str(),
+            };
+            let resp = match sent {
+                Ok(r) => r,
+                Err(e) if e.status().is_some_and(|s| s >= 500) && self.expand(listing) => {
+                    // Large tenants see persistent 500s with $expand=alerts (API.md §4).
+                    self.expand_failed
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    let why = format!(
+                        "$expand=alerts failed ({e}); listing incidents without it from now on"
+                    );
+                    tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), "{why}");
+                    self.status.note(&why);
+                    outcome.requests += 1;
+                    continue;
+                }
+                Err(MsError::TooLarge { limit: l, .. }) => {
+                    outcome.requests += 1;
+                    if top > 1 {
+                        top = (top / 2).max(1);
+                    } else if limit.is_none() {
+                        limit = Some(l.saturating_mul(10));
+                    } else {
+                        return Err(PollError::Invalid(format!(
+                            "a single item is larger than {l} bytes; the source stops at this slice ({url})"
+                        )));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            outcome.requests += 1;
+            let kind = self.settings.kind;
+            let list = listing.list;
+            let parsed = tokio::task::spawn_blocking(move || parse_page(kind, list, resp.body))
+                .await
+                .map_err(|e| PollError::Invalid(format!("page parser failed: {e}")))?;
+            drop(permit);
+            match parsed {
+                Ok(p) => return Ok(p),
+                Err(why) => {
+                    bad_bodies += 1;
+                    tracing::warn!(tenant = %self.tenant.name, source = kind.as_str(), error = %why, attempt = bad_bodies, "bad page from Microsoft; reading it again");
+                    if bad_bodies >= BAD_BODY_RETRIES {
+                        return Err(PollError::Invalid(why));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Scans [a, b): commit when it fits one page, else split it (rule 3).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn scan(
+        &self,
+        listing: &GraphListing,
+        key: &CursorKey,
+        a: i64,
+        b: i64,
+        t0: i64,
+        pass: Pass,
+        outcome: &mut PollOutcome,
+    ) -> Result<(), PollError> {
+        if listing.cloud_apps {
+            return self
+                .scan_cloud_apps(listing, key, a, b, t0, pass, outcome)
+                .await;
+        }
+        // A stack keeps the parts in order without recursion.
+        let mut todo = vec![(a, b)];
+        let mut pending = None;
+        while let Some((a, b)) = todo.pop() {
+            let historical = b <= t0;
+            let (page, counts) = self
+                .overlap(
+                    key,
+                    pass,
+                    pending.take(),
+                    self.fetch(
+                        listing,
+                        &|top| Req::Get(self.slice_url(listing, a, b, top)),
+                        outcome,
+                    ),
+                )
+                .await?;
+            outcome.counts.add(counts);
+            let Some(next_link) = page.next_link.clone() else {
+                pending = Some(Deferred::new(page, historical, Some(b)));
+                continue;
+            };
+            let (n, m) = (page.count.unwrap_or(0), page.received.max(1) as i64);
+            let first_ids = if b - a <= 1 {
+                page.ids.clone()
+            } else {
+                Vec::new()
+            };
+            pending = Some(Deferred::new(page, historical, None));
+            let seconds = b - a;
+            if seconds <= 1 {
+                self.walk(
+                    listing,
+                    key,
+                    (a, b),
+                    first_ids,
+                    next_link,
+                    historical,
+                    pass,
+                    &mut pending,
+                    outcome,
+                )
+                .await?;
+                continue;
+            }
+            let k = seconds.min(2.max((n + m - 1) / m + 1));
+            let parts = split_whole_seconds(a, b, k);
+            for part in parts.into_iter().rev() {
+                todo.push(part);
+            }
+        }
+        self.flush(key, pass, pending, outcome).await
+    }
+
+    /// Runs `next` (the following request) while the `pending` page commits. Commits stay in
+    /// page order, and a failed commit fails the scan before any later page is committed, so
+    /// the coverage point never passes a page that is not stored.
+    pub(super) async fn overlap<T>(
+        &self,
+        key: &CursorKey,
+        pass: Pass,
+        pending: Option<Deferred>,
+        next: impl std::future::Future<Output = Result<T, PollError>>,
+    ) -> Result<(T, IngestCounts), PollError> {
+        let Some(d) = pending else {
+            return Ok((next.await?, IngestCounts::default()));
+        };
+        let (committed, fetched) = tokio::join!(
+            self.commit_page(key, d.page, d.historical, pass, d.advance_to),
+            next
+        );
+        let counts = committed?;
+        Ok((fetched?, counts))
+    }
+
+    /// Commits the last page of a scan.
+    pub(super) async fn flush(
+        &self,
+        key: &CursorKey,
+        pass: Pass,
+        pending: Option<Deferred>,
+        outcome: &mut PollOutcome,
+    ) -> Result<(), PollError> {
+        if let Some(d) = pending {
+            let counts = self
+                .commit_page(key, d.page, d.historical, pass, d.advance_to)
+                .await?;
+            outcome.counts.add(counts);
+        }
+        Ok(())
+    }
+
+    /// A one-second slice that overflows a page: walk nextLinks, again until a walk adds no new id.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn walk(
+        &self,
+        listing: &GraphListing,
+        key: &CursorKey,
+        (a, b): (i64, i64),
+        first_ids: Vec<String>,
+        first_next: String,
+        historical: bool,
+        pass: Pass,
+        pending: &mut Option<Deferred>,
+        outcome: &mut PollOutcome,
+    ) -> Result<(), PollError> {
+        let mut seen: HashSet<String> = first_ids.into_iter().collect();
+        let mut next = Some(first_next);
+        for walk in 0..MAX_WALKS {
+            let before = seen.len();
+            // A walk after the first lists the slice again from its first page.
+            let mut from_start = walk > 0;
+            loop {
+                let link = if std::mem::take(&mut from_start) {
+                    None
+                } else {
+                    match next.take() {
+                        Some(link) => Some(link),
+                        None => break,
+                    }
+                };
+                let (page, counts) = self
+                    .overlap(
+                        key,
+                        pass,
+                        pending.take(),
+                        self.fetch(
+                            listing,
+                            &|top| match &link {
+                                Some(l) => Req::Get(l.clone()),
+                                None => Req::Get(self.slice_url(listing, a, b, top)),
+                            },
+                            outcome,
+                        ),
+                    )
+                    .await?;
+                outcome.counts.add(counts);
+                seen.extend(page.ids.iter().cloned());
+                next = page.next_link.clone();
+                *pending = Some(Deferred::new(page, historical, None));
+            }
+            if walk > 0 && seen.len() == before {
+                // Commits stay in order: C moves only after the walk's pages are stored.
+                let (_, counts) = self
+                    .overlap(key, pass, pending.take(), async { Ok(()) })
+                    .await?;
+                outcome.counts.add(counts);
+                *pending = Some(Deferred::new(ParsedPage::empty(), historical, Some(b)));
+                return Ok(());
+            }
+        }
+        Err(PollError::Invalid(format!(
+            "the one-second slice at {} kept changing over {MAX_WALKS} walks; it is read again next poll",
+            format_seconds(a)
+        )))
+    }
+}
+
+/// Cuts [a, b) into k parts with whole-second bounds, the remainder spread over the first parts.
+pub fn split_whole_seconds(a: i64, b: i64, k: i64) -> Vec<(i64, i64)> {
+    let total = b - a;
+    let k = k.clamp(1, total.max(1));
+    let (step, extra) = (total / k, total % k);
+    let mut parts = Vec::with_capacity(k as usize);
+    let mut start = a;
+    for i in 0..k {
+        let len = step + i64::from(i < extra);
+        parts.push((start, start + len));
+        start += len;
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn parts_cover_the_slice_exactly_in_whole_seconds() {
+        assert_eq!(split_whole_seconds(0, 10, 3), vec![(0, 4), (4, 7), (7, 10)]);
+        assert_eq!(split_whole_seconds(5, 7, 5), vec![(5, 6), (6, 7)]);
+        assert_eq!(
+            split_whole_seconds(0, 86_400, 2),
+            vec![(0, 43_200), (43_200, 86_400)]
+        );
+    }
+}

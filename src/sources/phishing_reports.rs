@@ -1,0 +1,1 @@
+//! The reporting mailbox (design §4 "Phishing reports").
