@@ -42,6 +42,9 @@ pub struct App {
 }
 
 /// The User-Agent on every request we make.
+/// Requests Outlook allows in flight per app and mailbox (API.md §2).
+const MAIL_CONCURRENCY: usize = 4;
+
 pub fn user_agent() -> String {
     format!("m365-ingest/{}", env!("CARGO_PKG_VERSION"))
 }
@@ -136,7 +139,7 @@ impl App {
                 .with_context(|| format!("tenants.{name}.graph_url is not a URL"))?,
             );
             crate::metrics::register_api(name, "graph");
-            let mut tokens = vec![graph_tokens];
+            let mut tokens = vec![graph_tokens.clone()];
             // Cloud Apps is its own API family: its own token scope, host and 30/min budget.
             let cloud_apps = match &tenant.cloud_apps_url {
                 Some(url) => {
@@ -163,19 +166,43 @@ impl App {
                 }
                 None => None,
             };
+            // Outlook's own budget, per app and mailbox: 10,000 requests per 10 minutes and 4
+            // at once (API.md §2); the mailbox source is the only one on it.
+            let mail = if tenant
+                .sources
+                .get(SourceKind::PhishingReports)
+                .resolve(SourceKind::PhishingReports, tenant)
+                .enabled
+            {
+                crate::metrics::register_api(name, "mail");
+                Some(Arc::new(
+                    MsClient::new(
+                        "mail",
+                        name.clone(),
+                        ms_http.clone(),
+                        &tenant.effective_graph_url(),
+                        graph_tokens.clone(),
+                        Arc::new(Budget::per_minute(tenant.mail_requests_per_minute)),
+                        clock.clone(),
+                    )
+                    .with_context(|| format!("tenants.{name}.graph_url is not a URL"))?
+                    .with_concurrency(MAIL_CONCURRENCY),
+                ))
+            } else {
+                None
+            };
             let mut sources = Vec::new();
-            for kind in [
-                SourceKind::Alerts,
-                SourceKind::Incidents,
-                SourceKind::Submissions,
-                SourceKind::CloudApps,
-            ] {
+            for kind in SourceKind::ALL {
                 let s = tenant.sources.get(kind).resolve(kind, tenant);
                 if !s.enabled {
                     continue;
                 }
                 let client = match kind {
                     SourceKind::CloudApps => match &cloud_apps {
+                        Some(c) => c.clone(),
+                        None => continue,
+                    },
+                    SourceKind::PhishingReports => match &mail {
                         Some(c) => c.clone(),
                         None => continue,
                     },

@@ -279,6 +279,9 @@ pub struct TenantConfig {
     /// Requests per minute on the Cloud Apps API (Microsoft allows 30).
     #[serde(default = "default_cloud_apps_budget")]
     pub cloud_apps_requests_per_minute: u32,
+    /// Requests per minute on the reporting mailbox (Outlook allows 10,000 per 10 minutes).
+    #[serde(default = "default_mail_budget")]
+    pub mail_requests_per_minute: u32,
     #[serde(default)]
     pub sources: SourcesConfig,
     /// This tenant's own destination (MSSPs: one Dropzone account per customer).
@@ -572,6 +575,9 @@ fn default_lease_renew() -> Duration {
 }
 fn default_graph_budget() -> u32 {
     150
+}
+fn default_mail_budget() -> u32 {
+    1000
 }
 fn default_cloud_apps_budget() -> u32 {
     30

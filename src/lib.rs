@@ -5,8 +5,9 @@
 //! - `config`: settings, defaults, validation. `telemetry`, `shutdown`: logs and signals.
 //! - `auth`: Entra ID tokens (`certificate`: certificate credentials). `microsoft`: the one HTTP client for Microsoft (pinning, retries,
 //!   throttling, Microsoft's clock).
-//! - `sources`: pollers and the coverage scan. `normalize`: Microsoft's objects to
-//!   `m365-ingest.alert.v1`. `time`: 100-ns ticks.
+//! - `sources`: pollers, a file per source, and the coverage scan. `normalize`: Microsoft's
+//!   objects to `m365-ingest.alert.v1`. `email`: a reported email (MIME or Outlook .msg) parsed
+//!   for triage. `time`: 100-ns ticks.
 //! - `store`: the `Store` contract and its SQLite and Postgres backends; the only hand-off between
 //!   pollers and forwarders. `lease`: which replica runs what (design §10).
 //! - `forward`: batches to Dropzone. `server`: `/healthz`, `/readyz`, `/status`, `/metrics`;
@@ -20,6 +21,7 @@ pub mod certificate;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod email;
 pub mod forward;
 pub mod lease;
 pub mod metrics;

@@ -16,6 +16,7 @@ use crate::store::IngestCounts;
 pub const POLLS: &str = "m365_ingest_polls_total";
 pub const ITEMS: &str = "m365_ingest_items_total";
 pub const LATE_ARRIVALS: &str = "m365_ingest_late_arrivals_total";
+pub const RESYNCS: &str = "m365_ingest_resyncs_total";
 pub const COVERAGE_LAG: &str = "m365_ingest_coverage_lag_seconds";
 pub const MS_REQUESTS: &str = "m365_ingest_microsoft_requests_total";
 pub const MS_THROTTLED: &str = "m365_ingest_microsoft_throttled_total";
@@ -72,6 +73,10 @@ fn describe() {
     describe_counter!(
         LATE_ARRIVALS,
         "New versions found by reconciliation that the live scan had missed"
+    );
+    describe_counter!(
+        RESYNCS,
+        "Delta syncs started again because Microsoft expired the delta token (reporting mailbox)"
     );
     describe_gauge!(
         COVERAGE_LAG,
@@ -131,6 +136,14 @@ pub fn register_source(tenant: &str, source: &'static str) {
     }
     record_items(tenant, source, IngestCounts::default());
     counter!(LATE_ARRIVALS, "tenant" => tenant.to_string(), "source" => source).increment(0);
+    if source == "phishing_reports" {
+        counter!(RESYNCS, "tenant" => tenant.to_string(), "source" => source).increment(0);
+    }
+}
+
+/// A delta sync started again after Microsoft expired its token.
+pub fn resync(tenant: &str, source: &'static str) {
+    counter!(RESYNCS, "tenant" => tenant.to_string(), "source" => source).increment(1);
 }
 
 /// Creates an API family's series at zero (see `register_source`).

@@ -43,6 +43,12 @@ pub(crate) struct Normalized<'a> {
     pub tags: Vec<Text<'a>>,
     pub comments: Vec<Comment<'a>>,
     pub entities: Vec<Entity<'a>>,
+    /// Indicators that come from no entity (a reported email's domains and attachment hashes),
+    /// after the entities' own.
+    pub extra_indicators: Vec<(&'static str, String)>,
+    /// Phishing reports: the `email` object (the reporter, the verdict, the reported message),
+    /// already serialized.
+    pub email: Option<Box<RawValue>>,
     /// Notes for `normalization_error`, joined with "; ".
     pub errors: Vec<String>,
 }
@@ -152,12 +158,19 @@ pub(crate) fn write(n: &Normalized<'_>, raw: &RawValue) -> Written {
     w.field("incident_id", &n.incident_id);
     w.set("related", n.related.iter(), false);
     w.field("duplicate_of", &());
-    w.set("indicators", indicators(&n.entities).iter(), false);
+    w.set(
+        "indicators",
+        indicators(&n.entities, &n.extra_indicators).iter(),
+        false,
+    );
     w.set("mitre_techniques", n.mitre_techniques.iter(), false);
     w.set("tags", n.tags.iter(), false);
     w.set("comments", n.comments.iter(), false);
     // Identical evidence (Microsoft repeats a file or a device across detections) is sent once.
     w.set("entities", n.entities.iter(), true);
+    if let Some(email) = &n.email {
+        w.field("email", email.as_ref());
+    }
 
     let normalization_error = (!n.errors.is_empty()).then(|| n.errors.join("; "));
     if let Some(e) = &normalization_error {
@@ -173,27 +186,34 @@ pub(crate) fn write(n: &Normalized<'_>, raw: &RawValue) -> Written {
     }
 }
 
-/// The deduplicated indicators of `entities`, in first-seen order.
-pub(crate) fn indicators<'b>(entities: &'b [Entity<'_>]) -> Vec<Indicator<'b>> {
+/// The deduplicated indicators of `entities`, then `extra`, in first-seen order.
+pub(crate) fn indicators<'b>(
+    entities: &'b [Entity<'_>],
+    extra: &'b [(&'static str, String)],
+) -> Vec<Indicator<'b>> {
     // A linear scan beats hashing for the handful most alerts have; an email with hundreds of
     // URLs switches to a set so the cost stays linear.
     const LINEAR_UP_TO: usize = 32;
     let mut seen: HashSet<(&'static str, Cow<'b, str>)> = HashSet::new();
     let mut out: Vec<Indicator<'b>> = Vec::new();
-    for e in entities {
-        e.indicators(&mut |kind, value| {
-            let new = if out.len() < LINEAR_UP_TO {
-                !out.iter().any(|i| i.kind == kind && i.value == value)
-            } else {
-                if seen.is_empty() {
-                    seen.extend(out.iter().map(|i| (i.kind, i.value.clone())));
-                }
-                seen.insert((kind, value.clone()))
-            };
-            if new {
-                out.push(Indicator { kind, value });
+    let mut push = |kind: &'static str, value: Cow<'b, str>| {
+        let new = if out.len() < LINEAR_UP_TO {
+            !out.iter().any(|i| i.kind == kind && i.value == value)
+        } else {
+            if seen.is_empty() {
+                seen.extend(out.iter().map(|i| (i.kind, i.value.clone())));
             }
-        });
+            seen.insert((kind, value.clone()))
+        };
+        if new {
+            out.push(Indicator { kind, value });
+        }
+    };
+    for e in entities {
+        e.indicators(&mut push);
+    }
+    for (kind, value) in extra {
+        push(kind, Cow::Borrowed(value.as_str()));
     }
     out
 }

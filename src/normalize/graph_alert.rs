@@ -143,6 +143,8 @@ fn build(a: GraphAlert<'_>, raw: &RawValue, mut errors: Vec<String>) -> Result<P
         mitre_techniques: a.mitre_techniques.unwrap_or_default(),
         tags: a.system_tags.unwrap_or_default(),
         entities,
+        extra_indicators: Vec::new(),
+        email: None,
         errors,
     };
     let written = body::write(&n, raw);

@@ -25,12 +25,14 @@ mod incident;
 mod json;
 mod lenient;
 mod map;
+mod phishing_report;
 mod recover;
 mod submission;
 
 use serde_json::value::RawValue;
 
 pub use field_hashes::{changed_fields, FieldHashes};
+pub use phishing_report::{ReportFormat, ReportParts};
 
 /// The `schema` of every event.
 pub const SCHEMA: &str = "m365-ingest.alert.v1";
@@ -178,6 +180,12 @@ pub fn prepare(source: SourceKind, raw: &RawValue) -> Result<Prepared, Unusable>
             native_id: None,
         }),
     }
+}
+
+/// Prepares one report of the reporting mailbox: `raw` is its Graph message (without attachment
+/// bytes), `parts` what was read of the reported original.
+pub fn prepare_phishing_report(raw: &RawValue, parts: ReportParts) -> Result<Prepared, Unusable> {
+    phishing_report::prepare(raw, parts)
 }
 
 /// Prepares one threat submission read from `list` (`emailThreats`, `urlThreats` or

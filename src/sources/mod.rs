@@ -91,6 +91,8 @@ pub struct Poller {
     wake: Option<Arc<Notify>>,
     /// The tenant's lease: polls run only on the replica that holds it.
     gate: Arc<LeaseGate>,
+    /// Phishing reports: the mailbox found and the reports that failed transiently.
+    reports: phishing_reports::MailboxRead,
 }
 
 impl Poller {
@@ -132,6 +134,7 @@ impl Poller {
             last_reconcile: None,
             wake: None,
             gate: LeaseGate::always(crate::store::tenant_lease(&tenant_name)),
+            reports: phishing_reports::MailboxRead::default(),
         }
     }
 
@@ -221,6 +224,11 @@ impl Poller {
 
     /// A 403 means a permission is missing: say which.
     fn explain(&self, e: &PollError) -> String {
+        if self.settings.kind == SourceKind::PhishingReports {
+            if let Some(why) = self.explain_mailbox(e) {
+                return why;
+            }
+        }
         match e {
             PollError::Microsoft(MsError::Status { status: 403, .. }) => format!(
                 "{e}. Fix: Entra admin center → App registrations → API permissions → Add a permission → {}, then Grant admin consent",
@@ -231,6 +239,10 @@ impl Poller {
     }
 
     fn reconcile_due(&self) -> bool {
+        // The mailbox's delta query is its own change feed: there is nothing to re-list.
+        if self.settings.kind == SourceKind::PhishingReports {
+            return false;
+        }
         match self.last_reconcile {
             None => self.status.first_run_done(),
             Some(t) => t.elapsed() >= self.settings.reconcile_interval,
@@ -247,6 +259,9 @@ impl Poller {
     /// One poll: for each list, scan slices until C ≥ P − settle.
     pub async fn poll_once(&mut self) -> Result<PollOutcome, PollError> {
         self.check_backpressure().await?;
+        if self.settings.kind == SourceKind::PhishingReports {
+            return self.poll_mailbox().await;
+        }
         let mut outcome = PollOutcome::default();
         let mut lowest = i64::MAX;
         for (listing, key) in &self.lists {
@@ -356,29 +371,43 @@ impl Poller {
         pass: Pass,
         advance_to: Option<i64>,
     ) -> Result<IngestCounts, PollError> {
-        let observed_at = format_ticks(now_ticks());
         let advance = match (pass, advance_to) {
             (Pass::Live, Some(b)) => Some((key, b)),
             _ => None,
         };
-        let unusable: Vec<(Option<String>, String)> = page
+        self.commit_items(Commit {
+            items: page.items,
+            quarantine: page.quarantine,
+            historical,
+            advance,
+            source_state: None,
+        })
+        .await
+    }
+
+    /// Stores items (and moves the coverage point, with `advance`) in one transaction, then
+    /// tells `/status`, the metrics, the logs and the forwarders.
+    async fn commit_items(&self, c: Commit<'_>) -> Result<IngestCounts, PollError> {
+        let observed_at = format_ticks(now_ticks());
+        let unusable: Vec<(Option<String>, String)> = c
             .quarantine
             .iter()
             .map(|q| (q.native_id.clone(), q.reason.clone()))
             .collect();
+        let advanced = c.advance.is_some();
         let counts = self
             .store
             .ingest(IngestBatch {
                 tenant: &self.tenant,
                 source: self.settings.kind,
-                items: page.items,
-                quarantine: page.quarantine,
+                items: c.items,
+                quarantine: c.quarantine,
                 retried: Vec::new(),
-                historical,
+                historical: c.historical,
                 observed_at: &observed_at,
                 filters: &self.settings.filters,
-                advance,
-                source_state: None,
+                advance: c.advance,
+                source_state: c.source_state,
             })
             .await?;
         self.status.add_counts(counts);
@@ -393,11 +422,22 @@ impl Poller {
                 w.notify_waiters();
             }
         }
-        if advance.is_some() {
+        if advanced {
             self.status.slice_committed();
         }
         Ok(counts)
     }
+}
+
+/// What one store transaction of a poller writes.
+struct Commit<'a> {
+    items: Vec<crate::normalize::Prepared>,
+    quarantine: Vec<crate::store::QuarantineItem>,
+    historical: bool,
+    /// Moves the coverage point in the same transaction.
+    advance: Option<(&'a CursorKey, i64)>,
+    /// The source's own coverage state, stored with `advance`.
+    source_state: Option<&'a str>,
 }
 
 /// The Graph permission a source needs (for 403 messages).

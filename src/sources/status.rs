@@ -35,6 +35,9 @@ pub struct SourceSnapshot {
     pub counts: Counts,
     pub late_arrivals: u64,
     pub note: Option<String>,
+    /// Phishing reports: the mailbox and folder read (`auto` resolved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mailbox: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -62,6 +65,7 @@ struct Inner {
     counts: Counts,
     late: u64,
     note: Option<String>,
+    mailbox: Option<String>,
 }
 
 pub struct SourceStatus {
@@ -87,6 +91,7 @@ impl SourceStatus {
                 counts: Counts::default(),
                 late: 0,
                 note: None,
+                mailbox: None,
             }),
         }
     }
@@ -133,6 +138,11 @@ impl SourceStatus {
     /// A standing remark for `/status` (e.g. "listing without $expand").
     pub fn note(&self, text: &str) {
         self.with(|s| s.note = Some(text.to_string()));
+    }
+
+    /// The mailbox and folder a phishing-report source reads.
+    pub fn set_mailbox(&self, mailbox: &str, folder: &str) {
+        self.with(|s| s.mailbox = Some(format!("{mailbox} ({folder})")));
     }
 
     pub fn set_coverage(&self, c: i64) {
@@ -202,6 +212,7 @@ impl SourceStatus {
             counts: s.counts,
             late_arrivals: s.late,
             note: s.note.clone(),
+            mailbox: s.mailbox.clone(),
         })
     }
 }

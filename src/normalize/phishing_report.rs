@@ -1,0 +1,283 @@
+//! A user-reported message from the reporting mailbox (API.md §7a) to the normalized alert,
+//! `kind` "phishing_report".
+//!
+//! A report is two things: the mailbox message Defender (or a third-party button) delivered, and
+//! the reported original attached to it. The mailbox message is `raw` (without attachment
+//! bytes); the original, parsed by `crate::email`, is `email.message`. A report never changes, so
+//! it has one version, `r1`; its native id is the message's immutable id.
+//!
+//! Mapping choices: the title names the verdict the user chose and the original's subject;
+//! `severity` follows that verdict (phishing and unknown → medium, junk → low, not junk →
+//! informational: a user's "not junk" is a false-positive report about our own filtering);
+//! `status` is `new` (nobody triages inside the mailbox); `product` is Defender for Office 365,
+//! which owns user reported settings; `detection_source` is `userReported`. The original becomes
+//! one email entity, and its domains, URLs and attachment hashes become indicators.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::body::{self, Normalized};
+use super::entities::{message_ids, EmailEntity, Entity};
+use super::lenient::Text;
+use super::map;
+use super::{FilterFields, Links, Prepared, Unusable, VersionInput};
+use crate::email::{self, Original, ReportedEmail, WrapperSubject};
+
+/// How the reported original travelled inside the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportFormat {
+    /// An Outlook item attachment (its MIME read through `$value`).
+    ItemAttachment,
+    /// An `.eml` (message/rfc822) file attachment.
+    EmlAttachment,
+    /// An Outlook `.msg` (compound file) attachment.
+    MsgAttachment,
+    /// No attached message: the report itself is the reported email (forwarded inline).
+    Inline,
+    /// More than one attached message: Microsoft discards such reports (API.md §7a); it is
+    /// forwarded with the names of the attached messages and none of them parsed.
+    MultipleAttachments,
+}
+
+/// What the source read of one report besides its mailbox message.
+#[derive(Debug)]
+pub struct ReportParts {
+    /// The mailbox the report was read from.
+    pub mailbox: String,
+    pub format: ReportFormat,
+    /// The reported original, parsed; `None` when it could not be read (see `errors`).
+    pub message: Option<ReportedEmail>,
+    /// Size, hash and (up to `include_original_max`) the base64 of the original's bytes.
+    pub original: Option<Original>,
+    /// The attached messages' names when there are several.
+    pub attached_messages: Vec<String>,
+    /// Why part of the report could not be read (an attachment refused, the report deleted
+    /// before its attachment was fetched …): `normalization_error`.
+    pub errors: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Message<'a> {
+    #[serde(borrow)]
+    id: Option<Text<'a>>,
+    #[serde(borrow)]
+    received_date_time: Option<Text<'a>>,
+    #[serde(borrow)]
+    subject: Option<Text<'a>>,
+    from: Option<Recipient<'a>>,
+    sender: Option<Recipient<'a>>,
+    #[serde(borrow)]
+    web_link: Option<Text<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Recipient<'a> {
+    #[serde(borrow)]
+    email_address: Option<Address<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+struct Address<'a> {
+    #[serde(borrow)]
+    name: Option<Text<'a>>,
+    #[serde(borrow)]
+    address: Option<Text<'a>>,
+}
+
+/// `email.reporter`.
+#[derive(Serialize)]
+struct Reporter<'a> {
+    name: Option<&'a str>,
+    address: Option<&'a str>,
+}
+
+/// The `email` member of a phishing report.
+#[derive(Serialize)]
+struct EmailOut<'a> {
+    reporter: Reporter<'a>,
+    reported_at: Option<&'a str>,
+    verdict: email::Verdict,
+    /// The documented subject prefix the verdict was read from (`3|`, `Phishing:` …).
+    verdict_prefix: Option<&'a str>,
+    report_subject: Option<&'a str>,
+    report_format: ReportFormat,
+    mailbox: &'a str,
+    /// The 2020 custom-mailbox subject `action|network message id|sender ip|from|(subject)`.
+    legacy_subject: Option<&'a email::LegacySubject>,
+    attached_messages: &'a [String],
+    message: Option<&'a ReportedEmail>,
+    original: Option<&'a Original>,
+}
+
+/// Prepares one report: `raw` is its Graph message (without attachment bytes).
+pub(crate) fn prepare(raw: &RawValue, parts: ReportParts) -> Result<Prepared, Unusable> {
+    let (m, mut errors) = match serde_json::from_str::<Message>(raw.get()) {
+        Ok(m) => (m, Vec::new()),
+        Err(e) => {
+            // Only the id is needed to store it; the rest is best effort.
+            let id = serde_json::from_str::<IdOnly>(raw.get())
+                .ok()
+                .and_then(|i| i.id);
+            (
+                Message {
+                    id,
+                    ..Message::default()
+                },
+                vec![format!("the report's mailbox message: {e}")],
+            )
+        }
+    };
+    let native_id = map::require_id(m.id.clone(), "id")?;
+    let wrapper: WrapperSubject = email::parse_wrapper_subject(m.subject.as_deref().unwrap_or(""));
+    // A report sent "on behalf of" the user has the user in From and the button's account in
+    // Sender: the reporter is who clicked, From.
+    let reporter = m
+        .from
+        .as_ref()
+        .or(m.sender.as_ref())
+        .and_then(|r| r.email_address.as_ref());
+    let reported_at = map::time(
+        m.received_date_time.as_ref(),
+        "receivedDateTime",
+        &mut errors,
+    );
+    errors.extend(parts.errors.iter().cloned());
+    if let Some(msg) = &parts.message {
+        errors.extend(msg.errors.iter().map(|e| format!("reported email: {e}")));
+    }
+
+    let message = parts.message.as_ref();
+    let original_subject = message
+        .and_then(|msg| msg.subject.as_deref())
+        .or(wrapper.legacy.as_ref().map(|l| l.subject.as_str()))
+        .unwrap_or(wrapper.rest.as_str());
+    let (severity, what) = match wrapper.verdict {
+        email::Verdict::Phishing => (map::MEDIUM, "phishing"),
+        email::Verdict::Junk => (map::LOW, "junk"),
+        email::Verdict::NotJunk => (map::INFORMATIONAL, "not junk"),
+        email::Verdict::Unknown => (map::MEDIUM, "suspicious"),
+    };
+    let title = if original_subject.trim().is_empty() {
+        format!("User reported a message as {what}")
+    } else {
+        format!(
+            "User reported a message as {what}: {}",
+            original_subject.trim()
+        )
+    };
+    let reporter_text = reporter
+        .and_then(|a| a.address.as_deref())
+        .unwrap_or("a user");
+    let sender_text = message
+        .and_then(|msg| msg.from_address())
+        .or(wrapper.legacy.as_ref().map(|l| l.from.as_str()))
+        .unwrap_or("an unknown sender");
+    let description = format!(
+        "{reporter_text} reported a message from {sender_text} as {what} to the reporting mailbox {}.",
+        parts.mailbox
+    );
+
+    let email_out = EmailOut {
+        reporter: Reporter {
+            name: reporter.and_then(|a| a.name.as_deref()),
+            address: reporter.and_then(|a| a.address.as_deref()),
+        },
+        reported_at: reported_at.as_deref(),
+        verdict: wrapper.verdict,
+        verdict_prefix: wrapper.prefix.as_deref(),
+        report_subject: m.subject.as_deref(),
+        report_format: parts.format,
+        mailbox: &parts.mailbox,
+        legacy_subject: wrapper.legacy.as_ref(),
+        attached_messages: &parts.attached_messages,
+        message,
+        original: parts.original.as_ref(),
+    };
+    let email_json = match serde_json::to_string(&email_out).map(RawValue::from_string) {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) | Err(e) => {
+            errors.push(format!("email: {e}"));
+            None
+        }
+    };
+
+    let network_message_id = message
+        .and_then(ReportedEmail::network_message_id)
+        .or(wrapper
+            .legacy
+            .as_ref()
+            .map(|l| l.network_message_id.as_str()));
+    let entity = Entity::Email(EmailEntity {
+        internet_message_id: message
+            .and_then(ReportedEmail::internet_message_id)
+            .map(|v| Text(v.to_owned().into())),
+        network_message_id: network_message_id.map(|v| Text(v.to_owned().into())),
+        sender: message
+            .and_then(|msg| msg.from_address())
+            .or(wrapper.legacy.as_ref().map(|l| l.from.as_str()))
+            .map(|v| Text(v.to_owned().into())),
+        sender_ip: message
+            .and_then(|msg| msg.originating_ip.as_deref())
+            .or(wrapper.legacy.as_ref().map(|l| l.sender_ip.as_str()))
+            .filter(|v| !v.is_empty())
+            .map(|v| Text(v.to_owned().into())),
+        recipient: reporter
+            .and_then(|a| a.address.as_ref())
+            .map(|v| Text(v.0.clone())),
+        subject: Some(Text(original_subject.to_owned().into())),
+        received_at: message.and_then(|msg| msg.date.clone()),
+        roles: vec![Text::borrowed("reported")],
+        ..EmailEntity::default()
+    });
+    let entities = vec![entity];
+    let extra_indicators = message.map(ReportedEmail::indicators).unwrap_or_default();
+
+    let n = Normalized {
+        title: Some(Text(title.into())),
+        description: Some(Text(description.into())),
+        category: Some(Text::borrowed("phishing")),
+        product: Some(Text::borrowed("microsoftDefenderForOffice365")),
+        detection_source: Some(Text::borrowed("userReported")),
+        severity,
+        status: map::NEW,
+        created_at: reported_at.clone(),
+        updated_at: reported_at.clone(),
+        first_activity_at: message.and_then(|msg| msg.date.clone()),
+        last_activity_at: reported_at,
+        portal_url: m.web_link.clone(),
+        entities,
+        extra_indicators,
+        email: email_json,
+        errors,
+        ..Normalized::default()
+    };
+    let written = body::write(&n, raw);
+    Ok(Prepared {
+        links: Links {
+            incident_id: None,
+            provider_alert_id: None,
+            message_ids: message_ids(&n.entities),
+        },
+        filter: FilterFields {
+            service_source: None,
+            detection_source: Some("userReported".into()),
+            category: Some("phishing".into()),
+            severity: Some(severity),
+            status: Some(map::NEW),
+        },
+        native_id,
+        version: VersionInput::Once,
+        body: written.body,
+        field_hashes: written.field_hashes,
+        normalization_error: written.normalization_error,
+    })
+}
+
+#[derive(Deserialize)]
+struct IdOnly<'a> {
+    #[serde(borrow)]
+    id: Option<Text<'a>>,
+}
