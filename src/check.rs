@@ -39,10 +39,6 @@ const PLANNED: &[(&str, &str)] = &[
         "user and group lookups (planned enrichment)",
     ),
     (
-        "Mail.Read",
-        "fetching reported messages (planned enrichment)",
-    ),
-    (
         "ThreatHunting.Read.All",
         "advanced hunting (planned enrichment)",
     ),
@@ -431,6 +427,16 @@ async fn check_tenant(report: &mut Report, http: &reqwest::Client, name: &str, t
         }
     }
 
+    // mailbox = "auto" reads Defender's user reported settings with ThreatSubmission.Read.All.
+    if enabled.contains(&SourceKind::PhishingReports)
+        && t.sources
+            .get(SourceKind::PhishingReports)
+            .resolve(SourceKind::PhishingReports, t)
+            .mailbox
+            .is_some_and(|m| m.is_auto())
+    {
+        used.push("ThreatSubmission.Read.All".into());
+    }
     // Least privilege: roles granted that no enabled source uses. WindowsDefenderATP is no
     // resource of ours, but its permissions are the riskiest (live response), so its token is
     // asked for only to read them; failing to get one (no Defender for Endpoint in the tenant,
@@ -519,6 +525,17 @@ async fn check_tenant(report: &mut Report, http: &reqwest::Client, name: &str, t
             _ => graph_url.trim_end_matches('/').to_string(),
         };
         let settings = t.sources.get(*kind).resolve(*kind, t);
+        if let Some(m) = &settings.mailbox {
+            let p = probe_mailbox(http, &base, g, name, m, &app).await;
+            report.push(
+                tenant,
+                check,
+                p.outcome,
+                format!("{}: {}", p.request, p.answer),
+                p.fix,
+            );
+            continue;
+        }
         // Cloud Apps lists twice (by date and by resolutionDate) on one endpoint: one probe.
         let mut paths: Vec<(&'static str, bool)> = Vec::new();
         for l in GraphListing::for_source(&settings) {
@@ -737,6 +754,181 @@ async fn probe(
         request: label,
         answer,
         fix: Some(fix),
+    }
+}
+
+/// A GET with the Graph token: (status, body), or a probe that failed to connect.
+async fn get_json(
+    http: &reqwest::Client,
+    url: &str,
+    g: &Granted,
+    label: &str,
+    tenant: &str,
+) -> Result<(u16, Vec<u8>), Probe> {
+    let sent = http
+        .get(url)
+        .bearer_auth(g.token.expose_secret())
+        .header("Accept", "application/json")
+        .header("Prefer", "IdType=\"ImmutableId\"")
+        .send()
+        .await;
+    match sent {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            Ok((status, resp.bytes().await.unwrap_or_default().to_vec()))
+        }
+        Err(e) => Err(Probe {
+            outcome: Outcome::Fail,
+            request: label.to_string(),
+            answer: crate::microsoft::describe_reqwest_error(&e),
+            fix: Some(format!(
+                "check that this host reaches tenants.{tenant}.graph_url (or the cloud's Graph host) through any proxy or firewall"
+            )),
+        }),
+    }
+}
+
+/// The reporting mailbox: found (`auto`: in Defender's user reported settings), and one of its
+/// messages and that message's attachments readable, which is what Mail.Read gives and what
+/// Exchange's access policies can still refuse.
+async fn probe_mailbox(
+    http: &reqwest::Client,
+    base: &str,
+    g: &Granted,
+    tenant: &str,
+    m: &crate::config::MailboxSettings,
+    app: &str,
+) -> Probe {
+    use crate::sources::{access_policy_fix, NO_REPORTING_MAILBOX};
+    let fail = |request: String, answer: String, fix: String| Probe {
+        outcome: Outcome::Fail,
+        request,
+        answer,
+        fix: Some(fix),
+    };
+    let mut mailbox = m.mailbox.clone();
+    let mut found = String::new();
+    if m.is_auto() {
+        let label = "GET /beta/security/threatSubmission/emailThreatSubmissionPolicies".to_string();
+        let url = format!("{base}/beta/security/threatSubmission/emailThreatSubmissionPolicies");
+        let (status, body) = match get_json(http, &url, g, &label, tenant).await {
+            Ok(r) => r,
+            Err(p) => return p,
+        };
+        if status == 403 {
+            return fail(label, format!("HTTP 403{}", error_text(&body)), format!(
+                "mailbox = \"auto\" reads Defender's user reported settings: Entra admin center → {app} → API permissions → Add a permission → Microsoft Graph → Application permissions → ThreatSubmission.Read.All, then Grant admin consent; or set tenants.{tenant}.sources.phishing_reports.mailbox to the address"
+            ));
+        }
+        if !(200..300).contains(&status) {
+            return fail(label, format!("HTTP {status}{}", error_text(&body)), format!("set tenants.{tenant}.sources.phishing_reports.mailbox to the reporting mailbox's address"));
+        }
+        let address = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v.get("value")?.as_array()?.iter().find_map(|p| {
+                    p.get("customizedReportRecipientEmailAddress")?
+                        .as_str()
+                        .map(str::trim)
+                        .filter(|a| !a.is_empty())
+                        .map(str::to_string)
+                })
+            });
+        let Some(address) = address else {
+            let (what, fix) = NO_REPORTING_MAILBOX
+                .split_once(" Fix: ")
+                .unwrap_or((NO_REPORTING_MAILBOX, ""));
+            return fail(label, what.to_string(), fix.to_string());
+        };
+        found = format!("mailbox = \"auto\" found {address}; ");
+        mailbox = address;
+    }
+    let mut user = match url::Url::parse(&format!("{base}/v1.0/users")) {
+        Ok(u) => u,
+        Err(e) => {
+            return fail(
+                "GET /v1.0/users".into(),
+                e.to_string(),
+                format!("check tenants.{tenant}.graph_url"),
+            )
+        }
+    };
+    if let Ok(mut path) = user.path_segments_mut() {
+        path.push(&mailbox);
+    }
+    let mut list = user.clone();
+    if let Ok(mut path) = list.path_segments_mut() {
+        path.extend(["mailFolders", &m.folder, "messages"]);
+    }
+    list.query_pairs_mut()
+        .append_pair("$top", "1")
+        .append_pair("$select", "id,hasAttachments");
+    let label = format!(
+        "GET /v1.0/users/{mailbox}/mailFolders/{}/messages?$top=1",
+        m.folder
+    );
+    let (status, body) = match get_json(http, list.as_str(), g, &label, tenant).await {
+        Ok(r) => r,
+        Err(p) => return p,
+    };
+    let refused = |status: u16, body: &[u8], label: String| {
+        let (code, message) = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .map(|v| {
+                let s = |k: &str| v["error"][k].as_str().unwrap_or_default().to_string();
+                (s("code"), s("message"))
+            })
+            .unwrap_or_default();
+        let answer = format!("{found}HTTP {status}{}", error_text(body));
+        let fix = match status {
+            403 if code.eq_ignore_ascii_case("ErrorAccessDenied") && message.contains("Access to OData is disabled") => access_policy_fix(&mailbox),
+            403 => format!("Entra admin center → {app} → API permissions → Add a permission → Microsoft Graph → Application permissions → Mail.Read, then Grant admin consent (Mail.ReadBasic.All cannot read attachments)"),
+            404 if code.eq_ignore_ascii_case("ErrorInvalidUser") || code.eq_ignore_ascii_case("MailboxNotEnabledForRESTAPI") => format!("{mailbox} is not an Exchange Online mailbox of this tenant: check tenants.{tenant}.sources.phishing_reports.mailbox"),
+            404 => format!("the folder `{}` does not exist in {mailbox}: check tenants.{tenant}.sources.phishing_reports.folder", m.folder),
+            429 => "throttled: run check again in a minute".into(),
+            500..=599 => "Microsoft answered with a server error: run check again in a few minutes".into(),
+            _ => format!("check tenants.{tenant}.graph_url and tenants.{tenant}.sources.phishing_reports"),
+        };
+        fail(label, answer, fix)
+    };
+    if !(200..300).contains(&status) {
+        return refused(status, &body, label);
+    }
+    let first = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.get("value")?
+                .as_array()?
+                .first()?
+                .get("id")?
+                .as_str()
+                .map(str::to_string)
+        });
+    let Some(id) = first else {
+        return Probe {
+            outcome: Outcome::Pass,
+            request: label,
+            answer: format!("{found}HTTP {status}; the folder is empty, so reading a report's attachments is not proven yet"),
+            fix: None,
+        };
+    };
+    let mut attachments = user;
+    if let Ok(mut path) = attachments.path_segments_mut() {
+        path.extend(["messages", &id, "attachments"]);
+    }
+    attachments
+        .query_pairs_mut()
+        .append_pair("$select", "id,name");
+    let label = format!("{label}, then GET …/messages/{{id}}/attachments");
+    match get_json(http, attachments.as_str(), g, &label, tenant).await {
+        Ok((s, _)) if (200..300).contains(&s) => Probe {
+            outcome: Outcome::Pass,
+            request: label,
+            answer: format!("{found}HTTP {s}: a report and its attachments are readable"),
+            fix: None,
+        },
+        Ok((s, b)) => refused(s, &b, label),
+        Err(p) => p,
     }
 }
 

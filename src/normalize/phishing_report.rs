@@ -281,3 +281,154 @@ struct IdOnly<'a> {
     #[serde(borrow)]
     id: Option<Text<'a>>,
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use crate::normalize::envelope::{self, Change, Envelope};
+
+    const ORIGINAL: &str = "Received: from mail.paypa1.com (mail.paypa1.com [203.0.113.9])\r\n by AM0PR02MB5634.eurprd02.prod.outlook.com with ESMTPS; Tue, 14 Jan 2025 09:12:04 +0000\r\n\
+Authentication-Results: spf=fail (sender IP is 203.0.113.9) smtp.mailfrom=paypa1.com; dkim=none (message not signed) header.d=none;dmarc=fail action=quarantine header.from=paypa1.com;compauth=fail reason=000\r\n\
+X-MS-Exchange-Organization-Network-Message-Id: 49871234-6dc6-43e8-abcd-08d797f20abe\r\n\
+From: PayPal Service <service@paypa1.com>\r\nTo: alice@contoso.com\r\nSubject: Your account has been limited\r\n\
+Date: Tue, 14 Jan 2025 09:11:58 +0000\r\nMessage-ID: <abc@mail.paypa1.com>\r\nMIME-Version: 1.0\r\n\
+Content-Type: text/html; charset=utf-8\r\n\r\n<p>Verify <a href=\"https://login.paypa1.com/x\">https://www.paypal.com</a></p>\r\n";
+
+    fn report(subject: &str) -> Box<RawValue> {
+        RawValue::from_string(
+            serde_json::json!({
+                "id": "AAkALgAAAAAAHYQDEapmEc2byACqAC-EWg0A",
+                "receivedDateTime": "2025-01-14T09:20:00Z",
+                "subject": subject,
+                "from": {"emailAddress": {"name": "Alice Martin", "address": "alice@contoso.com"}},
+                "hasAttachments": true,
+                "webLink": "https://outlook.office365.com/owa/?ItemID=x"
+            })
+            .to_string(),
+        )
+        .unwrap()
+    }
+
+    fn parts(bytes: &[u8]) -> ReportParts {
+        let limits = crate::email::Limits::default();
+        ReportParts {
+            mailbox: "phish@contoso.com".into(),
+            format: ReportFormat::EmlAttachment,
+            message: Some(crate::email::parse_any(bytes, &limits)),
+            original: Some(crate::email::original(bytes, "message/rfc822", &limits)),
+            attached_messages: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_report_carries_the_verdict_the_reporter_and_the_parsed_original() {
+        let raw = report("Phishing: Your account has been limited");
+        let p = prepare(&raw, parts(ORIGINAL.as_bytes())).unwrap();
+        assert_eq!(p.version, VersionInput::Once);
+        assert_eq!(p.native_id, "AAkALgAAAAAAHYQDEapmEc2byACqAC-EWg0A");
+        assert_eq!(
+            p.links.message_ids,
+            [
+                "<abc@mail.paypa1.com>",
+                "49871234-6dc6-43e8-abcd-08d797f20abe"
+            ]
+        );
+        let body: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(
+            body["title"],
+            "User reported a message as phishing: Your account has been limited"
+        );
+        assert_eq!(body["severity"], "medium");
+        assert_eq!(body["email"]["verdict"], "phishing");
+        assert_eq!(body["email"]["reporter"]["address"], "alice@contoso.com");
+        assert_eq!(body["email"]["report_format"], "eml_attachment");
+        assert_eq!(body["email"]["message"]["authentication"]["dmarc"], "fail");
+        assert_eq!(
+            body["email"]["message"]["urls"][0]["url"],
+            "https://login.paypa1.com/x"
+        );
+        assert!(body["email"]["original"]["base64"].is_string());
+        let indicators: Vec<(String, String)> = body["indicators"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["type"].as_str().unwrap().to_string(),
+                    i["value"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        for expected in [
+            ("email_sender", "service@paypa1.com"),
+            ("domain", "paypa1.com"),
+            ("ip", "203.0.113.9"),
+            ("url", "https://login.paypa1.com/x"),
+            ("email_recipient", "alice@contoso.com"),
+        ] {
+            assert!(
+                indicators
+                    .iter()
+                    .any(|(t, v)| t == expected.0 && v == expected.1),
+                "{expected:?} missing from {indicators:?}"
+            );
+        }
+        assert!(body.get("normalization_error").is_none());
+        assert_eq!(body["raw"]["id"], "AAkALgAAAAAAHYQDEapmEc2byACqAC-EWg0A");
+    }
+
+    #[test]
+    fn what_could_not_be_read_is_named_and_the_report_still_goes() {
+        let raw = report("2| Quarterly invoice");
+        let mut parts = parts(b"");
+        parts.message = None;
+        parts.original = None;
+        parts.errors.push(
+            "the report was deleted from the mailbox before the reported email could be read"
+                .into(),
+        );
+        let p = prepare(&raw, parts).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(body["email"]["verdict"], "not_junk");
+        assert_eq!(body["severity"], "informational");
+        assert!(body["normalization_error"]
+            .as_str()
+            .unwrap()
+            .contains("deleted from the mailbox"));
+    }
+
+    #[test]
+    fn a_report_without_an_id_is_unusable() {
+        let raw = RawValue::from_string(r#"{"subject":"Phishing: x"}"#.into()).unwrap();
+        assert!(prepare(&raw, parts(ORIGINAL.as_bytes())).is_err());
+    }
+
+    #[test]
+    fn a_linked_revision_rebuilds_the_body_from_the_stored_event() {
+        let raw = report("Phishing: Your account has been limited");
+        let p = prepare(&raw, parts(ORIGINAL.as_bytes())).unwrap();
+        let event = envelope::render(
+            &Envelope {
+                event_id: "e",
+                alert_id: "a",
+                kind: "phishing_report",
+                revision: 1,
+                change: Change::Created,
+                changed_fields: &[],
+                observed_at: "2025-01-14T09:20:01.0000000Z",
+                historical: false,
+                tenant_id: "t",
+                tenant_name: "contoso",
+                source: "phishing_reports",
+                native_id: &p.native_id,
+                version: "r1",
+            },
+            &p.body,
+        );
+        let body = envelope::body_of_event(&event).unwrap();
+        assert_eq!(body, p.body, "the body comes back byte for byte");
+        assert!(envelope::body_of_event(b"[1,2]").is_none());
+    }
+}

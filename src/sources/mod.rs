@@ -41,6 +41,7 @@ pub use alerts::ALERTS_TOP;
 pub use cloud_apps::CLOUD_APPS_LIMIT;
 pub use coverage::{split_whole_seconds, GraphListing};
 pub use incidents::INCIDENTS_TOP;
+pub use phishing_reports::{access_policy_fix, NO_REPORTING_MAILBOX};
 pub use status::{SourceState, SourceStatus};
 pub use submissions::SUBMISSION_LISTS;
 
