@@ -6,7 +6,10 @@
 //! bytes); the original, parsed by `crate::email`, is `email.message`. A report never changes, so
 //! it has one version, `r1`; its native id is the message's immutable id.
 //!
-//! Mapping choices: the title names the verdict the user chose and the original's subject;
+//! Mapping choices: the title names the verdict the user chose and the original's subject (a
+//! subject without a documented prefix counts as phishing, as Microsoft counts it, with
+//! `verdict_prefix` null; a report with several attached messages, which Microsoft discards,
+//! has the verdict `unknown`);
 //! `severity` follows that verdict (phishing and unknown → medium, junk → low, not junk →
 //! informational: a user's "not junk" is a false-positive report about our own filtering);
 //! `status` is `new` (nobody triages inside the mailbox); `product` is Defender for Office 365,
@@ -131,7 +134,15 @@ pub(crate) fn prepare(raw: &RawValue, parts: ReportParts) -> Result<Prepared, Un
         }
     };
     let native_id = map::require_id(m.id.clone(), "id")?;
-    let wrapper: WrapperSubject = email::parse_wrapper_subject(m.subject.as_deref().unwrap_or(""));
+    let mut wrapper: WrapperSubject =
+        email::parse_wrapper_subject(m.subject.as_deref().unwrap_or(""));
+    wrapper.verdict = match (parts.format, wrapper.verdict) {
+        // Microsoft discards a report with several attached messages: no verdict stands.
+        (ReportFormat::MultipleAttachments, _) => email::Verdict::Unknown,
+        // "Anything else counts as phishing" (API.md §7a); `verdict_prefix` stays null.
+        (_, email::Verdict::Unknown) => email::Verdict::Phishing,
+        (_, v) => v,
+    };
     // A report sent "on behalf of" the user has the user in From and the button's account in
     // Sender: the reporter is who clicked, From.
     let reporter = m

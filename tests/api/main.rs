@@ -8,6 +8,7 @@ mod faults;
 mod helpers;
 mod metrics;
 mod operators;
+mod phishing;
 #[path = "../common/pg.rs"]
 mod pg;
 mod pipeline;
