@@ -48,6 +48,8 @@ mod faults;
 mod generator;
 mod graph;
 mod incidents;
+mod mail_gen;
+mod mime;
 mod odata;
 mod store;
 mod submissions;
@@ -56,6 +58,10 @@ mod token;
 
 pub use dropzone::{DropzoneBehavior, ReceivedBatch};
 pub use faults::Faults;
+pub use mail_gen::{
+    AttachmentFacts, FormatMix, OriginalFacts, Report, ReportAttachment, ReportFacts, ReportSpec,
+    WrapperFormat,
+};
 
 /// How to start a [`Simulator`].
 #[derive(Clone, Debug)]
