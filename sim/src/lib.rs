@@ -49,6 +49,7 @@ mod generator;
 mod graph;
 mod incidents;
 mod mail_gen;
+mod mailbox;
 mod mime;
 mod odata;
 mod store;
@@ -62,6 +63,7 @@ pub use mail_gen::{
     AttachmentFacts, FormatMix, OriginalFacts, Report, ReportAttachment, ReportFacts, ReportSpec,
     WrapperFormat,
 };
+pub use mailbox::{DeltaExpiry, MailFaults, ValueRefusal};
 
 /// How to start a [`Simulator`].
 #[derive(Clone, Debug)]
@@ -133,6 +135,10 @@ pub(crate) struct Inner {
     pub(crate) rng: Mutex<fastrand::Rng>,
     pub(crate) unauthorized: AtomicUsize,
     pub(crate) throttle_violations: AtomicUsize,
+    /// Reporting mailboxes per tenant (messages, sync states, throttles, faults).
+    pub(crate) mail: Mutex<mailbox::MailState>,
+    /// Mail requests over Outlook's per-app-per-mailbox limits.
+    pub(crate) mail_violations: AtomicUsize,
     pub(crate) stop: CancellationToken,
     pub(crate) tasks: TaskTracker,
     /// The runtime the simulator was started on, so background tasks can be spawned from
@@ -232,6 +238,7 @@ fn router(inner: Arc<Inner>) -> Router {
         .merge(incidents::routes())
         .merge(submissions::routes())
         .merge(cloud_apps::routes())
+        .merge(mailbox::routes())
         .merge(dropzone::routes())
         .layer(middleware::from_fn_with_state(inner.clone(), record))
         .merge(control::routes())
@@ -266,6 +273,8 @@ impl Simulator {
             rng: Mutex::new(fastrand::Rng::with_seed(0x6d33_3635_7369_6d00)),
             unauthorized: AtomicUsize::new(0),
             throttle_violations: AtomicUsize::new(0),
+            mail: Mutex::default(),
+            mail_violations: AtomicUsize::new(0),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             runtime: tokio::runtime::Handle::current(),

@@ -289,6 +289,8 @@ pub(crate) enum AttKind {
         mime: Vec<u8>,
     },
     Reference {
+        /// Where the file lives (only beta Graph shows it; v1.0 does not).
+        #[allow(dead_code)]
         source_url: String,
     },
 }
@@ -1044,7 +1046,7 @@ pub(crate) fn original(
         .replace("\r\n", "\r\n ");
     let arrival = time::iso_plain(at - 2 * TICKS_PER_SEC);
     let trailer: Vec<(String, String)> = vec![
-        ("X-MS-Exchange-Organization-ExpirationStartTime", format!("{}", t(2))),
+        ("X-MS-Exchange-Organization-ExpirationStartTime", t(2)),
         ("X-MS-Exchange-Organization-Network-Message-Id", nmid.clone()),
         ("X-EOPAttributedMessage", "0".into()),
         ("X-EOPTenantAttributedMessage", format!("{tenant}:0")),
