@@ -1,6 +1,7 @@
 //! m365-sim: a faithful loopback stand-in for the Microsoft side of m365-ingest (the Entra ID
-//! token endpoint, Microsoft Graph security alerts_v2, incidents and beta threat submissions, and
-//! the Defender for Cloud Apps alerts API) and for the Dropzone ingestion endpoint, for
+//! token endpoint, Microsoft Graph security alerts_v2, incidents and beta threat submissions, the
+//! Exchange Online reporting mailbox through Graph mail, and the Defender for Cloud Apps alerts
+//! API) and for the Dropzone ingestion endpoint, for
 //! integration tests, benchmarks and the `demo` command.
 //!
 //! It follows `reference/microsoft/API.md`: AADSTS token errors, roles per app, bearer checks
@@ -18,6 +19,12 @@
 //! - `submissions.rs`: the three beta threat-submission lists, `$skiptoken` paging.
 //! - `cloud_apps.rs`: Defender for Cloud Apps alerts (JSON-body filters, 30 requests/min), and
 //!   detections seen through both MDA and alerts_v2.
+//! - `mailbox.rs`: reporting mailboxes through Graph mail (delta sync states, messages,
+//!   attachments, `$value`), Mail.Read roles, access policies, Outlook throttling per app and
+//!   mailbox, mail faults, and the beta `emailThreatSubmissionPolicies`.
+//! - `mail_gen.rs`: user-reported messages and their originals, deterministic from seeds, and the
+//!   facts a test checks ([`ReportFacts`]).
+//! - `mime.rs`: MIME, quoted-printable, base64, RFC 2047, charsets, Outlook `.msg`, stored zip.
 //! - `store.rs`: the time-ordered JSON store incidents, submissions and Cloud Apps share.
 //! - `generator.rs`: realistic alerts rendered lazily from seeds; the demo stream.
 //! - `faults.rs`: [`Faults`] and their per-tenant state.
@@ -309,7 +316,8 @@ impl Simulator {
 
     /// The Graph host: alerts are at `{graph_url}/v1.0/security/alerts_v2`, incidents at
     /// `{graph_url}/v1.0/security/incidents`, submissions at
-    /// `{graph_url}/beta/security/threatSubmission/{emailThreats|urlThreats|fileThreats}`.
+    /// `{graph_url}/beta/security/threatSubmission/{emailThreats|urlThreats|fileThreats}`,
+    /// mailboxes at `{graph_url}/v1.0/users/{upn|id}/…`.
     pub fn graph_url(&self) -> String {
         format!("{}/graph", self.inner.base_url)
     }

@@ -1761,7 +1761,9 @@ impl Simulator {
         out
     }
 
-    /// Adds one report with an explicit shape and exact bytes.
+    /// Adds one report with an explicit shape and exact bytes (the mailbox is created if
+    /// `mailbox` is an unknown UPN; for an unknown object id the facts' `immutable_id` is empty
+    /// and nothing is stored).
     pub fn add_report(&self, tenant_id: &str, mailbox: &str, report: Report) -> ReportFacts {
         let tenant = tenant_key(tenant_id);
         if mailbox.contains('@') {
@@ -1769,8 +1771,7 @@ impl Simulator {
         }
         let mut st = lock(&self.inner.mail);
         let tm = st.tenants.entry(tenant.clone()).or_default();
-        let mi = tm.find(mailbox).unwrap_or(0);
-        let Some(mb) = tm.mailboxes.get_mut(mi) else {
+        let Some(mb) = tm.find(mailbox).and_then(|i| tm.mailboxes.get_mut(i)) else {
             return facts_of(
                 "",
                 &dummy_msg(),

@@ -960,3 +960,99 @@ async fn the_default_mix_has_every_format_and_mail_requests_are_recorded() {
         .iter()
         .all(|r| r.status == 200 && r.tenant.as_deref() == Some(TENANT)));
 }
+
+async fn control(sim: &Simulator, path: &str, body: Value) -> Value {
+    let r = http()
+        .post(format!("{}/_sim/{path}", sim.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{path}");
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_control_api_drives_the_mailbox() {
+    let sim = start().await;
+    let id = control(
+        &sim,
+        "mailboxes",
+        serde_json::json!({"tenant_id": TENANT, "upn": UPN}),
+    )
+    .await;
+    assert_eq!(id["id"].as_str().unwrap().len(), 36);
+    let made = control(
+        &sim,
+        "mailboxes/reports/generate",
+        serde_json::json!({"tenant_id": TENANT, "mailbox": UPN, "n": 6, "seed": 3, "mix": {"msg": 1}}),
+    )
+    .await;
+    assert_eq!(made["generated"], 6);
+    let first = &made["reports"][0];
+    assert_eq!(first["format"], "msg_attachment");
+    assert!(first["originals"][0]["network_message_id"].is_string());
+    control(
+        &sim,
+        "mailboxes/report_policy",
+        serde_json::json!({"tenant_id": TENANT, "mailbox": UPN}),
+    )
+    .await;
+    let token = mail_token(&sim).await;
+    let (items, delta, _) = walk(&delta_url(&sim, UPN, "inbox", &[]), &token, &[IMMUTABLE]).await;
+    assert_eq!(items.len(), 6);
+    let imm = first["immutable_id"].as_str().unwrap();
+    control(
+        &sim,
+        "mailboxes/move",
+        serde_json::json!({"tenant_id": TENANT, "mailbox": UPN, "immutable_id": imm, "folder": "junkemail"}),
+    )
+    .await;
+    let (round, _, _) = walk(&delta, &token, &[IMMUTABLE]).await;
+    assert_eq!(round[0]["@removed"]["reason"], "changed");
+    control(
+        &sim,
+        "mailboxes/expire",
+        serde_json::json!({"tenant_id": TENANT, "mode": "gone"}),
+    )
+    .await;
+    assert_eq!(mjson(&delta, &token, &[]).await.0, 410);
+    control(
+        &sim,
+        "mailboxes/faults",
+        serde_json::json!({"tenant_id": TENANT, "throttle_next": 1, "retry_after_secs": 0}),
+    )
+    .await;
+    assert_eq!(
+        mjson(&delta_url(&sim, UPN, "inbox", &[]), &token, &[])
+            .await
+            .0,
+        429
+    );
+    control(&sim, "mailboxes/access_policy", serde_json::json!({"tenant_id": TENANT, "client_id": "mail-reader", "allowed": ["someone@contoso.com"]})).await;
+    assert_eq!(
+        mjson(&delta_url(&sim, UPN, "inbox", &[]), &token, &[])
+            .await
+            .0,
+        403
+    );
+    let v: Value = http()
+        .get(format!("{}/_sim/mailboxes/violations", sim.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["mail_throttle_violations"], 0);
+}
+
+#[tokio::test]
+async fn the_demo_stream_drops_reports_into_the_mailbox() {
+    let sim = start().await;
+    sim.seed_reporting_mailbox(TENANT, UPN, 3);
+    sim.start_report_stream(TENANT, UPN, Duration::from_millis(50));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(sim.mail_folder_count(TENANT, UPN, "inbox") >= 5);
+    sim.shutdown().await;
+}
