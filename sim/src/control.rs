@@ -1,7 +1,8 @@
 //! A small HTTP control API under `/_sim/` so the `m365-sim` binary can be driven by tools that
 //! are not Rust tests: register tenants and apps, generate or insert alerts, incidents, threat
-//! submissions and Cloud Apps alerts, switch faults and the Dropzone behaviour, and read what
-//! was received. Control requests are not recorded in [`Simulator::requests`].
+//! submissions and Cloud Apps alerts, switch faults and the Dropzone behaviour, drive the
+//! reporting mailboxes (create, generate reports, move, delete, expire sync states, policies,
+//! mail faults), and read what was received. Control requests are not recorded in [`Simulator::requests`].
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,7 +17,10 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::{time, DropzoneBehavior, Faults, Inner, Simulator};
+use crate::{
+    time, DeltaExpiry, DropzoneBehavior, Faults, FormatMix, Inner, MailFaults, ReportFacts,
+    ReportSpec, Simulator, ValueRefusal,
+};
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     serde_json::from_slice(body).map_err(|e| e.to_string())
@@ -307,6 +311,241 @@ async fn dropzone(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
     }
 }
 
+#[derive(Deserialize)]
+struct MailboxReq {
+    tenant_id: String,
+    upn: String,
+}
+
+#[derive(Deserialize)]
+struct MixReq {
+    #[serde(default)]
+    item: u32,
+    #[serde(default)]
+    eml: u32,
+    #[serde(default)]
+    msg: u32,
+    #[serde(default)]
+    inline: u32,
+    #[serde(default)]
+    third_party: u32,
+    #[serde(default)]
+    multiple: u32,
+}
+
+#[derive(Deserialize)]
+struct ReportsReq {
+    tenant_id: String,
+    mailbox: String,
+    n: usize,
+    #[serde(default = "default_minutes_back")]
+    minutes_back: u64,
+    #[serde(default)]
+    seed: u64,
+    folder: Option<String>,
+    mix: Option<MixReq>,
+}
+
+#[derive(Deserialize)]
+struct MessageReq {
+    tenant_id: String,
+    mailbox: String,
+    immutable_id: String,
+    folder: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ExpireReq {
+    tenant_id: String,
+    /// `gone` or `sync_state_not_found`
+    mode: String,
+}
+
+#[derive(Deserialize)]
+struct PolicyReq {
+    tenant_id: String,
+    mailbox: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AccessReq {
+    tenant_id: String,
+    client_id: String,
+    allowed: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct MailFaultsReq {
+    tenant_id: String,
+    #[serde(default)]
+    throttle_next: u32,
+    retry_after_secs: Option<u64>,
+    requests_per_window: Option<usize>,
+    window_secs: Option<u64>,
+    max_concurrent: Option<usize>,
+    delay_ms: Option<u64>,
+    #[serde(default)]
+    duplicate_next_rounds: u32,
+    /// attachment ids whose `$value` answers 500
+    #[serde(default)]
+    value_server_error: Vec<String>,
+    /// attachment ids whose `$value` answers 403
+    #[serde(default)]
+    value_access_denied: Vec<String>,
+    #[serde(default)]
+    truncated: Vec<String>,
+    #[serde(default)]
+    delete_on_fetch: Vec<String>,
+}
+
+fn facts_json(f: &ReportFacts) -> Value {
+    let originals: Vec<Value> = f
+        .originals
+        .iter()
+        .map(|o| {
+            json!({"message_id": o.message_id, "network_message_id": o.network_message_id,
+                   "from": o.from, "subject": o.subject, "dmarc_fails": o.dmarc_fails,
+                   "urls": o.urls, "originating_ip": o.originating_ip, "charset": o.charset,
+                   "attachments": o.attachments.iter().map(|a| json!({"name": a.name, "sha256": a.sha256})).collect::<Vec<_>>()})
+        })
+        .collect();
+    json!({"immutable_id": f.immutable_id, "internet_message_id": f.internet_message_id,
+           "attachment_ids": f.attachment_ids, "received": at(f.received), "reporter": f.reporter,
+           "subject": f.subject, "format": f.format.as_str(), "verdict": f.verdict,
+           "originals": originals})
+}
+
+async fn mailboxes(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    match parse::<MailboxReq>(&body) {
+        Ok(r) => ok(json!({"id": sim(inner).add_mailbox(&r.tenant_id, &r.upn)})),
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn generate_reports(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    match parse::<ReportsReq>(&body) {
+        Ok(r) => {
+            let (from, to) = window(r.minutes_back);
+            let mut spec = ReportSpec::new(r.n, from, to, r.seed);
+            if let Some(f) = r.folder {
+                spec.folder = f;
+            }
+            if let Some(m) = r.mix {
+                spec.mix = FormatMix {
+                    item: m.item,
+                    eml: m.eml,
+                    msg: m.msg,
+                    inline: m.inline,
+                    third_party: m.third_party,
+                    multiple: m.multiple,
+                };
+            }
+            let facts = sim(inner).add_reports(&r.tenant_id, &r.mailbox, spec);
+            ok(
+                json!({"generated": facts.len(), "reports": facts.iter().map(facts_json).collect::<Vec<_>>()}),
+            )
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn move_message(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    match parse::<MessageReq>(&body) {
+        Ok(r) => {
+            let folder = r.folder.unwrap_or_else(|| "deleteditems".into());
+            let moved = sim(inner).move_message(&r.tenant_id, &r.mailbox, &r.immutable_id, &folder);
+            ok(json!({"ok": moved}))
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn delete_message(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    match parse::<MessageReq>(&body) {
+        Ok(r) => {
+            ok(json!({"ok": sim(inner).delete_message(&r.tenant_id, &r.mailbox, &r.immutable_id)}))
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn expire(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    match parse::<ExpireReq>(&body) {
+        Ok(r) => {
+            let mode = match r.mode.as_str() {
+                "gone" => DeltaExpiry::Gone,
+                "sync_state_not_found" => DeltaExpiry::SyncStateNotFound,
+                m => {
+                    return bad_request(format!(
+                        "unknown mode '{m}': expected gone or sync_state_not_found"
+                    ))
+                }
+            };
+            sim(inner).expire_delta_tokens(&r.tenant_id, mode);
+            ok(json!({"ok": true}))
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn report_policy(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    match parse::<PolicyReq>(&body) {
+        Ok(r) => {
+            sim(inner).set_report_policy(&r.tenant_id, r.mailbox.as_deref());
+            ok(json!({"ok": true}))
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn access_policy(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    match parse::<AccessReq>(&body) {
+        Ok(r) => {
+            sim(inner).set_mail_access_policy(&r.tenant_id, &r.client_id, r.allowed);
+            ok(json!({"ok": true}))
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn mail_faults(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    match parse::<MailFaultsReq>(&body) {
+        Ok(r) => {
+            let d = MailFaults::default();
+            let mut refuse: Vec<(String, ValueRefusal)> = r
+                .value_server_error
+                .into_iter()
+                .map(|a| (a, ValueRefusal::ServerError))
+                .collect();
+            refuse.extend(
+                r.value_access_denied
+                    .into_iter()
+                    .map(|a| (a, ValueRefusal::AccessDenied)),
+            );
+            let f = MailFaults {
+                throttle_next: r.throttle_next,
+                retry_after_secs: r.retry_after_secs.unwrap_or(d.retry_after_secs),
+                requests_per_window: r.requests_per_window.unwrap_or(d.requests_per_window),
+                window: r.window_secs.map_or(d.window, Duration::from_secs),
+                max_concurrent: r.max_concurrent.unwrap_or(d.max_concurrent),
+                delay: r.delay_ms.map(Duration::from_millis),
+                duplicate_next_rounds: r.duplicate_next_rounds,
+                refuse_value: refuse,
+                truncated: r.truncated,
+                delete_on_fetch: r.delete_on_fetch,
+                ..d
+            };
+            sim(inner).set_mail_faults(&r.tenant_id, f);
+            ok(json!({"ok": true}))
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn mail_violations(State(inner): State<Arc<Inner>>) -> Response {
+    ok(json!({"mail_throttle_violations": sim(inner).mail_throttle_violations()}))
+}
+
 fn at(t: SystemTime) -> String {
     time::iso7(time::ticks(t))
 }
@@ -352,4 +591,13 @@ pub(crate) fn routes() -> Router<Arc<Inner>> {
         .route("/_sim/dropzone", post(dropzone))
         .route("/_sim/received", get(received))
         .route("/_sim/requests", get(requests))
+        .route("/_sim/mailboxes", post(mailboxes))
+        .route("/_sim/mailboxes/reports/generate", post(generate_reports))
+        .route("/_sim/mailboxes/move", post(move_message))
+        .route("/_sim/mailboxes/delete", post(delete_message))
+        .route("/_sim/mailboxes/expire", post(expire))
+        .route("/_sim/mailboxes/report_policy", post(report_policy))
+        .route("/_sim/mailboxes/access_policy", post(access_policy))
+        .route("/_sim/mailboxes/faults", post(mail_faults))
+        .route("/_sim/mailboxes/violations", get(mail_violations))
 }

@@ -940,7 +940,8 @@ impl Simulator {
     /// with assignedTo, classification and determination set). At lower rates it also creates
     /// and triages incidents, files threat submissions that move notStarted → running →
     /// succeeded, and raises Cloud Apps alerts (some with an alerts_v2 twin) that are later read
-    /// or resolved. Stops on [`Simulator::shutdown`].
+    /// or resolved; and drops user-reported messages into the tenant's mailboxes, if it has any
+    /// ([`Simulator::add_mailbox`]). Stops on [`Simulator::shutdown`].
     pub fn spawn_stream(&self, tenant_id: &str, per_minute: u32) {
         if per_minute == 0 {
             return;
@@ -967,6 +968,8 @@ impl Simulator {
                         0..20 => sim.stream_incident(&tenant, &mut rng),
                         20..32 => sim.stream_submission(&tenant, &mut rng),
                         32..52 => sim.stream_cloud_app_alert(&tenant, &mut rng),
+                        // A user report in each of the tenant's mailboxes, if it has any.
+                        52..60 => sim.stream_report(&tenant, &mut rng),
                         _ => {}
                     }
                 }

@@ -1,6 +1,7 @@
 //! m365-sim: a faithful loopback stand-in for the Microsoft side of m365-ingest (the Entra ID
-//! token endpoint, Microsoft Graph security alerts_v2, incidents and beta threat submissions, and
-//! the Defender for Cloud Apps alerts API) and for the Dropzone ingestion endpoint, for
+//! token endpoint, Microsoft Graph security alerts_v2, incidents and beta threat submissions, the
+//! Exchange Online reporting mailbox through Graph mail, and the Defender for Cloud Apps alerts
+//! API) and for the Dropzone ingestion endpoint, for
 //! integration tests, benchmarks and the `demo` command.
 //!
 //! It follows `reference/microsoft/API.md`: AADSTS token errors, roles per app, bearer checks
@@ -18,6 +19,12 @@
 //! - `submissions.rs`: the three beta threat-submission lists, `$skiptoken` paging.
 //! - `cloud_apps.rs`: Defender for Cloud Apps alerts (JSON-body filters, 30 requests/min), and
 //!   detections seen through both MDA and alerts_v2.
+//! - `mailbox.rs`: reporting mailboxes through Graph mail (delta sync states, messages,
+//!   attachments, `$value`), Mail.Read roles, access policies, Outlook throttling per app and
+//!   mailbox, mail faults, and the beta `emailThreatSubmissionPolicies`.
+//! - `mail_gen.rs`: user-reported messages and their originals, deterministic from seeds, and the
+//!   facts a test checks ([`ReportFacts`]).
+//! - `mime.rs`: MIME, quoted-printable, base64, RFC 2047, charsets, Outlook `.msg`, stored zip.
 //! - `store.rs`: the time-ordered JSON store incidents, submissions and Cloud Apps share.
 //! - `generator.rs`: realistic alerts rendered lazily from seeds; the demo stream.
 //! - `faults.rs`: [`Faults`] and their per-tenant state.
@@ -48,6 +55,9 @@ mod faults;
 mod generator;
 mod graph;
 mod incidents;
+mod mail_gen;
+mod mailbox;
+mod mime;
 mod odata;
 mod store;
 mod submissions;
@@ -56,6 +66,11 @@ mod token;
 
 pub use dropzone::{DropzoneBehavior, ReceivedBatch};
 pub use faults::Faults;
+pub use mail_gen::{
+    AttachmentFacts, FormatMix, OriginalFacts, Report, ReportAttachment, ReportFacts, ReportSpec,
+    WrapperFormat,
+};
+pub use mailbox::{DeltaExpiry, MailFaults, ValueRefusal};
 
 /// How to start a [`Simulator`].
 #[derive(Clone, Debug)]
@@ -127,6 +142,10 @@ pub(crate) struct Inner {
     pub(crate) rng: Mutex<fastrand::Rng>,
     pub(crate) unauthorized: AtomicUsize,
     pub(crate) throttle_violations: AtomicUsize,
+    /// Reporting mailboxes per tenant (messages, sync states, throttles, faults).
+    pub(crate) mail: Mutex<mailbox::MailState>,
+    /// Mail requests over Outlook's per-app-per-mailbox limits.
+    pub(crate) mail_violations: AtomicUsize,
     pub(crate) stop: CancellationToken,
     pub(crate) tasks: TaskTracker,
     /// The runtime the simulator was started on, so background tasks can be spawned from
@@ -226,6 +245,7 @@ fn router(inner: Arc<Inner>) -> Router {
         .merge(incidents::routes())
         .merge(submissions::routes())
         .merge(cloud_apps::routes())
+        .merge(mailbox::routes())
         .merge(dropzone::routes())
         .layer(middleware::from_fn_with_state(inner.clone(), record))
         .merge(control::routes())
@@ -260,6 +280,8 @@ impl Simulator {
             rng: Mutex::new(fastrand::Rng::with_seed(0x6d33_3635_7369_6d00)),
             unauthorized: AtomicUsize::new(0),
             throttle_violations: AtomicUsize::new(0),
+            mail: Mutex::default(),
+            mail_violations: AtomicUsize::new(0),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             runtime: tokio::runtime::Handle::current(),
@@ -294,7 +316,8 @@ impl Simulator {
 
     /// The Graph host: alerts are at `{graph_url}/v1.0/security/alerts_v2`, incidents at
     /// `{graph_url}/v1.0/security/incidents`, submissions at
-    /// `{graph_url}/beta/security/threatSubmission/{emailThreats|urlThreats|fileThreats}`.
+    /// `{graph_url}/beta/security/threatSubmission/{emailThreats|urlThreats|fileThreats}`,
+    /// mailboxes at `{graph_url}/v1.0/users/{upn|id}/…`.
     pub fn graph_url(&self) -> String {
         format!("{}/graph", self.inner.base_url)
     }

@@ -16,6 +16,7 @@ const ROLES: &[&str] = &[
     "ThreatSubmission.Read.All",
     "ThreatHunting.Read.All",
     "Investigation.read",
+    "Mail.Read",
 ];
 
 #[derive(Parser)]
@@ -53,6 +54,16 @@ struct Args {
     /// Defender for Cloud Apps alerts to generate over the last 3 days.
     #[arg(long, default_value_t = 0)]
     cloud_app_alerts: usize,
+    /// A reporting mailbox (UPN) to create, named by the tenant's report submission policy and
+    /// holding `--reports` user-reported messages; new ones keep arriving while running.
+    #[arg(long)]
+    mailbox: Option<String>,
+    /// Reports to generate into `--mailbox` over the last 3 days.
+    #[arg(long, default_value_t = 300)]
+    reports: usize,
+    /// Seconds between new reports in `--mailbox` while running (0: none).
+    #[arg(long, default_value_t = 20)]
+    report_every_secs: u64,
     /// New or updated alerts per minute while running (0: none).
     #[arg(long, default_value_t = 0)]
     stream_per_minute: u32,
@@ -90,6 +101,15 @@ async fn main() -> std::io::Result<()> {
     }
     sim.generate_cloud_app_alerts(&args.tenant, args.cloud_app_alerts, from, now);
     sim.spawn_stream(&args.tenant, args.stream_per_minute);
+    if let Some(upn) = &args.mailbox {
+        sim.seed_reporting_mailbox(&args.tenant, upn, args.reports);
+        sim.start_report_stream(
+            &args.tenant,
+            upn,
+            Duration::from_secs(args.report_every_secs),
+        );
+        println!("m365-sim mailbox={upn} reports={}", args.reports);
+    }
     println!(
         "m365-sim listening: login_url={} graph_url={} cloud_apps_url={} dropzone_url={} tenant={} client_id={} alerts={} incidents={} submissions={}x3 cloud_app_alerts={}",
         sim.login_url(),

@@ -103,6 +103,27 @@ pub fn iso_plain(ticks: i64) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}")
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ`: whole seconds, the form Outlook's message times take.
+pub fn iso_secs(ticks: i64) -> String {
+    iso_plain(ticks) + "Z"
+}
+
+/// `Mon, 3 Jun 2024 10:12:14 +0000`: an RFC 5322 date, as mail headers carry it.
+pub fn rfc5322(ticks: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (y, mo, d, h, mi, s, _) = fields(ticks);
+    let day = ticks
+        .div_euclid(TICKS_PER_SEC)
+        .div_euclid(86_400)
+        .rem_euclid(7);
+    let wd = DAYS[usize::try_from(day).unwrap_or(0) % 7];
+    let mn = MONTHS[usize::try_from(mo - 1).unwrap_or(0) % 12];
+    format!("{wd}, {d} {mn} {y:04} {h:02}:{mi:02}:{s:02} +0000")
+}
+
 /// `YYYY-MM-DD HH:MM:SSZ`: Entra's `timestamp` in token errors.
 pub fn entra_timestamp(ticks: i64) -> String {
     let (y, mo, d, h, mi, s, _) = fields(ticks);

@@ -225,6 +225,7 @@ fn verify_assertion(
 #[derive(Clone, Debug)]
 pub(crate) struct TokenInfo {
     pub tenant: String,
+    pub client_id: String,
     pub resource: Resource,
     pub roles: Vec<String>,
     pub expires: SystemTime,
@@ -451,6 +452,7 @@ fn issue(inner: &Inner, tenant: &str, headers: &HeaderMap, body: &[u8]) -> Respo
         access_token.clone(),
         TokenInfo {
             tenant: key.clone(),
+            client_id: client_id.clone(),
             resource,
             roles,
             expires: now + lifetime,

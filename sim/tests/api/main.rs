@@ -10,5 +10,6 @@ mod control;
 mod dropzone;
 mod faults;
 mod incidents;
+mod mailbox;
 mod submissions;
 mod token;
