@@ -1209,6 +1209,205 @@ fn simple_select(
     Ok(select)
 }
 
+/// `GET /users/{m}/mailFolders/{f}`: the folder resource (`$select` honoured on its properties).
+async fn get_folder(
+    State(inner): State<Arc<Inner>>,
+    Path((mailbox, folder)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    const FOLDER_PROPS: &[&str] = &[
+        "id",
+        "displayName",
+        "parentFolderId",
+        "childFolderCount",
+        "unreadItemCount",
+        "totalItemCount",
+        "isHidden",
+    ];
+    let req = match admit(&inner, &headers, &mailbox).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let ctx = &req.ctx;
+    let select = match simple_select(
+        ctx,
+        &uri,
+        FOLDER_PROPS,
+        "Microsoft.OutlookServices.MailFolder",
+    ) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let found = {
+        let st = lock(&inner.mail);
+        st.tenants.get(&ctx.tenant).and_then(|tm| {
+            let mb = tm.find(&req.mailbox).and_then(|i| tm.mailboxes.get(i))?;
+            let fi = mb.folder(&folder)?;
+            let total = mb.messages.values().filter(|m| m.folder == fi).count();
+            Some((
+                mb.id.clone(),
+                fi,
+                mb.folder_ids.get(fi).cloned().unwrap_or_default(),
+                total,
+            ))
+        })
+    };
+    let Some((mbid, fi, fid, total)) = found else {
+        return item_not_found(ctx);
+    };
+    let mut o = Map::new();
+    let all = json!({
+        "id": fid,
+        "displayName": FOLDERS.get(fi).map(|f| f.1).unwrap_or(""),
+        "parentFolderId": b64id("AAMkAD", &[&mbid, "msgfolderroot"]),
+        "childFolderCount": 0,
+        "unreadItemCount": 0,
+        "totalItemCount": total,
+        "isHidden": false,
+    });
+    for p in FOLDER_PROPS {
+        if *p == "id" || select.as_ref().is_none_or(|s| s.iter().any(|x| x == p)) {
+            o.insert((*p).to_string(), all[*p].clone());
+        }
+    }
+    let context = format!(
+        "{}/graph/v1.0/$metadata#users('{mbid}')/mailFolders/$entity",
+        inner.base_url
+    );
+    ctx.ok_whole(graph::entity_body(&context, &Value::Object(o).to_string()))
+}
+
+/// `GET /users/{m}/mailFolders/{f}/messages`: newest first, `$top` (at most 1000, default 10)
+/// and `$select`; `$skip` paging through `@odata.nextLink`.
+async fn list_folder_messages(
+    State(inner): State<Arc<Inner>>,
+    Path((mailbox, folder)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let req = match admit(&inner, &headers, &mailbox).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let ctx = &req.ctx;
+    let pref = prefer(&headers);
+    let (mut top, mut skip) = (10usize, 0usize);
+    let mut select = None;
+    for (k, v) in decode_pairs(uri.query().unwrap_or("")) {
+        match k.to_ascii_lowercase().as_str() {
+            "$top" => match v.parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => top = n,
+                _ => {
+                    return bad(
+                        ctx,
+                        "ErrorInvalidUrlQuery",
+                        &format!("The value '{v}' of $top is not valid: 1 to 1000."),
+                    )
+                }
+            },
+            "$skip" => match v.parse::<usize>() {
+                Ok(n) => skip = n,
+                Err(_) => {
+                    return bad(
+                        ctx,
+                        "ErrorInvalidUrlQuery",
+                        &format!("The value '{v}' of $skip is not valid."),
+                    )
+                }
+            },
+            "$select" => match parse_select(&v, MESSAGE_PROPS, "Microsoft.OutlookServices.Message")
+            {
+                Ok(mut sel) => {
+                    sel.retain(|p| p != "id");
+                    if req.level == Level::Basic
+                        && sel.iter().any(|p| BODY_PROPS.contains(&p.as_str()))
+                    {
+                        return ctx.error(
+                            StatusCode::FORBIDDEN,
+                            "ErrorAccessDenied",
+                            ACCESS_DENIED,
+                        );
+                    }
+                    select = Some(sel);
+                }
+                Err(m) => return bad(ctx, "RequestBroker--ParseUri", &m),
+            },
+            k if k.starts_with('$') => {
+                return bad(
+                    ctx,
+                    "ErrorInvalidUrlQuery",
+                    &format!("The query parameter '{k}' is not supported by the simulator here."),
+                )
+            }
+            _ => {}
+        }
+    }
+    let base = inner.base_url.clone();
+    let rendered = {
+        let st = lock(&inner.mail);
+        let Some(tm) = st.tenants.get(&ctx.tenant) else {
+            return item_not_found(ctx);
+        };
+        let Some(mb) = tm.find(&req.mailbox).and_then(|i| tm.mailboxes.get(i)) else {
+            return item_not_found(ctx);
+        };
+        let Some(fi) = mb.folder(&folder) else {
+            return item_not_found(ctx);
+        };
+        let mut msgs: Vec<&Msg> = mb.messages.values().filter(|m| m.folder == fi).collect();
+        msgs.sort_by(|a, b| b.received.cmp(&a.received).then(a.imm.cmp(&b.imm)));
+        let total = msgs.len();
+        let rc = RenderCtx {
+            mailbox: mb,
+            immutable: pref.immutable,
+            select: select.as_deref(),
+            level: req.level,
+            text_body: pref.text_body,
+            base: &base,
+        };
+        let page: Vec<String> = msgs
+            .into_iter()
+            .skip(skip)
+            .take(top)
+            .map(|m| render_msg(m, &rc, false).to_string())
+            .collect();
+        (page, total, mb.id.clone())
+    };
+    let (page, total, mbid) = rendered;
+    let next = (skip + top < total).then(|| {
+        let mut q: Vec<(String, String)> = decode_pairs(uri.query().unwrap_or(""))
+            .into_iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("$skip"))
+            .collect();
+        q.push(("$skip".into(), (skip + top).to_string()));
+        let query = q
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    v.replace('%', "%25")
+                        .replace(' ', "%20")
+                        .replace('&', "%26")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        format!("{base}{}?{query}", uri.path())
+    });
+    let context =
+        format!("{base}/graph/v1.0/$metadata#users('{mbid}')/mailFolders('{folder}')/messages");
+    ctx.ok_whole(graph::page_body(
+        &context,
+        None,
+        next.as_deref(),
+        page.len(),
+        |out, i| {
+            out.push_str(&page[i]);
+        },
+    ))
+}
+
 async fn get_message(
     State(inner): State<Arc<Inner>>,
     Path((mailbox, id)): Path<(String, String)>,
@@ -1626,6 +1825,11 @@ pub(crate) fn routes() -> Router<Arc<Inner>> {
         .route(
             &format!("{u}/mailFolders/{{folder}}/messages/{{id}}"),
             get(get_folder_message),
+        )
+        .route(&format!("{u}/mailFolders/{{folder}}"), get(get_folder))
+        .route(
+            &format!("{u}/mailFolders/{{folder}}/messages"),
+            get(list_folder_messages),
         )
         .route(&format!("{u}/messages/{{id}}"), get(get_message))
         .route(&format!("{u}/messages/{{id}}/$value"), get(message_value))

@@ -10,6 +10,7 @@
 
 mod body;
 mod decode;
+mod forwarded;
 mod headers;
 mod html;
 mod mime;

@@ -145,6 +145,9 @@ pub struct ReportedEmail {
     pub urls: Vec<Link>,
     pub urls_truncated: bool,
     pub attachments: Vec<Attachment>,
+    /// A report forwarded inline: the forward's own From, when `from` and `subject` were read
+    /// from the quoted original in the body.
+    pub forwarded_by: Option<Mailbox>,
     /// What could not be read, one short sentence each.
     pub errors: Vec<String>,
 }

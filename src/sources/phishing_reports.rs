@@ -853,10 +853,12 @@ async fn read_report(ctx: Arc<ReadCtx>, r: ToRead, give_up: bool) -> (ReadOutcom
                 } else {
                     content_type.as_str()
                 };
-                (
-                    Some(email::parse_any(b, &limits)),
-                    Some(email::original(b, ct, &limits)),
-                )
+                let mut message = email::parse_any(b, &limits);
+                if format == ReportFormat::Inline {
+                    // The user forwarded it: the quoted original names the real sender.
+                    message.use_forwarded_original();
+                }
+                (Some(message), Some(email::original(b, ct, &limits)))
             }
             None => (None, None),
         };

@@ -8,9 +8,9 @@ mod faults;
 mod helpers;
 mod metrics;
 mod operators;
-mod phishing;
 #[path = "../common/pg.rs"]
 mod pg;
+mod phishing;
 mod pipeline;
 mod replicas;
 mod sources;

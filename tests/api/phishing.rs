@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use m365_ingest::check::{self, Outcome};
-use m365_ingest::store::{CursorKey, Store};
 use m365_ingest::normalize::SourceKind;
+use m365_ingest::store::{CursorKey, Store};
 use m365_sim::{
     DeltaExpiry, FormatMix, MailFaults, Report, ReportAttachment, ReportFacts, ReportSpec,
     Simulator, ValueRefusal, WrapperFormat,
@@ -77,9 +77,16 @@ fn assert_report_matches(alert: &Value, facts: &ReportFacts) {
         Some(facts.reporter.to_lowercase()),
         "{id}: reporter"
     );
-    assert_eq!(email["verdict"], facts.verdict, "{id}: verdict of {:?}", facts.subject);
+    assert_eq!(
+        email["verdict"], facts.verdict,
+        "{id}: verdict of {:?}",
+        facts.subject
+    );
     if facts.format == WrapperFormat::MultipleAttached {
-        assert!(email["message"].is_null(), "{id}: several originals are not parsed");
+        assert!(
+            email["message"].is_null(),
+            "{id}: several originals are not parsed"
+        );
         assert_eq!(strings(&email["attached_messages"]).len(), 2, "{id}");
         return;
     }
@@ -90,14 +97,23 @@ fn assert_report_matches(alert: &Value, facts: &ReportFacts) {
         assert_eq!(message["message_id"], mid.as_str(), "{id}: Message-ID");
     }
     if let Some(nid) = &original.network_message_id {
-        assert_eq!(message["network_message_id"], nid.as_str(), "{id}: network id");
+        assert_eq!(
+            message["network_message_id"],
+            nid.as_str(),
+            "{id}: network id"
+        );
     }
     assert_eq!(
         message["from"]["address"].as_str().map(str::to_lowercase),
         Some(original.from.to_lowercase()),
-        "{id}: From"
+        "{id} ({:?}): From in {message}",
+        facts.format
     );
-    assert_eq!(message["subject"], original.subject.as_str(), "{id}: subject");
+    assert_eq!(
+        message["subject"],
+        original.subject.as_str(),
+        "{id}: subject"
+    );
     if let Some(fails) = original.dmarc_fails {
         assert_eq!(
             message["authentication"]["dmarc"] == "fail",
@@ -107,7 +123,11 @@ fn assert_report_matches(alert: &Value, facts: &ReportFacts) {
         );
     }
     if let Some(ip) = &original.originating_ip {
-        assert_eq!(message["originating_ip"], ip.as_str(), "{id}: originating IP");
+        assert_eq!(
+            message["originating_ip"],
+            ip.as_str(),
+            "{id}: originating IP"
+        );
     }
     let urls: Vec<String> = message["urls"]
         .as_array()
@@ -136,7 +156,11 @@ fn assert_report_matches(alert: &Value, facts: &ReportFacts) {
         })
         .collect();
     for a in &original.attachments {
-        assert!(hashes.contains(&a.sha256), "{id}: attachment {} hash", a.name);
+        assert!(
+            hashes.contains(&a.sha256),
+            "{id}: attachment {} hash",
+            a.name
+        );
         assert!(
             indicators.contains(&("sha256".to_string(), a.sha256.clone())),
             "{id}: attachment hash indicator"
@@ -154,9 +178,15 @@ async fn three_hundred_reports_over_three_days_are_each_delivered_once_with_thei
     let sim = mail_sim().await;
     let spec = ReportSpec::new(300, ago(3 * 86_400), ago(60), 7);
     let facts = sim.add_reports(TENANT_ID, MAILBOX, spec);
-    assert!(facts.iter().any(|f| f.format == WrapperFormat::ItemAttachment));
-    assert!(facts.iter().any(|f| f.format == WrapperFormat::EmlAttachment));
-    assert!(facts.iter().any(|f| f.format == WrapperFormat::MsgAttachment));
+    assert!(facts
+        .iter()
+        .any(|f| f.format == WrapperFormat::ItemAttachment));
+    assert!(facts
+        .iter()
+        .any(|f| f.format == WrapperFormat::EmlAttachment));
+    assert!(facts
+        .iter()
+        .any(|f| f.format == WrapperFormat::MsgAttachment));
     let (_dir, db) = temp_db();
     let app = TestApp::spawn(settings(&sim, &db, &opts(MAILBOX, ""))).await;
 
@@ -169,7 +199,12 @@ async fn three_hundred_reports_over_three_days_are_each_delivered_once_with_thei
         let versions = got
             .get(&f.immutable_id)
             .unwrap_or_else(|| panic!("report {} ({:?}) not delivered", f.immutable_id, f.format));
-        assert_eq!(versions.len(), 1, "report {} delivered twice", f.immutable_id);
+        assert_eq!(
+            versions.len(),
+            1,
+            "report {} delivered twice",
+            f.immutable_id
+        );
         assert_report_matches(&versions[0], f);
     }
     let (_, status) = app.get("/status").await;
@@ -253,8 +288,9 @@ async fn an_expired_delta_token_mid_backlog_resyncs_without_losing_or_resending(
                 .unwrap(),
         );
         assert!(
-            metrics.lines().any(|l| l.starts_with("m365_ingest_resyncs_total")
-                && !l.trim_end().ends_with(" 0")),
+            metrics.lines().any(
+                |l| l.starts_with("m365_ingest_resyncs_total") && !l.trim_end().ends_with(" 0")
+            ),
             "{mode:?}: a resync is counted:\n{}",
             metrics
                 .lines()
@@ -337,7 +373,11 @@ async fn a_crash_mid_walk_resumes_from_the_last_committed_link() {
     );
     let got = reports(&sim);
     for f in &facts {
-        assert!(got.contains_key(&f.immutable_id), "report {} lost", f.immutable_id);
+        assert!(
+            got.contains_key(&f.immutable_id),
+            "report {} lost",
+            f.immutable_id
+        );
     }
     app.stop().await;
 }
@@ -345,10 +385,17 @@ async fn a_crash_mid_walk_resumes_from_the_last_committed_link() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_moved_to_another_folder_and_back_is_not_sent_again() {
     let sim = mail_sim().await;
-    let facts = sim.add_reports(TENANT_ID, MAILBOX, ReportSpec::new(10, ago(3600), ago(60), 31));
+    let facts = sim.add_reports(
+        TENANT_ID,
+        MAILBOX,
+        ReportSpec::new(10, ago(3600), ago(60), 31),
+    );
     let (_dir, db) = temp_db();
     let app = TestApp::spawn(settings(&sim, &db, &opts(MAILBOX, ""))).await;
-    wait_until(Duration::from_secs(60), "10 reports", || reports(&sim).len() >= 10).await;
+    wait_until(Duration::from_secs(60), "10 reports", || {
+        reports(&sim).len() >= 10
+    })
+    .await;
     let moved = &facts[3].immutable_id;
     assert!(sim.move_message(TENANT_ID, MAILBOX, moved, "archive"));
     // Wait for a delta round to see it leave, then bring it back.
@@ -379,7 +426,11 @@ async fn a_report_moved_to_another_folder_and_back_is_not_sent_again() {
     })
     .await;
     let got = reports(&sim);
-    assert_eq!(got.get(moved).map(Vec::len), Some(1), "moved report sent once");
+    assert_eq!(
+        got.get(moved).map(Vec::len),
+        Some(1),
+        "moved report sent once"
+    );
     assert_eq!(got.len(), 11, "no report appeared under a new id");
     app.stop().await;
 }
@@ -394,7 +445,10 @@ async fn a_mailbox_of_six_thousand_reports_in_the_lookback_is_read_completely() 
     let facts = sim.add_reports(TENANT_ID, MAILBOX, spec);
     let (_dir, db) = temp_db();
     let mut s = settings(&sim, &db, &opts(MAILBOX, ""));
-    s.tenants.get_mut("contoso").unwrap().mail_requests_per_minute = 60_000;
+    s.tenants
+        .get_mut("contoso")
+        .unwrap()
+        .mail_requests_per_minute = 60_000;
     sim.set_mail_faults(
         TENANT_ID,
         MailFaults {
@@ -423,7 +477,11 @@ async fn a_mailbox_of_six_thousand_reports_in_the_lookback_is_read_completely() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_access_policy_denial_names_the_fix_and_the_other_sources_keep_flowing() {
     let sim = mail_sim().await;
-    sim.add_reports(TENANT_ID, MAILBOX, ReportSpec::new(3, ago(3600), ago(60), 51));
+    sim.add_reports(
+        TENANT_ID,
+        MAILBOX,
+        ReportSpec::new(3, ago(3600), ago(60), 51),
+    );
     sim.set_mail_access_policy(
         TENANT_ID,
         CLIENT_ID,
@@ -437,12 +495,16 @@ async fn an_access_policy_denial_names_the_fix_and_the_other_sources_keep_flowin
         native_ids(&delivered_alerts(&sim)).contains("da-policy-1")
     })
     .await;
-    wait_until_async(Duration::from_secs(30), "the mailbox failure on /status", || async {
-        let (_, st) = app.get("/status").await;
-        st["tenants"]["contoso"]["sources"]["phishing_reports"]["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("Access to OData is disabled"))
-    })
+    wait_until_async(
+        Duration::from_secs(30),
+        "the mailbox failure on /status",
+        || async {
+            let (_, st) = app.get("/status").await;
+            st["tenants"]["contoso"]["sources"]["phishing_reports"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Access to OData is disabled"))
+        },
+    )
     .await;
     let (_, st) = app.get("/status").await;
     let err = st["tenants"]["contoso"]["sources"]["phishing_reports"]["last_error"]
@@ -470,30 +532,44 @@ async fn an_access_policy_denial_names_the_fix_and_the_other_sources_keep_flowin
     assert!(reports(&sim).is_empty());
     // Lifting the policy lets the reports through.
     sim.set_mail_access_policy(TENANT_ID, CLIENT_ID, None);
-    wait_until(Duration::from_secs(30), "3 reports", || reports(&sim).len() >= 3).await;
+    wait_until(Duration::from_secs(30), "3 reports", || {
+        reports(&sim).len() >= 3
+    })
+    .await;
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mailbox_auto_reads_the_one_set_in_defender_and_says_so() {
     let sim = mail_sim().await;
-    sim.add_reports(TENANT_ID, MAILBOX, ReportSpec::new(5, ago(3600), ago(60), 61));
+    sim.add_reports(
+        TENANT_ID,
+        MAILBOX,
+        ReportSpec::new(5, ago(3600), ago(60), 61),
+    );
     let (_dir, db) = temp_db();
     let s = settings(&sim, &db, &opts("auto", ""));
     // Nothing set in Defender yet: the source says which setting to change.
     let app = TestApp::spawn(s.clone()).await;
-    wait_until_async(Duration::from_secs(30), "the missing setting named", || async {
-        let (_, st) = app.get("/status").await;
-        st["tenants"]["contoso"]["sources"]["phishing_reports"]["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("User reported settings"))
-    })
+    wait_until_async(
+        Duration::from_secs(30),
+        "the missing setting named",
+        || async {
+            let (_, st) = app.get("/status").await;
+            st["tenants"]["contoso"]["sources"]["phishing_reports"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("User reported settings"))
+        },
+    )
     .await;
     app.stop().await;
 
     sim.set_report_policy(TENANT_ID, Some(MAILBOX));
     let app = TestApp::spawn(s.clone()).await;
-    wait_until(Duration::from_secs(30), "5 reports", || reports(&sim).len() >= 5).await;
+    wait_until(Duration::from_secs(30), "5 reports", || {
+        reports(&sim).len() >= 5
+    })
+    .await;
     let (_, st) = app.get("/status").await;
     let source = &st["tenants"]["contoso"]["sources"]["phishing_reports"];
     assert!(
@@ -590,7 +666,10 @@ async fn reports_that_cannot_be_read_in_full_are_forwarded_with_what_was_read() 
     sim.set_mail_faults(
         TENANT_ID,
         MailFaults {
-            refuse_value: vec![(ids["refused"].attachment_ids[0].clone(), ValueRefusal::AccessDenied)],
+            refuse_value: vec![(
+                ids["refused"].attachment_ids[0].clone(),
+                ValueRefusal::AccessDenied,
+            )],
             truncated: vec![ids["truncated"].attachment_ids[0].clone()],
             delete_on_fetch: vec![ids["deleted"].immutable_id.clone()],
             ..MailFaults::default()
@@ -604,7 +683,12 @@ async fn reports_that_cannot_be_read_in_full_are_forwarded_with_what_was_read() 
     .await;
     let got = reports(&sim);
     let alert = |name: &str| got[&ids[name].immutable_id][0].clone();
-    let error = |name: &str| alert(name)["normalization_error"].as_str().unwrap_or("").to_string();
+    let error = |name: &str| {
+        alert(name)["normalization_error"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
 
     assert!(error("broken").contains("boundary"), "{}", error("broken"));
     let broken_urls: Vec<Value> = alert("broken")["email"]["message"]["urls"]
@@ -617,23 +701,37 @@ async fn reports_that_cannot_be_read_in_full_are_forwarded_with_what_was_read() 
         strings(&Value::Array(broken_urls)).contains(&"https://evil.example/a".to_string()),
         "what parsed is kept"
     );
-    assert!(error("charset").contains("x-no-such-charset"), "{}", error("charset"));
+    assert!(
+        error("charset").contains("x-no-such-charset"),
+        "{}",
+        error("charset")
+    );
     let big = alert("big");
     assert_eq!(big["email"]["message"]["attachments"][0]["name"], "big.bin");
-    assert!(big["email"]["original"]["base64"].is_null(), "30 MB original left out");
+    assert!(
+        big["email"]["original"]["base64"].is_null(),
+        "30 MB original left out"
+    );
     assert!(big["email"]["original"]["sha256"].is_string());
     assert!(big["email"]["original"]["omitted"].is_string());
     assert!(error("refused").contains("403"), "{}", error("refused"));
     assert!(!error("truncated").is_empty(), "a cut attachment is named");
     assert!(error("deleted").contains("deleted"), "{}", error("deleted"));
-    for name in ["broken", "charset", "big", "refused", "truncated", "deleted", "reference"] {
+    for name in [
+        "broken",
+        "charset",
+        "big",
+        "refused",
+        "truncated",
+        "deleted",
+        "reference",
+    ] {
         assert_eq!(alert(name)["kind"], "phishing_report", "{name}");
         assert_eq!(alert(name)["email"]["verdict"], "phishing", "{name}");
     }
     let (_, st) = app.get("/status").await;
     assert_eq!(
-        st["tenants"]["contoso"]["sources"]["phishing_reports"]["counts"]["quarantined"],
-        0,
+        st["tenants"]["contoso"]["sources"]["phishing_reports"]["counts"]["quarantined"], 0,
         "nothing quarantined: {st}"
     );
     app.stop().await;
