@@ -34,9 +34,21 @@ pub(super) fn parse(bytes: &[u8], limits: &Limits, depth: usize) -> ReportedEmai
         return out;
     };
     headers::fill(&msg, &mut out);
+    let headerless = out.errors.iter().any(|e| e == "the message has no headers");
+    if !headerless && !has_header_end(bytes) {
+        // Every message has an empty line after its headers, even one without a body.
+        out.errors.push(
+            "the message ends inside its headers: it was cut short (no body was read)".to_string(),
+        );
+    }
     let pieces = walk(&msg, limits, depth, &mut out);
     assemble(pieces, limits, &mut out);
     out
+}
+
+/// Whether the header block is closed by an empty line (CRLF or bare LF line ends).
+fn has_header_end(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(4).any(|w| w == b"\r\n\r\n")
 }
 
 /// Visits the MIME tree depth-first in document order (with an explicit stack: a hostile

@@ -635,6 +635,7 @@ fn json_shape() {
         "urls",
         "urls_truncated",
         "attachments",
+        "forwarded_by",
         "errors",
     ];
     let positions: Vec<usize> = keys

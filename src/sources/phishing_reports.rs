@@ -64,8 +64,14 @@ struct DeltaState {
     filtered: bool,
     /// Messages the current filtered walk has returned so far.
     returned: u64,
-    /// The newest `receivedDateTime` stored (Unix seconds): where a resync starts.
+    /// The newest `receivedDateTime` stored (Unix seconds): where a resync after a completed
+    /// walk starts.
     newest: Option<i64>,
+    /// `link` is a deltaLink: every report since `floor` is stored. A walk interrupted by an
+    /// expired token must start again from its own floor, since a walk lists newest first and
+    /// what it had not reached is older than what it stored.
+    #[serde(default)]
+    synced: bool,
     /// The mailbox and folder the link belongs to: another one starts a new sync.
     mailbox: String,
     folder: String,
@@ -334,9 +340,11 @@ impl Poller {
                 Err(e) if is_expired_token(&e) && resyncs < MAX_RESYNCS => {
                     resyncs += 1;
                     outcome.requests += 1;
-                    let floor = state
-                        .newest
-                        .map_or(state.floor, |n| n - self.settings.overlap.as_secs() as i64);
+                    let overlap = self.settings.overlap.as_secs() as i64;
+                    let floor = match (state.synced, state.newest) {
+                        (true, Some(n)) => (n - overlap).max(state.floor),
+                        _ => state.floor,
+                    };
                     let why = format!(
                         "Microsoft expired the mailbox's delta token ({e}); resyncing from reports received since {}",
                         format_seconds(floor)
@@ -344,7 +352,13 @@ impl Poller {
                     tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), "{why}");
                     self.status.note(&why);
                     crate::metrics::resync(&self.tenant.name, self.settings.kind.as_str());
+                    let filtered = state.filtered || state.synced;
                     state = self.new_sync(&user, &settings, &mailbox, floor, state.newest);
+                    if !filtered {
+                        // An unfiltered walk (past the 5,000 cap) starts again unfiltered.
+                        state.link = first_link(&user, &settings.folder, None);
+                        state.filtered = false;
+                    }
                     self.save_state(&key, &state, None).await?;
                     continue;
                 }
@@ -385,14 +399,18 @@ impl Poller {
                     state.link = first_link(&user, &settings.folder, None);
                     state.filtered = false;
                     state.returned = 0;
+                    state.synced = false;
                     None
                 }
                 (None, Some(delta)) => {
                     state.link = delta.clone();
+                    state.synced = true;
                     resp.date.or_else(|| self.client.clock().now_secs())
                 }
                 (Some(n), _) => {
                     state.link = n.clone();
+                    // The pages a walk has not reached yet are not stored.
+                    state.synced = false;
                     None
                 }
                 (None, None) => None,
@@ -434,6 +452,7 @@ impl Poller {
             filtered: true,
             returned: 0,
             newest,
+            synced: false,
             mailbox: mailbox.to_string(),
             folder: settings.folder.clone(),
         }

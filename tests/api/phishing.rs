@@ -715,7 +715,11 @@ async fn reports_that_cannot_be_read_in_full_are_forwarded_with_what_was_read() 
     assert!(big["email"]["original"]["sha256"].is_string());
     assert!(big["email"]["original"]["omitted"].is_string());
     assert!(error("refused").contains("403"), "{}", error("refused"));
-    assert!(!error("truncated").is_empty(), "a cut attachment is named");
+    assert!(
+        !error("truncated").is_empty(),
+        "a cut attachment is named: {}",
+        alert("truncated")["email"]
+    );
     assert!(error("deleted").contains("deleted"), "{}", error("deleted"));
     for name in [
         "broken",
