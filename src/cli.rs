@@ -324,6 +324,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 /// Demo tenant identity; only the simulator knows it.
 const DEMO_TENANT: &str = "00000000-0000-4000-8000-00000000d3a0";
 const DEMO_CLIENT: &str = "11111111-1111-4111-8111-111111111111";
+const DEMO_MAILBOX: &str = "phish-reports@demo.example";
 
 async fn start_sim(
     listen: SocketAddr,
@@ -347,9 +348,13 @@ async fn start_sim(
             "SecurityIncident.Read.All",
             "ThreatSubmission.Read.All",
             "Investigation.read",
+            "Mail.Read",
         ],
     );
     let now = SystemTime::now();
+    // The reporting mailbox, named in Defender's user reported settings (`mailbox = "auto"`),
+    // with three days of user reports; the stream below keeps new ones arriving.
+    sim.seed_reporting_mailbox(DEMO_TENANT, DEMO_MAILBOX, (alerts / 20).max(20));
     let history = now - Duration::from_secs(3 * 86_400);
     sim.generate_alerts(DEMO_TENANT, alerts, history, now);
     sim.generate_incidents(DEMO_TENANT, alerts / 10, history, now);
@@ -407,6 +412,9 @@ settle = "5s"
 overlap = "2m"
 recheck_interval = "1m"
 twin_wait = "30s"
+[tenants.demo.sources.phishing_reports]
+mailbox = "auto"
+interval = "15s"
 "#,
         db = dir.join("m365-ingest.db").display(),
         dropzone = sim.dropzone_url(),
@@ -457,6 +465,7 @@ async fn sim(listen: SocketAddr, alerts: usize) -> anyhow::Result<()> {
     println!("  graph_url     = \"{}\"", sim.graph_url());
     println!("  cloud_apps_url = \"{}\"", sim.cloud_apps_url());
     println!("  forward.url   = \"{}\"", sim.dropzone_url());
+    println!("  reporting mailbox = \"{DEMO_MAILBOX}\" (sources.phishing_reports.mailbox, or \"auto\")");
     crate::shutdown::signal().await;
     sim.shutdown().await;
     Ok(())
