@@ -465,7 +465,9 @@ async fn sim(listen: SocketAddr, alerts: usize) -> anyhow::Result<()> {
     println!("  graph_url     = \"{}\"", sim.graph_url());
     println!("  cloud_apps_url = \"{}\"", sim.cloud_apps_url());
     println!("  forward.url   = \"{}\"", sim.dropzone_url());
-    println!("  reporting mailbox = \"{DEMO_MAILBOX}\" (sources.phishing_reports.mailbox, or \"auto\")");
+    println!(
+        "  reporting mailbox = \"{DEMO_MAILBOX}\" (sources.phishing_reports.mailbox, or \"auto\")"
+    );
     crate::shutdown::signal().await;
     sim.shutdown().await;
     Ok(())

@@ -410,6 +410,51 @@ Content-Type: text/html; charset=utf-8\r\n\r\n<p>Verify <a href=\"https://login.
             .contains("deleted from the mailbox"));
     }
 
+    /// Arbitrary bytes as the reported email, through parsing, normalization and the linked
+    /// revision's rebuild: nothing panics, and every report comes out as valid JSON.
+    #[test]
+    fn arbitrary_bytes_through_parse_and_normalize_never_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let seeds: [&[u8]; 3] = [
+            ORIGINAL.as_bytes(),
+            b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\nContent-Type: message/rfc822\r\n\r\nSubject: =?utf-8?B?w6k=?=\r\n\r\n--a--",
+            &[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1, 0, 0, 0, 0],
+        ];
+        let subjects = ["Phishing: x", "3|a|b|c|(d)", "", "1|", "Not junk:\u{0}"];
+        for round in 0..1500 {
+            let mut bytes = seeds[round % seeds.len()].to_vec();
+            match next() % 4 {
+                0 => bytes = (0..(next() % 512)).map(|_| next() as u8).collect(),
+                1 => bytes.truncate((next() as usize) % (bytes.len() + 1)),
+                2 => {
+                    for _ in 0..(next() % 16) {
+                        let at = (next() as usize) % bytes.len().max(1);
+                        if let Some(b) = bytes.get_mut(at) {
+                            *b = next() as u8;
+                        }
+                    }
+                }
+                _ => {
+                    let cut = (next() as usize) % (bytes.len() + 1);
+                    let tail = bytes[cut..].to_vec();
+                    bytes.extend_from_slice(&tail);
+                }
+            }
+            let raw = report(subjects[round % subjects.len()]);
+            let p = prepare(&raw, parts(&bytes)).unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&p.body)
+                .unwrap_or_else(|e| panic!("round {round}: the body is not JSON: {e}"));
+            assert_eq!(body["raw"]["id"], "AAkALgAAAAAAHYQDEapmEc2byACqAC-EWg0A");
+            assert!(envelope::body_of_event(&p.body).is_some());
+        }
+    }
+
     #[test]
     fn a_report_without_an_id_is_unusable() {
         let raw = RawValue::from_string(r#"{"subject":"Phishing: x"}"#.into()).unwrap();

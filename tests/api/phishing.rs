@@ -740,3 +740,107 @@ async fn reports_that_cannot_be_read_in_full_are_forwarded_with_what_was_read() 
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_its_submission_and_defenders_alert_name_each_other() {
+    let sim = mail_sim().await;
+    let spec = ReportSpec {
+        mix: FormatMix::only(WrapperFormat::EmlAttachment),
+        ..ReportSpec::new(1, ago(1200), ago(1100), 71)
+    };
+    let report = sim.add_reports(TENANT_ID, MAILBOX, spec).remove(0);
+    let original = &report.originals[0];
+    let message_id = original.message_id.clone().unwrap();
+    let network_id = original.network_message_id.clone().unwrap();
+    let (_dir, db) = temp_db();
+    // The report first: its links arrive later, as `linked` revisions.
+    let app = TestApp::spawn(settings(&sim, &db, &opts(MAILBOX, ""))).await;
+    wait_until(Duration::from_secs(30), "the report", || {
+        !reports(&sim).is_empty()
+    })
+    .await;
+    app.stop().await;
+
+    let mut alert = alert_json("user-reported-1", &iso7_ago(900));
+    alert["title"] = "Email reported by user as malware or phish".into();
+    alert["evidence"] = serde_json::json!([{
+        "@odata.type": "#microsoft.graph.security.analyzedMessageEvidence",
+        "verdict": "unknown", "roles": [],
+        "networkMessageId": network_id,
+        "recipientEmailAddress": report.reporter,
+        "subject": original.subject
+    }]);
+    sim.insert_alert(TENANT_ID, alert);
+    sim.insert_submission(
+        TENANT_ID,
+        "emailThreats",
+        serde_json::json!({
+            "@odata.type": "#microsoft.graph.security.emailContentThreatSubmission",
+            "id": "7a7a7a7a-0000-4000-8000-000000000071", "createdDateTime": iso7_ago(900),
+            "contentType": "email", "category": "phishing", "status": "succeeded", "source": "user",
+            "recipientEmailAddress": report.reporter, "sender": original.from,
+            "internetMessageId": message_id, "emailSubject": original.subject
+        }),
+    );
+    let extra = "[tenants.contoso.sources.submissions]\nenabled = true\ninterval = \"1s\"\nsettle = \"1s\"\n";
+    let mut o = opts(MAILBOX, "");
+    o.extra_sources = o.extra_sources.replace(
+        "[tenants.contoso.sources.submissions]\nenabled = false\n",
+        extra,
+    );
+    let app = TestApp::spawn(settings(&sim, &db, &o)).await;
+    let related_to = |a: &Value, source: &str| {
+        a["related"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|l| l["source"] == source))
+    };
+    wait_until(Duration::from_secs(60), "the report linked to both", || {
+        reports(&sim)
+            .get(&report.immutable_id)
+            .is_some_and(|versions| {
+                versions.iter().any(|v| related_to(v, "alerts"))
+                    && versions.iter().any(|v| related_to(v, "submissions"))
+            })
+    })
+    .await;
+    let all = delivered_alerts(&sim);
+    let alert = all
+        .iter()
+        .find(|a| a["native_id"] == "user-reported-1")
+        .unwrap();
+    assert!(
+        related_to(alert, "phishing_reports"),
+        "{}",
+        alert["related"]
+    );
+    let submission = all.iter().find(|a| a["source"] == "submissions").unwrap();
+    assert!(
+        related_to(submission, "phishing_reports"),
+        "{}",
+        submission["related"]
+    );
+    let versions = &reports(&sim)[&report.immutable_id];
+    let linked: Vec<&Value> = versions
+        .iter()
+        .filter(|v| v["change"] == "linked")
+        .collect();
+    assert!(!linked.is_empty());
+    for v in &linked {
+        assert!(
+            v["version"].as_str().unwrap().starts_with("r1#l"),
+            "{}",
+            v["version"]
+        );
+        // The linked revision keeps the parsed original.
+        assert_eq!(v["email"]["message"]["message_id"], message_id.as_str());
+    }
+    let revisions: Vec<i64> = versions
+        .iter()
+        .map(|v| v["revision"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        revisions.len(),
+        revisions.iter().collect::<HashSet<_>>().len()
+    );
+    app.stop().await;
+}
