@@ -62,7 +62,15 @@ async fn logs_of_a_full_run_contain_no_secret_token_or_api_key() {
     .await
     .unwrap();
     sim.add_tenant(TENANT);
-    sim.add_app(TENANT, "c1", SECRET, &["SecurityAlert.Read.All"]);
+    sim.add_app(
+        TENANT,
+        "c1",
+        SECRET,
+        &["SecurityAlert.Read.All", "Mail.Read"],
+    );
+    // The reporting mailbox is outside the app's Exchange access policy: the logs name the fix.
+    sim.add_mailbox(TENANT, "phish@contoso.com");
+    sim.set_mail_access_policy(TENANT, "c1", Some(vec!["other@contoso.com".into()]));
     let now = SystemTime::now();
     sim.generate_alerts(
         TENANT,
@@ -109,6 +117,9 @@ settle = "1s"
 enabled = false
 [tenants.contoso.sources.submissions]
 enabled = false
+[tenants.contoso.sources.phishing_reports]
+mailbox = "phish@contoso.com"
+interval = "1s"
 "#,
         db = dir.path().join("db.sqlite").display(),
         dz = sim.dropzone_url(),
@@ -145,6 +156,13 @@ enabled = false
     assert!(
         logs.contains("the client secret expires in 10 days"),
         "the secret's coming expiry is warned about"
+    );
+    assert!(
+        logs.lines().any(|l| l.contains("poll failed")
+            && l.contains("phishing_reports")
+            && l.contains("Access to OData is disabled")
+            && l.contains("Test-ApplicationAccessPolicy")),
+        "the access-policy denial is logged with its fix"
     );
     assert!(!logs.contains(SECRET), "client secret in logs");
     assert!(!logs.contains(API_KEY), "Dropzone API key in logs");
