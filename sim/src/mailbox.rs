@@ -1598,32 +1598,43 @@ fn render_attachment(
     Value::Object(o)
 }
 
+/// Admits an attachment request: Mail.ReadBasic cannot read attachments; `$select` on the
+/// attachment's properties (`id` always comes).
+async fn admit_attachments(
+    inner: &Arc<Inner>,
+    headers: &HeaderMap,
+    mailbox: &str,
+    uri: &Uri,
+) -> Result<(MailReq, Option<Vec<String>>), Response> {
+    let req = admit(inner, headers, mailbox).await?;
+    if req.level == Level::Basic {
+        return Err(req
+            .ctx
+            .error(StatusCode::FORBIDDEN, "ErrorAccessDenied", ACCESS_DENIED));
+    }
+    let mut select = simple_select(
+        &req.ctx,
+        uri,
+        ATTACHMENT_PROPS,
+        "Microsoft.OutlookServices.Attachment",
+    )?;
+    if let Some(s) = &mut select {
+        s.retain(|p| p != "id");
+    }
+    Ok((req, select))
+}
+
 async fn list_attachments(
     State(inner): State<Arc<Inner>>,
     Path((mailbox, id)): Path<(String, String)>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let req = match admit(&inner, &headers, &mailbox).await {
+    let (req, select) = match admit_attachments(&inner, &headers, &mailbox, &uri).await {
         Ok(r) => r,
         Err(r) => return r,
     };
     let ctx = &req.ctx;
-    if req.level == Level::Basic {
-        return ctx.error(StatusCode::FORBIDDEN, "ErrorAccessDenied", ACCESS_DENIED);
-    }
-    let mut select = match simple_select(
-        ctx,
-        &uri,
-        ATTACHMENT_PROPS,
-        "Microsoft.OutlookServices.Attachment",
-    ) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    if let Some(s) = &mut select {
-        s.retain(|p| p != "id");
-    }
     let skip: usize = decode_pairs(uri.query().unwrap_or(""))
         .into_iter()
         .find(|(k, _)| k == "$skip")
@@ -1698,26 +1709,11 @@ async fn get_attachment(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let req = match admit(&inner, &headers, &mailbox).await {
+    let (req, select) = match admit_attachments(&inner, &headers, &mailbox, &uri).await {
         Ok(r) => r,
         Err(r) => return r,
     };
     let ctx = &req.ctx;
-    if req.level == Level::Basic {
-        return ctx.error(StatusCode::FORBIDDEN, "ErrorAccessDenied", ACCESS_DENIED);
-    }
-    let mut select = match simple_select(
-        ctx,
-        &uri,
-        ATTACHMENT_PROPS,
-        "Microsoft.OutlookServices.Attachment",
-    ) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    if let Some(s) = &mut select {
-        s.retain(|p| p != "id");
-    }
     match find_attachment(&inner, &req, &id, &aid) {
         Ok((a, modified, truncated, _)) => {
             let v = render_attachment(&aid, &a, modified, truncated, select.as_deref());

@@ -33,14 +33,32 @@ async fn mail_sim() -> Simulator {
 }
 
 /// The phishing-reports source on `mailbox` (with the alerts source as configured by `Opts`).
-fn opts(mailbox: &str, extra: &str) -> Opts {
+fn opts(mailbox: &str) -> Opts {
     Opts {
         extra_sources: format!(
             "[tenants.contoso.sources.incidents]\nenabled = false\n[tenants.contoso.sources.submissions]\nenabled = false\n\
-             [tenants.contoso.sources.phishing_reports]\nmailbox = \"{mailbox}\"\ninterval = \"1s\"\n{extra}"
+             [tenants.contoso.sources.phishing_reports]\nmailbox = \"{mailbox}\"\ninterval = \"1s\"\n"
         ),
         ..Opts::default()
     }
+}
+
+/// `n` reports of one format received over two days, in a mailbox that answers slowly enough
+/// for a test to act while they are being read.
+fn slow_backlog(sim: &Simulator, format: WrapperFormat, n: usize, seed: u64) -> Vec<ReportFacts> {
+    let spec = ReportSpec {
+        mix: FormatMix::only(format),
+        ..ReportSpec::new(n, ago(2 * 86_400), ago(60), seed)
+    };
+    let facts = sim.add_reports(TENANT_ID, MAILBOX, spec);
+    sim.set_mail_faults(
+        TENANT_ID,
+        MailFaults {
+            delay: Some(Duration::from_millis(20)),
+            ..MailFaults::default()
+        },
+    );
+    facts
 }
 
 /// The phishing reports Dropzone received, by native id, with how often each arrived.
@@ -188,7 +206,7 @@ async fn three_hundred_reports_over_three_days_are_each_delivered_once_with_thei
         .iter()
         .any(|f| f.format == WrapperFormat::MsgAttachment));
     let (_dir, db) = temp_db();
-    let app = TestApp::spawn(settings(&sim, &db, &opts(MAILBOX, ""))).await;
+    let app = TestApp::spawn(settings(&sim, &db, &opts(MAILBOX))).await;
 
     wait_until(Duration::from_secs(120), "300 reports delivered", || {
         reports(&sim).len() >= 300
@@ -236,20 +254,9 @@ async fn three_hundred_reports_over_three_days_are_each_delivered_once_with_thei
 async fn an_expired_delta_token_mid_backlog_resyncs_without_losing_or_resending() {
     for mode in [DeltaExpiry::Gone, DeltaExpiry::SyncStateNotFound] {
         let sim = mail_sim().await;
-        let spec = ReportSpec {
-            mix: FormatMix::only(WrapperFormat::EmlAttachment),
-            ..ReportSpec::new(200, ago(2 * 86_400), ago(60), 11)
-        };
-        let facts = sim.add_reports(TENANT_ID, MAILBOX, spec);
-        sim.set_mail_faults(
-            TENANT_ID,
-            MailFaults {
-                delay: Some(Duration::from_millis(20)),
-                ..MailFaults::default()
-            },
-        );
+        let facts = slow_backlog(&sim, WrapperFormat::EmlAttachment, 200, 11);
         let (_dir, db) = temp_db();
-        let app = TestApp::spawn(settings(&sim, &db, &opts(MAILBOX, ""))).await;
+        let app = TestApp::spawn(settings(&sim, &db, &opts(MAILBOX))).await;
         wait_until(Duration::from_secs(60), "a part of the backlog", || {
             reports(&sim).len() >= 30
         })
@@ -306,20 +313,9 @@ async fn an_expired_delta_token_mid_backlog_resyncs_without_losing_or_resending(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_walk_resumes_from_the_last_committed_link() {
     let sim = mail_sim().await;
-    let spec = ReportSpec {
-        mix: FormatMix::only(WrapperFormat::ItemAttachment),
-        ..ReportSpec::new(300, ago(2 * 86_400), ago(60), 21)
-    };
-    let facts = sim.add_reports(TENANT_ID, MAILBOX, spec);
-    sim.set_mail_faults(
-        TENANT_ID,
-        MailFaults {
-            delay: Some(Duration::from_millis(20)),
-            ..MailFaults::default()
-        },
-    );
+    let facts = slow_backlog(&sim, WrapperFormat::ItemAttachment, 300, 21);
     let (_dir, db) = temp_db();
-    let s = settings(&sim, &db, &opts(MAILBOX, ""));
+    let s = settings(&sim, &db, &opts(MAILBOX));
     let app = TestApp::spawn(s.clone()).await;
     let key = CursorKey {
         tenant: "contoso".into(),
@@ -391,7 +387,7 @@ async fn a_report_moved_to_another_folder_and_back_is_not_sent_again() {
         ReportSpec::new(10, ago(3600), ago(60), 31),
     );
     let (_dir, db) = temp_db();
-    let app = TestApp::spawn(settings(&sim, &db, &opts(MAILBOX, ""))).await;
+    let app = TestApp::spawn(settings(&sim, &db, &opts(MAILBOX))).await;
     wait_until(Duration::from_secs(60), "10 reports", || {
         reports(&sim).len() >= 10
     })
@@ -444,7 +440,7 @@ async fn a_mailbox_of_six_thousand_reports_in_the_lookback_is_read_completely() 
     };
     let facts = sim.add_reports(TENANT_ID, MAILBOX, spec);
     let (_dir, db) = temp_db();
-    let mut s = settings(&sim, &db, &opts(MAILBOX, ""));
+    let mut s = settings(&sim, &db, &opts(MAILBOX));
     s.tenants
         .get_mut("contoso")
         .unwrap()
@@ -489,7 +485,7 @@ async fn an_access_policy_denial_names_the_fix_and_the_other_sources_keep_flowin
     );
     sim.insert_alert(TENANT_ID, alert_json("da-policy-1", &iso7_ago(120)));
     let (_dir, db) = temp_db();
-    let s = settings(&sim, &db, &opts(MAILBOX, ""));
+    let s = settings(&sim, &db, &opts(MAILBOX));
     let app = TestApp::spawn(s.clone()).await;
     wait_until(Duration::from_secs(30), "the alert delivered", || {
         native_ids(&delivered_alerts(&sim)).contains("da-policy-1")
@@ -548,7 +544,7 @@ async fn mailbox_auto_reads_the_one_set_in_defender_and_says_so() {
         ReportSpec::new(5, ago(3600), ago(60), 61),
     );
     let (_dir, db) = temp_db();
-    let s = settings(&sim, &db, &opts("auto", ""));
+    let s = settings(&sim, &db, &opts("auto"));
     // Nothing set in Defender yet: the source says which setting to change.
     let app = TestApp::spawn(s.clone()).await;
     wait_until_async(
@@ -676,7 +672,7 @@ async fn reports_that_cannot_be_read_in_full_are_forwarded_with_what_was_read() 
         },
     );
     let (_dir, db) = temp_db();
-    let app = TestApp::spawn(settings(&sim, &db, &opts(MAILBOX, ""))).await;
+    let app = TestApp::spawn(settings(&sim, &db, &opts(MAILBOX))).await;
     wait_until(Duration::from_secs(120), "every report forwarded", || {
         reports(&sim).len() >= ids.len()
     })
@@ -754,7 +750,7 @@ async fn a_report_its_submission_and_defenders_alert_name_each_other() {
     let network_id = original.network_message_id.clone().unwrap();
     let (_dir, db) = temp_db();
     // The report first: its links arrive later, as `linked` revisions.
-    let app = TestApp::spawn(settings(&sim, &db, &opts(MAILBOX, ""))).await;
+    let app = TestApp::spawn(settings(&sim, &db, &opts(MAILBOX))).await;
     wait_until(Duration::from_secs(30), "the report", || {
         !reports(&sim).is_empty()
     })
@@ -783,7 +779,7 @@ async fn a_report_its_submission_and_defenders_alert_name_each_other() {
         }),
     );
     let extra = "[tenants.contoso.sources.submissions]\nenabled = true\ninterval = \"1s\"\nsettle = \"1s\"\n";
-    let mut o = opts(MAILBOX, "");
+    let mut o = opts(MAILBOX);
     o.extra_sources = o.extra_sources.replace(
         "[tenants.contoso.sources.submissions]\nenabled = false\n",
         extra,
