@@ -301,15 +301,14 @@ impl Poller {
                 s
             }
             other => {
-                // First run, `cursor set`, or another mailbox or folder: a new sync.
+                let overlap = self.settings.overlap.as_secs() as i64;
                 let floor = match other {
-                    Some(Ok(old)) => old
-                        .newest
-                        .map_or(old.floor, |n| n - self.settings.overlap.as_secs() as i64),
-                    _ => match (stored.is_some(), self.start) {
-                        (_, StartFrom::Now) if cursor.coverage >= cursor.t0 => cursor.t0,
-                        _ => cursor.coverage,
-                    },
+                    // Another mailbox or folder: from where the old one was read to.
+                    Some(Ok(old)) => old.newest.map_or(old.floor, |n| n - overlap),
+                    // A state this version cannot read: from the last full read, with margin.
+                    Some(Err(_)) => cursor.coverage - overlap,
+                    // First run (C is T0 − lookback, or T0), or `cursor set` (C as set).
+                    None => cursor.coverage,
                 };
                 self.new_sync(&user, &settings, &mailbox, floor, None)
             }
@@ -533,11 +532,14 @@ impl Poller {
         };
         let (fresh, seen): (Vec<ToRead>, Vec<ToRead>) =
             to_read.into_iter().partition(|r| !known.contains(&r.id));
-        outcome.counts.unchanged += seen.len() as u64;
-        self.status.add_counts(crate::store::IngestCounts {
+        // Read again (a resync, a move back): known without fetching, so counted here.
+        let unchanged = crate::store::IngestCounts {
             unchanged: seen.len() as u64,
             ..Default::default()
-        });
+        };
+        outcome.counts.add(unchanged);
+        self.status.add_counts(unchanged);
+        crate::metrics::record_items(&self.tenant.name, self.settings.kind.as_str(), unchanged);
         let chunks: Vec<Vec<ToRead>> = {
             let mut fresh = fresh.into_iter().peekable();
             let mut out = Vec::new();
