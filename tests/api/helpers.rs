@@ -260,12 +260,49 @@ pub fn delivered_counts(sim: &Simulator) -> HashMap<String, usize> {
 }
 
 /// Accepted alert bodies (needs keep_bodies).
+/// Alerts the simulated Dropzone accepted, each checked against the published output contract
+/// (`docs/alert.v1.schema.json`): whatever a test looks at is also proven to be a valid alert.
 pub fn delivered_alerts(sim: &Simulator) -> Vec<Value> {
-    sim.received()
+    let alerts: Vec<Value> = sim
+        .received()
         .into_iter()
         .filter(|b| (200..300).contains(&b.status))
         .flat_map(|b| b.alerts)
-        .collect()
+        .collect();
+    for a in &alerts {
+        assert_valid_alert(a);
+    }
+    alerts
+}
+
+/// The JSON Schema of `m365-ingest.alert.v1`, compiled once.
+fn alert_schema() -> &'static jsonschema::Validator {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/alert.v1.schema.json"
+        ))
+        .expect("docs/alert.v1.schema.json is readable");
+        let schema: Value = serde_json::from_str(&text).expect("the schema is JSON");
+        jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema")
+    })
+}
+
+/// Panics, naming every violation, unless `alert` is a valid `m365-ingest.alert.v1`.
+pub fn assert_valid_alert(alert: &Value) {
+    let errors: Vec<String> = alert_schema()
+        .iter_errors(alert)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .take(10)
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "alert {} ({}) breaks docs/alert.v1.schema.json:\n{}",
+        alert["event_id"],
+        alert["source"],
+        errors.join("\n")
+    );
 }
 
 pub fn native_ids(alerts: &[Value]) -> HashSet<String> {

@@ -3,6 +3,7 @@
 
 mod certificates;
 mod check;
+mod contract;
 mod delivery;
 mod faults;
 mod helpers;
