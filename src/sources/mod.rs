@@ -16,6 +16,8 @@ mod alerts;
 mod cloud_apps;
 mod coverage;
 mod incidents;
+#[cfg(test)]
+mod mutate;
 mod phishing_reports;
 pub mod status;
 mod submissions;

@@ -954,3 +954,69 @@ fn message_attachment(a: AttachmentMeta) -> Option<AttachedMessage> {
         },
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::super::mutate::{cases, mutate, reference, Rng};
+    use super::*;
+
+    /// Issue 11 item 16 for the mailbox: a delta page built from Microsoft's message example,
+    /// mutated, through listing and normalization: nothing panics and every listed message is
+    /// read as a report, quarantined, or is a removal.
+    #[test]
+    fn mutated_delta_pages_never_panic_and_lose_no_message() {
+        let message: serde_json::Value =
+            serde_json::from_str(&reference("graph-message-get.json")).unwrap();
+        let mut second = message.clone();
+        second["id"] = "AAkALgAAAAAAHYQDEapmEc2byACqAC-EWg0AB".into();
+        second["subject"] = "Phishing: Quick favour".into();
+        let page = serde_json::json!({
+            "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Collection(message)",
+            "value": [message, second,
+                {"@odata.type": "#microsoft.graph.message", "id": "AAMkADgone", "@removed": {"reason": "deleted"}}],
+            "@odata.deltaLink": "https://graph.microsoft.com/v1.0/users/x/mailFolders/inbox/messages/delta?$deltatoken=abc"
+        })
+        .to_string();
+        let mut rng = Rng::new(0xde17_a5);
+        for case in 0..cases() * 3 {
+            let text = mutate(&page, &mut rng);
+            let Ok(parsed) = serde_json::from_str::<DeltaPage>(&text) else {
+                continue; // not a page: the link stays and the page is read again
+            };
+            let (to_read, quarantine, _) = listed_reports(&parsed.value, i64::MIN);
+            let read: HashSet<&str> = to_read.iter().map(|r| r.id.as_str()).collect();
+            let mut unreadable = 0;
+            for v in &parsed.value {
+                match serde_json::from_str::<Listed>(v.get()) {
+                    Ok(l) if l.removed.is_some() => {}
+                    Ok(l) if l.id.as_deref().is_some_and(|i| !i.is_empty()) => {
+                        let id = l.id.unwrap_or_default();
+                        assert!(
+                            read.contains(id.as_ref()),
+                            "case {case}: {id} lost in {text}"
+                        );
+                    }
+                    _ => unreadable += 1,
+                }
+            }
+            assert_eq!(quarantine.len(), unreadable, "case {case}: {text}");
+            for r in to_read {
+                let p = normalize::prepare_phishing_report(
+                    &r.raw,
+                    ReportParts {
+                        mailbox: "phish@contoso.com".into(),
+                        format: ReportFormat::Inline,
+                        message: None,
+                        original: None,
+                        attached_messages: Vec::new(),
+                        errors: Vec::new(),
+                    },
+                );
+                // A listed message has an id, so it is always a report.
+                let p = p.unwrap_or_else(|u| panic!("case {case}: {u} in {text}"));
+                serde_json::from_slice::<serde_json::Value>(&p.body).unwrap();
+            }
+        }
+    }
+}
