@@ -2,7 +2,8 @@
 //! asks for a token per resource in use (Microsoft Graph; Microsoft Cloud App Security when
 //! `cloud_apps_url` is set), reads the application permissions granted from each token's `roles`
 //! claim, compares them with what the enabled sources need, warns about permissions granted but
-//! not used (least privilege), sends one smallest request per enabled source, and probes every
+//! not used (least privilege), sends one smallest request per listing of each enabled source
+//! (with the filter the source polls with), and probes every
 //! Dropzone destination without sending an alert. Each check is a row with its result and, when
 //! it did not pass, the fix in the Entra admin center's own words.
 //!
@@ -501,7 +502,7 @@ async fn check_tenant(report: &mut Report, http: &reqwest::Client, name: &str, t
         }
     }
 
-    // Probes: one smallest request per enabled source, with the token of its resource.
+    // Probes: one smallest request per listing of each enabled source, with its resource's token.
     for kind in &enabled {
         let n = need(*kind);
         let check = format!("probe {}", kind.as_str());
@@ -639,7 +640,7 @@ fn split_fix(tenant: &str, e: &AuthError) -> (String, String) {
 /// What one probe request got.
 struct Probe {
     outcome: Outcome,
-    /// The request, e.g. `GET /v1.0/security/alerts_v2?$top=1`.
+    /// The request, e.g. `GET /v1.0/security/alerts_v2?$filter=…&$top=1`.
     request: String,
     /// The answer, e.g. `HTTP 200` or `HTTP 403 Forbidden: …`.
     answer: String,
