@@ -2,7 +2,8 @@
 //! asks for a token per resource in use (Microsoft Graph; Microsoft Cloud App Security when
 //! `cloud_apps_url` is set), reads the application permissions granted from each token's `roles`
 //! claim, compares them with what the enabled sources need, warns about permissions granted but
-//! not used (least privilege), sends one smallest request per enabled source, and probes every
+//! not used (least privilege), sends one smallest request per listing of each enabled source
+//! (with the filter the source polls with), and probes every
 //! Dropzone destination without sending an alert. Each check is a row with its result and, when
 //! it did not pass, the fix in the Entra admin center's own words.
 //!
@@ -18,7 +19,7 @@ use serde::Serialize;
 use crate::auth::{
     graph_scope, AuthError, AuthErrorKind, ClientCredential, Credentials, TokenProvider,
 };
-use crate::config::{Cloud, ForwardAuth, ForwardConfig, Settings, TenantConfig};
+use crate::config::{Cloud, ForwardAuth, ForwardConfig, Settings, SourceSettings, TenantConfig};
 use crate::forward::{DropzoneSink, SendOutcome};
 use crate::normalize::SourceKind;
 use crate::server::CredentialExpiry;
@@ -226,7 +227,7 @@ fn need(kind: SourceKind) -> Need {
         SourceKind::CloudApps => (
             Resource::CloudApps,
             "Investigation.Read",
-            &["Investigation.manage", "Discovery.read"],
+            &["Investigation.manage", "Discovery.read", "Discovery.manage"],
         ),
         // Mail.ReadBasic.All would list the reports but not their attachments: not enough.
         SourceKind::PhishingReports => (Resource::Graph, "Mail.Read", &["Mail.ReadWrite"]),
@@ -501,7 +502,7 @@ async fn check_tenant(report: &mut Report, http: &reqwest::Client, name: &str, t
         }
     }
 
-    // Probes: one smallest request per enabled source, with the token of its resource.
+    // Probes: one smallest request per listing of each enabled source, with its resource's token.
     for kind in &enabled {
         let n = need(*kind);
         let check = format!("probe {}", kind.as_str());
@@ -536,19 +537,14 @@ async fn check_tenant(report: &mut Report, http: &reqwest::Client, name: &str, t
             );
             continue;
         }
-        // Cloud Apps lists twice (by date and by resolutionDate) on one endpoint: one probe.
-        let mut paths: Vec<(&'static str, bool)> = Vec::new();
-        for l in GraphListing::for_source(&settings) {
-            if !paths.iter().any(|(p, _)| *p == l.path) {
-                paths.push((l.path, l.cloud_apps));
-            }
-        }
-        // Submissions probe each list it polls; the row shows the worst answer and its fix,
-        // and lists that got the same answer share it.
+        // Each listing the source polls is probed with the filter it polls with (a filter Graph
+        // refuses, e.g. an enum literal it does not know, fails here and not at the first poll):
+        // submissions' three lists, Cloud Apps by date and by resolutionDate. The row shows
+        // the worst answer and its fix, and listings that got the same answer share it.
         let (mut worst, mut worst_fix) = (Outcome::Pass, None);
         let mut answers: Vec<(Vec<String>, String)> = Vec::new();
-        for (path, cloud_apps) in paths {
-            let p = probe(http, &base, path, cloud_apps, g, name, *kind, &app).await;
+        for listing in GraphListing::for_source(&settings) {
+            let p = probe(http, &base, &listing, &settings, g, name, &app).await;
             match answers.iter_mut().find(|(_, a)| *a == p.answer) {
                 Some((labels, _)) => labels.push(p.request),
                 None => answers.push((vec![p.request], p.answer)),
@@ -644,37 +640,46 @@ fn split_fix(tenant: &str, e: &AuthError) -> (String, String) {
 /// What one probe request got.
 struct Probe {
     outcome: Outcome,
-    /// The request, e.g. `GET /v1.0/security/alerts_v2?$top=1`.
+    /// The request, e.g. `GET /v1.0/security/alerts_v2?$filter=…&$top=1`.
     request: String,
     /// The answer, e.g. `HTTP 200` or `HTTP 403 Forbidden: …`.
     answer: String,
     fix: Option<String>,
 }
 
-/// One smallest listing request: `$top=1` on Graph, `limit: 1` on Cloud Apps.
-#[allow(clippy::too_many_arguments)]
+/// One smallest listing request with the filter the source polls with, over its lookback up to
+/// now: `$top=1` on Graph, `limit: 1` on Cloud Apps.
 async fn probe(
     http: &reqwest::Client,
     base: &str,
-    path: &str,
-    cloud_apps: bool,
+    listing: &GraphListing,
+    settings: &SourceSettings,
     g: &Granted,
     tenant: &str,
-    kind: SourceKind,
     app: &str,
 ) -> Probe {
+    let (path, cloud_apps, kind) = (listing.path, listing.cloud_apps, settings.kind);
+    let b = crate::time::unix_seconds_now();
+    let a = b.saturating_sub(i64::try_from(settings.lookback.as_secs()).unwrap_or(i64::MAX));
     let url = format!("{base}{path}");
     let (label, request) = if cloud_apps {
         (
-            format!("POST {path} limit 1"),
-            http.post(&url).json(
-                &serde_json::json!({"sortField": "date", "sortDirection": "desc", "limit": 1}),
+            format!(
+                "POST {path} filters {} gte {}, limit 1",
+                listing.time_field,
+                crate::time::format_seconds(a)
             ),
+            http.post(&url).json(&listing.slice_body(a, b, 0, 1)),
         )
     } else {
+        let filter = listing.slice_filter(settings, a, b);
+        let mut query = vec![("$filter", filter.clone()), ("$top", "1".to_string())];
+        if listing.expand_alerts {
+            query.push(("$expand", "alerts".to_string()));
+        }
         (
-            format!("GET {path}?$top=1"),
-            http.get(format!("{url}?$top=1")),
+            format!("GET {path}?$filter={filter}&$top=1"),
+            http.get(&url).query(&query),
         )
     };
     let sent = request
@@ -738,7 +743,7 @@ async fn probe(
         404 => if cloud_apps {
             format!("tenants.{tenant}.cloud_apps_url must be the Portal URL from Defender → Settings → Cloud Apps → System → About")
         } else {
-            format!("check tenants.{tenant}.graph_url and cloud (threat submissions exist only in the global cloud)")
+            format!("check tenants.{tenant}.graph_url and cloud (threat submissions exist only in the global service: global and GCC tenants)")
         },
         429 => return Probe {
             outcome: Outcome::Warn,

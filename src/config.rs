@@ -203,6 +203,36 @@ impl Default for LeaseConfig {
     }
 }
 
+/// Microsoft's `microsoft.graph.security.serviceSource` members (Graph v1.0 CSDL, in declaration
+/// order; `graph-security-enums-v1.0.json`). `service_sources` values go into `$filter` as enum
+/// literals, which Graph matches case-sensitively and refuses when unknown, so they are checked
+/// against this list at load and sent with Microsoft's casing. `unknownFutureValue` is the
+/// placeholder for members a client did not ask for, not a source, so it is not listed.
+pub const SERVICE_SOURCES: &[&str] = &[
+    "unknown",
+    "microsoftDefenderForEndpoint",
+    "microsoftDefenderForIdentity",
+    "microsoftDefenderForCloudApps",
+    "microsoftDefenderForOffice365",
+    "microsoft365Defender",
+    "azureAdIdentityProtection",
+    "microsoftAppGovernance",
+    "dataLossPrevention",
+    "microsoftDefenderForCloud",
+    "microsoftSentinel",
+    "microsoftInsiderRiskManagement",
+    "microsoftThreatIntelligence",
+    "microsoftSecurityForAI",
+];
+
+/// A `service_sources` value in Microsoft's casing, whatever casing the user wrote.
+pub fn service_source(given: &str) -> Option<&'static str> {
+    SERVICE_SOURCES
+        .iter()
+        .copied()
+        .find(|m| m.eq_ignore_ascii_case(given.trim()))
+}
+
 /// The Microsoft cloud a tenant lives in; it fixes the login and Graph hosts.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -484,7 +514,13 @@ impl SourceConfig {
             },
             filters: Filters {
                 forward_twins: self.forward_twins.unwrap_or(false),
-                service_sources: self.service_sources.clone(),
+                // Microsoft's casing: Graph compares enum literals case-sensitively. A value not
+                // in the enum is refused at load, so the fallback only keeps `resolve` total.
+                service_sources: self
+                    .service_sources
+                    .iter()
+                    .map(|v| service_source(v).map_or_else(|| v.clone(), str::to_string))
+                    .collect(),
                 detection_sources: lower(&self.detection_sources),
                 severities: lower(&self.severities),
                 // Cloud Apps' "open only" is a status filter applied after storing (rule 7).
@@ -635,6 +671,7 @@ impl Settings {
             .map_err(|e| bad(format!("{e}")))?;
         let mut settings: Settings = raw.try_deserialize().map_err(|e| bad(explain(e)))?;
         settings.read_secret_files()?;
+        settings.normalize_urls();
         settings.validate()?;
         Ok(settings)
     }
@@ -647,8 +684,23 @@ impl Settings {
             .map_err(|e| bad(format!("{e}")))?;
         let mut settings: Settings = raw.try_deserialize().map_err(|e| bad(explain(e)))?;
         settings.read_secret_files()?;
+        settings.normalize_urls();
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// The Cloud Apps "API URL" the portal shows may end in `/api`, while the daemon appends
+    /// `/api/v1/...` itself: a trailing `/api` (and slash) is dropped so either form works.
+    fn normalize_urls(&mut self) {
+        for t in self.tenants.values_mut() {
+            if let Some(u) = t.cloud_apps_url.as_mut() {
+                let mut trimmed = u.trim_end_matches('/');
+                if let Some(root) = trimmed.strip_suffix("/api") {
+                    trimmed = root.trim_end_matches('/');
+                }
+                *u = trimmed.to_string();
+            }
+        }
     }
 
     fn read_secret_files(&mut self) -> Result<(), ConfigError> {
@@ -855,6 +907,14 @@ fn validate_tenant(name: &str, t: &TenantConfig) -> Result<(), ConfigError> {
                 return Err(bad(format!("{skey}.severities: `{sev}` is not one of informational, low, medium, high, unknown")));
             }
         }
+        for v in &t.sources.get(kind).service_sources {
+            if service_source(v).is_none() {
+                return Err(bad(format!(
+                    "{skey}.service_sources: `{v}` is not a Microsoft serviceSource; use one of {} (any casing)",
+                    SERVICE_SOURCES.join(", ")
+                )));
+            }
+        }
         for st in &s.filters.statuses {
             if !["new", "in_progress", "resolved", "unknown"].contains(&st.as_str()) {
                 return Err(bad(format!(
@@ -875,9 +935,14 @@ fn validate_tenant(name: &str, t: &TenantConfig) -> Result<(), ConfigError> {
             )));
         }
         validate_mailbox(&skey, kind, t.sources.get(kind), &s)?;
-        if s.enabled && kind == SourceKind::Submissions && t.cloud != Cloud::Global {
+        // GCC (moderate) tenants use the global service (graph.microsoft.com), where Microsoft
+        // offers threat submissions; GCC High and DoD have their own Graph, where it does not.
+        if s.enabled
+            && kind == SourceKind::Submissions
+            && matches!(t.cloud, Cloud::GccHigh | Cloud::Dod)
+        {
             return Err(bad(format!(
-                "{skey}: threat submissions exist only in the global cloud; set enabled = false for this tenant"
+                "{skey}: threat submissions are not offered in this cloud. Microsoft's threatSubmission API reference lists its national cloud availability as: Global service ✅ | US Government L4 ❌ | US Government L5 (DOD) ❌ | China operated by 21Vianet ❌ (GCC uses the global service; GCC High is L4, DoD is L5). Set {skey}.enabled = false for this tenant"
             )));
         }
     }
@@ -954,6 +1019,18 @@ fn check_url(key: &str, raw: &str) -> Result<url::Url, ConfigError> {
 
 fn check_cloud_apps_url(key: &str, t: &TenantConfig, raw: &str) -> Result<(), ConfigError> {
     let url = check_url(&format!("{key}.cloud_apps_url"), raw)?;
+    // A URL that already holds an API route would be requested as `.../api/v1/alerts/api/v1/...`.
+    if let Some(at) = url.path().find("/api/") {
+        let root = format!(
+            "{}://{}{}",
+            url.scheme(),
+            &url[url::Position::BeforeHost..url::Position::BeforePath],
+            url.path()[..at].trim_end_matches('/')
+        );
+        return Err(bad(format!(
+            "{key}.cloud_apps_url `{raw}` already holds an API route; the daemon adds /api/v1/... itself: set it to `{root}` (the Portal URL from Defender → Settings → Cloud Apps → System → About)"
+        )));
+    }
     if is_loopback(&url) || t.allow_custom_endpoints {
         return Ok(());
     }
@@ -1017,6 +1094,88 @@ client_secret = "s"
         let ca = t.sources.cloud_apps.resolve(SourceKind::CloudApps, t);
         assert!(!ca.enabled, "cloud apps is off without cloud_apps_url");
         assert_eq!(s.store.max_pending, 200_000);
+    }
+
+    #[test]
+    fn service_sources_take_microsofts_casing_and_refuse_what_is_not_in_its_enum() {
+        let with = |v: &str| {
+            Settings::from_toml(&format!(
+                "{MINIMAL}\n[tenants.contoso.sources.alerts]\nservice_sources = {v}\n"
+            ))
+        };
+        let s =
+            with(r#"["MicrosoftDefenderForEndpoint", "MICROSOFTSENTINEL", "dataLossPrevention"]"#)
+                .unwrap();
+        let t = &s.tenants["contoso"];
+        let a = t.sources.alerts.resolve(SourceKind::Alerts, t);
+        assert_eq!(
+            a.filters.service_sources,
+            [
+                "microsoftDefenderForEndpoint",
+                "microsoftSentinel",
+                "dataLossPrevention"
+            ]
+        );
+        for bad in ["defenderForEndpoint", "unknownFutureValue", ""] {
+            let err = with(&format!("[\"{bad}\"]")).unwrap_err().to_string();
+            assert!(
+                err.contains("tenants.contoso.sources.alerts.service_sources")
+                    && err.contains("microsoftDefenderForEndpoint, microsoftDefenderForIdentity"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cloud_apps_url_ending_in_api_works_and_a_deeper_path_is_refused_with_the_fix() {
+        let with = |u: &str| Settings::from_toml(&format!("{MINIMAL}cloud_apps_url = \"{u}\"\n"));
+        for given in [
+            "https://contoso.us3.portal.cloudappsecurity.com/api",
+            "https://contoso.us3.portal.cloudappsecurity.com/api/",
+            "https://contoso.us3.portal.cloudappsecurity.com/",
+        ] {
+            let s = with(given).unwrap();
+            assert_eq!(
+                s.tenants["contoso"].cloud_apps_url.as_deref(),
+                Some("https://contoso.us3.portal.cloudappsecurity.com"),
+                "{given}"
+            );
+        }
+        let err = with("https://contoso.us3.portal.cloudappsecurity.com/api/v1/alerts/")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tenants.contoso.cloud_apps_url")
+                && err.contains("set it to `https://contoso.us3.portal.cloudappsecurity.com`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn submissions_are_allowed_in_gcc_and_refused_in_gcc_high_and_dod_in_microsofts_words() {
+        let with = |cloud: &str| {
+            Settings::from_toml(&MINIMAL.replace(
+                "client_secret = \"s\"",
+                &format!("client_secret = \"s\"\ncloud = \"{cloud}\""),
+            ))
+        };
+        let s = with("gcc").unwrap();
+        let t = &s.tenants["contoso"];
+        assert!(
+            t.sources
+                .submissions
+                .resolve(SourceKind::Submissions, t)
+                .enabled
+        );
+        for cloud in ["gcc_high", "dod"] {
+            let err = with(cloud).unwrap_err().to_string();
+            assert!(
+                err.contains("tenants.contoso.sources.submissions")
+                    && err.contains("US Government L4")
+                    && err.contains("enabled = false"),
+                "{cloud}: {err}"
+            );
+        }
     }
 
     #[test]

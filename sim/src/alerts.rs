@@ -427,7 +427,7 @@ async fn list(State(inner): State<Arc<Inner>>, headers: HeaderMap, uri: Uri) -> 
             update(&inner, &ctx.tenant, id, &Value::Object(Default::default()));
         }
     }
-    ctx.ok(body)
+    ctx.ok(ctx.enum_members(body))
 }
 
 async fn get_one(
@@ -455,7 +455,7 @@ async fn get_one(
         "{}/graph/v1.0/$metadata#security/alerts_v2/$entity",
         inner.base_url
     );
-    ctx.ok(graph::entity_body(&context, &rendered))
+    ctx.ok(ctx.enum_members(graph::entity_body(&context, &rendered)))
 }
 
 pub(crate) fn routes() -> Router<Arc<Inner>> {

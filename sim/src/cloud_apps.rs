@@ -2,8 +2,8 @@
 //! `{cloud_apps_url}/api/v1/alerts/` and `GET {cloud_apps_url}/api/v1/alerts/{_id}/`.
 //!
 //! Per API.md §8: an Entra token for `05a65629-4c1b-48c1-a78b-804c4abdd4af/.default` whose roles
-//! include Investigation.read (any case; Investigation.manage and Discovery.read also do), the
-//! tenant taken from the token; a body of `filters` (`{field: {op: value}}`, ANDed), `sortField`,
+//! include Investigation.read (any case; Investigation.manage, Discovery.read and Discovery.manage
+//! also list alerts), the tenant taken from the token; a body of `filters` (`{field: {op: value}}`, ANDed), `sortField`,
 //! `sortDirection`, `skip` and `limit` (at most 100, the default); the answer
 //! `{"data", "hasNext", "max", "total", "moreThanTotal"}`; and 30 requests a minute per tenant
 //! (a sliding minute), the 31st answered 429 with `Retry-After` in whole seconds. MDA's own error
@@ -42,6 +42,7 @@ const READ_ROLES: &[&str] = &[
     "investigation.read",
     "investigation.manage",
     "discovery.read",
+    "discovery.manage",
 ];
 const MS_PER_DAY: i64 = 86_400_000;
 

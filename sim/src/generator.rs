@@ -73,6 +73,9 @@ const OFFICE: u8 = 4;
 const XDR: u8 = 5;
 const AADIP: u8 = 6;
 const DLP: u8 = 8;
+/// `microsoftSentinel`, declared after `unknownFutureValue`: Graph sends it only to clients that
+/// prefer `include-unknown-enum-members`, so the generator emits some to exercise that.
+const SENTINEL: u8 = 11;
 const SERVICE_WEIGHTS: &[(u8, u32)] = &[
     (ENDPOINT, 35),
     (OFFICE, 25),
@@ -80,7 +83,8 @@ const SERVICE_WEIGHTS: &[(u8, u32)] = &[
     (CLOUD_APPS, 10),
     (AADIP, 10),
     (XDR, 7),
-    (DLP, 3),
+    (DLP, 2),
+    (SENTINEL, 1),
 ];
 
 pub(crate) fn weighted(rng: &mut Rng, table: &[(u8, u32)]) -> u8 {
@@ -141,6 +145,7 @@ pub(crate) fn new_id(rng: &mut Rng, m: &GenMeta) -> String {
         OFFICE => format!("fa{}", guid(rng)),
         IDENTITY => format!("aa{}", guid(rng)),
         AADIP => format!("ad{}", guid(rng)),
+        SENTINEL => format!("sn{}", guid(rng)),
         _ => format!("dl{}", guid(rng)),
     }
 }
@@ -390,6 +395,11 @@ static XDR_T: &[Template] = &[
     Template { title: "Possible BEC financial fraud", category: "InitialAccess", mitre: &["T1566", "T1114"], detection: "microsoft365Defender", description: "A compromised account sent email requesting a change of bank details to external recipients after creating a hiding inbox rule.", evidence: &[Ev::User, Ev::Mailbox, Ev::Message, Ev::Ip, Ev::CloudApp, Ev::Url], threat: None },
     Template { title: "Suspicious sign-in followed by inbox rule creation", category: "Persistence", mitre: &["T1564.008", "T1078"], detection: "microsoft365Defender", description: "Shortly after a risky sign-in, the account created an inbox rule that moves messages to an obscure folder.", evidence: &[Ev::User, Ev::Ip, Ev::Mailbox, Ev::CloudApp, Ev::Device], threat: None },
 ];
+// Sentinel's analytics rules; both detection sources are late members too.
+static SENTINEL_T: &[Template] = &[
+    Template { title: "Multiple failed sign-ins followed by a success from a new country", category: "CredentialAccess", mitre: &["T1110"], detection: "scheduledAlerts", description: "A scheduled analytics rule found repeated failed sign-ins to one account followed by a successful sign-in from a country the account had not used before.", evidence: &[Ev::User, Ev::Ip, Ev::CloudApp, Ev::Ip], threat: None },
+    Template { title: "Rare process launched by an Office application", category: "Execution", mitre: &["T1204.002"], detection: "nrtAlerts", description: "A near-real-time analytics rule found an Office application starting a process it had not started before in this workspace.", evidence: &[Ev::Device, Ev::Process, Ev::User, Ev::File], threat: None },
+];
 static DLP_T: &[Template] = &[
     Template { title: "DLP policy (Financial data) matched for email", category: "Exfiltration", mitre: &[], detection: "microsoftDataLossPrevention", description: "An email containing credit card numbers and bank account numbers was sent to an external recipient.", evidence: &[Ev::User, Ev::Mailbox, Ev::Message, Ev::File], threat: None },
 ];
@@ -417,6 +427,7 @@ fn templates(service: u8) -> (&'static [Template], &'static str, &'static str) {
         CLOUD_APPS => (CLOUD_T, "Microsoft Defender for Cloud Apps", 2),
         AADIP => (AADIP_T, "Microsoft Entra ID Protection", 2),
         XDR => (XDR_T, "Microsoft Defender XDR", 1),
+        SENTINEL => (SENTINEL_T, "Microsoft Sentinel", 2),
         _ => (DLP_T, "Microsoft Data Loss Prevention", 1),
     };
     (tpls, product, escaped_actions(actions))

@@ -33,6 +33,9 @@ pub(crate) struct Ctx {
     pub roles: Vec<String>,
     request_id: String,
     client_request_id: Option<String>,
+    /// The request asked for `Prefer: include-unknown-enum-members`: enum members declared
+    /// after `unknownFutureValue` are sent as themselves, not as `unknownFutureValue`.
+    pub late_enum_members: bool,
 }
 
 fn base_response(
@@ -244,7 +247,104 @@ pub(crate) async fn begin(
         roles: info.roles,
         request_id,
         client_request_id,
+        late_enum_members: prefers_late_enum_members(headers),
     })
+}
+
+/// Whether any `Prefer` header carries the `include-unknown-enum-members` preference (Prefer
+/// takes a comma-separated list, and may be sent more than once).
+fn prefers_late_enum_members(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| {
+            p.trim()
+                .eq_ignore_ascii_case("include-unknown-enum-members")
+        })
+}
+
+/// The evolvable enums of `microsoft.graph.security` that have members declared after
+/// `unknownFutureValue` (graph-security-enums-v1.0.json), by the property that carries them:
+/// Graph sends those members only to clients that prefer `include-unknown-enum-members`.
+const LATE_MEMBERS: &[(&str, &[&str])] = &[
+    (
+        "serviceSource",
+        &[
+            "microsoftDefenderForCloud",
+            "microsoftSentinel",
+            "microsoftInsiderRiskManagement",
+            "microsoftThreatIntelligence",
+            "microsoftSecurityForAI",
+        ],
+    ),
+    (
+        "detectionSource",
+        &[
+            "microsoftDefenderForCloud",
+            "microsoftDefenderForIoT",
+            "microsoftDefenderForServers",
+            "microsoftDefenderForStorage",
+            "microsoftDefenderForDNS",
+            "microsoftDefenderForDatabases",
+            "microsoftDefenderForContainers",
+            "microsoftDefenderForNetwork",
+            "microsoftDefenderForAppService",
+            "microsoftDefenderForKeyVault",
+            "microsoftDefenderForResourceManager",
+            "microsoftDefenderForApiManagement",
+            "nrtAlerts",
+            "scheduledAlerts",
+            "microsoftDefenderThreatIntelligenceAnalytics",
+            "builtInMl",
+            "microsoftInsiderRiskManagement",
+            "microsoftThreatIntelligence",
+            "microsoftDefenderForAIServices",
+            "securityCopilot",
+            "microsoftSentinel",
+        ],
+    ),
+    // incidentStatus (alertStatus has no late member).
+    ("status", &["awaitingAction"]),
+    (
+        "remediationStatus",
+        &[
+            "active",
+            "pendingApproval",
+            "declined",
+            "unremediated",
+            "running",
+            "partiallyRemediated",
+        ],
+    ),
+];
+
+/// Replaces, in compact rendered JSON, each late enum member with `unknownFutureValue`. One
+/// scan per property name, not per member: a page of 1,000 alerts is several megabytes.
+pub(crate) fn hide_late_members(body: String) -> String {
+    let mut body = body;
+    for (prop, members) in LATE_MEMBERS {
+        let key = format!("\"{prop}\":\"");
+        if !body.contains(&key) {
+            continue;
+        }
+        let mut out = String::with_capacity(body.len());
+        let mut rest = body.as_str();
+        while let Some(at) = rest.find(&key) {
+            let value_start = at + key.len();
+            out.push_str(&rest[..value_start]);
+            rest = &rest[value_start..];
+            let end = rest.find('"').unwrap_or(rest.len());
+            if members.contains(&&rest[..end]) {
+                out.push_str("unknownFutureValue");
+                rest = &rest[end..];
+            }
+        }
+        out.push_str(rest);
+        body = out;
+    }
+    body
 }
 
 impl Ctx {
@@ -284,6 +384,16 @@ impl Ctx {
             self.client_request_id.as_deref(),
             Some(&self.tenant),
         )
+    }
+
+    /// A security entity's JSON as Graph sends it to this client: late enum members hidden
+    /// unless the request preferred them.
+    pub fn enum_members(&self, body: String) -> String {
+        if self.late_enum_members {
+            body
+        } else {
+            hide_late_members(body)
+        }
     }
 
     /// A 200 with a JSON body, cut in half if the tenant's `truncate_next` fault says so.

@@ -221,7 +221,7 @@ async fn list(State(inner): State<Arc<Inner>>, headers: HeaderMap, uri: Uri) -> 
             }
         },
     );
-    ctx.ok_whole(body)
+    ctx.ok_whole(ctx.enum_members(body))
 }
 
 async fn get_one(
@@ -264,7 +264,7 @@ async fn get_one(
         inner.base_url,
         if expand { "(alerts())" } else { "" }
     );
-    ctx.ok_whole(graph::entity_body(&context, &rendered))
+    ctx.ok_whole(ctx.enum_members(graph::entity_body(&context, &rendered)))
 }
 
 /// `GET /incidents/{id}/alerts`: the incident's alerts as a collection (one page).
@@ -299,7 +299,7 @@ async fn alerts_of(
             alerts::render(out, &ctx.tenant, aid, *t, b);
         }
     });
-    ctx.ok_whole(body)
+    ctx.ok_whole(ctx.enum_members(body))
 }
 
 pub(crate) fn routes() -> Router<Arc<Inner>> {

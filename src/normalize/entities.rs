@@ -6,6 +6,11 @@
 //! (serde skips the rest), and then mapped by its `@odata.type`. Parsing items one by one means
 //! one malformed item costs only itself: it becomes an `other` entity carrying its raw JSON.
 //! Types we do not map also become `other`, so nothing Microsoft sends is dropped.
+//!
+//! Each type reads only the properties the Graph v1.0 schema defines for it (or inherits from
+//! `alertEvidence`): the flat struct holds names of several types, and a type borrowing another's
+//! name would map a field Microsoft never sends it. A test walks the schema's 48 types to hold
+//! every mapping to that.
 
 use std::borrow::Cow;
 
@@ -153,6 +158,12 @@ pub(crate) struct EmailEntity<'a> {
     pub delivery_action: Option<Text<'a>>,
     pub delivery_location: Option<Text<'a>>,
     pub urls: Vec<Text<'a>>,
+    /// `submissionMailEvidence` only: the submission that put this message in the alert.
+    pub submission_id: Option<Text<'a>>,
+    pub submitted_at: Option<String>,
+    /// How it was reported (Microsoft's text, e.g. `Junk`, `Phish`).
+    pub report_type: Option<Text<'a>>,
+    pub submitter: Option<Text<'a>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -257,6 +268,10 @@ json_object!(EmailEntity {
     delivery_action,
     delivery_location,
     urls,
+    submission_id,
+    submitted_at,
+    report_type,
+    submitter,
 });
 json_object!(CloudAppEntity {
     roles,
@@ -511,6 +526,15 @@ pub(crate) struct EvidenceIn<'a> {
     // analyzedMessageEvidence, submissionMailEvidence
     #[serde(borrow)]
     network_message_id: Option<Text<'a>>,
+    // submissionMailEvidence
+    #[serde(borrow)]
+    submission_id: Option<Text<'a>>,
+    #[serde(borrow)]
+    submission_date_time: Option<Text<'a>>,
+    #[serde(borrow)]
+    report_type: Option<Text<'a>>,
+    #[serde(borrow)]
+    submitter: Option<Text<'a>>,
     #[serde(borrow)]
     internet_message_id: Option<Text<'a>>,
     #[serde(borrow)]
@@ -749,7 +773,15 @@ fn map_evidence<'a>(
                 user: ev.user_account.map(user_info),
             }))
         }
-        "registryKeyEvidence" | "registryValueEvidence" => Entity::Registry(RegistryEntity {
+        // A key has no value: the value fields are registryValueEvidence's.
+        "registryKeyEvidence" => Entity::Registry(RegistryEntity {
+            roles,
+            verdict,
+            key: ev.registry_key,
+            hive: ev.registry_hive,
+            ..RegistryEntity::default()
+        }),
+        "registryValueEvidence" => Entity::Registry(RegistryEntity {
             roles,
             verdict,
             key: ev.registry_key,
@@ -768,7 +800,31 @@ fn map_evidence<'a>(
                 display_name: ev.display_name.or(account.display_name),
             })
         }
-        "analyzedMessageEvidence" | "submissionMailEvidence" => {
+        // A message someone submitted (v1.0 schema): flat sender and recipient strings and
+        // the submission's own id, time, type and submitter; no P1/P2 senders, no delivery.
+        "submissionMailEvidence" => {
+            let submitted_at = time_field(
+                ev.submission_date_time.as_deref(),
+                "submissionDateTime",
+                errors,
+                index,
+            );
+            Entity::Email(EmailEntity {
+                roles,
+                verdict,
+                network_message_id: ev.network_message_id,
+                sender: ev.sender,
+                sender_ip: ev.sender_ip,
+                recipient: ev.recipient,
+                subject: ev.subject,
+                submission_id: ev.submission_id,
+                submitted_at,
+                report_type: ev.report_type,
+                submitter: ev.submitter,
+                ..EmailEntity::default()
+            })
+        }
+        "analyzedMessageEvidence" => {
             let received_at = time_field(
                 ev.received_date_time.as_deref(),
                 "receivedDateTime",
@@ -782,28 +838,35 @@ fn map_evidence<'a>(
                 verdict,
                 network_message_id: ev.network_message_id,
                 internet_message_id: ev.internet_message_id,
-                sender: p2.email_address.or(ev.sender),
+                sender: p2.email_address,
                 sender_display_name: p2.display_name.or(p1.display_name),
                 envelope_sender: p1.email_address,
                 sender_ip: ev.sender_ip,
-                recipient: ev.recipient_email_address.or(ev.recipient),
+                recipient: ev.recipient_email_address,
                 subject: ev.subject,
                 received_at,
                 delivery_action: ev.delivery_action,
                 delivery_location: ev.delivery_location,
                 urls: ev.urls.map(|u| u.0).unwrap_or_default(),
+                ..EmailEntity::default()
             })
         }
-        "cloudApplicationEvidence" | "oauthApplicationEvidence" => {
-            Entity::CloudApp(CloudAppEntity {
-                roles,
-                verdict,
-                app_id: ev.app_id.map(Text::from),
-                name: ev.display_name,
-                instance_name: ev.instance_name,
-                saas_app_id: ev.saas_app_id.map(Text::from),
-            })
-        }
+        "cloudApplicationEvidence" => Entity::CloudApp(CloudAppEntity {
+            roles,
+            verdict,
+            app_id: ev.app_id.map(Text::from),
+            name: ev.display_name,
+            instance_name: ev.instance_name,
+            saas_app_id: ev.saas_app_id.map(Text::from),
+        }),
+        // An OAuth app has no instance or SaaS app id (those are cloudApplicationEvidence's).
+        "oauthApplicationEvidence" => Entity::CloudApp(CloudAppEntity {
+            roles,
+            verdict,
+            app_id: ev.app_id.map(Text::from),
+            name: ev.display_name,
+            ..CloudAppEntity::default()
+        }),
         _ => other(roles, verdict, ev.odata_type, raw),
     }
 }

@@ -1117,3 +1117,299 @@ fn bench_prepare_alert() {
     });
     println!("event_id + render: {per:.2} µs/event");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Evidence fields against Microsoft's v1.0 schema
+
+/// A deserializer that only records the field names a derived `Deserialize` asks for: exactly
+/// the JSON names serde reads (renames applied), so the test cannot drift from the structs.
+struct FieldNames(std::cell::RefCell<Vec<&'static str>>);
+
+impl<'de> serde::Deserializer<'de> for &FieldNames {
+    type Error = serde::de::value::Error;
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom("field names only"))
+    }
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.0.borrow_mut().extend_from_slice(fields);
+        Err(serde::de::Error::custom("field names only"))
+    }
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
+}
+
+fn field_names<T: serde::Deserialize<'static>>() -> Vec<&'static str> {
+    let names = FieldNames(std::cell::RefCell::new(Vec::new()));
+    let _ = T::deserialize(&names);
+    names.0.into_inner()
+}
+
+/// The schema file: `types` by short name, each with `baseType` and `properties`.
+struct Schema {
+    types: serde_json::Map<String, Value>,
+    enums: serde_json::Map<String, Value>,
+    evidence: Vec<String>,
+}
+
+impl Schema {
+    fn load() -> Schema {
+        let s: Value = serde_json::from_str(&reference("graph-security-schema-v1.0.json")).unwrap();
+        let e: Value = serde_json::from_str(&reference("graph-security-enums-v1.0.json")).unwrap();
+        Schema {
+            types: s["types"].as_object().unwrap().clone(),
+            enums: e["enums"].as_object().unwrap().clone(),
+            evidence: s["evidenceODataTypes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().rsplit('.').next().unwrap().to_string())
+                .collect(),
+        }
+    }
+
+    /// A type's properties with those inherited from its bases, name → type.
+    fn properties(&self, name: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut next = Some(name.to_string());
+        while let Some(n) = next {
+            let t = &self.types[&n];
+            for (p, ty) in t["properties"].as_object().unwrap() {
+                out.push((p.clone(), ty.as_str().unwrap().to_string()));
+            }
+            next = t["baseType"]
+                .as_str()
+                .map(|b| b.rsplit('.').next().unwrap().to_string());
+        }
+        out
+    }
+
+    /// A plausible value of a schema type: the kind of value Microsoft would send.
+    fn sample(&self, ty: &str, depth: usize) -> Value {
+        if let Some(inner) = ty
+            .strip_prefix("Collection(")
+            .and_then(|t| t.strip_suffix(')'))
+        {
+            return Value::Array(vec![self.sample(inner, depth)]);
+        }
+        let short = ty.rsplit('.').next().unwrap_or(ty);
+        match ty {
+            "Edm.DateTimeOffset" => return Value::from("2024-05-06T07:08:09Z"),
+            "Edm.Int32" | "Edm.Int64" | "Edm.Double" => return Value::from(7),
+            "Edm.Boolean" => return Value::from(true),
+            _ if ty.starts_with("Edm.") => return Value::from(format!("v-{short}")),
+            _ => {}
+        }
+        if let Some(e) = self.enums.get(short) {
+            let members: Vec<&str> = e["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            // A member the mapping can use (sha256 for a hash), not `unknown`.
+            let pick = ["sha256", "compromised", "malicious"]
+                .into_iter()
+                .find(|m| members.contains(m))
+                .or(members.get(1).copied())
+                .unwrap_or("unknown");
+            return Value::from(pick);
+        }
+        if self.types.contains_key(short) && depth < 3 {
+            let mut o = serde_json::Map::new();
+            for (p, t) in self.properties(short) {
+                o.insert(p, self.sample(&t, depth + 1));
+            }
+            return Value::Object(o);
+        }
+        Value::from(format!("v-{short}"))
+    }
+}
+
+/// The entity an evidence item maps to, its JSON without the raw copy `other` keeps, and the
+/// notes it added.
+fn map_one(json: &Value) -> (String, Value, usize) {
+    let raw = raw(&json.to_string());
+    let mut errors = Vec::new();
+    let entity = entities::from_evidence(&raw, &mut errors, 0);
+    let mut out = Vec::new();
+    json::WriteJson::write_json(&entity, &mut out);
+    let mut v: Value = serde_json::from_slice(&out).unwrap();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("raw");
+    }
+    (entity.type_name().to_string(), v, errors.len())
+}
+
+#[test]
+fn the_normalizer_reads_only_fields_the_schema_defines_for_each_evidence_type() {
+    let schema = Schema::load();
+    assert_eq!(
+        schema.evidence.len(),
+        48,
+        "API.md §3 counts 48 evidence types"
+    );
+
+    // Nested objects: every field read from them is a property of their schema type.
+    let nested: [(&str, Vec<&str>); 3] = [
+        (
+            "userAccount",
+            field_names::<entities::UserAccountIn<'static>>(),
+        ),
+        (
+            "fileDetails",
+            field_names::<entities::FileDetailsIn<'static>>(),
+        ),
+        (
+            "emailSender",
+            field_names::<entities::EmailSenderIn<'static>>(),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (ty, fields) in &nested {
+        assert!(!fields.is_empty(), "{ty}: no field names captured");
+        let props: Vec<String> = schema.properties(ty).into_iter().map(|(p, _)| p).collect();
+        for f in fields {
+            if !props.iter().any(|p| p == f) {
+                wrong.push(format!("{ty}.{f}"));
+            }
+        }
+    }
+
+    // Top level: each field serde reads, given to each evidence type that does not define it,
+    // must change nothing. Tried beside a complete item (every schema property set) and beside
+    // a bare one (so a fallback such as `p2Sender` or `sender` shows too), in every JSON shape.
+    let fields: Vec<&str> = field_names::<entities::EvidenceIn<'static>>()
+        .into_iter()
+        .filter(|f| *f != "@odata.type")
+        .collect();
+    assert!(fields.len() > 30, "captured {fields:?}");
+    let nested_names: Vec<&str> = nested.iter().flat_map(|(_, f)| f.clone()).collect();
+    let object_of = |v: Value| {
+        Value::Object(
+            nested_names
+                .iter()
+                .map(|n| (n.to_string(), v.clone()))
+                .collect(),
+        )
+    };
+    let time = Value::from("2024-05-06T07:08:09Z");
+    let shapes = [
+        time.clone(),
+        Value::from(42),
+        Value::Array(vec![time.clone()]),
+        object_of(time),
+        object_of(Value::from(1)),
+    ];
+    let mut typed = Vec::new();
+    for ty in &schema.evidence {
+        let props = schema.properties(ty);
+        let odata = Value::from(format!("#microsoft.graph.security.{ty}"));
+        let mut full = serde_json::Map::new();
+        full.insert("@odata.type".into(), odata.clone());
+        for (p, t) in &props {
+            full.insert(p.clone(), schema.sample(t, 0));
+        }
+        let full = Value::Object(full);
+        let bare = serde_json::json!({ "@odata.type": odata });
+        let (full_type, _, full_errors) = map_one(&full);
+        assert_eq!(
+            full_errors, 0,
+            "{ty}: a schema-shaped item is malformed: {full}"
+        );
+        for base in [&full, &bare] {
+            let (type0, out0, errors0) = map_one(base);
+            for f in &fields {
+                if props.iter().any(|(p, _)| p == f) {
+                    continue;
+                }
+                for shape in &shapes {
+                    let mut item = base.clone();
+                    item[*f] = shape.clone();
+                    // A shape that does not parse is a malformed item, not a field read.
+                    let text = item.to_string();
+                    if serde_json::from_str::<entities::EvidenceIn<'_>>(&text).is_err() {
+                        continue;
+                    }
+                    let (t, out, errors) = map_one(&item);
+                    if t == type0 && errors == errors0 && out != out0 {
+                        wrong.push(format!("{ty}.{f}"));
+                        break;
+                    }
+                }
+            }
+        }
+        if full_type != "other" {
+            typed.push(ty.as_str());
+        }
+    }
+    // The walk means something only if the mapped types map: a complete item of each is typed.
+    typed.sort_unstable();
+    assert_eq!(
+        typed,
+        [
+            "analyzedMessageEvidence",
+            "cloudApplicationEvidence",
+            "deviceEvidence",
+            "fileEvidence",
+            "fileHashEvidence",
+            "ipEvidence",
+            "mailboxEvidence",
+            "oauthApplicationEvidence",
+            "processEvidence",
+            "registryKeyEvidence",
+            "registryValueEvidence",
+            "submissionMailEvidence",
+            "urlEvidence",
+            "userEvidence",
+        ]
+    );
+    wrong.sort();
+    wrong.dedup();
+    assert!(
+        wrong.is_empty(),
+        "the normalizer reads fields the v1.0 schema does not define: {wrong:?}"
+    );
+}
+
+#[test]
+fn submission_mail_evidence_maps_its_v1_fields() {
+    let (t, v, errors) = map_one(&serde_json::json!({
+        "@odata.type": "#microsoft.graph.security.submissionMailEvidence",
+        "createdDateTime": "2024-05-06T07:00:00Z",
+        "roles": ["contextual"],
+        "verdict": "suspicious",
+        "networkMessageId": "7b2d-net",
+        "recipient": "alice@contoso.com",
+        "reportType": "Junk",
+        "sender": "bob@fabrikam.test",
+        "senderIp": "203.0.113.7",
+        "subject": "Invoice",
+        "submissionDateTime": "2024-05-06T07:08:09.1234567Z",
+        "submissionId": "e2b1-sub",
+        "submitter": "alice@contoso.com"
+    }));
+    assert_eq!((t.as_str(), errors), ("email", 0), "{v}");
+    for (k, want) in [
+        ("network_message_id", "7b2d-net"),
+        ("recipient", "alice@contoso.com"),
+        ("sender", "bob@fabrikam.test"),
+        ("sender_ip", "203.0.113.7"),
+        ("subject", "Invoice"),
+        ("submission_id", "e2b1-sub"),
+        ("submitted_at", "2024-05-06T07:08:09.1234567Z"),
+        ("report_type", "Junk"),
+        ("submitter", "alice@contoso.com"),
+        ("verdict", "suspicious"),
+    ] {
+        assert_eq!(v[k], want, "{k} in {v}");
+    }
+    assert_eq!(v["roles"], serde_json::json!(["contextual"]));
+}

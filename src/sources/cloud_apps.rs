@@ -23,6 +23,20 @@ impl GraphListing {
     }
 }
 
+impl GraphListing {
+    /// The body that lists slice [a, b) (seconds) of a Cloud Apps listing: its time field
+    /// within `gte A, lte B − 1 ms`, oldest first. `check` probes with exactly this.
+    pub fn slice_body(&self, a: i64, b: i64, skip: usize, limit: usize) -> serde_json::Value {
+        serde_json::json!({
+            "filters": { self.time_field: { "gte": a * 1000, "lte": b * 1000 - 1 } },
+            "sortField": "date",
+            "sortDirection": "asc",
+            "skip": skip,
+            "limit": limit,
+        })
+    }
+}
+
 impl Poller {
     /// Cloud Apps: `filters.{field} = {gte: A, lte: B − 1 ms}` ascending by date, `skip` while
     /// `hasNext`; C := B after the slice's last page.
@@ -42,18 +56,7 @@ impl Poller {
         let mut skip = 0usize;
         let mut pending = None;
         loop {
-            let body = |limit: usize| {
-                Req::Post(
-                    url.clone(),
-                    serde_json::json!({
-                        "filters": { listing.time_field: { "gte": a * 1000, "lte": b * 1000 - 1 } },
-                        "sortField": "date",
-                        "sortDirection": "asc",
-                        "skip": skip,
-                        "limit": limit,
-                    }),
-                )
-            };
+            let body = |limit: usize| Req::Post(url.clone(), listing.slice_body(a, b, skip, limit));
             let (page, counts) = self
                 .overlap(
                     key,

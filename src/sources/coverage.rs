@@ -58,6 +58,30 @@ impl GraphListing {
     }
 }
 
+impl GraphListing {
+    /// The `$filter` that lists slice [a, b) (seconds) of this Graph listing, with the source's
+    /// `service_sources` (already in Microsoft's casing). `check` probes with exactly this, so a
+    /// filter Graph refuses shows there rather than at the first poll.
+    pub fn slice_filter(&self, settings: &SourceSettings, a: i64, b: i64) -> String {
+        let field = self.time_field;
+        let filter = format!(
+            "{field} ge {} and {field} lt {}",
+            format_seconds(a),
+            format_seconds(b)
+        );
+        let sources = &settings.filters.service_sources;
+        if sources.is_empty() || settings.kind != SourceKind::Alerts {
+            return filter;
+        }
+        let any = sources
+            .iter()
+            .map(|s| format!("serviceSource eq '{}'", s.replace('\'', "''")))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        format!("({any}) and {filter}")
+    }
+}
+
 /// A slice's answer, parsed off the async threads.
 pub(super) struct ParsedPage {
     pub(super) items: Vec<Prepared>,
@@ -331,21 +355,7 @@ impl Poller {
     }
 
     pub(super) fn slice_url(&self, listing: &GraphListing, a: i64, b: i64, top: usize) -> String {
-        let field = listing.time_field;
-        let mut filter = format!(
-            "{field} ge {} and {field} lt {}",
-            format_seconds(a),
-            format_seconds(b)
-        );
-        let sources = &self.settings.filters.service_sources;
-        if !sources.is_empty() && self.settings.kind == SourceKind::Alerts {
-            let any = sources
-                .iter()
-                .map(|s| format!("serviceSource eq '{}'", s.replace('\'', "''")))
-                .collect::<Vec<_>>()
-                .join(" or ");
-            filter = format!("({any}) and {filter}");
-        }
+        let filter = listing.slice_filter(&self.settings, a, b);
         let mut url = match url::Url::parse(&format!("{}{}", self.base(), listing.path)) {
             Ok(u) => u,
             Err(_) => return format!("{}{}", self.base(), listing.path),

@@ -99,6 +99,110 @@ async fn a_complete_registration_passes_every_check_and_sends_no_alert() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_probe_sends_the_filter_its_source_polls_with() {
+    let sim = sim().await;
+    sim.add_app(TENANT_ID, CLIENT_ID, SECRET, COMPLETE);
+    let (_dir, db) = temp_db();
+    let opts = Opts {
+        // The user's casing; Graph only takes Microsoft's.
+        extra_alerts:
+            "service_sources = [\"MicrosoftDefenderForEndpoint\", \"MICROSOFTSENTINEL\"]\n".into(),
+        extra_sources: String::new(),
+        ..Opts::default()
+    };
+    let mut s = settings(&sim, &db, &opts);
+    s.tenants.get_mut("contoso").unwrap().cloud_apps_url = Some(sim.cloud_apps_url());
+    let report = check::run(&s).await;
+    let table = report.to_table();
+    assert_eq!(report.exit_code(), 0, "{table}");
+    let alerts = row(&report, "probe alerts");
+    assert!(
+        alerts.detail.contains("(serviceSource eq 'microsoftDefenderForEndpoint' or serviceSource eq 'microsoftSentinel') and lastUpdateDateTime ge ")
+            && alerts.detail.contains("$top=1"),
+        "{table}"
+    );
+    for list in ["emailThreats", "urlThreats", "fileThreats"] {
+        assert!(
+            row(&report, "probe submissions")
+                .detail
+                .contains(&format!("{list}?$filter=createdDateTime ge ")),
+            "{table}"
+        );
+    }
+    assert!(
+        row(&report, "probe incidents")
+            .detail
+            .contains("$filter=lastUpdateDateTime ge "),
+        "{table}"
+    );
+    // Cloud Apps polls by `date` and by `resolutionDate`: both filters are probed.
+    let ca = &row(&report, "probe cloud_apps").detail;
+    assert!(
+        ca.contains("filters date gte ") && ca.contains("filters resolutionDate gte "),
+        "{table}"
+    );
+    // What reached Graph is the filter itself, not a bare `$top=1`.
+    let graph: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/security/"))
+        .collect();
+    assert!(graph.len() >= 5, "{graph:?}");
+    for r in &graph {
+        let query: std::collections::HashMap<String, String> =
+            url::form_urlencoded::parse(r.query.as_bytes())
+                .into_owned()
+                .collect();
+        let filter = query.get("$filter").map(String::as_str).unwrap_or_default();
+        assert!(
+            filter.contains("DateTime ge ") && filter.contains("DateTime lt "),
+            "{} {}?{}",
+            r.method,
+            r.path,
+            r.query
+        );
+        if r.path.ends_with("/alerts_v2") {
+            assert!(
+                filter.starts_with("(serviceSource eq 'microsoftDefenderForEndpoint' or "),
+                "{filter}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_manage_is_accepted_for_cloud_apps_alerts() {
+    let sim = sim().await;
+    sim.add_app(
+        TENANT_ID,
+        CLIENT_ID,
+        SECRET,
+        &[
+            "SecurityAlert.Read.All",
+            "SecurityIncident.Read.All",
+            "ThreatSubmission.Read.All",
+            "Discovery.manage",
+        ],
+    );
+    let (_dir, db) = temp_db();
+    let report = check::run(&all_sources(&sim, &db)).await;
+    let table = report.to_table();
+    // Microsoft lets Discovery.manage list alerts: a wider grant than needed, not a failure.
+    let perm = row(&report, "permission cloud_apps");
+    assert_eq!(perm.result, Outcome::Warn, "{table}");
+    assert!(
+        perm.detail.contains("allowed by Discovery.manage"),
+        "{table}"
+    );
+    assert_eq!(
+        row(&report, "probe cloud_apps").result,
+        Outcome::Pass,
+        "{table}"
+    );
+    assert_eq!(report.exit_code(), 0, "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_permission_fails_and_names_it_with_the_fix() {
     let sim = sim().await;
     sim.add_app(

@@ -536,3 +536,59 @@ async fn a_submission_list_whose_time_filter_is_refused_is_listed_without_one() 
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_enum_members_are_asked_for_and_kept() {
+    let sim = sim().await;
+    // Members Graph declares after unknownFutureValue, sent only to a client that prefers
+    // `include-unknown-enum-members`: the daemon must ask for them and forward them as they are.
+    sim.insert_alert(
+        TENANT_ID,
+        json!({"id": "sentinel-1", "lastUpdateDateTime": iso7_ago(300), "createdDateTime": iso7_ago(300),
+               "serviceSource": "microsoftSentinel", "detectionSource": "scheduledAlerts",
+               "severity": "medium", "status": "new", "title": "Sentinel analytics rule"}),
+    );
+    let incidents = sim.generate_incidents(TENANT_ID, 60, ago(3600), ago(600));
+    assert!(sim.update_incident(
+        TENANT_ID,
+        &incidents[0],
+        json!({"status": "awaitingAction"})
+    ));
+    let (_dir, db) = temp_db();
+    let opts = with_sources("[tenants.contoso.sources.submissions]\nenabled = false\n[tenants.contoso.sources.incidents]\ninterval = \"1s\"\nsettle = \"1s\"\n");
+    let app = TestApp::spawn(settings(&sim, &db, &opts)).await;
+    wait_until(
+        Duration::from_secs(60),
+        "the alert and the incidents",
+        || {
+            let alerts = delivered_alerts(&sim);
+            alerts.iter().any(|a| a["raw"]["id"] == "sentinel-1")
+                && alerts.iter().filter(|a| a["kind"] == "incident").count() >= 60
+        },
+    )
+    .await;
+    let alerts = delivered_alerts(&sim);
+    let sentinel = alerts
+        .iter()
+        .find(|a| a["raw"]["id"] == "sentinel-1")
+        .unwrap();
+    assert_eq!(sentinel["product"], "microsoftSentinel", "{sentinel}");
+    assert_eq!(
+        sentinel["detection_source"], "scheduledAlerts",
+        "{sentinel}"
+    );
+    let waiting = alerts
+        .iter()
+        .rev()
+        .find(|a| a["raw"]["id"] == incidents[0].as_str())
+        .unwrap();
+    assert_eq!(waiting["raw_status"], "awaitingAction", "{waiting}");
+    assert_eq!(waiting["status"], "in_progress", "{waiting}");
+    assert!(
+        !alerts
+            .iter()
+            .any(|a| a.to_string().contains("unknownFutureValue")),
+        "a late member arrived as unknownFutureValue"
+    );
+    app.stop().await;
+}

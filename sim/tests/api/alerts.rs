@@ -483,3 +483,95 @@ async fn two_hundred_thousand_alerts_stay_cheap() {
     println!("generated 200k in {generated_in:?}, +{grown_mb} MB; {n} alerts in {pages} pages, {per_page:?} per page (client parse included)");
     assert!(grown_mb < 200, "{grown_mb} MB");
 }
+
+/// GET with `Prefer: include-unknown-enum-members` when `prefer`; the raw body.
+async fn get_preferring(url: &str, token: &str, prefer: bool) -> String {
+    let mut r = http().get(url).bearer_auth(token);
+    if prefer {
+        r = r.header(
+            "Prefer",
+            "odata.maxpagesize=1000, include-unknown-enum-members",
+        );
+    }
+    let r = r.send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    r.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn late_enum_members_are_sent_only_to_clients_that_prefer_them() {
+    let sim = start().await;
+    sim.generate_alerts(TENANT, 1000, secs_ago(3600), secs_ago(60));
+    sim.generate_incidents(TENANT, 300, secs_ago(3600), secs_ago(60));
+    let mut late = alert("sentinel", "2024-05-01T12:00:01Z", "microsoftSentinel");
+    late["detectionSource"] = json!("scheduledAlerts");
+    late["status"] = json!("new");
+    sim.insert_alert(TENANT, late);
+    let token = app_token(
+        &sim,
+        "enum-reader",
+        &["SecurityAlert.Read.All", "SecurityIncident.Read.All"],
+        GRAPH_SCOPE,
+    )
+    .await;
+    let alerts = format!("{}/v1.0/security/alerts_v2?$top=1000", sim.graph_url());
+    let incidents = format!(
+        "{}/v1.0/security/incidents?$top=50&$expand=alerts",
+        sim.graph_url()
+    );
+    let late_members = [
+        "\"serviceSource\":\"microsoftSentinel\"",
+        "\"detectionSource\":\"scheduledAlerts\"",
+    ];
+    // Without the header Graph hides every member declared after unknownFutureValue.
+    let plain = get_preferring(&alerts, &token, false).await;
+    for m in late_members {
+        assert!(!plain.contains(m), "{m} sent without the Prefer header");
+    }
+    assert!(plain.contains("\"serviceSource\":\"unknownFutureValue\""));
+    assert!(plain.contains("\"detectionSource\":\"unknownFutureValue\""));
+    let one = get_preferring(
+        &format!("{}/v1.0/security/alerts_v2/sentinel", sim.graph_url()),
+        &token,
+        false,
+    )
+    .await;
+    assert!(
+        one.contains("\"serviceSource\":\"unknownFutureValue\""),
+        "{one}"
+    );
+    // With it, the real values: the inserted alert and generated ones.
+    let preferred = get_preferring(&alerts, &token, true).await;
+    for m in late_members {
+        assert!(preferred.contains(m), "{m} missing with the Prefer header");
+    }
+    assert!(!preferred.contains("unknownFutureValue"));
+    let generated_sentinel = serde_json::from_str::<serde_json::Value>(&preferred).unwrap()
+        ["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["id"] != "sentinel" && a["serviceSource"] == "microsoftSentinel")
+        .count();
+    assert!(
+        generated_sentinel > 0,
+        "the generator emits no late serviceSource"
+    );
+    // Incidents: awaitingAction, and the late members of their expanded alerts.
+    let mut seen = (false, false);
+    let mut url = incidents;
+    for _ in 0..6 {
+        let plain = get_preferring(&url, &token, false).await;
+        assert!(!plain.contains("\"status\":\"awaitingAction\""));
+        seen.0 |= plain.contains("\"status\":\"unknownFutureValue\"");
+        let preferred = get_preferring(&url, &token, true).await;
+        seen.1 |= preferred.contains("\"status\":\"awaitingAction\"");
+        match serde_json::from_str::<serde_json::Value>(&preferred).unwrap()["@odata.nextLink"]
+            .as_str()
+        {
+            Some(next) => url = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (true, true), "awaitingAction hidden and shown");
+}
