@@ -4,6 +4,7 @@
 mod certificates;
 mod check;
 mod delivery;
+mod delivery_refusals;
 mod faults;
 mod helpers;
 mod metrics;
