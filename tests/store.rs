@@ -313,7 +313,7 @@ async fn a_batch_lives_through_retry_split_delivery_and_dead_letter(b: Backend) 
     s.split_batch(&right).await.unwrap();
     let single = s.next_open_batch(DEST, TENANT).await.unwrap().unwrap();
     assert_eq!(single.rows, 1);
-    s.defer_single(&single, "HTTP 400").await.unwrap();
+    s.defer_single(&single, 0, "HTTP 400").await.unwrap();
     assert_eq!(s.root_facts(batch.id).await.unwrap().probes, 1);
     let other = s.next_open_batch(DEST, TENANT).await.unwrap().unwrap();
     assert_ne!(
@@ -874,7 +874,92 @@ conformance!(
     tenants_do_not_see_each_others_rows,
     an_email_submission_links_the_alert_about_the_same_message,
     operators_retry_dead_letters_replay_and_list,
+    a_parked_refused_alert_lets_its_tenants_later_batches_pass,
+    open_batches_follow_their_tenant_to_a_new_destination,
 );
+
+async fn a_parked_refused_alert_lets_its_tenants_later_batches_pass(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    ingest(&s, &[alert("p0", 0, "low")], false, None)
+        .await
+        .unwrap();
+    let lone = s
+        .claim_batch(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!lone.deferred);
+    let later = store::now_ms() + 60_000;
+    s.defer_single(&lone, later, "HTTP 422").await.unwrap();
+    let parked = s.next_open_batch(DEST, TENANT).await.unwrap().unwrap();
+    assert_eq!((parked.id, parked.deferred), (lone.id, true));
+    assert_eq!(parked.next_attempt_at, later);
+    // A later alert of the tenant is claimed and comes first while the refused one waits.
+    ingest(&s, &[alert("p1", 1, "low")], false, None)
+        .await
+        .unwrap();
+    let fresh = s
+        .claim_batch(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fresh.rows, 1);
+    let next = s.next_open_batch(DEST, TENANT).await.unwrap().unwrap();
+    assert_eq!(
+        next.id, fresh.id,
+        "a parked alert not due waits behind later batches"
+    );
+    s.mark_delivered(&next).await.unwrap();
+    // Once due, the parked alert is first again (its root is older).
+    s.defer_single(&lone, 0, "HTTP 422").await.unwrap();
+    ingest(&s, &[alert("p2", 2, "low")], false, None)
+        .await
+        .unwrap();
+    s.claim_batch(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let due = s.next_open_batch(DEST, TENANT).await.unwrap().unwrap();
+    assert_eq!(due.id, lone.id);
+    drop(s);
+    db.drop_db().await;
+}
+
+async fn open_batches_follow_their_tenant_to_a_new_destination(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    assert!(s.lease(&destination_lease("old"), LEASE_TTL).await.unwrap());
+    let page: Vec<Value> = (0..3).map(|i| alert(&format!("m{i}"), i, "low")).collect();
+    ingest(&s, &page, false, None).await.unwrap();
+    let old = s
+        .claim_batch("old", TENANT, limits(10))
+        .await
+        .unwrap()
+        .unwrap();
+    s.mark_retry(&old, 0, "HTTP 503").await.unwrap();
+    // The tenant now belongs to DEST: its rows are claimed, but into the old destination's batch.
+    assert!(s.next_open_batch(DEST, TENANT).await.unwrap().is_none());
+    assert!(s
+        .claim_batch(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(s.undelivered(TENANT).await.unwrap(), 3);
+    assert_eq!(s.adopt_open_batches(DEST, TENANT).await.unwrap(), 1);
+    assert_eq!(s.adopt_open_batches(DEST, TENANT).await.unwrap(), 0);
+    let open = s.next_open_batch(DEST, TENANT).await.unwrap().unwrap();
+    assert_eq!(
+        (open.id, &open.key, open.destination.as_str(), open.rows),
+        (old.id, &old.key, DEST, 3),
+        "the same batch and key, now the new destination's"
+    );
+    assert!(s.next_open_batch("old", TENANT).await.unwrap().is_none());
+    s.mark_delivered(&open).await.unwrap();
+    assert_eq!(s.undelivered(TENANT).await.unwrap(), 0);
+    drop(s);
+    db.drop_db().await;
+}
 
 /// Waits (with a deadline) until `s` holds `lease`.
 async fn take_when_free(s: &AnyStore, lease: &str, ttl: Duration) {

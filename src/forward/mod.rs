@@ -1,10 +1,15 @@
 //! The part that forwards: one forwarder per destination drains committed batches to Dropzone,
 //! round-robin over its tenants, never two batches of one tenant at once, retrying forever on
 //! transient failures, splitting to isolate a rejected alert, pausing when the endpoint is wrong.
+//!
+//! A refused single alert is dead-lettered only on evidence from *now*: it was refused again
+//! after the destination accepted something since its previous refusal. Until then it is parked
+//! with backoff while its tenant's later batches pass it; several different alerts refused in a
+//! row with nothing accepted in between mean the endpoint is broken, and the destination pauses.
 
 pub mod sink;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,13 +25,36 @@ use crate::AppStore;
 
 pub use sink::{classify, DropzoneSink, SendOutcome};
 
-/// Single-alert rejections of one root batch with nothing accepted before the endpoint is
-/// presumed broken (design §7).
-const PROBES_BEFORE_PAUSE: i64 = 3;
+/// Different alerts refused one by one, with nothing accepted in between, before the endpoint
+/// is presumed broken (design §7). Different alerts: one alert refused again and again is the
+/// same evidence, and must not pause a destination its tenant's other alerts still get through.
+const REFUSALS_BEFORE_PAUSE: usize = 3;
 /// A paused destination is tried again this often.
 const PAUSE_RETRY: Duration = Duration::from_secs(60);
-/// An acceptance this recent proves the endpoint works, so a lone rejection is the data's fault.
-const RECENT_ACCEPT: Duration = Duration::from_secs(600);
+
+/// What the destination did lately, to tell a poisoned alert from a broken endpoint by what is
+/// happening now rather than by an acceptance minutes ago.
+#[derive(Default)]
+struct Refusals {
+    /// Batches accepted so far (by this process).
+    accepts: u64,
+    /// Parked single-alert batches → `accepts` when each was last refused.
+    parked: HashMap<i64, u64>,
+    /// Single-alert batches refused since the last acceptance.
+    in_a_row: HashSet<i64>,
+}
+
+/// What to do with a single alert the destination refused.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Refused again after the destination accepted other alerts since its last refusal: the
+    /// alert is at fault.
+    DeadLetter,
+    /// No evidence either way yet: park it with backoff, let its tenant's later alerts pass.
+    Park,
+    /// Several different alerts refused in a row with nothing accepted: the endpoint is broken.
+    Pause(usize),
+}
 
 /// What `/status` and `/readyz` know of a destination.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -44,7 +72,7 @@ pub struct DestinationSnapshot {
 #[derive(Default)]
 pub struct DestinationStatus {
     inner: Mutex<DestinationSnapshot>,
-    last_accept: Mutex<Option<Instant>>,
+    refusals: Mutex<Refusals>,
 }
 
 impl DestinationStatus {
@@ -73,20 +101,48 @@ impl DestinationStatus {
         })
     }
 
-    fn accepted_recently(&self) -> bool {
-        let g = match self.last_accept.lock() {
+    fn refusals<R>(&self, f: impl FnOnce(&mut Refusals) -> R) -> R {
+        let mut g = match self.refusals.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        g.is_some_and(|t| t.elapsed() < RECENT_ACCEPT)
+        f(&mut g)
     }
 
-    fn note_accept(&self) {
-        let mut g = match self.last_accept.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        *g = Some(Instant::now());
+    fn note_accept(&self, batch_id: i64) {
+        self.refusals(|r| {
+            r.accepts += 1;
+            r.in_a_row.clear();
+            r.parked.remove(&batch_id);
+        });
+    }
+
+    /// Records that a single-alert batch was refused and says what to do with it.
+    fn note_refusal(&self, batch_id: i64) -> Verdict {
+        self.refusals(|r| {
+            let previous = r.parked.insert(batch_id, r.accepts);
+            if previous.is_some_and(|at| r.accepts > at) {
+                r.parked.remove(&batch_id);
+                return Verdict::DeadLetter;
+            }
+            r.in_a_row.insert(batch_id);
+            if r.in_a_row.len() >= REFUSALS_BEFORE_PAUSE {
+                Verdict::Pause(r.in_a_row.len())
+            } else {
+                Verdict::Park
+            }
+        })
+    }
+
+    /// Refusals have paused the destination and nothing has been accepted since.
+    fn refusing(&self) -> bool {
+        self.refusals(|r| r.in_a_row.len() >= REFUSALS_BEFORE_PAUSE)
+    }
+
+    fn forget(&self, batch_id: i64) {
+        self.refusals(|r| {
+            r.parked.remove(&batch_id);
+        });
     }
 }
 
@@ -113,6 +169,8 @@ impl Forwarder {
         self.status.with(|s| s.name = self.name.clone());
         let mut in_flight: JoinSet<SendResult> = JoinSet::new();
         let mut busy: HashSet<String> = HashSet::new();
+        // Tenants whose batches open at another destination were moved here (once per start).
+        let mut adopted: HashSet<String> = HashSet::new();
         let mut paused_until: Option<Instant> = None;
         let mut turn = 0usize;
         loop {
@@ -124,7 +182,13 @@ impl Forwarder {
                 wait = Duration::from_millis(250);
             } else if !stop.is_cancelled() && !paused {
                 match self
-                    .fill(&mut in_flight, &mut busy, turn, paused_until.is_some())
+                    .fill(
+                        &mut in_flight,
+                        &mut busy,
+                        &mut adopted,
+                        turn,
+                        paused_until.is_some(),
+                    )
                     .await
                 {
                     Ok(w) => wait = w,
@@ -177,6 +241,7 @@ impl Forwarder {
         &self,
         in_flight: &mut JoinSet<SendResult>,
         busy: &mut HashSet<String>,
+        adopted: &mut HashSet<String>,
         turn: usize,
         probing: bool,
     ) -> Result<Duration, StoreError> {
@@ -195,15 +260,38 @@ impl Forwarder {
             let Some(timeout) = self.gate.send_window(self.sink.timeout()) else {
                 break;
             };
-            let batch = match self.store.next_open_batch(&self.name, tenant).await? {
-                Some(b) => {
-                    let now = now_ms();
-                    if b.next_attempt_at > now {
-                        wait = wait.min(Duration::from_millis((b.next_attempt_at - now) as u64));
-                        continue;
-                    }
-                    b
+            if !adopted.contains(tenant) {
+                // A tenant moved here from another destination brings the batches it had open
+                // there; left behind, they would never be sent and would count against
+                // max_pending forever.
+                let moved = self.store.adopt_open_batches(&self.name, tenant).await?;
+                if moved > 0 {
+                    tracing::warn!(destination = %self.name, tenant = %tenant, batches = moved, "open batches of this tenant's previous destination are sent through this one");
                 }
+                adopted.insert(tenant.clone());
+            }
+            let batch = match self.store.next_open_batch(&self.name, tenant).await? {
+                Some(b) if b.next_attempt_at > now_ms() => {
+                    let due = Duration::from_millis((b.next_attempt_at - now_ms()).max(0) as u64);
+                    // Only a parked refused alert is returned while not due if nothing else is
+                    // open: new rows go past it, so one poisoned alert never stalls its tenant.
+                    // Anything else backing off holds its tenant's queue, to keep order.
+                    let fresh = if b.deferred {
+                        self.store
+                            .claim_batch(&self.name, tenant, self.limits)
+                            .await?
+                    } else {
+                        None
+                    };
+                    match fresh {
+                        Some(f) => f,
+                        None => {
+                            wait = wait.min(due);
+                            continue;
+                        }
+                    }
+                }
+                Some(b) => b,
                 None => match self
                     .store
                     .claim_batch(&self.name, tenant, self.limits)
@@ -269,7 +357,7 @@ impl Forwarder {
             SendOutcome::Delivered => {
                 self.store.mark_delivered(batch).await?;
                 counted("delivered");
-                self.status.note_accept();
+                self.status.note_accept(batch.id);
                 self.status.with(|s| {
                     s.consecutive_failures = 0;
                     s.delivered_alerts += batch.rows as u64;
@@ -303,28 +391,43 @@ impl Forwarder {
                 self.store.split_batch(batch).await?;
                 counted("split");
                 tracing::info!(destination = %self.name, tenant = %batch.tenant, batch = batch.id, status, "batch rejected: split to isolate the refused alert");
+                // A paused destination's probe being split is no sign of recovery: it stays
+                // paused until something is accepted.
+                if self.status.refusing() {
+                    return Ok(self.status.with(|s| s.paused.clone()));
+                }
                 Ok(None)
             }
             SendOutcome::Rejected { status, body } => {
                 let reason = format!("HTTP {status}: {body}");
-                let facts = self.store.root_facts(batch.root_id).await?;
-                if facts.accepted || self.status.accepted_recently() {
-                    self.dead(batch, &reason).await?;
-                    counted("dead");
-                    return Ok(None);
+                match self.status.note_refusal(batch.id) {
+                    Verdict::DeadLetter => {
+                        self.dead(batch, &reason).await?;
+                        counted("dead");
+                        Ok(None)
+                    }
+                    Verdict::Park => {
+                        // Parked with backoff; its tenant's later batches go past it meanwhile,
+                        // and their acceptance is what later convicts it.
+                        let delay = full_jitter(batch.attempts);
+                        let next = now_ms() + delay.as_millis() as i64;
+                        self.store.defer_single(batch, next, &reason).await?;
+                        counted("retry");
+                        tracing::warn!(destination = %self.name, tenant = %batch.tenant, batch = batch.id, status, retry_in_ms = delay.as_millis() as u64, "alert refused; parked until the destination is seen accepting others");
+                        Ok(None)
+                    }
+                    Verdict::Pause(n) => {
+                        let next = now_ms() + PAUSE_RETRY.as_millis() as i64;
+                        self.store.defer_single(batch, next, &reason).await?;
+                        counted("paused");
+                        // Dropzone's answer body stays in the store (the batch's last error),
+                        // never in logs or /status.
+                        let why = format!("{n} different alerts refused one by one with HTTP {status} and nothing accepted in between: the endpoint or its contract is wrong, not the data; check forward.url");
+                        self.failed(&format!("HTTP {status}"));
+                        self.status.with(|s| s.paused = Some(why.clone()));
+                        Ok(Some(why))
+                    }
                 }
-                self.store.defer_single(batch, &reason).await?;
-                if facts.probes + 1 >= PROBES_BEFORE_PAUSE {
-                    counted("paused");
-                    // Dropzone's answer body stays in the store (dead-letter reason), never in
-                    // logs or /status.
-                    let why = format!("{PROBES_BEFORE_PAUSE} single alerts rejected with HTTP {status} and none accepted: the endpoint or its contract is wrong, not the data; check forward.url");
-                    self.status.with(|s| s.paused = Some(why.clone()));
-                    return Ok(Some(why));
-                }
-                // Parked behind its siblings and sent again later: a retry, as far as counts go.
-                counted("retry");
-                Ok(None)
             }
             SendOutcome::Pause { status: _, error } => {
                 let next = now_ms() + PAUSE_RETRY.as_millis() as i64;
@@ -339,6 +442,7 @@ impl Forwarder {
 
     async fn dead(&self, batch: &Batch, reason: &str) -> Result<(), StoreError> {
         self.store.dead_letter(batch, reason).await?;
+        self.status.forget(batch.id);
         crate::metrics::dead_letters(&self.name, &batch.tenant, batch.rows.max(0) as u64);
         self.status.with(|s| s.dead_lettered += batch.rows as u64);
         // The reason may quote Dropzone's answer: it is kept for `dead-letters list`, not logged.
@@ -366,6 +470,34 @@ pub fn full_jitter(attempts: i64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_convicts_an_alert_only_when_others_were_accepted_since_its_last() {
+        let status = DestinationStatus::default();
+        // One alert refused again and again with nothing accepted: parked, never a pause.
+        for _ in 0..5 {
+            assert_eq!(status.note_refusal(1), Verdict::Park);
+        }
+        // Another batch accepted since its last refusal: the next refusal is the alert's fault.
+        status.note_accept(7);
+        assert_eq!(status.note_refusal(1), Verdict::DeadLetter);
+        // A first refusal right after an acceptance is not enough on its own.
+        status.note_accept(8);
+        assert_eq!(status.note_refusal(5), Verdict::Park);
+        status.note_accept(6);
+        // Different alerts refused in a row with nothing accepted: the endpoint is broken.
+        assert_eq!(status.note_refusal(2), Verdict::Park);
+        assert_eq!(status.note_refusal(3), Verdict::Park);
+        assert_eq!(status.note_refusal(4), Verdict::Pause(3));
+        assert!(status.refusing());
+        assert_eq!(
+            status.note_refusal(2),
+            Verdict::Pause(3),
+            "still nothing accepted"
+        );
+        status.note_accept(9);
+        assert!(!status.refusing());
+    }
 
     #[test]
     fn jitter_stays_within_one_second_and_five_minutes() {

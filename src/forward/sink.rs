@@ -26,7 +26,9 @@ pub enum SendOutcome {
         status: u16,
         body: String,
     },
-    /// The endpoint or key is wrong, not the data: stop sending to this destination.
+    /// The endpoint or key is wrong, not the data (401, 403, 404, 405, 410, 415, 501, and any
+    /// 3xx: redirects are not followed, so a redirect means the URL is not the endpoint's):
+    /// stop sending to this destination.
     Pause {
         status: u16,
         error: String,
@@ -42,7 +44,9 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &str) -> SendO
             error: format!("HTTP {status}"),
         },
         413 => SendOutcome::TooLarge,
-        401 | 403 | 404 | 405 | 410 | 415 | 501 => SendOutcome::Pause {
+        // The client follows no redirect (one could carry the API key to another host), so a
+        // 3xx says nothing about the alerts: the configured URL is not the endpoint.
+        300..=399 | 401 | 403 | 404 | 405 | 410 | 415 | 501 => SendOutcome::Pause {
             status,
             error: pause_message(status),
         },
@@ -59,6 +63,9 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &str) -> SendO
 
 fn pause_message(status: u16) -> String {
     let fix = match status {
+        300..=399 => {
+            "the URL redirects elsewhere and redirects are not followed: set forward.url to the final address"
+        }
         401 | 403 => "the API key is wrong or lacks access: check forward.api_key and forward.auth",
         404 | 405 | 410 | 501 => "the URL does not accept alerts: check forward.url",
         415 => "the endpoint refuses JSON: check forward.url",
@@ -163,7 +170,7 @@ mod tests {
             );
         }
         assert_eq!(classify(413, None, ""), SendOutcome::TooLarge);
-        for s in [401, 403, 404, 405, 410, 415, 501] {
+        for s in [301, 302, 303, 307, 308, 401, 403, 404, 405, 410, 415, 501] {
             assert!(
                 matches!(classify(s, None, ""), SendOutcome::Pause { .. }),
                 "{s}"

@@ -689,6 +689,9 @@ pub struct Batch {
     /// Unix ms before which the batch must not be sent.
     pub next_attempt_at: i64,
     pub rows: i64,
+    /// A single alert the destination refused, parked until `next_attempt_at`: while it waits,
+    /// later batches of its tenant may pass it (a refused alert must not stall its tenant).
+    pub deferred: bool,
 }
 
 /// One outbox body of a batch.
@@ -838,7 +841,9 @@ pub trait Store: Send + Sync {
     fn ingest(&self, batch: IngestBatch<'_>) -> impl Future<Output = Result<IngestCounts>> + Send;
     /// Undelivered versions of a tenant (pending or batched).
     fn undelivered(&self, tenant: &str) -> impl Future<Output = Result<u64>> + Send;
-    /// The next open batch of a tenant for a destination, claimed earlier (restart, retry, split).
+    /// The next open batch of a tenant for a destination, claimed earlier (restart, retry, split):
+    /// root order, then a root's parked singles behind its other children; a parked single that
+    /// is not due yet comes after every other open batch, and is returned only when none is left.
     fn next_open_batch(
         &self,
         destination: &str,
@@ -861,8 +866,22 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<()>> + Send;
     /// Replaces a batch by two children with new keys, in its place.
     fn split_batch(&self, batch: &Batch) -> impl Future<Output = Result<()>> + Send;
-    /// A single-alert batch whose alert is rejected: parked behind its siblings, probe counted.
-    fn defer_single(&self, batch: &Batch, error: &str) -> impl Future<Output = Result<()>> + Send;
+    /// A single-alert batch whose alert is rejected: parked behind its siblings until
+    /// `next_attempt_at`, probe counted.
+    fn defer_single(
+        &self,
+        batch: &Batch,
+        next_attempt_at: i64,
+        error: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Moves the tenant's open batches of any other destination to this one (the tenant's
+    /// destination changed in the configuration): they keep their rows and keys and are sent
+    /// through the new one instead of staying claimed forever. Returns how many moved.
+    fn adopt_open_batches(
+        &self,
+        destination: &str,
+        tenant: &str,
+    ) -> impl Future<Output = Result<u64>> + Send;
     fn dead_letter(&self, batch: &Batch, reason: &str) -> impl Future<Output = Result<()>> + Send;
     fn root_facts(&self, root_id: i64) -> impl Future<Output = Result<RootFacts>> + Send;
     fn queue_status(&self, tenant: &str) -> impl Future<Output = Result<QueueStatus>> + Send;
@@ -995,8 +1014,11 @@ impl Store for AnyStore {
     async fn split_batch(&self, batch: &Batch) -> Result<()> {
         dispatch!(self, s => s.split_batch(batch))
     }
-    async fn defer_single(&self, batch: &Batch, error: &str) -> Result<()> {
-        dispatch!(self, s => s.defer_single(batch, error))
+    async fn defer_single(&self, batch: &Batch, next_attempt_at: i64, error: &str) -> Result<()> {
+        dispatch!(self, s => s.defer_single(batch, next_attempt_at, error))
+    }
+    async fn adopt_open_batches(&self, destination: &str, tenant: &str) -> Result<u64> {
+        dispatch!(self, s => s.adopt_open_batches(destination, tenant))
     }
     async fn dead_letter(&self, batch: &Batch, reason: &str) -> Result<()> {
         dispatch!(self, s => s.dead_letter(batch, reason))

@@ -455,7 +455,8 @@ fn batch_from_row(row: &PgRow) -> Result<Batch> {
         root_id,
         attempts,
         next_attempt_at,
-        rows
+        rows,
+        deferred
     ))
 }
 
@@ -707,11 +708,13 @@ impl Store for PgStore {
 
     async fn next_open_batch(&self, destination: &str, tenant: &str) -> Result<Option<Batch>> {
         let row = sqlx::query(
-            "SELECT id, tenant, destination, key, root_id, attempts, next_attempt_at, rows FROM batches \
-             WHERE destination = $1 AND tenant = $2 AND state = 'open' ORDER BY root_id, deferred, min_seq LIMIT 1",
+            "SELECT id, tenant, destination, key, root_id, attempts, next_attempt_at, rows, deferred FROM batches \
+             WHERE destination = $1 AND tenant = $2 AND state = 'open' \
+             ORDER BY (deferred AND next_attempt_at > $3), root_id, deferred, min_seq LIMIT 1",
         )
         .bind(destination)
         .bind(tenant)
+        .bind(now_ms())
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(batch_from_row).transpose()
@@ -779,6 +782,7 @@ impl Store for PgStore {
             attempts: 0,
             next_attempt_at: 0,
             rows: seqs.len() as i64,
+            deferred: false,
         }))
     }
 
@@ -893,14 +897,15 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn defer_single(&self, batch: &Batch, error: &str) -> Result<()> {
+    async fn defer_single(&self, batch: &Batch, next_attempt_at: i64, error: &str) -> Result<()> {
         let mut tx = self.fenced(&destination_lease(&batch.destination)).await?;
         sqlx::query(
-            "UPDATE batches SET deferred = TRUE, attempts = attempts + 1, last_error = $1, updated_at = $2 WHERE id = $3",
+            "UPDATE batches SET deferred = TRUE, attempts = attempts + 1, next_attempt_at = $4, last_error = $1, updated_at = $2 WHERE id = $3",
         )
         .bind(error)
         .bind(now_ms())
         .bind(batch.id)
+        .bind(next_attempt_at)
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE batches SET probes = probes + 1 WHERE id = $1")
@@ -909,6 +914,21 @@ impl Store for PgStore {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn adopt_open_batches(&self, destination: &str, tenant: &str) -> Result<u64> {
+        // Under the new destination's lease: the batches become its to send and settle.
+        let mut tx = self.fenced(&destination_lease(destination)).await?;
+        let moved = sqlx::query(
+            "UPDATE batches SET destination = $1, updated_at = $3 WHERE tenant = $2 AND state = 'open' AND destination <> $1",
+        )
+        .bind(destination)
+        .bind(tenant)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(moved.rows_affected())
     }
 
     async fn dead_letter(&self, batch: &Batch, reason: &str) -> Result<()> {

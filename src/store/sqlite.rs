@@ -368,12 +368,13 @@ fn batch_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Batch> {
         root_id,
         attempts,
         next_attempt_at,
-        rows
+        rows,
+        deferred
     ))
 }
 
 const BATCH_COLUMNS: &str =
-    "id, tenant, destination, key, root_id, attempts, next_attempt_at, rows";
+    "id, tenant, destination, key, root_id, attempts, next_attempt_at, rows, deferred != 0";
 
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
@@ -608,10 +609,11 @@ impl Store for SqliteStore {
     }
 
     async fn next_open_batch(&self, destination: &str, tenant: &str) -> Result<Option<Batch>> {
-        let sql = format!("SELECT {BATCH_COLUMNS} FROM batches WHERE destination = ? AND tenant = ? AND state = 'open' ORDER BY root_id, deferred, min_seq LIMIT 1");
+        let sql = format!("SELECT {BATCH_COLUMNS} FROM batches WHERE destination = ? AND tenant = ? AND state = 'open' ORDER BY (deferred != 0 AND next_attempt_at > ?), root_id, deferred, min_seq LIMIT 1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(destination)
             .bind(tenant)
+            .bind(now_ms())
             .fetch_optional(&self.writer)
             .await?;
         row.as_ref().map(batch_from_row).transpose()
@@ -677,6 +679,7 @@ impl Store for SqliteStore {
             attempts: 0,
             next_attempt_at: 0,
             rows: seqs.len() as i64,
+            deferred: false,
         }))
     }
 
@@ -774,10 +777,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn defer_single(&self, batch: &Batch, error: &str) -> Result<()> {
+    async fn defer_single(&self, batch: &Batch, next_attempt_at: i64, error: &str) -> Result<()> {
         let now = now_ms();
         let mut tx = self.begin().await?;
-        sqlx::query("UPDATE batches SET deferred = 1, attempts = attempts + 1, last_error = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE batches SET deferred = 1, attempts = attempts + 1, next_attempt_at = ?, last_error = ?, updated_at = ? WHERE id = ?")
+            .bind(next_attempt_at)
             .bind(error)
             .bind(now)
             .bind(batch.id)
@@ -789,6 +793,16 @@ impl Store for SqliteStore {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn adopt_open_batches(&self, destination: &str, tenant: &str) -> Result<u64> {
+        let moved = sqlx::query("UPDATE batches SET destination = ?1, updated_at = ?3 WHERE tenant = ?2 AND state = 'open' AND destination != ?1")
+            .bind(destination)
+            .bind(tenant)
+            .bind(now_ms())
+            .execute(&self.writer)
+            .await?;
+        Ok(moved.rows_affected())
     }
 
     async fn dead_letter(&self, batch: &Batch, reason: &str) -> Result<()> {

@@ -5,6 +5,7 @@ mod certificates;
 mod check;
 mod contract;
 mod delivery;
+mod delivery_refusals;
 mod faults;
 mod helpers;
 mod metrics;
