@@ -844,6 +844,117 @@ async fn operators_retry_dead_letters_replay_and_list(b: Backend) {
     db.drop_db().await;
 }
 
+fn reference(name: &str) -> String {
+    let path = format!(
+        "{}/../shared/reference/microsoft/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Microsoft's example Cloud Apps alert, and an alerts_v2 alert that is its twin (the same
+/// provider alert id, with Graph's `ca` prefix) of severity `severity`.
+fn cloud_apps_alert_and_twin(severity: &str) -> (normalize::Prepared, Value) {
+    let mda: Value = serde_json::from_str(&reference("mda-alert-fetch.json")).unwrap();
+    let mda_id = mda["_id"].as_str().unwrap().to_string();
+    let mut twin = alert(&format!("ca{mda_id}"), 0, severity);
+    twin["serviceSource"] = json!("microsoftDefenderForCloudApps");
+    (prepared(SourceKind::CloudApps, &mda), twin)
+}
+
+/// (source, change) of every version queued since the last call, which marks them delivered.
+async fn sent(s: &AnyStore) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    while let Some(batch) = s.claim_batch(DEST, TENANT, limits(100)).await.unwrap() {
+        for i in s.batch_items(batch.id).await.unwrap() {
+            let v: Value = serde_json::from_slice(&i.body).unwrap();
+            out.push((
+                v["source"].as_str().unwrap().to_string(),
+                v["change"].as_str().unwrap().to_string(),
+            ));
+        }
+        s.mark_delivered(&batch).await.unwrap();
+    }
+    out
+}
+
+/// Ingests one Cloud Apps alert with default filters (twins not forwarded).
+async fn ingest_cloud_apps(s: &AnyStore, item: normalize::Prepared) -> IngestCounts {
+    let filters = Filters::default();
+    let tenant = tenant();
+    s.ingest(page(&tenant, SourceKind::CloudApps, vec![item], &filters))
+        .await
+        .unwrap()
+}
+
+async fn a_cloud_apps_alert_is_held_only_behind_a_forwarded_twin(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    let tenant = tenant();
+    // The twin first, filtered out by the alerts source's own filters: never forwarded.
+    let (mda, twin) = cloud_apps_alert_and_twin("low");
+    let high_only = Filters {
+        severities: vec!["high".into()],
+        ..Filters::default()
+    };
+    let c = s
+        .ingest(page(
+            &tenant,
+            SourceKind::Alerts,
+            vec![prepared(SourceKind::Alerts, &twin)],
+            &high_only,
+        ))
+        .await
+        .unwrap();
+    assert_eq!((c.new, c.queued), (1, 0), "the twin is filtered out");
+    let c = ingest_cloud_apps(&s, mda).await;
+    assert_eq!(
+        (c.new, c.queued),
+        (1, 1),
+        "a twin that was never forwarded does not hold the Cloud Apps alert"
+    );
+    let batch = s
+        .claim_batch(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let items = s.batch_items(batch.id).await.unwrap();
+    let bodies: Vec<Value> = items
+        .iter()
+        .map(|i| serde_json::from_slice(&i.body).unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(bodies[0]["source"], "cloud_apps");
+    assert_eq!(bodies[0]["related"][0]["source"], "alerts");
+    assert_eq!(
+        bodies[0]["duplicate_of"],
+        Value::Null,
+        "it duplicates nothing that was delivered"
+    );
+    drop(s);
+    db.drop_db().await;
+
+    // The other order of forwarding: the twin forwarded first holds the Cloud Apps alert, now
+    // and in its later versions (the twin itself gets its usual linked revision).
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    let (mda, twin) = cloud_apps_alert_and_twin("high");
+    ingest(&s, &[twin], false, None).await.unwrap();
+    assert_eq!(sent(&s).await, [("alerts".into(), "created".into())]);
+    ingest_cloud_apps(&s, mda).await;
+    assert_eq!(
+        sent(&s).await,
+        [("alerts".into(), "linked".into())],
+        "the Cloud Apps alert is held behind its forwarded twin"
+    );
+    let mut later: Value = serde_json::from_str(&reference("mda-alert-fetch.json")).unwrap();
+    later["resolutionStatusValue"] = json!(3);
+    let c = ingest_cloud_apps(&s, prepared(SourceKind::CloudApps, &later)).await;
+    assert_eq!((c.updated, c.queued), (1, 0), "still held when it changes");
+    drop(s);
+    db.drop_db().await;
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -876,6 +987,7 @@ conformance!(
     operators_retry_dead_letters_replay_and_list,
     a_parked_refused_alert_lets_its_tenants_later_batches_pass,
     open_batches_follow_their_tenant_to_a_new_destination,
+    a_cloud_apps_alert_is_held_only_behind_a_forwarded_twin,
 );
 
 async fn a_parked_refused_alert_lets_its_tenants_later_batches_pass(b: Backend) {

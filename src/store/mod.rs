@@ -295,9 +295,12 @@ pub fn plan_ingest(
             .get(&item.native_id)
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        let twin = duplicate_of(batch.source, refs);
-        // The twin rule: a Cloud Apps alert already seen through alerts_v2 is held, unless
-        // forward_twins; one already forwarded keeps being forwarded (rule 7).
+        // The twin rule: a Cloud Apps alert already forwarded through alerts_v2 is held, unless
+        // forward_twins; one already forwarded keeps being forwarded (rule 7). A twin that was
+        // stored but never forwarded (the alerts source's own filters dropped it) holds nothing:
+        // holding behind it would keep the detection from Dropzone for good, and nothing
+        // re-decides a held alert until its own next version.
+        let twin = duplicate_of(batch.source, refs).filter(|t| t.forwarded);
         let held = twin.is_some() && !batch.filters.forward_twins;
         let forward = was_forwarded || (!held && passes(batch.filters, &item.filter));
         let mut state = AlertState {
@@ -435,6 +438,9 @@ pub fn replay_base(version: &str) -> &str {
 pub struct LinkRef {
     pub source: SourceKind,
     pub native_id: String,
+    /// Whether that item was ever forwarded (its `alerts` row), as the page's transaction saw
+    /// it: the twin rule holds a Cloud Apps alert only behind a twin Dropzone actually got.
+    pub forwarded: bool,
 }
 
 /// The keys that link an item to the same thing seen through another source: a Cloud Apps

@@ -172,11 +172,12 @@ impl PgStore {
         .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .collect::<Result<_>>()?;
-        let mut others: HashMap<String, Vec<(SourceKind, String)>> = HashMap::new();
+        let mut others: HashMap<String, Vec<(SourceKind, String, bool)>> = HashMap::new();
         for r in sqlx::query(
-            "SELECT l.key, l.source, l.native_id FROM (SELECT DISTINCT k FROM UNNEST($2::text[]) AS u(k)) u \
+            "SELECT l.key, l.source, l.native_id, COALESCE(a.forwarded, FALSE) FROM (SELECT DISTINCT k FROM UNNEST($2::text[]) AS u(k)) u \
              CROSS JOIN LATERAL ( \
-               SELECT key, source, native_id FROM links WHERE tenant = $1 AND key = u.k AND source <> $3 OFFSET 0) l",
+               SELECT key, source, native_id FROM links WHERE tenant = $1 AND key = u.k AND source <> $3 OFFSET 0) l \
+             LEFT JOIN alerts a ON a.tenant = $1 AND a.source = l.source AND a.native_id = l.native_id",
         )
         .bind(tenant)
         .bind(&keys)
@@ -184,10 +185,10 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await?
         {
-            let (key, s, n): (String, String, String) =
-                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+            let (key, s, n, fwd): (String, String, String, bool) =
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
             if let Some(s) = SourceKind::parse(&s) {
-                others.entry(key).or_default().push((s, n));
+                others.entry(key).or_default().push((s, n, fwd));
             }
         }
         for (key, owner) in keys.into_iter().zip(owners) {
@@ -196,11 +197,12 @@ impl PgStore {
             };
             let is_new = inserted.contains(&(key, owner.clone()));
             let entry = related.entry(owner).or_default();
-            for (s, n) in linked {
+            for (s, n, fwd) in linked {
                 if !entry.iter().any(|l| l.source == *s && &l.native_id == n) {
                     entry.push(LinkRef {
                         source: *s,
                         native_id: n.clone(),
+                        forwarded: *fwd,
                     });
                 }
                 if is_new && !relink.iter().any(|(rs, rn)| rs == s && rn == n) {
@@ -253,8 +255,9 @@ impl PgStore {
             return Ok(None);
         };
         let refs: Vec<LinkRef> = sqlx::query(
-            "SELECT DISTINCT l2.source, l2.native_id FROM links l1 \
+            "SELECT DISTINCT l2.source, l2.native_id, COALESCE(a.forwarded, FALSE) FROM links l1 \
              JOIN links l2 ON l2.tenant = l1.tenant AND l2.key = l1.key \
+             LEFT JOIN alerts a ON a.tenant = l2.tenant AND a.source = l2.source AND a.native_id = l2.native_id \
              WHERE l1.tenant = $1 AND l1.source = $2 AND l1.native_id = $3 \
              AND NOT (l2.source = l1.source AND l2.native_id = l1.native_id)",
         )
@@ -269,6 +272,7 @@ impl PgStore {
             Some(LinkRef {
                 source: SourceKind::parse(&s)?,
                 native_id: r.try_get(1).ok()?,
+                forwarded: r.try_get(2).ok()?,
             })
         })
         .collect();

@@ -140,14 +140,15 @@ impl SqliteStore {
                     .await?
                     .rows_affected()
                     == 1;
-                let others = sqlx::query("SELECT source, native_id FROM links WHERE tenant = ? AND key = ? AND source <> ?")
+                let others = sqlx::query("SELECT l.source, l.native_id, COALESCE(a.forwarded, 0) FROM links l LEFT JOIN alerts a ON a.tenant = l.tenant AND a.source = l.source AND a.native_id = l.native_id WHERE l.tenant = ? AND l.key = ? AND l.source <> ?")
                     .bind(tenant)
                     .bind(&key)
                     .bind(source)
                     .fetch_all(&mut *tx)
                     .await?;
                 for r in &others {
-                    let (s, n): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+                    let (s, n, fwd): (String, String, i64) =
+                        (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
                     let Some(s) = SourceKind::parse(&s) else {
                         continue;
                     };
@@ -156,6 +157,7 @@ impl SqliteStore {
                         entry.push(LinkRef {
                             source: s,
                             native_id: n.clone(),
+                            forwarded: fwd != 0,
                         });
                     }
                     if inserted && !relink.contains(&(s, n.clone())) {
@@ -205,7 +207,7 @@ impl SqliteStore {
         let Some(json) = stored.and_then(|b| body_codec::decode(&b).ok()) else {
             return Ok(None);
         };
-        let refs: Vec<LinkRef> = sqlx::query("SELECT DISTINCT l2.source, l2.native_id FROM links l1 JOIN links l2 ON l2.tenant = l1.tenant AND l2.key = l1.key WHERE l1.tenant = ? AND l1.source = ? AND l1.native_id = ? AND NOT (l2.source = l1.source AND l2.native_id = l1.native_id)")
+        let refs: Vec<LinkRef> = sqlx::query("SELECT DISTINCT l2.source, l2.native_id, COALESCE(a.forwarded, 0) FROM links l1 JOIN links l2 ON l2.tenant = l1.tenant AND l2.key = l1.key LEFT JOIN alerts a ON a.tenant = l2.tenant AND a.source = l2.source AND a.native_id = l2.native_id WHERE l1.tenant = ? AND l1.source = ? AND l1.native_id = ? AND NOT (l2.source = l1.source AND l2.native_id = l1.native_id)")
             .bind(&tenant.name)
             .bind(source.as_str())
             .bind(native_id)
@@ -214,7 +216,8 @@ impl SqliteStore {
             .iter()
             .filter_map(|r| {
                 let s: String = r.try_get(0).ok()?;
-                Some(LinkRef { source: SourceKind::parse(&s)?, native_id: r.try_get(1).ok()? })
+                let forwarded: i64 = r.try_get(2).ok()?;
+                Some(LinkRef { source: SourceKind::parse(&s)?, native_id: r.try_get(1).ok()?, forwarded: forwarded != 0 })
             })
             .collect();
         let Some((row, next)) = crate::store::linked_revision(
