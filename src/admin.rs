@@ -56,8 +56,9 @@ pub enum CursorCmd {
         #[arg(long)]
         tenant: Option<String>,
     },
-    /// Move a coverage point (back, to read a period again; forward, to skip one). Stop the
-    /// tenant's poller first: a scan in progress would move C forward again.
+    /// Move a coverage point (back, to read a period again; forward, to skip one). With
+    /// Postgres it may run beside the daemon: a poll already under way stores its pages but no
+    /// longer moves C (the row's generation changed), and the next poll starts from the new C.
     Set {
         #[arg(long)]
         tenant: String,

@@ -955,6 +955,63 @@ async fn a_cloud_apps_alert_is_held_only_behind_a_forwarded_twin(b: Backend) {
     db.drop_db().await;
 }
 
+async fn cursor_set_while_a_poll_runs_takes_effect(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    // On Postgres the operator's command runs in another process, beside the daemon; SQLite
+    // allows one process per file, so there it shares the daemon's store.
+    let beside = match b {
+        Backend::Postgres => Some(db.open().await),
+        Backend::Sqlite => None,
+    };
+    let operator = beside.as_ref().unwrap_or(&s);
+    let key = CursorKey {
+        tenant: TENANT.into(),
+        source: SourceKind::Alerts,
+        list: String::new(),
+    };
+    s.init_cursor(
+        &key,
+        Cursor {
+            coverage: 1_000,
+            t0: 1_000,
+        },
+    )
+    .await
+    .unwrap();
+    // A poll starts: it reads C.
+    let c = s.load_cursor(&key).await.unwrap().unwrap();
+    assert_eq!(c.coverage, 1_000);
+    // The operator moves C back to read a period again.
+    let said = m365_ingest::admin::cursor(
+        operator,
+        m365_ingest::admin::CursorCmd::Set {
+            tenant: TENANT.into(),
+            source: "alerts".into(),
+            list: String::new(),
+            to: "1970-01-01T00:08:20Z".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(said.contains("moved"), "{said}");
+    // The poll, unaware, commits its next page with C moving to the page's end.
+    ingest(&s, &[alert("p1", 0, "low")], false, Some((&key, 2_000)))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.load_cursor(&key).await.unwrap().unwrap().coverage,
+        500,
+        "the poll that read C before the command does not undo it"
+    );
+    // The next poll reads the operator's C and moves it on as usual.
+    ingest(&s, &[], false, Some((&key, 700))).await.unwrap();
+    assert_eq!(s.load_cursor(&key).await.unwrap().unwrap().coverage, 700);
+    drop(beside);
+    drop(s);
+    db.drop_db().await;
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -988,6 +1045,7 @@ conformance!(
     a_parked_refused_alert_lets_its_tenants_later_batches_pass,
     open_batches_follow_their_tenant_to_a_new_destination,
     a_cloud_apps_alert_is_held_only_behind_a_forwarded_twin,
+    cursor_set_while_a_poll_runs_takes_effect,
 );
 
 async fn a_parked_refused_alert_lets_its_tenants_later_batches_pass(b: Backend) {

@@ -433,6 +433,43 @@ pub fn replay_base(version: &str) -> &str {
     version.split("#replay").next().unwrap_or(version)
 }
 
+/// The generation of each coverage point as this process last read it (`load_cursor`,
+/// `init_cursor`). `cursor set` bumps the row's generation; a page's advance applies only while
+/// the row still has the generation its poll read, so a poll that started before the command
+/// stores its pages but cannot move C past the operator's value (`GREATEST` would undo a move
+/// back). The poll after it reads the new C and generation. Kept in the store, not in the
+/// pollers, because every poll reads C through `load_cursor` before it commits a page.
+#[derive(Default)]
+pub(crate) struct CursorGenerations(std::sync::Mutex<HashMap<CursorKey, i64>>);
+
+impl CursorGenerations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CursorKey, i64>> {
+        match self.0.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    pub(crate) fn read(&self, key: &CursorKey, generation: i64) {
+        self.lock().insert(key.clone(), generation);
+    }
+
+    /// The generation an advance must find; `None` (C never read by this process) lets it pass.
+    pub(crate) fn expected(&self, key: &CursorKey) -> Option<i64> {
+        self.lock().get(key).copied()
+    }
+}
+
+/// Says that a page's advance was dropped because `cursor set` moved C after its poll read it.
+pub(crate) fn skipped_advance(key: &CursorKey) {
+    tracing::info!(
+        tenant = %key.tenant,
+        source = key.source.as_str(),
+        list = %key.list,
+        "coverage point was set by an operator after this poll read it: the poll's pages are stored, C stays where it was set, the next poll starts from there"
+    );
+}
+
 /// An item another item is linked to (design §6 `related`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LinkRef {

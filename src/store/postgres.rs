@@ -18,6 +18,7 @@ pub struct PgStore {
     holder: String,
     /// The epoch of each lease this replica believes it holds; the database has the last word.
     held: Mutex<HashMap<String, i64>>,
+    cursor_generations: CursorGenerations,
 }
 
 type Tx = sqlx::Transaction<'static, Postgres>;
@@ -61,6 +62,7 @@ impl PgStore {
             pool,
             holder: holder_id(),
             held: Mutex::new(HashMap::new()),
+            cursor_generations: CursorGenerations::default(),
         })
     }
 
@@ -522,7 +524,7 @@ impl Store for PgStore {
 
     async fn load_cursor(&self, key: &CursorKey) -> Result<Option<Cursor>> {
         let row = sqlx::query(
-            "SELECT coverage, t0 FROM cursors WHERE tenant = $1 AND source = $2 AND list = $3",
+            "SELECT coverage, t0, generation FROM cursors WHERE tenant = $1 AND source = $2 AND list = $3",
         )
         .bind(&key.tenant)
         .bind(key.source.as_str())
@@ -530,10 +532,13 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row {
-            Some(r) => Some(Cursor {
-                coverage: r.try_get(0)?,
-                t0: r.try_get(1)?,
-            }),
+            Some(r) => {
+                self.cursor_generations.read(key, r.try_get(2)?);
+                Some(Cursor {
+                    coverage: r.try_get(0)?,
+                    t0: r.try_get(1)?,
+                })
+            }
             None => None,
         })
     }
@@ -552,7 +557,7 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await?;
         let r = sqlx::query(
-            "SELECT coverage, t0 FROM cursors WHERE tenant = $1 AND source = $2 AND list = $3",
+            "SELECT coverage, t0, generation FROM cursors WHERE tenant = $1 AND source = $2 AND list = $3",
         )
         .bind(&key.tenant)
         .bind(key.source.as_str())
@@ -563,14 +568,16 @@ impl Store for PgStore {
             coverage: r.try_get(0)?,
             t0: r.try_get(1)?,
         };
+        let generation: i64 = r.try_get(2)?;
         tx.commit().await?;
+        self.cursor_generations.read(key, generation);
         Ok(c)
     }
 
     async fn set_cursor(&self, key: &CursorKey, c: Cursor) -> Result<()> {
         sqlx::query(
             "INSERT INTO cursors (tenant, source, list, coverage, t0, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (tenant, source, list) DO UPDATE SET coverage = excluded.coverage, t0 = excluded.t0, state = NULL, updated_at = excluded.updated_at",
+             ON CONFLICT (tenant, source, list) DO UPDATE SET coverage = excluded.coverage, t0 = excluded.t0, state = NULL, updated_at = excluded.updated_at, generation = cursors.generation + 1",
         )
         .bind(&key.tenant)
         .bind(key.source.as_str())
@@ -684,9 +691,10 @@ impl Store for PgStore {
             q.execute(&mut *tx).await?;
         }
         if let Some((key, b)) = batch.advance {
-            sqlx::query(
+            // Only under the generation this poll read: see `CursorGenerations`.
+            let moved = sqlx::query(
                 "UPDATE cursors SET coverage = GREATEST(coverage, $1), updated_at = $2, state = COALESCE($6, state) \
-                 WHERE tenant = $3 AND source = $4 AND list = $5",
+                 WHERE tenant = $3 AND source = $4 AND list = $5 AND ($7::bigint IS NULL OR generation = $7)",
             )
             .bind(b)
             .bind(now)
@@ -694,8 +702,13 @@ impl Store for PgStore {
             .bind(key.source.as_str())
             .bind(&key.list)
             .bind(batch.source_state)
+            .bind(self.cursor_generations.expected(key))
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if moved == 0 {
+                skipped_advance(key);
+            }
         }
         tx.commit().await?;
         Ok(counts)

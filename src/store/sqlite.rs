@@ -21,6 +21,7 @@ pub struct SqliteStore {
     /// Held for the store's life: a second daemon on the same file would break the
     /// single-writer rule the whole store relies on (design §5).
     _lock: std::fs::File,
+    cursor_generations: CursorGenerations,
 }
 
 /// How long opening waits for another process to let go of the file (a restart's overlap).
@@ -112,6 +113,7 @@ impl SqliteStore {
             writer,
             reader,
             _lock: lock,
+            cursor_generations: CursorGenerations::default(),
         })
     }
 
@@ -396,7 +398,7 @@ impl Store for SqliteStore {
 
     async fn load_cursor(&self, key: &CursorKey) -> Result<Option<Cursor>> {
         let row = sqlx::query(
-            "SELECT coverage, t0 FROM cursors WHERE tenant = ? AND source = ? AND list = ?",
+            "SELECT coverage, t0, generation FROM cursors WHERE tenant = ? AND source = ? AND list = ?",
         )
         .bind(&key.tenant)
         .bind(key.source.as_str())
@@ -404,10 +406,13 @@ impl Store for SqliteStore {
         .fetch_optional(&self.reader)
         .await?;
         Ok(match row {
-            Some(r) => Some(Cursor {
-                coverage: r.try_get(0)?,
-                t0: r.try_get(1)?,
-            }),
+            Some(r) => {
+                self.cursor_generations.read(key, r.try_get(2)?);
+                Some(Cursor {
+                    coverage: r.try_get(0)?,
+                    t0: r.try_get(1)?,
+                })
+            }
             None => None,
         })
     }
@@ -426,7 +431,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         let r = sqlx::query(
-            "SELECT coverage, t0 FROM cursors WHERE tenant = ? AND source = ? AND list = ?",
+            "SELECT coverage, t0, generation FROM cursors WHERE tenant = ? AND source = ? AND list = ?",
         )
         .bind(&key.tenant)
         .bind(key.source.as_str())
@@ -437,14 +442,16 @@ impl Store for SqliteStore {
             coverage: r.try_get(0)?,
             t0: r.try_get(1)?,
         };
+        let generation: i64 = r.try_get(2)?;
         tx.commit().await?;
+        self.cursor_generations.read(key, generation);
         Ok(c)
     }
 
     async fn set_cursor(&self, key: &CursorKey, c: Cursor) -> Result<()> {
         sqlx::query(
             "INSERT INTO cursors (tenant, source, list, coverage, t0, updated_at) VALUES (?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (tenant, source, list) DO UPDATE SET coverage = excluded.coverage, t0 = excluded.t0, state = NULL, updated_at = excluded.updated_at",
+             ON CONFLICT (tenant, source, list) DO UPDATE SET coverage = excluded.coverage, t0 = excluded.t0, state = NULL, updated_at = excluded.updated_at, generation = cursors.generation + 1",
         )
         .bind(&key.tenant)
         .bind(key.source.as_str())
@@ -588,15 +595,23 @@ impl Store for SqliteStore {
             q.execute(&mut *tx).await?;
         }
         if let Some((key, b)) = batch.advance {
-            sqlx::query("UPDATE cursors SET coverage = MAX(coverage, ?), state = COALESCE(?, state), updated_at = ? WHERE tenant = ? AND source = ? AND list = ?")
+            // Only under the generation this poll read: see `CursorGenerations`.
+            let expected = self.cursor_generations.expected(key);
+            let moved = sqlx::query("UPDATE cursors SET coverage = MAX(coverage, ?), state = COALESCE(?, state), updated_at = ? WHERE tenant = ? AND source = ? AND list = ? AND (? IS NULL OR generation = ?)")
                 .bind(b)
                 .bind(batch.source_state)
                 .bind(now)
                 .bind(&key.tenant)
                 .bind(key.source.as_str())
                 .bind(&key.list)
+                .bind(expected)
+                .bind(expected)
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected();
+            if moved == 0 {
+                skipped_advance(key);
+            }
         }
         tx.commit().await?;
         Ok(counts)
