@@ -1012,6 +1012,56 @@ async fn cursor_set_while_a_poll_runs_takes_effect(b: Backend) {
     db.drop_db().await;
 }
 
+async fn a_late_twin_is_named_in_duplicate_of_only_when_forwarded(b: Backend) {
+    // The Cloud Apps alert first (forwarded: no twin known), then its twin, which gives it a
+    // linked revision; `duplicate_of` names the twin only if Dropzone got the twin.
+    for (severity, named) in [("low", false), ("high", true)] {
+        let db = Fresh::new(b).await;
+        let s = db.open_leader().await;
+        let tenant = tenant();
+        let (mda, twin) = cloud_apps_alert_and_twin(severity);
+        ingest_cloud_apps(&s, mda).await;
+        assert_eq!(sent(&s).await, [("cloud_apps".into(), "created".into())]);
+        let high_only = Filters {
+            severities: vec!["high".into()],
+            ..Filters::default()
+        };
+        s.ingest(page(
+            &tenant,
+            SourceKind::Alerts,
+            vec![prepared(SourceKind::Alerts, &twin)],
+            &high_only,
+        ))
+        .await
+        .unwrap();
+        let batch = s
+            .claim_batch(DEST, TENANT, limits(10))
+            .await
+            .unwrap()
+            .unwrap();
+        let bodies: Vec<Value> = s
+            .batch_items(batch.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| serde_json::from_slice(&i.body).unwrap())
+            .collect();
+        let linked = bodies
+            .iter()
+            .find(|v| v["source"] == "cloud_apps" && v["change"] == "linked")
+            .expect("a linked revision of the Cloud Apps alert");
+        assert_eq!(linked["related"][0]["source"], "alerts");
+        assert_eq!(
+            linked["duplicate_of"].is_object(),
+            named,
+            "twin of severity {severity}: {}",
+            linked["duplicate_of"]
+        );
+        drop(s);
+        db.drop_db().await;
+    }
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1046,6 +1096,7 @@ conformance!(
     open_batches_follow_their_tenant_to_a_new_destination,
     a_cloud_apps_alert_is_held_only_behind_a_forwarded_twin,
     cursor_set_while_a_poll_runs_takes_effect,
+    a_late_twin_is_named_in_duplicate_of_only_when_forwarded,
 );
 
 async fn a_parked_refused_alert_lets_its_tenants_later_batches_pass(b: Backend) {

@@ -622,7 +622,9 @@ pub fn linked_revision(
     };
     let k = link_count + 1;
     let version = format!("{base}#l{k}");
-    let body = with_links(&body, refs, duplicate_of(source, refs));
+    // As in `plan_ingest`: `duplicate_of` names only a twin Dropzone got.
+    let twin = duplicate_of(source, refs).filter(|t| t.forwarded);
+    let body = with_links(&body, refs, twin);
     let event_id = envelope::event_id(&tenant.id, source.as_str(), &state.native_id, &version);
     let alert_id = envelope::alert_id(&tenant.id, source.as_str(), &state.native_id);
     let mut next = state.clone();

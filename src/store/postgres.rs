@@ -216,12 +216,15 @@ impl PgStore {
     }
 
     /// A `linked` revision for an item forwarded before its counterpart arrived.
+    /// `page` is the page being committed: its source and the items its plan forwards, whose
+    /// `alerts` rows are written after this, so the twin rule must learn of them from the plan.
     async fn linked_revision(
         tx: &mut sqlx::PgConnection,
         tenant: &TenantRef,
         source: SourceKind,
         native_id: &str,
         observed_at: &str,
+        page: (SourceKind, &HashSet<String>),
     ) -> Result<Option<OutboxRow>> {
         let row = sqlx::query(
             "SELECT latest, state_hash, revision, forwarded, field_hashes, link_count, last_seq FROM alerts \
@@ -256,7 +259,7 @@ impl PgStore {
         let Some(json) = stored.and_then(|b| body_codec::decode(&b).ok()) else {
             return Ok(None);
         };
-        let refs: Vec<LinkRef> = sqlx::query(
+        let mut refs: Vec<LinkRef> = sqlx::query(
             "SELECT DISTINCT l2.source, l2.native_id, COALESCE(a.forwarded, FALSE) FROM links l1 \
              JOIN links l2 ON l2.tenant = l1.tenant AND l2.key = l1.key \
              LEFT JOIN alerts a ON a.tenant = l2.tenant AND a.source = l2.source AND a.native_id = l2.native_id \
@@ -278,6 +281,11 @@ impl PgStore {
             })
         })
         .collect();
+        for r in &mut refs {
+            if r.source == page.0 && page.1.contains(&r.native_id) {
+                r.forwarded = true;
+            }
+        }
         let Some((row, next)) = crate::store::linked_revision(
             tenant,
             source,
@@ -637,10 +645,22 @@ impl Store for PgStore {
         drop(ids);
         let (related, relink) = Self::link(&mut tx, &tenant, &batch).await?;
         let mut plan = plan_ingest_guarded(&mut batch, &states, &related)?;
+        let forwarded_now: HashSet<String> = plan
+            .upserts
+            .iter()
+            .filter(|u| u.forwarded)
+            .map(|u| u.native_id.clone())
+            .collect();
         for (src, native_id) in relink {
-            if let Some(row) =
-                Self::linked_revision(&mut tx, batch.tenant, src, &native_id, batch.observed_at)
-                    .await?
+            if let Some(row) = Self::linked_revision(
+                &mut tx,
+                batch.tenant,
+                src,
+                &native_id,
+                batch.observed_at,
+                (batch.source, &forwarded_now),
+            )
+            .await?
             {
                 plan.outbox.push(row);
                 plan.counts.queued += 1;
