@@ -61,6 +61,8 @@ async fn logs_of_a_full_run_contain_no_secret_token_or_api_key() {
     })
     .await
     .unwrap();
+    // The daemon below runs at 6000 requests a minute; so does the simulator's budget.
+    sim.set_graph_rate_limit(6000);
     sim.add_tenant(TENANT);
     sim.add_app(
         TENANT,

@@ -376,7 +376,7 @@ fn render_string(tenant: &str, id: &str, ticks: i64, body: &Body) -> String {
 }
 
 async fn list(State(inner): State<Arc<Inner>>, headers: HeaderMap, uri: Uri) -> Response {
-    let ctx = match graph::begin(&inner, &headers, READ_ROLES).await {
+    let ctx = match graph::begin_security(&inner, &headers, READ_ROLES).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -435,7 +435,7 @@ async fn get_one(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let ctx = match graph::begin(&inner, &headers, READ_ROLES).await {
+    let ctx = match graph::begin_security(&inner, &headers, READ_ROLES).await {
         Ok(c) => c,
         Err(r) => return r,
     };

@@ -57,7 +57,7 @@ pub(crate) struct Throttle {
 impl Throttle {
     /// Admits a request or returns the `Retry-After` to send; the bool says whether it arrived
     /// inside a `Retry-After` already given (a violation).
-    fn admit(&mut self, now: Instant, per_minute: usize) -> (bool, Option<u64>) {
+    pub(crate) fn admit(&mut self, now: Instant, per_minute: usize) -> (bool, Option<u64>) {
         let minute = Duration::from_secs(60);
         while self
             .served
@@ -82,7 +82,7 @@ impl Throttle {
         (early, Some(secs))
     }
 
-    fn in_window(&self, now: Instant) -> bool {
+    pub(crate) fn in_window(&self, now: Instant) -> bool {
         self.retry_until.is_some_and(|u| now < u)
     }
 }

@@ -108,6 +108,10 @@ struct FaultsReq {
     expand_fails: bool,
     #[serde(default)]
     refuse_submission_filter: bool,
+    #[serde(default)]
+    ignore_submission_filter: bool,
+    #[serde(default)]
+    stale_skiptoken_next: u32,
 }
 
 #[derive(Deserialize)]
@@ -270,6 +274,8 @@ async fn faults(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
                 hide_until: Vec::new(),
                 expand_fails: r.expand_fails,
                 refuse_submission_filter: r.refuse_submission_filter,
+                ignore_submission_filter: r.ignore_submission_filter,
+                stale_skiptoken_next: r.stale_skiptoken_next,
             };
             sim(inner).set_faults(&r.tenant_id, f);
             ok(json!({"ok": true}))

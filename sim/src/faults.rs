@@ -36,6 +36,12 @@ pub struct Faults {
     /// Threat-submission lists answer 400 to any `$filter`, as a tenant where Microsoft does not
     /// support filtering them on `createdDateTime` would.
     pub refuse_submission_filter: bool,
+    /// Threat-submission lists drop any `$filter` and list everything (with `@odata.count` of
+    /// everything), as Graph does with a filter on a property it does not filter by: no error.
+    pub ignore_submission_filter: bool,
+    /// The next n threat-submission requests that carry a `$skiptoken` answer 400, as Graph does
+    /// to a skiptoken that expired during a walk. Requests without one are served.
+    pub stale_skiptoken_next: u32,
     /// While true, every incidents request with `$expand=alerts` answers 500 (Graph's error
     /// body), as large tenants saw (API.md §4); the same request without it succeeds.
     pub expand_fails: bool,
@@ -57,6 +63,7 @@ pub(crate) struct FaultState {
     throttled_until: Option<Instant>,
     truncate_left: u32,
     update_left: u32,
+    stale_skiptoken_left: u32,
 }
 
 /// Seconds to wait for a `Retry-After` value: decimal seconds or an HTTP-date.
@@ -75,6 +82,7 @@ impl FaultState {
         FaultState {
             truncate_left: faults.truncate_next,
             update_left: faults.update_during_listing,
+            stale_skiptoken_left: faults.stale_skiptoken_next,
             faults,
             ..Default::default()
         }
@@ -123,6 +131,13 @@ impl FaultState {
         t
     }
 
+    /// Whether this skiptoken is to be answered as expired (consumes one).
+    pub fn take_stale_skiptoken(&mut self) -> bool {
+        let t = self.stale_skiptoken_left > 0;
+        self.stale_skiptoken_left = self.stale_skiptoken_left.saturating_sub(1);
+        t
+    }
+
     /// Whether this listing is to update its first item (consumes one).
     pub fn take_update(&mut self) -> bool {
         let t = self.update_left > 0;
@@ -136,6 +151,23 @@ impl Simulator {
     /// window restart, so a test that switches faults off gets clean answers at once.
     pub fn set_faults(&self, tenant_id: &str, f: Faults) {
         lock(&self.inner.faults).insert(tenant_key(tenant_id), FaultState::new(f));
+    }
+
+    /// Sets how many `/security` requests one app may make in one tenant per sliding minute
+    /// (default 150, Graph's documented budget, API.md §2); the next answers 429 with
+    /// `Retry-After` in whole seconds.
+    pub fn set_graph_rate_limit(&self, per_minute: usize) {
+        self.inner
+            .graph_per_minute
+            .store(per_minute.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many `/security` requests were answered 429 for being over the Graph budget (all
+    /// tenants and apps together). A client that keeps to the budget keeps this at 0.
+    pub fn graph_over_budget(&self) -> usize {
+        self.inner
+            .graph_over_budget
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many Graph or Cloud Apps requests arrived while a `Retry-After` their tenant was given

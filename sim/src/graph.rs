@@ -101,14 +101,38 @@ fn error_response(
     )
 }
 
-/// Authenticates a Graph request and runs it through its tenant's faults. `any_of_roles`: the
-/// application permissions of which the token needs at least one (empty: the caller checks
-/// roles itself, as the mail endpoints do with their own error body). On refusal, the answer
-/// to send.
+/// Requests per sliding minute Graph allows one app in one tenant on `/security` (API.md §2).
+pub(crate) const DEFAULT_SECURITY_PER_MINUTE: usize = 150;
+
+/// [`begin`] for the `/security` resources: the request also counts against the budget of its
+/// app and tenant, and is answered 429 with `Retry-After` when over it.
+pub(crate) async fn begin_security(
+    inner: &Arc<Inner>,
+    headers: &HeaderMap,
+    any_of_roles: &[&str],
+) -> Result<Ctx, Response> {
+    begin_with(inner, headers, any_of_roles, true).await
+}
+
+/// Authenticates a Graph request and runs it through its tenant's faults; no `/security` budget
+/// (the mail endpoints keep their own limits).
 pub(crate) async fn begin(
     inner: &Arc<Inner>,
     headers: &HeaderMap,
     any_of_roles: &[&str],
+) -> Result<Ctx, Response> {
+    begin_with(inner, headers, any_of_roles, false).await
+}
+
+/// Authenticates a Graph request and runs it through its tenant's faults. `any_of_roles`: the
+/// application permissions of which the token needs at least one (empty: the caller checks
+/// roles itself, as the mail endpoints do with their own error body). On refusal, the answer
+/// to send.
+async fn begin_with(
+    inner: &Arc<Inner>,
+    headers: &HeaderMap,
+    any_of_roles: &[&str],
+    security: bool,
 ) -> Result<Ctx, Response> {
     let request_id = crate::new_guid();
     let client_request_id = headers
@@ -134,9 +158,14 @@ pub(crate) async fn begin(
         inner.unauthorized.fetch_add(1, Ordering::Relaxed);
         // An early return is a violation whatever token it carries.
         if let Some(t) = &tenant {
+            let now = Instant::now();
             let early = lock(&inner.faults)
                 .get(t)
-                .is_some_and(|f| f.in_throttle_window(Instant::now()));
+                .is_some_and(|f| f.in_throttle_window(now))
+                || (security
+                    && lock(&inner.graph_throttle)
+                        .iter()
+                        .any(|((tenant, _), th)| tenant == t && th.in_window(now)));
             if early {
                 inner.throttle_violations.fetch_add(1, Ordering::Relaxed);
             }
@@ -176,6 +205,36 @@ pub(crate) async fn begin(
         Lookup::Valid(info) => info,
     };
     let tenant = info.tenant.clone();
+
+    if security {
+        // Counted per app and tenant, as Graph does, before the test's own faults.
+        let per_minute = inner.graph_per_minute.load(Ordering::Relaxed);
+        let key = (tenant.clone(), info.client_id.to_ascii_lowercase());
+        let (early, retry) = lock(&inner.graph_throttle)
+            .entry(key)
+            .or_default()
+            .admit(Instant::now(), per_minute);
+        if early {
+            inner.throttle_violations.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(tenant = %tenant, "graph request arrived inside a budget Retry-After");
+        }
+        if let Some(secs) = retry {
+            inner.graph_over_budget.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(tenant = %tenant, per_minute, "graph /security budget exceeded: 429");
+            let mut r = error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "Please retry again later.",
+                false,
+                &request_id,
+                crid,
+                Some(&tenant),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return Err(r);
+        }
+    }
 
     let (violation, gate, delay) = {
         let mut faults = lock(&inner.faults);

@@ -168,7 +168,7 @@ fn expand_error(ctx: &graph::Ctx) -> Response {
 }
 
 async fn list(State(inner): State<Arc<Inner>>, headers: HeaderMap, uri: Uri) -> Response {
-    let ctx = match graph::begin(&inner, &headers, READ_ROLES).await {
+    let ctx = match graph::begin_security(&inner, &headers, READ_ROLES).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -230,7 +230,7 @@ async fn get_one(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let ctx = match graph::begin(&inner, &headers, READ_ROLES).await {
+    let ctx = match graph::begin_security(&inner, &headers, READ_ROLES).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -273,7 +273,7 @@ async fn alerts_of(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let ctx = match graph::begin(&inner, &headers, READ_ROLES).await {
+    let ctx = match graph::begin_security(&inner, &headers, READ_ROLES).await {
         Ok(c) => c,
         Err(r) => return r,
     };

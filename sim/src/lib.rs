@@ -135,6 +135,12 @@ pub(crate) struct Inner {
     /// Cloud Apps request windows per tenant, and the allowance per minute.
     pub(crate) mda_throttle: Mutex<cloud_apps::Throttles>,
     pub(crate) mda_per_minute: AtomicUsize,
+    /// Graph `/security` request windows per (tenant, app), and the allowance per minute: Graph
+    /// budgets the security API per app and tenant (API.md §2).
+    pub(crate) graph_throttle: Mutex<HashMap<(String, String), cloud_apps::Throttle>>,
+    pub(crate) graph_per_minute: AtomicUsize,
+    /// `/security` requests answered 429 because their app and tenant were over the budget.
+    pub(crate) graph_over_budget: AtomicUsize,
     pub(crate) faults: Mutex<HashMap<String, faults::FaultState>>,
     pub(crate) requests: Mutex<Vec<RecordedRequest>>,
     pub(crate) dropzone: Mutex<dropzone::Sink>,
@@ -274,6 +280,9 @@ impl Simulator {
             cloud_apps: Mutex::default(),
             mda_throttle: Mutex::default(),
             mda_per_minute: AtomicUsize::new(cloud_apps::DEFAULT_PER_MINUTE),
+            graph_throttle: Mutex::default(),
+            graph_per_minute: AtomicUsize::new(graph::DEFAULT_SECURITY_PER_MINUTE),
+            graph_over_budget: AtomicUsize::new(0),
             faults: Mutex::default(),
             requests: Mutex::default(),
             dropzone: Mutex::default(),

@@ -157,7 +157,7 @@ async fn list(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let ctx = match graph::begin(&inner, &headers, READ_ROLES).await {
+    let ctx = match graph::begin_security(&inner, &headers, READ_ROLES).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -168,13 +168,35 @@ async fn list(
             &format!("Resource not found for the segment '{list}'."),
         );
     };
-    let q = match graph::query(&uri, schema(list), &RULES) {
+    let mut q = match graph::query(&uri, schema(list), &RULES) {
         Ok(q) => q,
         Err(e) => return ctx.query_error(&e),
     };
-    let refuse = lock(&inner.faults)
-        .get(&ctx.tenant)
-        .is_some_and(|f| f.faults.refuse_submission_filter);
+    let has_skiptoken = crate::decode_pairs(uri.query().unwrap_or(""))
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("$skiptoken"));
+    let (refuse, ignore, stale) = {
+        let mut faults = lock(&inner.faults);
+        match faults.get_mut(&ctx.tenant) {
+            Some(f) => (
+                f.faults.refuse_submission_filter,
+                f.faults.ignore_submission_filter,
+                has_skiptoken && f.take_stale_skiptoken(),
+            ),
+            None => (false, false, false),
+        }
+    };
+    if stale {
+        return ctx.error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "The skip token is invalid or has expired.",
+        );
+    }
+    if ignore {
+        // Graph answers a filter it does not apply with the unfiltered list, and no error.
+        q.filter = None;
+    }
     if refuse && q.filter.is_some() {
         return ctx.error(
             StatusCode::BAD_REQUEST,
@@ -226,7 +248,7 @@ async fn get_one(
     Path((list, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let ctx = match graph::begin(&inner, &headers, READ_ROLES).await {
+    let ctx = match graph::begin_security(&inner, &headers, READ_ROLES).await {
         Ok(c) => c,
         Err(r) => return r,
     };

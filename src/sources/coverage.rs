@@ -91,6 +91,16 @@ pub(super) struct ParsedPage {
     pub(super) received: usize,
     pub(super) ids: Vec<String>,
     pub(super) has_next: bool,
+    /// Submissions only: each item's `createdDateTime` (whole seconds), to check that the page
+    /// answers the slice asked for (a filter Graph ignores returns everything, no error).
+    pub(super) created: Vec<i64>,
+}
+
+/// The one field of a submission the slice check reads.
+#[derive(Deserialize)]
+struct CreatedOnly<'a> {
+    #[serde(rename = "createdDateTime", borrow, default)]
+    created: Option<Cow<'a, str>>,
 }
 
 /// A Graph page (`value`, `@odata.nextLink`) or a Cloud Apps one (`data`, `hasNext`).
@@ -127,8 +137,22 @@ pub(super) fn parse_page(
         received: values.len(),
         ids: Vec::with_capacity(values.len()),
         has_next: page.has_next,
+        created: Vec::new(),
     };
     for raw in values {
+        if kind == SourceKind::Submissions {
+            // An item without a readable time is not evidence either way; it is quarantined or
+            // stored by its own rules below.
+            let t = serde_json::from_str::<CreatedOnly<'_>>(raw.get())
+                .ok()
+                .and_then(|c| c.created)
+                .and_then(|c| crate::time::parse_ticks(&c));
+            if let Some(t) = t {
+                parsed
+                    .created
+                    .push(t.div_euclid(crate::time::TICKS_PER_SECOND));
+            }
+        }
         match prepare_item(kind, list, raw) {
             Ok(p) => {
                 parsed.ids.push(p.native_id.clone());
@@ -167,7 +191,13 @@ impl ParsedPage {
             received: 0,
             ids: Vec::new(),
             has_next: false,
+            created: Vec::new(),
         }
+    }
+
+    /// The first item created outside [a, b), the slice this page was asked for.
+    pub(super) fn outside(&self, a: i64, b: i64) -> Option<i64> {
+        self.created.iter().copied().find(|t| *t < a || *t >= b)
     }
 }
 
@@ -236,17 +266,25 @@ impl Poller {
                 .scan(listing, key, a, b, cursor.t0, Pass::Live, outcome)
                 .await
             {
-                Err(PollError::Microsoft(MsError::Status { status: 400, .. }))
+                Err(PollError::FilterIgnored { slice, created })
                     if self.settings.kind == SourceKind::Submissions =>
                 {
-                    // The $filter on createdDateTime is UNCONFIRMED for submissions (API.md §5).
-                    if let Ok(mut l) = self.filter_refused.lock() {
-                        l.push(listing.list);
+                    let why = format!("Graph ignored the createdDateTime filter on {}: an item created at {} came back for the slice [{}, {}); listing its newest {} items each poll instead", listing.list, format_seconds(created), format_seconds(slice.0), format_seconds(slice.1), FALLBACK_PAGES * listing.max_top);
+                    self.fall_back(listing, key, &why, outcome).await?;
+                    return Ok(c);
+                }
+                Err(PollError::Microsoft(e @ MsError::Status { status: 400, .. }))
+                    if self.settings.kind == SourceKind::Submissions =>
+                {
+                    // A 400 during a scan may be the filter (UNCONFIRMED for submissions, API.md
+                    // §5) or something else, such as a skiptoken that expired mid-walk. Only a
+                    // fresh request for the slice, with nothing but the filter, tells them apart.
+                    if !self.filter_refused_now(listing, a, b, outcome).await? {
+                        tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), list = listing.list, error = %e, "400 during a scan, but the filter is accepted: the slice is read again next poll");
+                        return Err(e.into());
                     }
                     let why = format!("Microsoft refused the createdDateTime filter on {}: listing its newest {} items each poll instead", listing.list, FALLBACK_PAGES * listing.max_top);
-                    tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), "{why}");
-                    self.status.note(&why);
-                    self.poll_without_filter(listing, key, outcome).await?;
+                    self.fall_back(listing, key, &why, outcome).await?;
                     return Ok(c);
                 }
                 r => r?,
@@ -262,6 +300,63 @@ impl Poller {
             }
         }
         Ok(c)
+    }
+
+    /// Switches a submission list to the unfiltered listing for good, saying why in the logs
+    /// and `/status`, and runs it once now.
+    async fn fall_back(
+        &self,
+        listing: &GraphListing,
+        key: &CursorKey,
+        why: &str,
+        outcome: &mut PollOutcome,
+    ) -> Result<(), PollError> {
+        if let Ok(mut l) = self.filter_refused.lock() {
+            l.push(listing.list);
+        }
+        tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), list = listing.list, "{why}");
+        self.status.note(why);
+        self.poll_without_filter(listing, key, outcome).await
+    }
+
+    /// Asks for slice [a, b) afresh (first page, one item): true if Microsoft refuses it with
+    /// 400, which then can only be the filter.
+    async fn filter_refused_now(
+        &self,
+        listing: &GraphListing,
+        a: i64,
+        b: i64,
+        outcome: &mut PollOutcome,
+    ) -> Result<bool, PollError> {
+        let url = self.slice_url(listing, a, b, 1);
+        let sent = self.client.get(&url, None).await;
+        outcome.requests += 1;
+        match sent {
+            Ok(_) => Ok(false),
+            Err(MsError::Status { status: 400, .. }) => Ok(true),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Submissions only: a page holding an item created outside the slice it was asked for
+    /// means Graph did not apply the filter.
+    fn check_slice(
+        &self,
+        listing: &GraphListing,
+        page: &ParsedPage,
+        a: i64,
+        b: i64,
+    ) -> Result<(), PollError> {
+        if self.settings.kind != SourceKind::Submissions || listing.cloud_apps {
+            return Ok(());
+        }
+        match page.outside(a, b) {
+            Some(created) => Err(PollError::FilterIgnored {
+                slice: (a, b),
+                created,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Re-lists [C − reconcile_window, C) of every list without moving C; returns the new
@@ -282,8 +377,17 @@ impl Poller {
             let mut a = end - self.settings.reconcile_window.as_secs() as i64;
             while a < end {
                 let b = (a + self.settings.max_slice.as_secs() as i64).min(end);
-                self.scan(listing, key, a, b, cursor.t0, Pass::Reconcile, &mut outcome)
-                    .await?;
+                match self
+                    .scan(listing, key, a, b, cursor.t0, Pass::Reconcile, &mut outcome)
+                    .await
+                {
+                    Err(PollError::FilterIgnored { slice, created }) => {
+                        let why = format!("Graph ignored the createdDateTime filter on {} (reconciliation): an item created at {} came back for the slice [{}, {}); listing its newest {} items each poll instead", listing.list, format_seconds(created), format_seconds(slice.0), format_seconds(slice.1), FALLBACK_PAGES * listing.max_top);
+                        self.fall_back(listing, key, &why, &mut outcome).await?;
+                        break;
+                    }
+                    r => r?,
+                }
                 a = b;
             }
         }
@@ -479,6 +583,7 @@ impl Poller {
                 )
                 .await?;
             outcome.counts.add(counts);
+            self.check_slice(listing, &page, a, b)?;
             let Some(next_link) = page.next_link.clone() else {
                 pending = Some(Deferred::new(page, historical, Some(b)));
                 continue;
@@ -598,6 +703,7 @@ impl Poller {
                     )
                     .await?;
                 outcome.counts.add(counts);
+                self.check_slice(listing, &page, a, b)?;
                 seen.extend(page.ids.iter().cloned());
                 next = page.next_link.clone();
                 *pending = Some(Deferred::new(page, historical, None));

@@ -60,6 +60,10 @@ pub enum PollError {
     Invalid(String),
     #[error("paused: {0}")]
     Paused(String),
+    /// A submission list answered a filtered request with an item outside the slice asked
+    /// for: Graph ignored the filter (API.md §5). Seconds since the Unix epoch.
+    #[error("the time filter was ignored: an item created at {created} s came back for [{}, {})", slice.0, slice.1)]
+    FilterIgnored { slice: (i64, i64), created: i64 },
 }
 
 /// What one poll did.

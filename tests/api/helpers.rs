@@ -27,6 +27,9 @@ pub const ALL_ROLES: &[&str] = &[
 
 pub async fn sim_with(cfg: SimConfig) -> Simulator {
     let sim = Simulator::start(cfg).await.expect("simulator starts");
+    // The daemon here runs at 6000 requests a minute for speed; the simulator's budget matches.
+    // tests/api/budget.rs keeps both at their defaults.
+    sim.set_graph_rate_limit(6000);
     sim.add_tenant(TENANT_ID);
     sim.add_app(TENANT_ID, CLIENT_ID, SECRET, ALL_ROLES);
     sim

@@ -1,6 +1,7 @@
 //! Black-box tests of the daemon against the simulator: one binary, a file per concern.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod budget;
 mod certificates;
 mod check;
 mod contract;

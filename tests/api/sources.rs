@@ -1,7 +1,7 @@
 //! The other three sources: incidents, threat submissions and Defender for Cloud Apps alerts,
 //! which sources are polled, and a permission missing for one of them.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use m365_sim::{Faults, SimConfig};
 use serde_json::json;
@@ -534,6 +534,130 @@ async fn a_submission_list_whose_time_filter_is_refused_is_listed_without_one() 
         4,
         "re-listing sends only changes"
     );
+    app.stop().await;
+}
+
+/// The note of the submissions source on `/status`.
+async fn submissions_note(app: &TestApp) -> String {
+    let (_, status) = app.get("/status").await;
+    status["tenants"]["contoso"]["sources"]["submissions"]["note"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_list_that_ignores_its_time_filter_is_caught_and_listed_without_one() {
+    let sim = sim().await;
+    // Graph answers the filtered request with everything, and no error.
+    sim.set_faults(
+        TENANT_ID,
+        Faults {
+            ignore_submission_filter: true,
+            ..Default::default()
+        },
+    );
+    sim.generate_submissions(TENANT_ID, "urlThreats", 5, ago(3 * 86_400), ago(600));
+    let (_dir, db) = temp_db();
+    let extra = "[tenants.contoso.sources.incidents]\nenabled = false\n[tenants.contoso.sources.submissions]\ninterval = \"1s\"\nsettle = \"1s\"\nkinds = [\"url\"]\n";
+    let app = TestApp::spawn(settings(&sim, &db, &with_sources(extra))).await;
+    wait_until_async(
+        Duration::from_secs(30),
+        "the ignored filter noticed",
+        || async { submissions_note(&app).await.contains("ignored") },
+    )
+    .await;
+    wait_until(Duration::from_secs(30), "5 submissions", || {
+        sim.delivered_count() >= 5
+    })
+    .await;
+    // From now on the list is read without a filter, and still sees new submissions.
+    let noticed = sim.requests().len();
+    sim.generate_submissions(TENANT_ID, "urlThreats", 1, ago(120), ago(60));
+    wait_until(Duration::from_secs(30), "the new one", || {
+        sim.delivered_count() >= 6
+    })
+    .await;
+    let later: Vec<_> = sim.requests().into_iter().skip(noticed).collect();
+    assert!(later.iter().any(|r| r.path.ends_with("/urlThreats")));
+    assert!(
+        later
+            .iter()
+            .filter(|r| r.path.ends_with("/urlThreats"))
+            .all(|r| !r.query.contains("filter")),
+        "still filtering after the filter was found ignored"
+    );
+    assert_eq!(delivered_counts(&sim).len(), 6);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_skiptoken_in_a_walk_is_not_taken_for_a_refused_filter() {
+    let sim = sim().await;
+    // 150 submissions in one second: more than a page (100), so that second is walked by
+    // nextLink ($skiptoken), and the first skiptoken answers 400.
+    let second = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(
+            ago(900)
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        );
+    sim.generate_submissions(
+        TENANT_ID,
+        "urlThreats",
+        150,
+        second,
+        second + Duration::from_millis(900),
+    );
+    sim.set_faults(
+        TENANT_ID,
+        Faults {
+            stale_skiptoken_next: 1,
+            ..Default::default()
+        },
+    );
+    let (_dir, db) = temp_db();
+    let extra = "[tenants.contoso.sources.incidents]\nenabled = false\n[tenants.contoso.sources.submissions]\ninterval = \"1s\"\nsettle = \"1s\"\nkinds = [\"url\"]\n";
+    let app = TestApp::spawn(settings(&sim, &db, &with_sources(extra))).await;
+    wait_until(Duration::from_secs(30), "150 submissions", || {
+        sim.delivered_count() >= 150
+    })
+    .await;
+    let requests = sim.requests();
+    let refused_at = requests
+        .iter()
+        .position(|r| r.path.ends_with("/urlThreats") && r.status == 400)
+        .expect("the stale skiptoken was sent and refused");
+    assert!(requests[refused_at].query.contains("skiptoken"));
+    // The scan carried on with its filter: no fallback, no note of a refused filter.
+    wait_until(
+        Duration::from_secs(30),
+        "a filtered listing after the 400",
+        || {
+            sim.requests().iter().skip(refused_at + 1).any(|r| {
+                r.path.ends_with("/urlThreats") && r.query.contains("filter") && r.status == 200
+            })
+        },
+    )
+    .await;
+    let note = submissions_note(&app).await;
+    assert!(
+        !note.contains("refused") && !note.contains("ignored"),
+        "{note}"
+    );
+    // Unfiltered: only the first run's one-item clock probe, never the fallback listing.
+    let unfiltered: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/urlThreats") && !r.query.contains("filter"))
+        .map(|r| r.query)
+        .collect();
+    assert!(
+        unfiltered.iter().all(|q| q.ends_with("top=1")),
+        "{unfiltered:?}"
+    );
+    assert_eq!(delivered_counts(&sim).len(), 150);
     app.stop().await;
 }
 

@@ -162,3 +162,49 @@ async fn faults_are_per_tenant() {
     );
     assert_eq!(get(&url, &graph_token(&sim).await).await.0, 503);
 }
+
+#[tokio::test]
+async fn the_security_budget_is_150_a_minute_per_app_and_tenant_then_429_with_retry_after() {
+    let sim = start().await;
+    sim.add_app(
+        TENANT,
+        "0b7e5a02-3333-4000-8000-00000000000c",
+        "other~secret",
+        &["SecurityAlert.Read.All"],
+    );
+    let token = graph_token(&sim).await;
+    let url = format!("{}/v1.0/security/alerts_v2?$top=1", sim.graph_url());
+    for n in 0..150 {
+        assert_eq!(
+            get(&url, &token).await.0,
+            200,
+            "request {n} is within the budget"
+        );
+    }
+    assert_eq!(sim.graph_over_budget(), 0);
+    let (s, headers, body) = get(&url, &token).await;
+    assert_eq!(s, 429, "{body}");
+    let secs: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&secs), "{secs}");
+    assert_eq!(sim.graph_over_budget(), 1);
+    // Ignoring that Retry-After is a violation.
+    assert_eq!(get(&url, &token).await.0, 429);
+    assert_eq!(sim.throttle_violations(), 1);
+    assert_eq!(sim.graph_over_budget(), 2);
+
+    // The budget is per app: another app of the tenant is served.
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", "0b7e5a02-3333-4000-8000-00000000000c"),
+        ("client_secret", "other~secret"),
+        ("scope", GRAPH_SCOPE),
+    ];
+    let (status, body) = token_request(&sim, TENANT, &form).await;
+    assert_eq!(status, 200, "{body}");
+    let other = body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(get(&url, &other).await.0, 200);
+
+    // Configurable: a higher allowance serves the first app again.
+    sim.set_graph_rate_limit(1000);
+    assert_eq!(get(&url, &token).await.0, 200);
+}

@@ -276,3 +276,37 @@ async fn a_token_without_threat_submission_roles_is_403() {
         200
     );
 }
+
+#[tokio::test]
+async fn a_list_told_to_ignore_its_filter_answers_everything_and_a_stale_skiptoken_answers_400() {
+    let sim = start().await;
+    sim.generate_submissions(TENANT, "urlThreats", 150, secs_ago(86_400), secs_ago(0));
+    let token = submission_token(&sim).await;
+    let path = format!("{BASE}/urlThreats");
+    // A filter no item matches.
+    let filter = [
+        ("$filter", "createdDateTime lt 2000-01-01T00:00:00Z"),
+        ("$count", "true"),
+    ];
+    let (s, page) = graph_get(&sim, &token, &path, &filter).await;
+    assert_eq!((s, page["@odata.count"].as_u64()), (200, Some(0)));
+    sim.set_faults(
+        TENANT,
+        m365_sim::Faults {
+            ignore_submission_filter: true,
+            stale_skiptoken_next: 1,
+            ..Default::default()
+        },
+    );
+    let (s, page) = graph_get(&sim, &token, &path, &filter).await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["@odata.count"], 150, "the filter is ignored, silently");
+    let next = page["@odata.nextLink"].as_str().unwrap().to_string();
+    let (s, err) = get_json(&next, &token).await;
+    assert_eq!(s, 400, "{err}");
+    assert_eq!(err["error"]["code"], "BadRequest");
+    // Only the next one: asked again, the skiptoken is served.
+    let (s, page) = get_json(&next, &token).await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["value"].as_array().unwrap().len(), 50);
+}
