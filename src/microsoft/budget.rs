@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// The share of Microsoft's documented limit a budget uses.
+const HEADROOM: f64 = 0.95;
+
 pub struct Budget {
     per_second: f64,
     capacity: f64,
@@ -23,7 +26,9 @@ impl Budget {
     /// so that burst plus a minute's refill never exceeds the limit (Microsoft counts per
     /// sliding minute, so a full-minute burst followed by the full rate would invite a 429).
     pub fn per_minute(per_minute: u32) -> Self {
-        let per_minute = f64::from(per_minute.max(2));
+        // Microsoft counts by when a request arrives, we by when it leaves: network and
+        // scheduling jitter can bunch our sends, so keep 5% of the limit as headroom.
+        let per_minute = (f64::from(per_minute.max(2)) * HEADROOM).max(2.0);
         let capacity = (per_minute / 10.0).max(1.0);
         Self {
             per_second: (per_minute - capacity) / 60.0,
