@@ -29,7 +29,7 @@ impl Budget {
         // Microsoft counts by when a request arrives, we by when it leaves: network and
         // scheduling jitter can bunch our sends, so keep 5% of the limit as headroom.
         let per_minute = (f64::from(per_minute.max(2)) * HEADROOM).max(2.0);
-        let capacity = (per_minute / 10.0).max(1.0);
+        let capacity = (per_minute / 10.0).floor().max(1.0);
         Self {
             per_second: (per_minute - capacity) / 60.0,
             capacity,
@@ -59,7 +59,10 @@ impl Budget {
                         s.tokens -= 1.0;
                         return;
                     }
-                    _ => Duration::from_secs_f64((1.0 - s.tokens) / self.per_second),
+                    // At least the timer's resolution: a wait it rounds to nothing would
+                    // refill nothing and spin.
+                    _ => Duration::from_secs_f64((1.0 - s.tokens) / self.per_second)
+                        .max(Duration::from_millis(1)),
                 }
             };
             tokio::time::sleep(wait).await;
@@ -100,7 +103,8 @@ mod tests {
             b.acquire().await;
             sent.push(start.elapsed());
         }
-        assert!(sent[5] < Duration::from_millis(10), "a burst goes at once");
+        // A tenth of the budget (57 after the headroom) goes at once.
+        assert!(sent[4] < Duration::from_millis(10), "a burst goes at once");
         for (i, t) in sent.iter().enumerate() {
             let in_window = sent[i..]
                 .iter()
