@@ -128,6 +128,16 @@ pub fn format_seconds(secs: i64) -> String {
     out
 }
 
+/// Formats a `$filter` bound given in ticks: whole seconds as [`format_seconds`], anything finer
+/// with seven fractional digits (valid OData `DateTimeOffset`, Graph's own precision).
+pub fn format_filter_bound(ticks: i64) -> String {
+    if ticks.rem_euclid(TICKS_PER_SECOND) == 0 {
+        format_seconds(ticks.div_euclid(TICKS_PER_SECOND))
+    } else {
+        format_ticks(ticks)
+    }
+}
+
 /// Formats Cloud Apps epoch milliseconds like [`format_ticks`]: `...SS.mmm0000Z`, so every time
 /// in the normalized alert has the same shape whatever its source.
 pub fn format_rfc3339_millis_from_ms(ms: i64) -> String {

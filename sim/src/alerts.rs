@@ -386,26 +386,31 @@ async fn list(State(inner): State<Arc<Inner>>, headers: HeaderMap, uri: Uri) -> 
         Err(m) => return ctx.error(StatusCode::BAD_REQUEST, "BadRequest", &m),
     };
     let now = SystemTime::now();
-    let page = {
+    let (page, without_next_link) = {
         // Snapshot the hidden ids first: the alert store lock is never held with another one.
-        let faults = lock(&inner.faults)
+        let (faults, without_next_link) = lock(&inner.faults)
             .get(&ctx.tenant)
-            .map(|f| f.faults.hide_until.clone())
+            .map(|f| {
+                (
+                    f.faults.hide_until.clone(),
+                    f.faults.alerts_without_next_link,
+                )
+            })
             .unwrap_or_default();
         let hidden = |id: &str| faults.iter().any(|(h, until)| h == id && now < *until);
         let alerts = lock(&inner.alerts);
-        match alerts.get(&ctx.tenant) {
+        let page = match alerts.get(&ctx.tenant) {
             Some(t) => t.page(q.filter.as_ref(), hidden, q.skip, q.top, q.count),
             None => Page {
                 items: Vec::new(),
                 total: 0,
                 more: false,
             },
-        }
+        };
+        (page, without_next_link)
     };
-    let next = page
-        .more
-        .then(|| ctx.next_link(&uri, q.skip + page.items.len()));
+    let next =
+        (page.more && !without_next_link).then(|| ctx.next_link(&uri, q.skip + page.items.len()));
     let context = format!("{}/graph/v1.0/$metadata#security/alerts_v2", inner.base_url);
     let count = q.count.then_some(page.total);
     let body = graph::page_body(

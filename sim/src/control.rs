@@ -112,6 +112,8 @@ struct FaultsReq {
     ignore_submission_filter: bool,
     #[serde(default)]
     stale_skiptoken_next: u32,
+    #[serde(default)]
+    alerts_without_next_link: bool,
 }
 
 #[derive(Deserialize)]
@@ -276,6 +278,7 @@ async fn faults(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
                 refuse_submission_filter: r.refuse_submission_filter,
                 ignore_submission_filter: r.ignore_submission_filter,
                 stale_skiptoken_next: r.stale_skiptoken_next,
+                alerts_without_next_link: r.alerts_without_next_link,
             };
             sim(inner).set_faults(&r.tenant_id, f);
             ok(json!({"ok": true}))

@@ -45,6 +45,9 @@ pub struct Faults {
     /// While true, every incidents request with `$expand=alerts` answers 500 (Graph's error
     /// body), as large tenants saw (API.md §4); the same request without it succeeds.
     pub expand_fails: bool,
+    /// alerts_v2 listings send no `@odata.nextLink` even when more items match (`@odata.count`
+    /// still says how many), as elastic observed on real tenants; only `$skip` reads further.
+    pub alerts_without_next_link: bool,
 }
 
 /// What the fault gate decided for one Graph request.

@@ -577,6 +577,8 @@ pub(crate) struct Rules {
     /// Navigation properties `$expand` may name (empty: `$expand` is refused).
     pub expand: &'static [&'static str],
     pub paging: Paging,
+    /// The largest `$skip` served (Microsoft's security API: 500, "$skip=501 returns 400").
+    pub max_skip: Option<usize>,
 }
 
 /// Why a query was refused: the 400's `code`, `message` and whether it carries `details: []`.
@@ -596,6 +598,10 @@ impl From<String> for QueryError {
     }
 }
 
+/// Microsoft's security API serves `$skip` up to this, and answers 400 above it
+/// (security-error-codes, "Constraints": `$skip=500` is 200 OK, `$skip=501` is 400).
+pub(crate) const MAX_SKIP: usize = 500;
+
 /// Reads `$filter`, `$top`, `$skip` and `$count`. `$top` is clamped to `max_top` as Graph does
 /// for alerts_v2; any other `$` option, a repeated one, or a bad value is an error message for
 /// a 400. Options without `$` are ignored, as Graph ignores unknown parameters.
@@ -611,6 +617,7 @@ pub(crate) fn list_query(
         reject_over_max: false,
         expand: &[],
         paging: Paging::Skip,
+        max_skip: Some(MAX_SKIP),
     };
     query(uri, schema, &rules).map_err(|e| e.message)
 }
@@ -656,6 +663,9 @@ pub(crate) fn query(uri: &Uri, schema: &Schema, rules: &Rules) -> Result<ListQue
             }
             "$skip" if rules.paging == Paging::Skip => {
                 q.skip = v.trim().parse().map_err(|_| format!("Invalid value '{v}' for $skip query option found. The $skip query option requires a non-negative integer value."))?;
+                if let Some(max) = rules.max_skip.filter(|max| q.skip > *max) {
+                    return Err(format!("The value of $skip ({}) exceeds the limit of {max}. Page with @odata.nextLink, or narrow $filter by time instead.", q.skip).into());
+                }
             }
             "$skiptoken" if rules.paging == Paging::SkipToken => {
                 q.skip = parse_skiptoken(&v)

@@ -107,6 +107,7 @@ const RULES: Rules = Rules {
     reject_over_max: true,
     expand: &["alerts"],
     paging: Paging::Skip,
+    max_skip: Some(graph::MAX_SKIP),
 };
 
 /// The alerts of one incident, cloned out of the alert store.

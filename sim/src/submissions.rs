@@ -145,6 +145,7 @@ const RULES: Rules = Rules {
     reject_over_max: false,
     expand: &[],
     paging: Paging::SkipToken,
+    max_skip: None,
 };
 
 fn key(tenant: &str, list: &'static str) -> (String, &'static str) {

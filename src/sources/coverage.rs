@@ -1,8 +1,9 @@
 //! The coverage scan of time-listed collections (design §4 rules 0–5): Graph's alerts_v2,
 //! incidents and submission lists, and Cloud Apps alerts. A poll scans slices [A, B) until the
 //! coverage point C reaches Microsoft's clock minus settle; a slice that does not fit one page is
-//! split, not paged; C moves only in the transaction that stores a completed slice; a
-//! reconciliation pass re-lists [C − window, C) without moving C.
+//! split, not paged, down to one 100-ns tick (Graph refuses `$skip` past 500, so nextLinks are
+//! walked only for a single tick); C moves only in the transaction that stores a completed
+//! slice; a reconciliation pass re-lists [C − window, C) without moving C.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -17,11 +18,13 @@ use crate::config::{SourceSettings, StartFrom};
 use crate::microsoft::MsError;
 use crate::normalize::{self, Prepared, SourceKind};
 use crate::store::{Cursor, CursorKey, IngestCounts, QuarantineItem, Store};
-use crate::time::format_seconds;
-/// How often a one-second slice that overflows a page is walked before giving up for this poll.
+use crate::time::{format_filter_bound, format_seconds, format_ticks, TICKS_PER_SECOND};
+/// How often a one-tick slice that overflows a page is walked before giving up for this poll.
 pub(super) const MAX_WALKS: usize = 5;
 /// A body that is not complete JSON is asked for again this many times within one poll.
 pub(super) const BAD_BODY_RETRIES: usize = 3;
+/// Microsoft's security API refuses `$skip` above this (security-error-codes, "Constraints").
+const MAX_SKIP: usize = 500;
 
 /// A Graph collection listed by a time field, e.g. alerts_v2 by `lastUpdateDateTime`.
 #[derive(Debug, Clone)]
@@ -63,11 +66,16 @@ impl GraphListing {
     /// `service_sources` (already in Microsoft's casing). `check` probes with exactly this, so a
     /// filter Graph refuses shows there rather than at the first poll.
     pub fn slice_filter(&self, settings: &SourceSettings, a: i64, b: i64) -> String {
+        self.tick_filter(settings, a * TICKS_PER_SECOND, b * TICKS_PER_SECOND)
+    }
+
+    /// [`Self::slice_filter`] for bounds in ticks: a part of a second has fractional literals.
+    pub fn tick_filter(&self, settings: &SourceSettings, a: i64, b: i64) -> String {
         let field = self.time_field;
         let filter = format!(
             "{field} ge {} and {field} lt {}",
-            format_seconds(a),
-            format_seconds(b)
+            format_filter_bound(a),
+            format_filter_bound(b)
         );
         let sources = &settings.filters.service_sources;
         if sources.is_empty() || settings.kind != SourceKind::Alerts {
@@ -91,8 +99,8 @@ pub(super) struct ParsedPage {
     pub(super) received: usize,
     pub(super) ids: Vec<String>,
     pub(super) has_next: bool,
-    /// Submissions only: each item's `createdDateTime` (whole seconds), to check that the page
-    /// answers the slice asked for (a filter Graph ignores returns everything, no error).
+    /// Submissions only: each item's `createdDateTime` (ticks), to check that the page answers
+    /// the slice asked for (a filter Graph ignores returns everything, no error).
     pub(super) created: Vec<i64>,
 }
 
@@ -148,9 +156,7 @@ pub(super) fn parse_page(
                 .and_then(|c| c.created)
                 .and_then(|c| crate::time::parse_ticks(&c));
             if let Some(t) = t {
-                parsed
-                    .created
-                    .push(t.div_euclid(crate::time::TICKS_PER_SECOND));
+                parsed.created.push(t);
             }
         }
         match prepare_item(kind, list, raw) {
@@ -195,9 +201,15 @@ impl ParsedPage {
         }
     }
 
-    /// The first item created outside [a, b), the slice this page was asked for.
+    /// The first item created outside [a, b) (ticks), the slice this page was asked for.
     pub(super) fn outside(&self, a: i64, b: i64) -> Option<i64> {
         self.created.iter().copied().find(|t| *t < a || *t >= b)
+    }
+
+    /// More items match than this page holds: a nextLink says so, or (when Graph sends none, as
+    /// alerts_v2 has been seen to do) `@odata.count`.
+    fn overflows(&self) -> bool {
+        self.next_link.is_some() || self.count.is_some_and(|n| n > self.received as i64)
     }
 }
 
@@ -269,7 +281,7 @@ impl Poller {
                 Err(PollError::FilterIgnored { slice, created })
                     if self.settings.kind == SourceKind::Submissions =>
                 {
-                    let why = format!("Graph ignored the createdDateTime filter on {}: an item created at {} came back for the slice [{}, {}); listing its newest {} items each poll instead", listing.list, format_seconds(created), format_seconds(slice.0), format_seconds(slice.1), FALLBACK_PAGES * listing.max_top);
+                    let why = format!("Graph ignored the createdDateTime filter on {}: an item created at {} came back for the slice [{}, {}); listing its newest {} items each poll instead", listing.list, format_ticks(created), format_filter_bound(slice.0), format_filter_bound(slice.1), FALLBACK_PAGES * listing.max_top);
                     self.fall_back(listing, key, &why, outcome).await?;
                     return Ok(c);
                 }
@@ -328,7 +340,7 @@ impl Poller {
         b: i64,
         outcome: &mut PollOutcome,
     ) -> Result<bool, PollError> {
-        let url = self.slice_url(listing, a, b, 1);
+        let url = self.slice_url(listing, a * TICKS_PER_SECOND, b * TICKS_PER_SECOND, 1);
         let sent = self.client.get(&url, None).await;
         outcome.requests += 1;
         match sent {
@@ -339,7 +351,7 @@ impl Poller {
     }
 
     /// Submissions only: a page holding an item created outside the slice it was asked for
-    /// means Graph did not apply the filter.
+    /// (ticks) means Graph did not apply the filter.
     fn check_slice(
         &self,
         listing: &GraphListing,
@@ -382,7 +394,7 @@ impl Poller {
                     .await
                 {
                     Err(PollError::FilterIgnored { slice, created }) => {
-                        let why = format!("Graph ignored the createdDateTime filter on {} (reconciliation): an item created at {} came back for the slice [{}, {}); listing its newest {} items each poll instead", listing.list, format_seconds(created), format_seconds(slice.0), format_seconds(slice.1), FALLBACK_PAGES * listing.max_top);
+                        let why = format!("Graph ignored the createdDateTime filter on {} (reconciliation): an item created at {} came back for the slice [{}, {}); listing its newest {} items each poll instead", listing.list, format_ticks(created), format_filter_bound(slice.0), format_filter_bound(slice.1), FALLBACK_PAGES * listing.max_top);
                         self.fall_back(listing, key, &why, &mut outcome).await?;
                         break;
                     }
@@ -458,8 +470,9 @@ impl Poller {
             .to_string()
     }
 
+    /// The first page of slice [a, b) in ticks.
     pub(super) fn slice_url(&self, listing: &GraphListing, a: i64, b: i64, top: usize) -> String {
-        let filter = listing.slice_filter(&self.settings, a, b);
+        let filter = listing.tick_filter(&self.settings, a, b);
         let mut url = match url::Url::parse(&format!("{}{}", self.base(), listing.path)) {
             Ok(u) => u,
             Err(_) => return format!("{}{}", self.base(), listing.path),
@@ -565,8 +578,11 @@ impl Poller {
                 .scan_cloud_apps(listing, key, a, b, t0, pass, outcome)
                 .await;
         }
-        // A stack keeps the parts in order without recursion.
-        let mut todo = vec![(a, b)];
+        // A stack keeps the parts in order without recursion. Bounds are ticks from here on.
+        let (t0, mut todo) = (
+            t0 * TICKS_PER_SECOND,
+            vec![(a * TICKS_PER_SECOND, b * TICKS_PER_SECOND)],
+        );
         let mut pending = None;
         while let Some((a, b)) = todo.pop() {
             let historical = b <= t0;
@@ -584,25 +600,24 @@ impl Poller {
                 .await?;
             outcome.counts.add(counts);
             self.check_slice(listing, &page, a, b)?;
-            let Some(next_link) = page.next_link.clone() else {
-                pending = Some(Deferred::new(page, historical, Some(b)));
+            // C is whole seconds: a part that ends inside a second moves it to that second's
+            // start, so the rest of the second is listed again next poll (the store dedupes).
+            let covered = b.div_euclid(TICKS_PER_SECOND);
+            if !page.overflows() {
+                pending = Some(Deferred::new(page, historical, Some(covered)));
                 continue;
-            };
+            }
             let (n, m) = (page.count.unwrap_or(0), page.received.max(1) as i64);
-            let first_ids = if b - a <= 1 {
-                page.ids.clone()
-            } else {
-                Vec::new()
-            };
-            pending = Some(Deferred::new(page, historical, None));
-            let seconds = b - a;
-            if seconds <= 1 {
+            if b - a <= 1 {
+                let first = (page.ids.clone(), page.received);
+                let next = self.next_page(listing, (a, b), &page, page.received)?;
+                pending = Some(Deferred::new(page, historical, None));
                 self.walk(
                     listing,
                     key,
                     (a, b),
-                    first_ids,
-                    next_link,
+                    first,
+                    next,
                     historical,
                     pass,
                     &mut pending,
@@ -611,13 +626,40 @@ impl Poller {
                 .await?;
                 continue;
             }
-            let k = seconds.min(2.max((n + m - 1) / m + 1));
-            let parts = split_whole_seconds(a, b, k);
-            for part in parts.into_iter().rev() {
+            pending = Some(Deferred::new(page, historical, None));
+            let k = 2.max((n + m - 1) / m + 1);
+            for part in split_slice(a, b, k).into_iter().rev() {
                 todo.push(part);
             }
         }
         self.flush(key, pass, pending, outcome).await
+    }
+
+    /// The page after one that overflows a single tick: its nextLink, or, when Graph sent none
+    /// but `@odata.count` says more match, the same filter at `$skip = offset`. Microsoft refuses
+    /// `$skip` above 500, so a tick holding more than that cannot be read whole.
+    fn next_page(
+        &self,
+        listing: &GraphListing,
+        (a, b): (i64, i64),
+        page: &ParsedPage,
+        offset: usize,
+    ) -> Result<Option<String>, PollError> {
+        if page.next_link.is_some() {
+            return Ok(page.next_link.clone());
+        }
+        if page.count.is_none_or(|n| n <= offset as i64) || page.received == 0 {
+            return Ok(None);
+        }
+        if offset > MAX_SKIP {
+            return Err(PollError::Invalid(format!(
+                "more than {MAX_SKIP} items share the 100-ns tick {} and Microsoft sent no nextLink; Graph refuses $skip above {MAX_SKIP}, so the tick is read again next poll",
+                format_ticks(a)
+            )));
+        }
+        let mut url = self.slice_url(listing, a, b, listing.max_top);
+        url.push_str(&format!("&$skip={offset}"));
+        Ok(Some(url))
     }
 
     /// Runs `next` (the following request) while the `pending` page commits. Commits stay in
@@ -658,28 +700,30 @@ impl Poller {
         Ok(())
     }
 
-    /// A one-second slice that overflows a page: walk nextLinks, again until a walk adds no new id.
+    /// A one-tick slice that overflows a page: walk its pages, again until a walk adds no new id.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn walk(
         &self,
         listing: &GraphListing,
         key: &CursorKey,
         (a, b): (i64, i64),
-        first_ids: Vec<String>,
-        first_next: String,
+        (first_ids, first_received): (Vec<String>, usize),
+        first_next: Option<String>,
         historical: bool,
         pass: Pass,
         pending: &mut Option<Deferred>,
         outcome: &mut PollOutcome,
     ) -> Result<(), PollError> {
         let mut seen: HashSet<String> = first_ids.into_iter().collect();
-        let mut next = Some(first_next);
+        let mut next = first_next;
+        let mut offset = first_received;
         for walk in 0..MAX_WALKS {
             let before = seen.len();
             // A walk after the first lists the slice again from its first page.
             let mut from_start = walk > 0;
             loop {
                 let link = if std::mem::take(&mut from_start) {
+                    offset = 0;
                     None
                 } else {
                     match next.take() {
@@ -705,7 +749,8 @@ impl Poller {
                 outcome.counts.add(counts);
                 self.check_slice(listing, &page, a, b)?;
                 seen.extend(page.ids.iter().cloned());
-                next = page.next_link.clone();
+                offset += page.received;
+                next = self.next_page(listing, (a, b), &page, offset)?;
                 *pending = Some(Deferred::new(page, historical, None));
             }
             if walk > 0 && seen.len() == before {
@@ -714,19 +759,38 @@ impl Poller {
                     .overlap(key, pass, pending.take(), async { Ok(()) })
                     .await?;
                 outcome.counts.add(counts);
-                *pending = Some(Deferred::new(ParsedPage::empty(), historical, Some(b)));
+                let covered = b.div_euclid(TICKS_PER_SECOND);
+                *pending = Some(Deferred::new(
+                    ParsedPage::empty(),
+                    historical,
+                    Some(covered),
+                ));
                 return Ok(());
             }
         }
         Err(PollError::Invalid(format!(
-            "the one-second slice at {} kept changing over {MAX_WALKS} walks; it is read again next poll",
-            format_seconds(a)
+            "the 100-ns tick at {} kept changing over {MAX_WALKS} walks; it is read again next poll",
+            format_ticks(a)
         )))
     }
 }
 
-/// Cuts [a, b) into k parts with whole-second bounds, the remainder spread over the first parts.
-pub fn split_whole_seconds(a: i64, b: i64, k: i64) -> Vec<(i64, i64)> {
+/// Cuts slice [a, b) (ticks) into about k parts: on whole seconds while it spans more than one,
+/// then on ticks within a second (Graph takes fractional-second filter literals).
+pub fn split_slice(a: i64, b: i64, k: i64) -> Vec<(i64, i64)> {
+    let whole = |t: i64| t.rem_euclid(TICKS_PER_SECOND) == 0;
+    if b - a > TICKS_PER_SECOND && whole(a) && whole(b) {
+        let (sa, sb) = (a / TICKS_PER_SECOND, b / TICKS_PER_SECOND);
+        return split_evenly(sa, sb, k)
+            .into_iter()
+            .map(|(x, y)| (x * TICKS_PER_SECOND, y * TICKS_PER_SECOND))
+            .collect();
+    }
+    split_evenly(a, b, k)
+}
+
+/// Cuts [a, b) into k parts of whole units, the remainder spread over the first parts.
+fn split_evenly(a: i64, b: i64, k: i64) -> Vec<(i64, i64)> {
     let total = b - a;
     let k = k.clamp(1, total.max(1));
     let (step, extra) = (total / k, total % k);
@@ -818,12 +882,34 @@ mod tests {
     }
 
     #[test]
-    fn parts_cover_the_slice_exactly_in_whole_seconds() {
-        assert_eq!(split_whole_seconds(0, 10, 3), vec![(0, 4), (4, 7), (7, 10)]);
-        assert_eq!(split_whole_seconds(5, 7, 5), vec![(5, 6), (6, 7)]);
+    fn parts_cover_the_slice_exactly_in_whole_seconds_then_ticks() {
+        const T: i64 = TICKS_PER_SECOND;
         assert_eq!(
-            split_whole_seconds(0, 86_400, 2),
-            vec![(0, 43_200), (43_200, 86_400)]
+            split_slice(0, 10 * T, 3),
+            vec![(0, 4 * T), (4 * T, 7 * T), (7 * T, 10 * T)]
+        );
+        assert_eq!(
+            split_slice(5 * T, 7 * T, 5),
+            vec![(5 * T, 6 * T), (6 * T, 7 * T)]
+        );
+        assert_eq!(
+            split_slice(0, 86_400 * T, 2),
+            vec![(0, 43_200 * T), (43_200 * T, 86_400 * T)]
+        );
+        // One second, then a part of one, is cut on ticks.
+        assert_eq!(split_slice(T, 2 * T, 4)[1], (T + T / 4, T + T / 2));
+        assert_eq!(split_slice(7, 10, 5), vec![(7, 8), (8, 9), (9, 10)]);
+    }
+
+    #[test]
+    fn filter_bounds_inside_a_second_carry_seven_fractional_digits() {
+        assert_eq!(
+            format_filter_bound(1_700_000_000 * TICKS_PER_SECOND),
+            "2023-11-14T22:13:20Z"
+        );
+        assert_eq!(
+            format_filter_bound(1_700_000_000 * TICKS_PER_SECOND + 1),
+            "2023-11-14T22:13:20.0000001Z"
         );
     }
 }

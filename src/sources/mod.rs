@@ -41,7 +41,7 @@ use crate::AppStore;
 
 pub use alerts::ALERTS_TOP;
 pub use cloud_apps::CLOUD_APPS_LIMIT;
-pub use coverage::{split_whole_seconds, GraphListing};
+pub use coverage::{split_slice, GraphListing};
 pub use incidents::INCIDENTS_TOP;
 pub use phishing_reports::{access_policy_fix, NO_REPORTING_MAILBOX};
 pub use status::{SourceState, SourceStatus};
@@ -61,8 +61,8 @@ pub enum PollError {
     #[error("paused: {0}")]
     Paused(String),
     /// A submission list answered a filtered request with an item outside the slice asked
-    /// for: Graph ignored the filter (API.md §5). Seconds since the Unix epoch.
-    #[error("the time filter was ignored: an item created at {created} s came back for [{}, {})", slice.0, slice.1)]
+    /// for: Graph ignored the filter (API.md §5). Ticks (100 ns) since the Unix epoch.
+    #[error("the time filter was ignored: an item created at tick {created} came back for [{}, {})", slice.0, slice.1)]
     FilterIgnored { slice: (i64, i64), created: i64 },
 }
 

@@ -174,14 +174,14 @@ async fn an_item_with_an_odd_evidence_shape_is_forwarded_with_a_normalization_er
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_updated_while_its_slice_is_listed_skips_no_other_alert() {
-    // 25 alerts in one second with 10 a page: only a nextLink walk reads them, and the walk's
+    // 25 alerts in one tick with 10 a page: only a nextLink walk reads them, and the walk's
     // $skip pages shift when the fault moves the first alert out of the slice.
     let sim = sim_with(SimConfig {
         page_cap: 10,
         ..Default::default()
     })
     .await;
-    insert_in_one_second(&sim, "same-second-", 25);
+    insert_in_one_tick(&sim, "same-tick-", 25);
     sim.set_faults(
         TENANT_ID,
         Faults {
@@ -207,7 +207,7 @@ async fn a_next_link_to_another_host_is_not_followed_and_gets_no_token() {
         ..Default::default()
     })
     .await;
-    insert_in_one_second(&sim, "s-", 25);
+    insert_in_one_tick(&sim, "s-", 25);
     sim.set_faults(
         TENANT_ID,
         Faults {

@@ -352,14 +352,23 @@ pub fn iso7_ago(secs_ago: u64) -> String {
     m365_ingest::time::format_ticks(ticks)
 }
 
-/// `n` alerts whose versions all fall in one second 15 minutes ago: with a small page cap only
-/// a nextLink walk can read them.
+/// `n` alerts whose versions all fall in one second 15 minutes ago, a millisecond apart: with a
+/// small page cap only filters inside that second tell them apart.
 pub fn insert_in_one_second(sim: &Simulator, prefix: &str, n: usize) {
     let second = iso7_ago(900);
     for i in 0..n {
         let mut t = second.clone();
         t.replace_range(20..27, &format!("{:07}", i * 1000));
         sim.insert_alert(TENANT_ID, alert_json(&format!("{prefix}{i:02}"), &t));
+    }
+}
+
+/// `n` alerts that share one 100-ns tick 15 minutes ago: no time filter can tell them apart, so
+/// with a small page cap only paging within that tick reads them all.
+pub fn insert_in_one_tick(sim: &Simulator, prefix: &str, n: usize) {
+    let tick = iso7_ago(900);
+    for i in 0..n {
+        sim.insert_alert(TENANT_ID, alert_json(&format!("{prefix}{i:02}"), &tick));
     }
 }
 

@@ -11,6 +11,7 @@ mod faults;
 mod helpers;
 mod metrics;
 mod operators;
+mod paging;
 #[path = "../common/pg.rs"]
 mod pg;
 mod phishing;

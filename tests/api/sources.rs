@@ -21,7 +21,7 @@ fn with_cloud_apps(
     s
 }
 
-fn with_sources(extra: &str) -> Opts {
+pub fn with_sources(extra: &str) -> Opts {
     Opts {
         extra_sources: extra.to_string(),
         ..Opts::default()
@@ -594,7 +594,7 @@ async fn a_submission_list_that_ignores_its_time_filter_is_caught_and_listed_wit
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_skiptoken_in_a_walk_is_not_taken_for_a_refused_filter() {
     let sim = sim().await;
-    // 150 submissions in one second: more than a page (100), so that second is walked by
+    // 150 submissions in one 100-ns tick: more than a page (100), so that tick is walked by
     // nextLink ($skiptoken), and the first skiptoken answers 400.
     let second = SystemTime::UNIX_EPOCH
         + Duration::from_secs(
@@ -603,13 +603,7 @@ async fn an_expired_skiptoken_in_a_walk_is_not_taken_for_a_refused_filter() {
                 .unwrap()
                 .as_secs(),
         );
-    sim.generate_submissions(
-        TENANT_ID,
-        "urlThreats",
-        150,
-        second,
-        second + Duration::from_millis(900),
-    );
+    sim.generate_submissions(TENANT_ID, "urlThreats", 150, second, second);
     sim.set_faults(
         TENANT_ID,
         Faults {

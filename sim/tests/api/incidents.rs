@@ -255,6 +255,12 @@ async fn filters_and_next_links_walk_every_matching_incident_newest_first() {
     )
     .await;
     assert_eq!(ids(&skipped), seen[10..15]);
+    // ... up to Microsoft's limit of 500, and 400 above it.
+    let (s, _) = graph_get(&sim, &token, PATH, &[("$skip", "500"), ("$top", "5")]).await;
+    assert_eq!(s, 200);
+    let (s, err) = graph_get(&sim, &token, PATH, &[("$skip", "501"), ("$top", "5")]).await;
+    assert_eq!(s, 400, "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("500"));
 
     // Other properties are refused.
     let (s, err) = graph_get(&sim, &token, PATH, &[("$filter", "displayName eq 'x'")]).await;
