@@ -103,6 +103,14 @@ pub enum Command {
         listen: SocketAddr,
         #[arg(long, default_value_t = 1000)]
         alerts: usize,
+        /// Serve HTTPS with a self-signed certificate made at start (for Microsoft's own client
+        /// libraries, which refuse http:// authorities); every advertised URL is then https://.
+        #[arg(long)]
+        tls: bool,
+        /// Where to write the certificate (PEM) with `--tls`, for clients to trust
+        /// (default: m365-ingest-sim-PORT.pem in the temporary folder).
+        #[arg(long, requires = "tls")]
+        tls_cert_out: Option<std::path::PathBuf>,
     },
 }
 
@@ -199,7 +207,12 @@ async fn dispatch(cli: Cli) -> ExitCode {
             per_minute,
             listen,
         } => demo(alerts, per_minute, listen).await,
-        Command::Sim { listen, alerts } => sim(listen, alerts).await,
+        Command::Sim {
+            listen,
+            alerts,
+            tls,
+            tls_cert_out,
+        } => sim(listen, alerts, tls, tls_cert_out).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -330,10 +343,12 @@ async fn start_sim(
     listen: SocketAddr,
     alerts: usize,
     per_minute: u32,
+    tls: bool,
 ) -> anyhow::Result<(m365_sim::Simulator, String)> {
     let sim = m365_sim::Simulator::start(m365_sim::SimConfig {
         bind: listen,
         keep_bodies: false,
+        tls,
         ..Default::default()
     })
     .await?;
@@ -373,7 +388,7 @@ async fn demo(alerts: usize, per_minute: u32, listen: SocketAddr) -> anyhow::Res
         format: LogFormat::Pretty,
         level: "info".into(),
     });
-    let (sim, secret) = start_sim("127.0.0.1:0".parse()?, alerts, per_minute).await?;
+    let (sim, secret) = start_sim("127.0.0.1:0".parse()?, alerts, per_minute, false).await?;
     let dir = std::env::temp_dir().join(format!("m365-ingest-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let toml = format!(
@@ -451,13 +466,27 @@ interval = "15s"
     result
 }
 
-async fn sim(listen: SocketAddr, alerts: usize) -> anyhow::Result<()> {
+async fn sim(
+    listen: SocketAddr,
+    alerts: usize,
+    tls: bool,
+    tls_cert_out: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     crate::telemetry::init(&LogConfig {
         format: LogFormat::Pretty,
         level: "info".into(),
     });
-    let (sim, secret) = start_sim(listen, alerts, 60).await?;
+    let (sim, secret) = start_sim(listen, alerts, 60, tls).await?;
     println!("simulator listening on {}", sim.base_url());
+    if let Some(pem) = sim.tls_certificate_pem() {
+        let path = tls_cert_out.unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("m365-ingest-sim-{}.pem", sim.addr().port()))
+        });
+        std::fs::write(&path, pem)
+            .map_err(|e| anyhow::anyhow!("--tls-cert-out {}: {e}", path.display()))?;
+        // Printed in the same form as the other lines so a script can pick it up.
+        println!("  tls_cert      = \"{}\"", path.display());
+    }
     println!("  tenant_id     = \"{DEMO_TENANT}\"");
     println!("  client_id     = \"{DEMO_CLIENT}\"");
     println!("  client_secret = \"{secret}\"");

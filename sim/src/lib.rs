@@ -31,6 +31,7 @@
 //! - `dropzone.rs`: the recording ingestion endpoint.
 //! - `control.rs`: the `/_sim/` HTTP control API.
 //! - `time.rs`: 100-ns timestamps.
+//! - `tls.rs`: HTTPS with a self-signed certificate made at start (`SimConfig::tls`).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -62,6 +63,7 @@ mod odata;
 mod store;
 mod submissions;
 mod time;
+mod tls;
 mod token;
 
 pub use dropzone::{DropzoneBehavior, ReceivedBatch};
@@ -84,6 +86,11 @@ pub struct SimConfig {
     pub page_cap: usize,
     /// `expires_in` of issued tokens (default 3599 s, as Entra's samples show).
     pub token_lifetime: Duration,
+    /// Serve HTTPS with a self-signed certificate made at start (default false: plain HTTP).
+    /// Every URL the simulator hands out or advertises (OpenID configuration, `@odata.nextLink`,
+    /// portal links) then starts with `https://`; the certificate is
+    /// [`Simulator::tls_certificate_pem`].
+    pub tls: bool,
 }
 
 impl Default for SimConfig {
@@ -93,6 +100,7 @@ impl Default for SimConfig {
             keep_bodies: true,
             page_cap: 1000,
             token_lifetime: Duration::from_secs(3599),
+            tls: false,
         }
     }
 }
@@ -120,8 +128,12 @@ pub struct Simulator {
 }
 
 pub(crate) struct Inner {
+    /// `http://` or `https://` and the address: the one root of every URL the simulator gives
+    /// out, so the scheme follows the mode everywhere.
     pub(crate) base_url: String,
     addr: SocketAddr,
+    /// The self-signed certificate (PEM) when serving HTTPS.
+    tls_cert_pem: Option<String>,
     pub(crate) page_cap: usize,
     pub(crate) keep_bodies: bool,
     pub(crate) directory: Mutex<token::Directory>,
@@ -259,6 +271,18 @@ fn router(inner: Arc<Inner>) -> Router {
         .with_state(inner)
 }
 
+/// Serves `app` on `listener` (plain TCP or [`tls::TlsListener`]) until `stop`, then drains.
+async fn serve<L>(listener: L, app: Router, stop: CancellationToken)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+    if let Err(e) = serve.await {
+        tracing::error!(error = %e, "simulator server stopped");
+    }
+}
+
 impl Simulator {
     /// Binds, starts serving in a background task and returns once listening.
     pub async fn start(cfg: SimConfig) -> std::io::Result<Simulator> {
@@ -268,9 +292,16 @@ impl Simulator {
             // Listening on all interfaces; loopback is still the address to hand out.
             addr.set_ip(Ipv4Addr::LOCALHOST.into());
         }
+        let identity = if cfg.tls {
+            Some(tls::make_identity(cfg.bind.ip())?)
+        } else {
+            None
+        };
+        let scheme = if identity.is_some() { "https" } else { "http" };
         let inner = Arc::new(Inner {
-            base_url: format!("http://{addr}"),
+            base_url: format!("{scheme}://{addr}"),
             addr,
+            tls_cert_pem: identity.as_ref().map(|i| i.cert_pem.clone()),
             page_cap: cfg.page_cap,
             keep_bodies: cfg.keep_bodies,
             directory: Mutex::new(token::Directory::new(cfg.token_lifetime)),
@@ -298,12 +329,13 @@ impl Simulator {
         });
         let app = router(inner.clone());
         let stop = inner.stop.clone();
-        let handle = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "simulator server stopped");
+        let handle = match identity {
+            None => tokio::spawn(serve(listener, app, stop)),
+            Some(identity) => {
+                let listener = tls::TlsListener::new(listener, &identity, stop.clone())?;
+                tokio::spawn(serve(listener, app, stop))
             }
-        });
+        };
         *lock(&inner.server) = Some(handle);
         Ok(Simulator { inner })
     }
@@ -313,9 +345,15 @@ impl Simulator {
         self.inner.addr
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://127.0.0.1:PORT` when serving TLS.
     pub fn base_url(&self) -> String {
         self.inner.base_url.clone()
+    }
+
+    /// The self-signed certificate (PEM) when started with [`SimConfig::tls`]: what a client
+    /// adds to its trusted roots. `None` for plain HTTP.
+    pub fn tls_certificate_pem(&self) -> Option<String> {
+        self.inner.tls_cert_pem.clone()
     }
 
     /// The login host: the token endpoint is `{login_url}/{tenant}/oauth2/v2.0/token`.

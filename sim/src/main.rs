@@ -70,6 +70,14 @@ struct Args {
     /// Record only event ids at the Dropzone endpoint, not bodies.
     #[arg(long)]
     no_keep_bodies: bool,
+    /// Serve HTTPS with a self-signed certificate made at start; every advertised URL is then
+    /// https://.
+    #[arg(long)]
+    tls: bool,
+    /// Where to write the certificate (PEM) with `--tls`
+    /// (default: m365-sim-PORT.pem in the temporary folder).
+    #[arg(long, requires = "tls")]
+    tls_cert_out: Option<std::path::PathBuf>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -78,9 +86,19 @@ async fn main() -> std::io::Result<()> {
     let cfg = SimConfig {
         bind: args.listen,
         keep_bodies: !args.no_keep_bodies,
+        tls: args.tls,
         ..SimConfig::default()
     };
     let sim = Simulator::start(cfg).await?;
+    if let Some(pem) = sim.tls_certificate_pem() {
+        let path = args.tls_cert_out.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("m365-sim-{}.pem", sim.addr().port()))
+        });
+        std::fs::write(&path, pem).map_err(|e| {
+            std::io::Error::other(format!("--tls-cert-out {}: {e}", path.display()))
+        })?;
+        println!("m365-sim tls_cert={}", path.display());
+    }
     sim.add_tenant(&args.tenant);
     sim.add_app(&args.tenant, &args.client_id, &args.client_secret, ROLES);
     if let Some(path) = &args.client_certificate {

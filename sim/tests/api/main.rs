@@ -12,4 +12,5 @@ mod faults;
 mod incidents;
 mod mailbox;
 mod submissions;
+mod tls;
 mod token;
