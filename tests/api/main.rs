@@ -15,6 +15,7 @@ mod operators;
 mod pg;
 mod phishing;
 mod pipeline;
+mod pollers;
 mod replicas;
 mod sources;
 mod tenants;
