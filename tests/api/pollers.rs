@@ -42,11 +42,11 @@ async fn alerts_and_cloud_apps_pollers_on_postgres_keep_revisions_and_the_twin_r
     tenant.cloud_apps_requests_per_minute = 6000;
     let app = TestApp::spawn(settings).await;
     // ...and new detections, seen through both APIs, while they poll.
-    for _ in 0..12 {
+    for _ in 0..25 {
         for _ in 0..60 {
             pairs.push(sim.generate_cloud_app_alert_with_twin(TENANT_ID, ago(2)));
         }
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let (mda_ids, graph_ids): (Vec<String>, Vec<String>) = pairs.iter().cloned().unzip();
     let store = app.store.clone();
