@@ -25,12 +25,14 @@ async fn alerts_and_cloud_apps_pollers_on_postgres_keep_revisions_and_the_twin_r
         .map(|i| sim.generate_cloud_app_alert_with_twin(TENANT_ID, ago(3_600 - i * 10)))
         .collect();
     let db = PgDb::create().await;
-    let extra = "[tenants.contoso.sources.incidents]\nenabled = false\n[tenants.contoso.sources.submissions]\nenabled = false\n[tenants.contoso.sources.cloud_apps]\ninterval = \"1s\"\nsettle = \"1s\"\ntwin_wait = \"0s\"\n";
+    let extra = "[tenants.contoso.sources.incidents]\nenabled = false\n[tenants.contoso.sources.submissions]\nenabled = false\n[tenants.contoso.sources.cloud_apps]\ninterval = \"1s\"\nsettle = \"1s\"\noverlap = \"20s\"\ntwin_wait = \"0s\"\n";
     let mut settings = settings_on(
         &sim,
         &db.url,
         &Opts {
             batch_size: 50,
+            // Each poll re-reads its overlap: short, so the live items are read a few times only.
+            overlap: "20s",
             extra_sources: extra.into(),
             ..Opts::default()
         },
@@ -43,7 +45,7 @@ async fn alerts_and_cloud_apps_pollers_on_postgres_keep_revisions_and_the_twin_r
     let app = TestApp::spawn(settings).await;
     // ...and new detections, seen through both APIs, while they poll.
     for _ in 0..25 {
-        for _ in 0..60 {
+        for _ in 0..30 {
             pairs.push(sim.generate_cloud_app_alert_with_twin(TENANT_ID, ago(2)));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
