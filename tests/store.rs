@@ -1062,6 +1062,128 @@ async fn a_late_twin_is_named_in_duplicate_of_only_when_forwarded(b: Backend) {
     }
 }
 
+/// Every version queued since the last call, as JSON, in queue order; marks them delivered.
+async fn sent_bodies(s: &AnyStore) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Some(batch) = s.claim_batch(DEST, TENANT, limits(100)).await.unwrap() {
+        for i in s.batch_items(batch.id).await.unwrap() {
+            out.push(serde_json::from_slice(&i.body).unwrap());
+        }
+        s.mark_delivered(&batch).await.unwrap();
+    }
+    out
+}
+
+/// Cloud Apps alert number `n` (Microsoft's example under another id) and its alerts_v2 twin at
+/// `offset_s` of severity `severity`.
+fn numbered_pair(n: usize, offset_s: i64, severity: &str) -> (normalize::Prepared, Value) {
+    let mut mda: Value = serde_json::from_str(&reference("mda-alert-fetch.json")).unwrap();
+    let mda_id = format!("{n:024x}");
+    mda["_id"] = json!(mda_id);
+    let mut twin = alert(&format!("ca{mda_id}"), offset_s, severity);
+    twin["serviceSource"] = json!("microsoftDefenderForCloudApps");
+    (prepared(SourceKind::CloudApps, &mda), twin)
+}
+
+async fn pollers_of_one_tenant_do_not_race_on_revisions_or_twins(b: Backend) {
+    // The alerts poller and the Cloud Apps poller of one tenant commit pages at the same time,
+    // over the same detections: each round, twins already forwarded change while their Cloud
+    // Apps alerts arrive (both pages plan a revision of the twin), and new twins arrive beside
+    // their Cloud Apps alerts (each page must see the other's link).
+    const ROUNDS: usize = 40;
+    const PAIRS: usize = 6;
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    let tenant = tenant();
+    let filters = Filters::default();
+    // Cloud Apps ids whose twin was forwarded before they arrived.
+    let mut twin_first = Vec::new();
+    let mut all = Vec::new();
+    for round in 0..ROUNDS {
+        let ids: Vec<usize> = (0..PAIRS).map(|i| round * PAIRS + i).collect();
+        let (early, late) = ids.split_at(PAIRS / 2);
+        // The early twins are forwarded first.
+        let firsts: Vec<Value> = early
+            .iter()
+            .map(|&n| numbered_pair(n, 0, "low").1)
+            .collect();
+        ingest(&s, &firsts, false, None).await.unwrap();
+        twin_first.extend(early.iter().map(|n| format!("{n:024x}")));
+        all.extend(ids.iter().map(|n| format!("{n:024x}")));
+        // Then, at once: the early twins change and the late ones appear; the Cloud Apps
+        // alerts of all of them arrive.
+        let twins: Vec<normalize::Prepared> = early
+            .iter()
+            .map(|&n| numbered_pair(n, 5, "high").1)
+            .chain(late.iter().map(|&n| numbered_pair(n, 0, "low").1))
+            .map(|v| prepared(SourceKind::Alerts, &v))
+            .collect();
+        let mdas: Vec<normalize::Prepared> =
+            ids.iter().map(|&n| numbered_pair(n, 0, "low").0).collect();
+        let (a, c) = tokio::join!(
+            s.ingest(page(&tenant, SourceKind::Alerts, twins, &filters)),
+            s.ingest(page(&tenant, SourceKind::CloudApps, mdas, &filters)),
+        );
+        a.unwrap();
+        c.unwrap();
+    }
+    let sent = sent_bodies(&s).await;
+    let key = |v: &Value| {
+        (
+            v["source"].as_str().unwrap().to_string(),
+            v["native_id"].as_str().unwrap().to_string(),
+        )
+    };
+    // Revisions of each alert are 1..n, each once, in queue order.
+    let mut revisions: std::collections::BTreeMap<(String, String), Vec<i64>> = Default::default();
+    for v in &sent {
+        revisions
+            .entry(key(v))
+            .or_default()
+            .push(v["revision"].as_i64().unwrap());
+    }
+    for (alert, revs) in &revisions {
+        let expected: Vec<i64> = (1..=revs.len() as i64).collect();
+        assert_eq!(
+            revs, &expected,
+            "revisions of {alert:?} in queue order (two pages planned the same revision)"
+        );
+    }
+    let last = |source: &str, native_id: &str| {
+        sent.iter()
+            .rev()
+            .find(|v| v["source"] == source && v["native_id"] == native_id)
+    };
+    for mda_id in &all {
+        let twin_id = format!("ca{mda_id}");
+        let twin = last("alerts", &twin_id).expect("every twin is forwarded");
+        let related = twin["related"].as_array().unwrap();
+        assert!(
+            related
+                .iter()
+                .any(|r| r["source"] == "cloud_apps" && r["native_id"] == mda_id.as_str()),
+            "the twin {twin_id} names its Cloud Apps alert in its last revision ({} {}): {}",
+            twin["revision"],
+            twin["change"],
+            twin["related"]
+        );
+        match last("cloud_apps", mda_id) {
+            None => {}
+            Some(_) if twin_first.contains(mda_id) => panic!(
+                "the Cloud Apps alert {mda_id} arrived after its twin was forwarded: it is held"
+            ),
+            // Forwarded before its twin was: its last revision names the twin.
+            Some(v) => assert_eq!(
+                v["duplicate_of"]["native_id"], twin_id,
+                "the Cloud Apps alert {mda_id} forwarded beside its twin names it ({} {})",
+                v["revision"], v["change"]
+            ),
+        }
+    }
+    drop(s);
+    db.drop_db().await;
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1097,6 +1219,7 @@ conformance!(
     a_cloud_apps_alert_is_held_only_behind_a_forwarded_twin,
     cursor_set_while_a_poll_runs_takes_effect,
     a_late_twin_is_named_in_duplicate_of_only_when_forwarded,
+    pollers_of_one_tenant_do_not_race_on_revisions_or_twins,
 );
 
 async fn a_parked_refused_alert_lets_its_tenants_later_batches_pass(b: Backend) {

@@ -106,6 +106,32 @@ impl PgStore {
         Ok(tx)
     }
 
+    /// Holds the tenant's pages one at a time until this transaction ends.
+    ///
+    /// Every poller of a tenant (alerts, Cloud Apps, submissions...) commits its pages on a
+    /// connection of its own, under READ COMMITTED, and a page reads shared state before it
+    /// writes: the alerts rows it plans revisions from (its own items, and the other sources'
+    /// items it gives a `linked` revision) and the link rows of other sources. Two pages side by
+    /// side would each plan the same next revision of one alert (an update and a `linked`
+    /// revision rebuilt from the older body), and each miss the other's uncommitted `mda:` link,
+    /// so neither page holds the Cloud Apps twin. Row locks cannot cover a link row that does
+    /// not exist yet, hence a lock on the tenant. It is taken after the lease row (`fenced`
+    /// reads it `FOR SHARE`), in that order by every page, and nothing else takes it: no
+    /// deadlock, and a takeover still waits only for the pages in flight. The operator's
+    /// commands neither plan revisions nor write links (a replay appends copies under new event
+    /// ids), so they do not take it. SQLite needs none of this: it has one writer.
+    async fn lock_tenant_pages(tx: &mut sqlx::PgConnection, tenant: &str) -> Result<()> {
+        // The two-key form, in a namespace of ours, keeps clear of single-key locks such as
+        // the migrator's; two tenants whose names hash alike only wait for each other.
+        const TENANT_PAGES: i32 = 0x6d33_3635; // "m365"
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(TENANT_PAGES)
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
     async fn load_states(
         tx: &mut sqlx::PgConnection,
         tenant: &str,
@@ -632,6 +658,7 @@ impl Store for PgStore {
         let source = batch.source.as_str();
         let now = now_ms();
         let mut tx = self.fenced(&tenant_lease(&tenant)).await?;
+        Self::lock_tenant_pages(&mut tx, &tenant).await?;
         let ids: Vec<&str> = {
             let mut seen = HashSet::with_capacity(batch.items.len());
             batch

@@ -16,6 +16,7 @@ mod paging;
 mod pg;
 mod phishing;
 mod pipeline;
+mod pollers;
 mod replicas;
 mod sources;
 mod tenants;
