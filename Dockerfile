@@ -16,7 +16,10 @@ COPY --from=build /m365-ingest /usr/local/bin/m365-ingest
 COPY config/m365-ingest.example.toml /etc/m365-ingest/m365-ingest.toml
 USER 10001
 WORKDIR /var/lib/m365-ingest
-ENV M365_INGEST_CONFIG=/etc/m365-ingest/m365-ingest.toml \
+# glibc gives each thread that allocates its own malloc arena; two are plenty for this daemon
+# and keep idle RSS about 3 MB lower (docs/benchmarks.md, issue 12).
+ENV MALLOC_ARENA_MAX=2 \
+    M365_INGEST_CONFIG=/etc/m365-ingest/m365-ingest.toml \
     M365_INGEST__SERVER__LISTEN=0.0.0.0:8080 \
     M365_INGEST__STORE__URL=sqlite:///var/lib/m365-ingest/m365-ingest.db
 VOLUME ["/var/lib/m365-ingest"]
