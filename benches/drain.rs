@@ -114,9 +114,27 @@ enabled = false
         (machine.0 - machine_before.0) as f64 / ((machine.1 - machine_before.1).max(1)) as f64;
     stop.cancel();
     std::thread::sleep(Duration::from_secs(1));
-    let db_size = match &pg_db {
+    // The store's bytes: Postgres's database size; SQLite's pages after a checkpoint (so the
+    // WAL is in the file), with each table's and index's share (the `dbstat` table).
+    let (db_size, breakdown) = match &pg_db {
         Some(name) => runtime.block_on(async {
             use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&format!("{pg_base}/{name}"))
+                .await
+                .unwrap();
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT c.relname::text, pg_relation_size(c.oid) FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = 'public' AND c.relkind IN ('r', 'i', 't') \
+                 UNION ALL SELECT 'toast of ' || c.relname::text, \
+                 pg_total_relation_size(c.reltoastrelid) FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.reltoastrelid <> 0",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+            drop(conn);
             let mut conn = sqlx::PgConnection::connect(&format!("{pg_base}/postgres"))
                 .await
                 .unwrap();
@@ -126,17 +144,39 @@ enabled = false
                 .await
                 .unwrap();
             pg_admin(&pg_base, &format!("DROP DATABASE {name} WITH (FORCE)")).await;
-            size as u64
+            (size as u64, rows)
         }),
-        None => std::fs::metadata(dir.path().join("bench.db"))
-            .map(|m| m.len())
-            .unwrap_or(0),
+        None => runtime.block_on(async {
+            use sqlx::Connection;
+            let path = dir.path().join("bench.db");
+            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .unwrap();
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            let page: i64 = sqlx::query_scalar("PRAGMA page_size")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            let rows: Vec<(String, i64)> =
+                sqlx::query_as("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap_or_default();
+            (pages as u64 * page as u64, rows)
+        }),
     };
     runtime.shutdown_timeout(Duration::from_secs(5));
     let _ = child.kill();
     let _ = child.wait();
     println!(
-        "drain ({}): {n} alerts, batch_size {batch}: {:.1} s, {:.0} alerts/s, daemon CPU {:.1} s ({:.0} alerts per CPU-second), peak RSS {:.1} MB, store {:.0} MB, machine busy {:.0}% of {} cores",
+        "drain ({}): {n} alerts, batch_size {batch}: {:.1} s, {:.0} alerts/s, daemon CPU {:.1} s ({:.0} alerts per CPU-second), peak RSS {:.1} MB, store {:.0} MB ({:.0} bytes/alert), machine busy {:.0}% of {} cores",
         if pg_db.is_some() { "postgres" } else { "sqlite" },
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64(),
@@ -144,9 +184,19 @@ enabled = false
         n as f64 / cpu.max(0.001),
         peak_rss_mb(),
         db_size as f64 / 1e6,
+        db_size as f64 / n as f64,
         busy * 100.0,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     );
+    let mut breakdown = breakdown;
+    breakdown.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+    for (name, bytes) in breakdown.iter().filter(|(_, b)| *b > 0) {
+        println!(
+            "  {name:<28} {:>8.1} MB {:>7.0} bytes/alert",
+            *bytes as f64 / 1e6,
+            *bytes as f64 / n as f64
+        );
+    }
 }
 
 async fn pg_admin(base: &str, sql: &str) {
