@@ -3,7 +3,8 @@
 //! with `--sim-child`) so the figures are the daemon's alone: alerts/s, CPU seconds, peak RSS.
 //! `DRAIN_BATCH` sets forward.batch_size (default 100, the shipped default). `DRAIN_STORE=postgres`
 //! runs it on a fresh database of the local Postgres (`M365_TEST_PG_URL`, default
-//! postgres@127.0.0.1:5432) instead of SQLite.
+//! postgres@127.0.0.1:5432) instead of SQLite. It prints the store's bytes per alert and each table's and
+//! index's share; `DRAIN_KEEP=DIR` keeps the SQLite store in DIR.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -45,7 +46,16 @@ fn main() {
             break b.to_string();
         }
     };
+    // `DRAIN_KEEP=DIR` keeps the SQLite store there for a look afterwards (`sqlite3`, `dbstat`).
+    let kept = std::env::var_os("DRAIN_KEEP").map(std::path::PathBuf::from);
     let dir = tempfile::tempdir().unwrap();
+    let db_path = match &kept {
+        Some(keep) => {
+            std::fs::create_dir_all(keep).unwrap();
+            keep.join("bench.db")
+        }
+        None => dir.path().join("bench.db"),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,7 +69,7 @@ fn main() {
             runtime.block_on(pg_admin(&pg_base, &format!("CREATE DATABASE {name}")));
             format!("{pg_base}/{name}")
         }
-        None => format!("sqlite://{}", dir.path().join("bench.db").display()),
+        None => format!("sqlite://{}", db_path.display()),
     };
     let toml = format!(
         r#"
@@ -148,10 +158,10 @@ enabled = false
         }),
         None => runtime.block_on(async {
             use sqlx::Connection;
-            let path = dir.path().join("bench.db");
-            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-                .await
-                .unwrap();
+            let mut conn =
+                sqlx::SqliteConnection::connect(&format!("sqlite://{}", db_path.display()))
+                    .await
+                    .unwrap();
             sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
                 .execute(&mut conn)
                 .await
@@ -190,7 +200,8 @@ enabled = false
     );
     let mut breakdown = breakdown;
     breakdown.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
-    for (name, bytes) in breakdown.iter().filter(|(_, b)| *b > 0) {
+    // Tables and indexes of at least a byte per alert.
+    for (name, bytes) in breakdown.iter().filter(|(_, b)| *b as usize >= n) {
         println!(
             "  {name:<28} {:>8.1} MB {:>7.0} bytes/alert",
             *bytes as f64 / 1e6,

