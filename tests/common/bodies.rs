@@ -97,7 +97,8 @@ pub fn rendered_raw(source: SourceKind, items: Vec<Box<RawValue>>) -> Vec<Vec<u8
 /// Items of Microsoft's example responses in `dir` (`shared/reference/microsoft`), as bodies:
 /// Graph alerts (`graph-alerts_v2-list.json`, `graph-alert-get.json`, the alerts of
 /// `graph-incident-expand-alerts.json`) and Cloud Apps alerts
-/// (`mda-alerts-list.json`, `mda-alert-fetch.json`). None of them is in the training set.
+/// (`mda-alerts-list.json`, `mda-alert-fetch.json`). None of them is in the training set. The
+/// files repeat ids and a page keeps one version of each: 3 bodies (2 Graph, 1 Cloud Apps).
 pub fn microsoft_bodies(dir: &std::path::Path) -> Vec<Vec<u8>> {
     type Object = HashMap<String, Box<RawValue>>;
     // Items in the file's own field order, as Microsoft sends them.
