@@ -3,7 +3,8 @@
 //! with `--sim-child`) so the figures are the daemon's alone: alerts/s, CPU seconds, peak RSS.
 //! `DRAIN_BATCH` sets forward.batch_size (default 100, the shipped default). `DRAIN_STORE=postgres`
 //! runs it on a fresh database of the local Postgres (`M365_TEST_PG_URL`, default
-//! postgres@127.0.0.1:5432) instead of SQLite.
+//! postgres@127.0.0.1:5432) instead of SQLite. It prints the store's bytes per alert and each table's and
+//! index's share; `DRAIN_KEEP=DIR` keeps the SQLite store in DIR.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -45,7 +46,16 @@ fn main() {
             break b.to_string();
         }
     };
+    // `DRAIN_KEEP=DIR` keeps the SQLite store there for a look afterwards (`sqlite3`, `dbstat`).
+    let kept = std::env::var_os("DRAIN_KEEP").map(std::path::PathBuf::from);
     let dir = tempfile::tempdir().unwrap();
+    let db_path = match &kept {
+        Some(keep) => {
+            std::fs::create_dir_all(keep).unwrap();
+            keep.join("bench.db")
+        }
+        None => dir.path().join("bench.db"),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,7 +69,7 @@ fn main() {
             runtime.block_on(pg_admin(&pg_base, &format!("CREATE DATABASE {name}")));
             format!("{pg_base}/{name}")
         }
-        None => format!("sqlite://{}", dir.path().join("bench.db").display()),
+        None => format!("sqlite://{}", db_path.display()),
     };
     let toml = format!(
         r#"
@@ -114,9 +124,27 @@ enabled = false
         (machine.0 - machine_before.0) as f64 / ((machine.1 - machine_before.1).max(1)) as f64;
     stop.cancel();
     std::thread::sleep(Duration::from_secs(1));
-    let db_size = match &pg_db {
+    // The store's bytes: Postgres's database size; SQLite's pages after a checkpoint (so the
+    // WAL is in the file), with each table's and index's share (the `dbstat` table).
+    let (db_size, breakdown) = match &pg_db {
         Some(name) => runtime.block_on(async {
             use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&format!("{pg_base}/{name}"))
+                .await
+                .unwrap();
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT c.relname::text, pg_relation_size(c.oid) FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = 'public' AND c.relkind IN ('r', 'i', 't') \
+                 UNION ALL SELECT 'toast of ' || c.relname::text, \
+                 pg_total_relation_size(c.reltoastrelid) FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.reltoastrelid <> 0",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+            drop(conn);
             let mut conn = sqlx::PgConnection::connect(&format!("{pg_base}/postgres"))
                 .await
                 .unwrap();
@@ -126,17 +154,39 @@ enabled = false
                 .await
                 .unwrap();
             pg_admin(&pg_base, &format!("DROP DATABASE {name} WITH (FORCE)")).await;
-            size as u64
+            (size as u64, rows)
         }),
-        None => std::fs::metadata(dir.path().join("bench.db"))
-            .map(|m| m.len())
-            .unwrap_or(0),
+        None => runtime.block_on(async {
+            use sqlx::Connection;
+            let mut conn =
+                sqlx::SqliteConnection::connect(&format!("sqlite://{}", db_path.display()))
+                    .await
+                    .unwrap();
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            let page: i64 = sqlx::query_scalar("PRAGMA page_size")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            let rows: Vec<(String, i64)> =
+                sqlx::query_as("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap_or_default();
+            (pages as u64 * page as u64, rows)
+        }),
     };
     runtime.shutdown_timeout(Duration::from_secs(5));
     let _ = child.kill();
     let _ = child.wait();
     println!(
-        "drain ({}): {n} alerts, batch_size {batch}: {:.1} s, {:.0} alerts/s, daemon CPU {:.1} s ({:.0} alerts per CPU-second), peak RSS {:.1} MB, store {:.0} MB, machine busy {:.0}% of {} cores",
+        "drain ({}): {n} alerts, batch_size {batch}: {:.1} s, {:.0} alerts/s, daemon CPU {:.1} s ({:.0} alerts per CPU-second), peak RSS {:.1} MB, store {:.0} MB ({:.0} bytes/alert), machine busy {:.0}% of {} cores",
         if pg_db.is_some() { "postgres" } else { "sqlite" },
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64(),
@@ -144,9 +194,20 @@ enabled = false
         n as f64 / cpu.max(0.001),
         peak_rss_mb(),
         db_size as f64 / 1e6,
+        db_size as f64 / n as f64,
         busy * 100.0,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     );
+    let mut breakdown = breakdown;
+    breakdown.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+    // Tables and indexes of at least a byte per alert.
+    for (name, bytes) in breakdown.iter().filter(|(_, b)| *b as usize >= n) {
+        println!(
+            "  {name:<28} {:>8.1} MB {:>7.0} bytes/alert",
+            *bytes as f64 / 1e6,
+            *bytes as f64 / n as f64
+        );
+    }
 }
 
 async fn pg_admin(base: &str, sql: &str) {

@@ -582,6 +582,16 @@ impl Simulator {
         serde_json::from_str(&render_string(&tenant, id, ticks, &body)).ok()
     }
 
+    /// An alert's JSON exactly as the simulator serves it (fields in Microsoft's order; `alert`
+    /// parses it, which sorts them).
+    pub fn alert_json(&self, tenant_id: &str, id: &str) -> Option<String> {
+        let tenant = tenant_key(tenant_id);
+        let (ticks, body) = lock(&self.inner.alerts)
+            .get(&tenant)
+            .and_then(|t| t.get(id).map(|(ticks, b)| (ticks, b.clone())))?;
+        Some(render_string(&tenant, id, ticks, &body))
+    }
+
     /// How many alerts a tenant has.
     pub fn alert_count(&self, tenant_id: &str) -> usize {
         lock(&self.inner.alerts)

@@ -178,13 +178,115 @@ pub struct OutboxRow {
     pub json_len: usize,
 }
 
-/// Stored bodies: one format byte, then the payload. JSON bodies of alerts compress about
-/// five-fold, and the store's cost is its bytes (WAL, checkpoint, disk), so they are kept LZ4
-/// compressed and handed out as the exact JSON bytes that were rendered.
+/// Stored bodies: one format byte, then the payload. The store's cost is its bytes (WAL,
+/// checkpoint, disk), so bodies are kept compressed and handed out as the exact JSON bytes that
+/// were rendered. Formats, each readable forever (a store keeps what older versions wrote):
+/// - `{`: plain JSON, stored as it is (the first stores);
+/// - `1`: LZ4 block with its length prepended (issue 2);
+/// - `2`, then a dictionary id, then one zstd frame compressed with that dictionary (issue 12).
+///   Dictionary 1 is `dict/alerts-v1.zdict`, trained on the simulator's alerts
+///   (`examples/body_dict.rs`). A dictionary, once shipped, never changes: a better one is added
+///   under the next id and new bodies use it, while the old ones stay readable with theirs.
 pub mod body_codec {
-    const LZ4: u8 = 1;
+    use std::cell::RefCell;
+    use std::sync::OnceLock;
 
+    use zstd::bulk::{Compressor, Decompressor};
+    use zstd::dict::{DecoderDictionary, EncoderDictionary};
+    use zstd::zstd_safe::CParameter;
+
+    const LZ4: u8 = 1;
+    const ZSTD: u8 = 2;
+
+    /// The dictionary new bodies are compressed with.
+    pub const CURRENT_DICTIONARY: u8 = 1;
+    /// zstd's level for new bodies, chosen by measurement (docs/benchmarks.md, issue 12): with
+    /// the dictionary, higher levels gain little size for much more time.
+    pub const LEVEL: i32 = 3;
+    /// No body is larger: a corrupt frame header cannot make the decoder allocate more.
+    const MAX_JSON: usize = 1 << 30;
+
+    /// The shipped dictionaries by id. Never edit or remove one: bodies name it.
+    pub fn dictionary(id: u8) -> Option<&'static [u8]> {
+        match id {
+            1 => Some(include_bytes!("dict/alerts-v1.zdict")),
+            _ => None,
+        }
+    }
+
+    fn encoder_dictionary() -> Option<&'static EncoderDictionary<'static>> {
+        static PREPARED: OnceLock<Option<EncoderDictionary<'static>>> = OnceLock::new();
+        PREPARED
+            .get_or_init(|| {
+                EncoderDictionary::try_copy(dictionary(CURRENT_DICTIONARY)?, LEVEL).ok()
+            })
+            .as_ref()
+    }
+
+    fn decoder_dictionary(id: u8) -> Option<&'static DecoderDictionary<'static>> {
+        static PREPARED: OnceLock<Option<DecoderDictionary<'static>>> = OnceLock::new();
+        match id {
+            1 => PREPARED
+                .get_or_init(|| DecoderDictionary::try_copy(dictionary(1)?).ok())
+                .as_ref(),
+            _ => None,
+        }
+    }
+
+    thread_local! {
+        // One context per thread, reused: a fresh one costs more than compressing a body.
+        static COMPRESSOR: RefCell<Option<Compressor<'static>>> = const { RefCell::new(None) };
+        static DECOMPRESSOR: RefCell<Option<(u8, Decompressor<'static>)>> = const { RefCell::new(None) };
+    }
+
+    fn new_compressor() -> Option<Compressor<'static>> {
+        let mut c = Compressor::with_prepared_dictionary(encoder_dictionary()?).ok()?;
+        // The id travels in our own header byte; zstd's 4-byte copy of it would be redundant.
+        c.set_parameter(CParameter::DictIdFlag(false)).ok()?;
+        c.set_parameter(CParameter::ContentSizeFlag(true)).ok()?;
+        Some(c)
+    }
+
+    fn zstd_encode(json: &[u8]) -> Option<Vec<u8>> {
+        COMPRESSOR
+            .try_with(|cell| {
+                let mut slot = cell.try_borrow_mut().ok()?;
+                if slot.is_none() {
+                    *slot = new_compressor();
+                }
+                let c = slot.as_mut()?;
+                let mut out = Vec::with_capacity(2 + zstd::zstd_safe::compress_bound(json.len()));
+                out.push(ZSTD);
+                out.push(CURRENT_DICTIONARY);
+                // The frame goes after the two header bytes (a cursor's position).
+                let mut cursor = std::io::Cursor::new(out);
+                cursor.set_position(2);
+                match c.compress_to_buffer(json, &mut cursor) {
+                    Ok(_) => Some(cursor.into_inner()),
+                    Err(_) => {
+                        // A context in doubt is not reused.
+                        *slot = None;
+                        None
+                    }
+                }
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// The stored form of a JSON body: zstd with the current dictionary, or LZ4 should zstd
+    /// be unavailable (it cannot allocate its context), which every version reads as well.
     pub fn encode(json: &[u8]) -> Vec<u8> {
+        if json.len() <= MAX_JSON {
+            if let Some(out) = zstd_encode(json) {
+                return out;
+            }
+        }
+        encode_lz4(json)
+    }
+
+    /// The LZ4 format (1), as bodies were stored before issue 12.
+    pub fn encode_lz4(json: &[u8]) -> Vec<u8> {
         let compressed = lz4_flex::block::compress_prepend_size(json);
         let mut out = Vec::with_capacity(compressed.len() + 1);
         out.push(LZ4);
@@ -192,9 +294,49 @@ pub mod body_codec {
         out
     }
 
+    fn zstd_decode(dict_id: u8, frame: &[u8]) -> Result<Vec<u8>, String> {
+        let Some(dict) = decoder_dictionary(dict_id) else {
+            return Err(format!(
+                "stored body names zstd dictionary {dict_id}, which this version does not have"
+            ));
+        };
+        let decode = |d: &mut Decompressor<'static>| {
+            d.decompress(frame, MAX_JSON)
+                .map_err(|e| format!("stored body is corrupt: {e}"))
+        };
+        DECOMPRESSOR
+            .try_with(|cell| {
+                let Ok(mut slot) = cell.try_borrow_mut() else {
+                    return None;
+                };
+                if slot.as_ref().is_none_or(|(id, _)| *id != dict_id) {
+                    *slot = Decompressor::with_prepared_dictionary(dict)
+                        .ok()
+                        .map(|d| (dict_id, d));
+                }
+                let (_, d) = slot.as_mut()?;
+                let result = decode(d);
+                if result.is_err() {
+                    *slot = None;
+                }
+                Some(result)
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| {
+                let mut d = Decompressor::with_prepared_dictionary(dict)
+                    .map_err(|e| format!("cannot read a stored body: {e}"))?;
+                decode(&mut d)
+            })
+    }
+
     /// The JSON bytes; a body stored uncompressed (it starts with `{`) is returned as it is.
     pub fn decode(stored: &[u8]) -> Result<Vec<u8>, String> {
         match stored.split_first() {
+            Some((&ZSTD, rest)) => match rest.split_first() {
+                Some((&dict_id, frame)) => zstd_decode(dict_id, frame),
+                None => Err("stored body is corrupt: cut after its format byte".into()),
+            },
             Some((&LZ4, rest)) => lz4_flex::block::decompress_size_prepended(rest)
                 .map_err(|e| format!("stored body is corrupt: {e}")),
             Some((b'{', _)) => Ok(stored.to_vec()),
@@ -204,17 +346,78 @@ pub mod body_codec {
 
     #[cfg(test)]
     mod tests {
+        use super::*;
+
+        const JSON: &[u8] = br#"{"a":"\u0000 and some text that repeats, repeats, repeats"}"#;
+
         #[test]
-        fn round_trip_and_plain_json_pass_through() {
-            let json = br#"{"a":"\u0000 and some text that repeats, repeats, repeats"}"#;
-            let stored = super::encode(json);
-            assert!(stored.len() < json.len());
-            assert_eq!(super::decode(&stored).unwrap(), json.to_vec());
-            assert_eq!(super::decode(json).unwrap(), json.to_vec());
-            assert!(super::decode(&[9, 1, 2]).is_err());
-            assert!(
-                super::decode(&stored[..stored.len() / 2]).is_err(),
-                "a cut body is an error"
+        fn round_trip_in_the_current_format() {
+            let stored = encode(JSON);
+            assert_eq!(stored[..2], [ZSTD, CURRENT_DICTIONARY]);
+            assert!(stored.len() < JSON.len());
+            assert_eq!(decode(&stored).unwrap(), JSON.to_vec());
+            assert_eq!(decode(&encode(b"{}")).unwrap(), b"{}".to_vec());
+            assert_eq!(decode(&encode(b"")).unwrap(), b"".to_vec());
+            // A large body, and a context reused across bodies.
+            let big: Vec<u8> = (0..200_000u32)
+                .flat_map(|i| format!("{{\"n\":{i}}},").into_bytes())
+                .collect();
+            for _ in 0..3 {
+                assert_eq!(decode(&encode(&big)).unwrap(), big);
+            }
+        }
+
+        #[test]
+        fn older_formats_still_decode() {
+            // LZ4 as written before issue 12, byte for byte (format 1, length prepended).
+            let lz4 = encode_lz4(JSON);
+            assert_eq!(lz4[0], LZ4);
+            assert_eq!(decode(&lz4).unwrap(), JSON.to_vec());
+            let mut frozen = vec![1u8];
+            frozen.extend_from_slice(&lz4_flex::block::compress_prepend_size(JSON));
+            assert_eq!(decode(&frozen).unwrap(), JSON.to_vec());
+            // Plain JSON passes through.
+            assert_eq!(decode(JSON).unwrap(), JSON.to_vec());
+        }
+
+        #[test]
+        fn unknown_and_corrupt_bodies_are_errors() {
+            let stored = encode(JSON);
+            assert!(decode(&[]).is_err());
+            assert!(decode(&[9, 1, 2]).is_err());
+            assert!(decode(&[ZSTD]).is_err());
+            let mut other_dict = stored.clone();
+            other_dict[1] = 200;
+            let err = decode(&other_dict).unwrap_err();
+            assert!(err.contains("dictionary 200"), "{err}");
+            assert!(decode(&stored[..stored.len() / 2]).is_err(), "a cut body");
+            let lz4 = encode_lz4(JSON);
+            assert!(decode(&lz4[..lz4.len() / 2]).is_err(), "a cut LZ4 body");
+            let mut garbage = stored.clone();
+            for b in &mut garbage[2..] {
+                *b = b.wrapping_mul(31).wrapping_add(7);
+            }
+            assert!(decode(&garbage).is_err());
+            // The decoder is still good after errors.
+            assert_eq!(decode(&stored).unwrap(), JSON.to_vec());
+        }
+
+        /// Dictionary 1 is in stored bodies: it must never change.
+        #[test]
+        fn shipped_dictionary_is_frozen() {
+            use sha2::Digest;
+            let dict = dictionary(1).unwrap();
+            let sha256: String = sha2::Sha256::digest(dict)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(
+                (dict.len(), sha256.as_str()),
+                (
+                    32_768,
+                    "a3f8fc26d0a363868b73b5ab53d3aef4b437608b32e89eb44fc51a38307a8117"
+                ),
+                "dict/alerts-v1.zdict changed: add a new dictionary id instead"
             );
         }
     }
