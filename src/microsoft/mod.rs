@@ -308,7 +308,12 @@ impl MsClient {
                 }));
             }
         }
-        let mut body = Vec::new();
+        // Sized once when the length is known: growing by doubling holds up to three times a
+        // large page while it is copied.
+        let mut body = Vec::with_capacity(
+            resp.content_length()
+                .map_or(0, |len| (len as usize).min(limit)),
+        );
         loop {
             match resp.chunk().await {
                 Ok(Some(chunk)) => {

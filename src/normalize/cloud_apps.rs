@@ -178,7 +178,7 @@ fn build(a: MdaAlert<'_>, raw: &RawValue, mut errors: Vec<String>) -> Result<Pre
         },
         native_id,
         version: VersionInput::State { hash },
-        body: written.body,
+        body: written.body.into(),
         field_hashes: written.field_hashes,
         normalization_error: written.normalization_error,
     })

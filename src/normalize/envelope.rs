@@ -53,8 +53,30 @@ pub struct Envelope<'a> {
 /// by `prepare`). Allocates once, at the exact size.
 pub fn render(env: &Envelope, body: &[u8]) -> Vec<u8> {
     let members = body_members(body);
-    let updated = env.change == Change::Updated;
+    let mut out = Vec::with_capacity(head_len(env) + members.map_or(1, |m| 1 + m.len()));
+    write_head(env, &mut out);
+    match members {
+        Some(m) => {
+            out.push(b',');
+            out.extend_from_slice(m);
+        }
+        None => out.push(b'}'),
+    }
+    debug_assert_eq!(out.len(), out.capacity());
+    out
+}
 
+/// The event up to and including the comma before the body's members: what precedes
+/// [`members`] of a body that has some. The store compresses a body's members when the page is
+/// parsed, before the envelope (revision, change) is known, and joins the two frames.
+pub fn render_head(env: &Envelope) -> Vec<u8> {
+    let mut out = Vec::with_capacity(head_len(env) + 1);
+    write_head(env, &mut out);
+    out.push(b',');
+    out
+}
+
+fn head_len(env: &Envelope) -> usize {
     let strings = [
         env.event_id,
         env.alert_id,
@@ -70,59 +92,51 @@ pub fn render(env: &Envelope, body: &[u8]) -> Vec<u8> {
     len += strings.iter().map(|s| str_len(s)).sum::<usize>();
     len += i64_len(env.revision);
     len += if env.historical { 4 } else { 5 };
-    if updated {
+    if env.change == Change::Updated {
         len += r#","changed_fields":[]"#.len();
         len += env.changed_fields.iter().map(|f| str_len(f)).sum::<usize>();
         len += env.changed_fields.len().saturating_sub(1);
     }
-    len += members.map_or(1, |m| 1 + m.len());
+    len
+}
 
-    let mut out = Vec::with_capacity(len);
+fn write_head(env: &Envelope, out: &mut Vec<u8>) {
     out.extend_from_slice(br#"{"schema":"#);
-    write_str(&mut out, SCHEMA);
+    write_str(out, SCHEMA);
     out.extend_from_slice(br#","event_id":"#);
-    write_str(&mut out, env.event_id);
+    write_str(out, env.event_id);
     out.extend_from_slice(br#","alert_id":"#);
-    write_str(&mut out, env.alert_id);
+    write_str(out, env.alert_id);
     out.extend_from_slice(br#","kind":"#);
-    write_str(&mut out, env.kind);
+    write_str(out, env.kind);
     out.extend_from_slice(br#","revision":"#);
-    write_i64(&mut out, env.revision);
+    write_i64(out, env.revision);
     out.extend_from_slice(br#","change":"#);
-    write_str(&mut out, env.change.as_str());
-    if updated {
+    write_str(out, env.change.as_str());
+    if env.change == Change::Updated {
         out.extend_from_slice(br#","changed_fields":["#);
         for (i, f) in env.changed_fields.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            write_str(&mut out, f);
+            write_str(out, f);
         }
         out.push(b']');
     }
     out.extend_from_slice(br#","observed_at":"#);
-    write_str(&mut out, env.observed_at);
+    write_str(out, env.observed_at);
     out.extend_from_slice(br#","historical":"#);
     out.extend_from_slice(if env.historical { b"true" } else { b"false" });
     out.extend_from_slice(br#","tenant":{"id":"#);
-    write_str(&mut out, env.tenant_id);
+    write_str(out, env.tenant_id);
     out.extend_from_slice(br#","name":"#);
-    write_str(&mut out, env.tenant_name);
+    write_str(out, env.tenant_name);
     out.extend_from_slice(br#"},"source":"#);
-    write_str(&mut out, env.source);
+    write_str(out, env.source);
     out.extend_from_slice(br#","native_id":"#);
-    write_str(&mut out, env.native_id);
+    write_str(out, env.native_id);
     out.extend_from_slice(br#","version":"#);
-    write_str(&mut out, env.version);
-    match members {
-        Some(m) => {
-            out.push(b',');
-            out.extend_from_slice(m);
-        }
-        None => out.push(b'}'),
-    }
-    debug_assert_eq!(out.len(), len);
-    out
+    write_str(out, env.version);
 }
 
 /// The bytes of the envelope without its strings, number, boolean and `changed_fields`.
@@ -131,7 +145,7 @@ const FIXED_LEN: usize = r#"{,"event_id":,"alert_id":,"kind":,"revision":,"chang
 /// `body` after its opening brace (its members and the closing brace), or `None` when it has
 /// no members. A body is always an object made by `prepare`; anything else is treated as empty
 /// rather than producing invalid JSON.
-fn body_members(body: &[u8]) -> Option<&[u8]> {
+pub fn body_members(body: &[u8]) -> Option<&[u8]> {
     let rest = trim_start(body).strip_prefix(b"{")?;
     let rest = trim_start(rest);
     if rest.first() == Some(&b'}') || rest.is_empty() {

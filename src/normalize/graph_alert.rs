@@ -152,7 +152,7 @@ fn build(a: GraphAlert<'_>, raw: &RawValue, mut errors: Vec<String>) -> Result<P
         native_id,
         version: VersionInput::Ticks(ticks),
         filter,
-        body: written.body,
+        body: written.body.into(),
         field_hashes: written.field_hashes,
         links,
         normalization_error: written.normalization_error,

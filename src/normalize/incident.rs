@@ -127,7 +127,7 @@ fn build(i: Incident<'_>, raw: &RawValue, mut errors: Vec<String>) -> Result<Pre
         native_id,
         version: VersionInput::Ticks(ticks),
         filter,
-        body: written.body,
+        body: written.body.into(),
         field_hashes: written.field_hashes,
         normalization_error: written.normalization_error,
     })

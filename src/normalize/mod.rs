@@ -154,12 +154,69 @@ pub struct Prepared {
     pub version: VersionInput,
     pub filter: FilterFields,
     /// The normalized object without the envelope fields: `{...,"raw":<Microsoft's object>}`.
-    pub body: Vec<u8>,
+    pub body: PreparedBody,
     /// One hash per normalized field, for `changed_fields`.
     pub field_hashes: FieldHashes,
     pub links: Links,
     /// The `normalization_error` written in `body`, if any.
     pub normalization_error: Option<String>,
+}
+
+/// A prepared item's normalized body: the JSON `prepare` wrote, or its members sealed for the
+/// store when the page was parsed. A sealed body is a tenth of the size, so a page of 1,000
+/// items held while the previous page commits costs ~1 MB instead of ~8 MB, and compressing
+/// happens on the parsing thread instead of inside the store's write transaction (issue 12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PreparedBody {
+    Json(Vec<u8>),
+    Sealed {
+        /// One zstd frame of the members (everything after the opening brace).
+        members: Vec<u8>,
+        /// The length of the JSON the frame holds.
+        members_len: usize,
+    },
+}
+
+impl From<Vec<u8>> for PreparedBody {
+    fn from(json: Vec<u8>) -> Self {
+        PreparedBody::Json(json)
+    }
+}
+
+impl PreparedBody {
+    /// The body as JSON; a sealed one is decompressed. It fails only if memory is corrupt or
+    /// zstd cannot allocate.
+    pub fn json(&self) -> Result<std::borrow::Cow<'_, [u8]>, String> {
+        match self {
+            PreparedBody::Json(json) => Ok(std::borrow::Cow::Borrowed(json)),
+            PreparedBody::Sealed { members, .. } => {
+                let members = crate::store::body_codec::unseal(members)?;
+                let mut json = Vec::with_capacity(members.len() + 1);
+                json.push(b'{');
+                json.extend_from_slice(&members);
+                Ok(std::borrow::Cow::Owned(json))
+            }
+        }
+    }
+}
+
+impl Prepared {
+    /// Compresses the body's members now (see [`PreparedBody`]). A body without members, or
+    /// one zstd cannot take, stays JSON.
+    pub fn seal(&mut self) {
+        let PreparedBody::Json(json) = &self.body else {
+            return;
+        };
+        let Some(members) = envelope::body_members(json) else {
+            return;
+        };
+        if let Some(sealed) = crate::store::body_codec::seal(members) {
+            self.body = PreparedBody::Sealed {
+                members_len: members.len(),
+                members: sealed,
+            };
+        }
+    }
 }
 
 /// Prepares one item of `source`.

@@ -281,7 +281,7 @@ pub(crate) fn prepare(raw: &RawValue, parts: ReportParts) -> Result<Prepared, Un
         },
         native_id,
         version: VersionInput::Once,
-        body: written.body,
+        body: written.body.into(),
         field_hashes: written.field_hashes,
         normalization_error: written.normalization_error,
     })
@@ -346,7 +346,7 @@ Content-Type: text/html; charset=utf-8\r\n\r\n<p>Verify <a href=\"https://login.
                 "49871234-6dc6-43e8-abcd-08d797f20abe"
             ]
         );
-        let body: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&p.body.json().unwrap()).unwrap();
         assert_eq!(
             body["title"],
             "User reported a message as phishing: Your account has been limited"
@@ -401,7 +401,7 @@ Content-Type: text/html; charset=utf-8\r\n\r\n<p>Verify <a href=\"https://login.
                 .into(),
         );
         let p = prepare(&raw, parts).unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&p.body.json().unwrap()).unwrap();
         assert_eq!(body["email"]["verdict"], "not_junk");
         assert_eq!(body["severity"], "informational");
         assert!(body["normalization_error"]
@@ -448,10 +448,10 @@ Content-Type: text/html; charset=utf-8\r\n\r\n<p>Verify <a href=\"https://login.
             }
             let raw = report(subjects[round % subjects.len()]);
             let p = prepare(&raw, parts(&bytes)).unwrap();
-            let body: serde_json::Value = serde_json::from_slice(&p.body)
+            let body: serde_json::Value = serde_json::from_slice(&p.body.json().unwrap())
                 .unwrap_or_else(|e| panic!("round {round}: the body is not JSON: {e}"));
             assert_eq!(body["raw"]["id"], "AAkALgAAAAAAHYQDEapmEc2byACqAC-EWg0A");
-            assert!(envelope::body_of_event(&p.body).is_some());
+            assert!(envelope::body_of_event(&p.body.json().unwrap()).is_some());
         }
     }
 
@@ -481,10 +481,14 @@ Content-Type: text/html; charset=utf-8\r\n\r\n<p>Verify <a href=\"https://login.
                 native_id: &p.native_id,
                 version: "r1",
             },
-            &p.body,
+            &p.body.json().unwrap(),
         );
         let body = envelope::body_of_event(&event).unwrap();
-        assert_eq!(body, p.body, "the body comes back byte for byte");
+        assert_eq!(
+            body,
+            p.body.json().unwrap().into_owned(),
+            "the body comes back byte for byte"
+        );
         assert!(envelope::body_of_event(b"[1,2]").is_none());
     }
 }

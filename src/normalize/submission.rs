@@ -261,7 +261,7 @@ fn build(
         },
         native_id,
         version: VersionInput::State { hash },
-        body: written.body,
+        body: written.body.into(),
         field_hashes: written.field_hashes,
         normalization_error: written.normalization_error,
     })

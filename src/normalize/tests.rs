@@ -30,7 +30,7 @@ fn page_items(text: &str, key: &str) -> Vec<Box<RawValue>> {
 }
 
 fn body(p: &Prepared) -> Value {
-    serde_json::from_slice(&p.body).expect("the body is JSON")
+    serde_json::from_slice(&p.body.json().unwrap()).expect("the body is JSON")
 }
 
 /// The alert of graph-alert-get.json with `edit` applied to its JSON.
@@ -71,7 +71,8 @@ const BODY_FIELDS: &[&str] = &[
 /// Every documented field is present, in order, then optionally `normalization_error`, then
 /// `raw` last.
 fn assert_shape(p: &Prepared) {
-    let text = std::str::from_utf8(&p.body).unwrap();
+    let json = p.body.json().unwrap();
+    let text = std::str::from_utf8(&json).unwrap();
     let v = body(p);
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
     let mut expected: Vec<&str> = BODY_FIELDS.to_vec();
@@ -242,7 +243,8 @@ fn the_alert_get_example_normalizes_to_the_documented_fields() {
     assert_eq!(indicators.len(), 4, "{indicators:?}");
 
     // `raw` is Microsoft's object byte for byte, U+FFFD and odd whitespace included.
-    let body_text = std::str::from_utf8(&p.body).unwrap();
+    let json = p.body.json().unwrap();
+    let body_text = std::str::from_utf8(&json).unwrap();
     assert!(body_text.ends_with(&format!(",\"raw\":{}}}", text.trim_end())));
     assert_eq!(v["raw"], serde_json::from_str::<Value>(&text).unwrap());
     assert_eq!(v.get("normalization_error"), None);
@@ -1082,7 +1084,12 @@ fn best_of_rounds(n: u32, f: &mut dyn FnMut()) -> f64 {
 fn bench_prepare_alert() {
     let text = reference("graph-alert-get.json");
     let item = raw(&text);
-    let body_len = prepare(SourceKind::Alerts, &item).unwrap().body.len();
+    let body_len = prepare(SourceKind::Alerts, &item)
+        .unwrap()
+        .body
+        .json()
+        .unwrap()
+        .len();
     let per = best_of_rounds(10_000, &mut || {
         std::hint::black_box(prepare(SourceKind::Alerts, std::hint::black_box(&item)).unwrap());
     });
@@ -1111,7 +1118,7 @@ fn bench_prepare_alert() {
                 native_id: &p.native_id,
                 version: &version,
             },
-            &p.body,
+            &p.body.json().unwrap(),
         );
         std::hint::black_box(out);
     });

@@ -160,7 +160,8 @@ pub(super) fn parse_page(
             }
         }
         match prepare_item(kind, list, raw) {
-            Ok(p) => {
+            Ok(mut p) => {
+                p.seal();
                 parsed.ids.push(p.native_id.clone());
                 parsed.items.push(p);
             }
@@ -858,7 +859,8 @@ mod tests {
                             "{name} case {case}: an item was lost"
                         );
                         for item in &p.items {
-                            let body: serde_json::Value = serde_json::from_slice(&item.body)
+                            let json = item.body.json().unwrap();
+                            let body: serde_json::Value = serde_json::from_slice(&json)
                                 .unwrap_or_else(|e| {
                                     panic!("{name} case {case}: the body is not JSON: {e}")
                                 });

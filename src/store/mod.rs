@@ -27,7 +27,9 @@ use std::future::Future;
 
 use crate::config::Filters;
 use crate::normalize::envelope::{self, Change, Envelope};
-use crate::normalize::{FieldHashes, FilterFields, Prepared, SourceKind, VersionInput};
+use crate::normalize::{
+    FieldHashes, FilterFields, Prepared, PreparedBody, SourceKind, VersionInput,
+};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -247,7 +249,8 @@ pub mod body_codec {
         Some(c)
     }
 
-    fn zstd_encode(json: &[u8]) -> Option<Vec<u8>> {
+    /// Appends one zstd frame of `json` (current dictionary) to `out`.
+    fn zstd_append(json: &[u8], out: Vec<u8>) -> Option<Vec<u8>> {
         COMPRESSOR
             .try_with(|cell| {
                 let mut slot = cell.try_borrow_mut().ok()?;
@@ -255,12 +258,12 @@ pub mod body_codec {
                     *slot = new_compressor();
                 }
                 let c = slot.as_mut()?;
-                let mut out = Vec::with_capacity(2 + zstd::zstd_safe::compress_bound(json.len()));
-                out.push(ZSTD);
-                out.push(CURRENT_DICTIONARY);
-                // The frame goes after the two header bytes (a cursor's position).
+                let at = out.len() as u64;
+                let mut out = out;
+                out.reserve(zstd::zstd_safe::compress_bound(json.len()));
+                // The frame goes after what `out` holds (a cursor's position).
                 let mut cursor = std::io::Cursor::new(out);
-                cursor.set_position(2);
+                cursor.set_position(at);
                 match c.compress_to_buffer(json, &mut cursor) {
                     Ok(_) => Some(cursor.into_inner()),
                     Err(_) => {
@@ -272,6 +275,34 @@ pub mod body_codec {
             })
             .ok()
             .flatten()
+    }
+
+    fn zstd_encode(json: &[u8]) -> Option<Vec<u8>> {
+        zstd_append(json, vec![ZSTD, CURRENT_DICTIONARY])
+    }
+
+    /// A body's members compressed ahead of its envelope (when its page is parsed, off the
+    /// store's write path): one zstd frame with the current dictionary, without header bytes.
+    /// `None` when zstd cannot allocate its context; the caller keeps the JSON then.
+    pub fn seal(members: &[u8]) -> Option<Vec<u8>> {
+        if members.len() > MAX_JSON {
+            return None;
+        }
+        zstd_append(members, Vec::new())
+    }
+
+    /// The stored form of `head` followed by the members sealed by [`seal`]: format 2 with two
+    /// frames, which zstd decodes as one concatenated body, so every version that reads format
+    /// 2 reads it. `None` when zstd cannot compress the head.
+    pub fn encode_with_sealed(head: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        let mut out = zstd_encode(head)?;
+        out.extend_from_slice(sealed);
+        Some(out)
+    }
+
+    /// The members a [`seal`] compressed.
+    pub fn unseal(sealed: &[u8]) -> Result<Vec<u8>, String> {
+        zstd_decode(CURRENT_DICTIONARY, sealed)
     }
 
     /// The stored form of a JSON body: zstd with the current dictionary, or LZ4 should zstd
@@ -365,6 +396,18 @@ pub mod body_codec {
             for _ in 0..3 {
                 assert_eq!(decode(&encode(&big)).unwrap(), big);
             }
+        }
+
+        #[test]
+        fn a_head_joined_to_sealed_members_decodes_as_one_body() {
+            let (head, members) = JSON.split_at(6);
+            let sealed = seal(members).unwrap();
+            assert_eq!(unseal(&sealed).unwrap(), members.to_vec());
+            let stored = encode_with_sealed(head, &sealed).unwrap();
+            assert_eq!(&stored[..2], &[ZSTD, CURRENT_DICTIONARY]);
+            assert_eq!(decode(&stored).unwrap(), JSON.to_vec());
+            // The frames are whole: cutting the second one is an error, not half a body.
+            assert!(decode(&stored[..stored.len() - 3]).is_err());
         }
 
         #[test]
@@ -526,10 +569,9 @@ pub fn plan_ingest(
             state.revision += 1;
             state.forwarded = true;
             state.field_hashes = item.field_hashes.encode();
-            let body = with_links(&item.body, refs, twin);
             let event_id = envelope::event_id(&batch.tenant.id, source, &item.native_id, &version);
             let alert_id = envelope::alert_id(&batch.tenant.id, source, &item.native_id);
-            let body = envelope::render(
+            let (stored, json_len) = stored_event(
                 &Envelope {
                     event_id: &event_id,
                     alert_id: &alert_id,
@@ -549,7 +591,9 @@ pub fn plan_ingest(
                     native_id: &item.native_id,
                     version: &version,
                 },
-                &body,
+                &item.body,
+                refs,
+                twin,
             );
             plan.outbox.push(OutboxRow {
                 source: batch.source,
@@ -557,14 +601,45 @@ pub fn plan_ingest(
                 native_id: item.native_id,
                 version,
                 historical: batch.historical,
-                stored: body_codec::encode(&body),
-                json_len: body.len(),
+                stored,
+                json_len,
             });
             plan.counts.queued += 1;
         }
         plan.upserts.push(state);
     }
     plan
+}
+
+/// The stored form of one event and the length of its JSON. A sealed body that needs no link
+/// written into it (the common case) is joined to its compressed envelope as it is; otherwise
+/// the event is rendered whole and compressed.
+fn stored_event(
+    env: &Envelope,
+    body: &PreparedBody,
+    refs: &[LinkRef],
+    twin: Option<&LinkRef>,
+) -> (Vec<u8>, usize) {
+    if let PreparedBody::Sealed {
+        members,
+        members_len,
+    } = body
+    {
+        if refs.is_empty() && twin.is_none() {
+            let head = envelope::render_head(env);
+            if let Some(stored) = body_codec::encode_with_sealed(&head, members) {
+                return (stored, head.len() + members_len);
+            }
+        }
+    }
+    let json = match body.json() {
+        Ok(json) => json,
+        // Sealed by this process moments ago: only a bug gets here, and the guard around
+        // `plan_ingest` turns it into a failed page (C stays put) rather than a lost item.
+        Err(e) => panic!("a prepared body cannot be read back: {e}"),
+    };
+    let event = envelope::render(env, &with_links(&json, refs, twin));
+    (body_codec::encode(&event), event.len())
 }
 
 /// `plan_ingest`, with a bug in normalization or rendering turned into an error for this page
@@ -808,7 +883,7 @@ pub fn linked_revision(
             }
             _ => crate::normalize::prepare(source, raw).ok()?,
         };
-        (prepared.version, prepared.body)
+        (prepared.version, prepared.body.json().ok()?.into_owned())
     };
     let base = match (&version, &state.state_hash) {
         (VersionInput::Once, _) => envelope::ONCE_VERSION.to_string(),
@@ -1347,4 +1422,66 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod stored_event_tests {
+    use super::*;
+
+    const BODY: &[u8] = br#"{"title":"t","related":[],"duplicate_of":null,"raw":{"id":"x"}}"#;
+
+    fn env<'a>() -> Envelope<'a> {
+        Envelope {
+            event_id: "e",
+            alert_id: "a",
+            kind: "alert",
+            revision: 2,
+            change: Change::Updated,
+            changed_fields: &["status", "title"],
+            observed_at: "2026-11-27T00:00:00Z",
+            historical: false,
+            tenant_id: "t",
+            tenant_name: "contoso",
+            source: "cloud_apps",
+            native_id: "x",
+            version: "v",
+        }
+    }
+
+    fn sealed() -> PreparedBody {
+        let members = envelope::body_members(BODY).unwrap();
+        PreparedBody::Sealed {
+            members: body_codec::seal(members).unwrap(),
+            members_len: members.len(),
+        }
+    }
+
+    #[test]
+    fn a_sealed_body_is_stored_as_the_event_its_json_would_make() {
+        let json = PreparedBody::Json(BODY.to_vec());
+        let (from_json, json_len) = stored_event(&env(), &json, &[], None);
+        let (from_sealed, sealed_len) = stored_event(&env(), &sealed(), &[], None);
+        let event = body_codec::decode(&from_sealed).unwrap();
+        assert_eq!(event, body_codec::decode(&from_json).unwrap());
+        assert_eq!(event, envelope::render(&env(), BODY));
+        assert_eq!((json_len, sealed_len), (event.len(), event.len()));
+        serde_json::from_slice::<serde_json::Value>(&event).unwrap();
+    }
+
+    #[test]
+    fn links_are_written_into_a_sealed_body() {
+        let twin = LinkRef {
+            source: SourceKind::Alerts,
+            native_id: "ca123".into(),
+            forwarded: true,
+        };
+        let refs = [twin.clone()];
+        let (stored, len) = stored_event(&env(), &sealed(), &refs, Some(&twin));
+        let event: serde_json::Value =
+            serde_json::from_slice(&body_codec::decode(&stored).unwrap()).unwrap();
+        assert_eq!(event["related"][0]["native_id"], "ca123");
+        assert_eq!(event["duplicate_of"]["native_id"], "ca123");
+        assert_eq!(event["revision"], 2);
+        assert_eq!(len, body_codec::decode(&stored).unwrap().len());
+    }
 }
