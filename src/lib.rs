@@ -15,6 +15,7 @@
 //! - `app`: wiring. `cli`: the commands, including `demo`.
 
 pub mod admin;
+pub mod allocator;
 pub mod app;
 pub mod auth;
 pub mod certificate;

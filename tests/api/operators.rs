@@ -333,3 +333,46 @@ async fn quarantine_list(store: &m365_ingest::AppStore) -> String {
     };
     admin::quarantine(store, all).await.unwrap()
 }
+
+/// The binary runs itself once more with glibc's arenas capped (issue 12), and leaves an
+/// operator's own `MALLOC_ARENA_MAX` alone.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_caps_mallocs_arenas_unless_the_operator_set_them() {
+    use tokio::io::AsyncBufReadExt;
+    for (preset, expected) in [(None, "2"), (Some("4"), "4")] {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_m365-ingest"));
+        command
+            .args(["sim", "--listen", "127.0.0.1:0", "--alerts", "1"])
+            .env_remove("MALLOC_ARENA_MAX")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(value) = preset {
+            command.env("MALLOC_ARENA_MAX", value);
+        }
+        let mut child = command.spawn().unwrap();
+        let pid = child.id().unwrap();
+        // Once it speaks it is past the point where it would run itself again.
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the simulator starts within 30 s")
+            .unwrap()
+            .unwrap_or_default();
+        assert!(first.contains("listening"), "{first}");
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        let wanted = format!("MALLOC_ARENA_MAX={expected}");
+        assert!(
+            vars.contains(&wanted.as_bytes()),
+            "{wanted} is not in the environment of pid {pid}"
+        );
+        assert_eq!(
+            vars.iter()
+                .filter(|v| v.starts_with(b"MALLOC_ARENA_MAX="))
+                .count(),
+            1
+        );
+        child.kill().await.unwrap();
+    }
+}
