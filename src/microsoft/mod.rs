@@ -124,6 +124,14 @@ impl MsClient {
         &self.tokens
     }
 
+    /// At most `n` retries of a failed request (default 6); 0 answers with the first failure,
+    /// after honouring its `Retry-After` in the budget (advanced hunting asks again only with
+    /// the next batch).
+    pub fn with_max_attempts(mut self, n: usize) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
     /// Caps bodies at `limit` bytes for this call's client (rule 4 retries halve `$top` instead).
     pub fn with_max_body(mut self, limit: usize) -> Self {
         self.max_body = limit;
@@ -162,6 +170,18 @@ impl MsClient {
         body_limit: Option<usize>,
     ) -> Result<MsResponse, MsError> {
         self.send(reqwest::Method::POST, url, Some(body), body_limit, &[])
+            .await
+    }
+
+    /// POST a JSON body with extra request headers, sent on every attempt.
+    pub async fn post_json_with(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+        body_limit: Option<usize>,
+        headers: &[(&'static str, &str)],
+    ) -> Result<MsResponse, MsError> {
+        self.send(reqwest::Method::POST, url, Some(body), body_limit, headers)
             .await
     }
 
