@@ -290,7 +290,7 @@ Copies
 
 /// A query of m365-ingest's template over `ids`, with lists of `first_n` rows: what a client of
 /// the simulator sends (tests, `curl`). Ids are written as JSON strings, which are KQL string
-/// literals for any id without control characters other than line breaks and tabs.
+/// literals for any id without control characters other than line feeds and tabs.
 pub fn template_query(ids: &[&str], first_n: u32) -> String {
     let list = ids
         .iter()
@@ -311,10 +311,10 @@ pub enum Token {
     Word(String),
 }
 
-/// Splits KQL text into tokens: string literals in `"` or `'` with backslash escapes (`\\`,
-/// `\"`, `\'`, `\n`, `\r`, `\t`) and verbatim `@"…"`, words (letters, digits, `_`, `-` inside
-/// words such as `mv-expand`), and punctuation (`..`, `==`, `>=`, `<=`, `!=` as one). An
-/// unterminated literal or an unknown escape is an error.
+/// Splits KQL text into tokens: string literals in `"` or `'` with the documented backslash
+/// escapes (the enclosing quote, `\\`, `\n`, `\t`) and verbatim `@"…"`, words (letters,
+/// digits, `_`, `-` inside words such as `mv-expand`), and punctuation (`..`, `==`, `>=`, `<=`,
+/// `!=` as one). An unterminated literal or an unknown escape is an error.
 pub fn tokenize(q: &str) -> Result<Vec<Token>, String> {
     let chars: Vec<char> = q.chars().collect();
     let mut out = Vec::new();
@@ -351,15 +351,14 @@ pub fn tokenize(q: &str) -> Result<Vec<Token>, String> {
                     return Err("line break inside a string literal".into());
                 }
                 if d == '\\' && !verbatim {
-                    let e = chars.get(i).ok_or("unterminated escape")?;
+                    // The escapes Kusto documents: the enclosing quote, `\\`, `\n`, `\t`.
+                    let e = *chars.get(i).ok_or("unterminated escape")?;
                     i += 1;
                     s.push(match e {
                         '\\' => '\\',
-                        '"' => '"',
-                        '\'' => '\'',
                         'n' => '\n',
-                        'r' => '\r',
                         't' => '\t',
+                        q if q == quote => q,
                         other => return Err(format!("unknown escape \\{other}")),
                     });
                 } else {

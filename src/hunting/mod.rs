@@ -175,7 +175,7 @@ fn classify(tenant: &str, e: MsError, blocked: Option<Duration>) -> HuntingError
         MsError::Network { message, .. } if message.starts_with("timed out") => {
             HuntingError::Timeout {
                 tenant,
-                message: format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()),
+                message: format!("no answer: {message}"),
             }
         }
         other => HuntingError::Other {
@@ -202,6 +202,8 @@ pub struct HuntingClient {
     shared: Option<Arc<Budget>>,
     batch_size: usize,
     max_listed: u32,
+    /// The longest one query may take, answer included.
+    timeout: Duration,
     state: Mutex<State>,
 }
 
@@ -240,11 +242,18 @@ impl HuntingClient {
             shared,
             batch_size: cfg.batch_size.clamp(1, MAX_BATCH),
             max_listed: cfg.max_listed.clamp(1, MAX_LISTED),
+            timeout: REQUEST_TIMEOUT,
             state: Mutex::new(State {
                 cache: HashMap::new(),
                 paused: None,
             }),
         })
+    }
+
+    /// Gives up on a query after `d` instead of [`REQUEST_TIMEOUT`].
+    pub fn with_timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -304,16 +313,20 @@ impl HuntingClient {
         }
         let started = Instant::now();
         let body = serde_json::json!({ "Query": query });
-        let sent = self
-            .ms
-            .post_json_with(
-                &self.url,
-                &body,
-                None,
-                // Message ids and subjects may be non-ASCII (API.md §6).
-                &[("Content-Type", "application/json; charset=utf-8")],
-            )
-            .await;
+        let sent = self.ms.post_json_with(
+            &self.url,
+            &body,
+            None,
+            // Message ids may be non-ASCII (API.md §6).
+            &[("Content-Type", "application/json; charset=utf-8")],
+        );
+        let sent = match tokio::time::timeout(self.timeout, sent).await {
+            Ok(sent) => sent,
+            Err(_) => Err(MsError::Network {
+                api: "hunting".into(),
+                message: format!("timed out after {}s", self.timeout.as_secs_f32()),
+            }),
+        };
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {
@@ -358,18 +371,22 @@ impl HuntingClient {
         Ok(answers)
     }
 
-    /// The error to answer while Microsoft asked us to wait, with the time left.
+    /// The error to answer while Microsoft asked us to wait, with the time left. A `Retry-After`
+    /// the budget still holds (say from a 503) counts too: the call would only wait for it.
     fn paused(&self) -> Option<HuntingError> {
         let now = Instant::now();
         let mut st = self.state();
         match &st.paused {
-            Some((until, e)) if *until > now => Some(e.with_wait(*until - now)),
-            Some(_) => {
-                st.paused = None;
-                None
-            }
-            None => None,
+            Some((until, e)) if *until > now => return Some(e.with_wait(*until - now)),
+            Some(_) => st.paused = None,
+            None => {}
         }
+        self.budget
+            .blocked_for()
+            .map(|retry_after| HuntingError::Throttled {
+                tenant: self.tenant.clone(),
+                retry_after,
+            })
     }
 }
 

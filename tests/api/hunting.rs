@@ -244,6 +244,21 @@ async fn a_query_past_the_timeout_is_a_timeout_and_pascal_case_schemas_are_read(
     assert_eq!(e.kind(), "timeout", "{e}");
     assert!(e.fix().contains("batch_size"));
 
+    // Our own bound: a query Microsoft is slow to answer is given up.
+    sim.set_hunting_faults(
+        TENANT_ID,
+        HuntingFaults {
+            delay: Some(Duration::from_secs(5)),
+            ..Default::default()
+        },
+    );
+    let started = Instant::now();
+    let impatient =
+        client(&sim, &ContextConfig::default()).with_timeout(Duration::from_millis(300));
+    let e = impatient.lookup(&[MSG.to_string()]).await.unwrap_err();
+    assert_eq!(e.kind(), "timeout", "{e}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+
     sim.add_hunting_message(TENANT_ID, forty_with_three_clickers());
     sim.set_hunting_faults(
         TENANT_ID,
