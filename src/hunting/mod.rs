@@ -142,9 +142,15 @@ fn is_cpu_quota(message: &str) -> bool {
 }
 
 /// Turns a failed call into what the operator is told. `blocked` is what the budget's
-/// `Retry-After` still holds.
+/// `Retry-After` still holds; the one Microsoft sent wins (the budget caps it at 5 minutes, and
+/// a spent CPU quota can last a whole 15-minute cycle).
 fn classify(tenant: &str, e: MsError, blocked: Option<Duration>) -> HuntingError {
     let tenant = tenant.to_string();
+    let wait = |sent: Option<Duration>, default: Duration| {
+        sent.or(blocked)
+            .unwrap_or(default)
+            .max(Duration::from_secs(1))
+    };
     match e {
         MsError::Status {
             status: 403,
@@ -154,16 +160,19 @@ fn classify(tenant: &str, e: MsError, blocked: Option<Duration>) -> HuntingError
         MsError::Status {
             status: 429,
             message,
+            retry_after,
             ..
         } if is_cpu_quota(&message) => HuntingError::CpuQuota {
             tenant,
-            retry_after: blocked.unwrap_or(QUOTA_PAUSE).max(Duration::from_secs(1)),
+            retry_after: wait(retry_after, QUOTA_PAUSE),
         },
-        MsError::Status { status: 429, .. } => HuntingError::Throttled {
+        MsError::Status {
+            status: 429,
+            retry_after,
+            ..
+        } => HuntingError::Throttled {
             tenant,
-            retry_after: blocked
-                .unwrap_or(THROTTLE_PAUSE)
-                .max(Duration::from_secs(1)),
+            retry_after: wait(retry_after, THROTTLE_PAUSE),
         },
         MsError::Status {
             status: s @ (408 | 504),
@@ -429,6 +438,7 @@ mod tests {
             code: "x".into(),
             message: message.into(),
             request_id: None,
+            retry_after: None,
         }
     }
 

@@ -180,7 +180,8 @@ async fn a_spent_cpu_quota_stops_the_client_asking() {
     let HuntingError::CpuQuota { retry_after, .. } = &e else {
         panic!("{e}")
     };
-    assert!(*retry_after >= Duration::from_secs(60), "{retry_after:?}");
+    // Microsoft's Retry-After, not the 5 minutes the shared budget caps it at.
+    assert!(*retry_after >= Duration::from_secs(590), "{retry_after:?}");
     assert!(e.fix().contains("15-minute cycle"));
     let e = c.lookup(&["<other@x>".to_string()]).await.unwrap_err();
     assert_eq!(e.kind(), "cpu_quota");
