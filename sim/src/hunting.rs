@@ -34,6 +34,8 @@ pub const HUNTING_PER_MINUTE: usize = 45;
 /// The longest query text accepted. Microsoft documents no number; a bound exists, and a client
 /// must keep its batches under one.
 pub const MAX_QUERY_CHARS: usize = 100_000;
+/// How far back advanced hunting's data goes.
+pub const RETENTION: Duration = Duration::from_secs(30 * 86_400);
 /// The documented per-query timeout.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -460,7 +462,12 @@ fn run(tenant: &mut HuntingTenant, q: &ParsedQuery, now: SystemTime) -> Vec<Valu
                 .messages
                 .push(HuntingMessage::derived(key, now - Duration::from_secs(600)));
         }
-        let Some(seed) = tenant.messages.iter().find(|m| m.has_key(key)) else {
+        // Advanced hunting holds 30 days of data (`Timestamp > ago(30d)` in the template).
+        let recent = |m: &HuntingMessage| {
+            now.duration_since(m.received)
+                .map_or(true, |age| age <= RETENTION)
+        };
+        let Some(seed) = tenant.messages.iter().find(|m| m.has_key(key) && recent(m)) else {
             continue;
         };
         let within = |m: &&HuntingMessage| {
@@ -469,7 +476,10 @@ fn run(tenant: &mut HuntingTenant, q: &ParsedQuery, now: SystemTime) -> Vec<Valu
                 .duration_since(seed.received)
                 .or_else(|_| seed.received.duration_since(m.received))
                 .unwrap_or_default();
-            m.sender == seed.sender && m.subject == seed.subject && gap <= Duration::from_secs(3600)
+            m.sender == seed.sender
+                && m.subject == seed.subject
+                && gap <= Duration::from_secs(3600)
+                && recent(m)
         };
         let campaign: Vec<&HuntingMessage> = tenant.messages.iter().filter(within).collect();
         let mut all: Vec<&str> = campaign

@@ -218,8 +218,9 @@ pub struct HuntingClient {
 
 impl HuntingClient {
     /// A client for tenant `name` on `graph_url`, with the tenant's Graph token provider and
-    /// clock. `http` should time out after [`REQUEST_TIMEOUT`]. `shared` is the tenant's Graph
-    /// `/security` budget, if hunting calls should count against it too.
+    /// clock. The client gives up on a query after [`REQUEST_TIMEOUT`] itself, so `http`'s own
+    /// timeout must not be shorter. `shared` is the tenant's Graph `/security` budget, if
+    /// hunting calls should count against it too (API.md §2: budget as if they do).
     pub fn new(
         name: &str,
         graph_url: &str,
@@ -281,10 +282,11 @@ impl HuntingClient {
         let now = Instant::now();
         let mut found = HashMap::new();
         let mut todo: Vec<&str> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         {
             let st = self.state();
             for id in ids {
-                if !kql::is_queryable(id) || todo.contains(&id.as_str()) || found.contains_key(id) {
+                if !kql::is_queryable(id) || !seen.insert(id.as_str()) {
                     continue;
                 }
                 match st.cache.get(id) {

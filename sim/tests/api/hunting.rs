@@ -124,9 +124,21 @@ async fn messages_of_the_same_sender_and_subject_within_the_hour_are_one_campaig
         4,
         0,
     );
+    let expired = HuntingMessage::campaign(
+        "<OLD0001@phish.example>",
+        &first.sender,
+        &first.subject,
+        SystemTime::now() - Duration::from_secs(31 * 86_400),
+        3,
+        0,
+    );
     sim.add_hunting_message(TENANT, first);
     sim.add_hunting_message(TENANT, second);
     sim.add_hunting_message(TENANT, late);
+    sim.add_hunting_message(TENANT, expired);
+    // Older than the 30 days advanced hunting keeps: not found.
+    let (_, _, body) = run(&sim, &token, &["<OLD0001@phish.example>"]).await;
+    assert_eq!(body["results"], json!([]));
     let (_, _, body) = run(&sim, &token, &[MSG]).await;
     let row = &body["results"][0];
     assert_eq!(row["Recipients"], 40);
