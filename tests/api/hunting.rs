@@ -107,6 +107,13 @@ async fn a_message_sent_to_40_people_3_of_whom_clicked_gets_its_counts_and_click
     assert_eq!(json["recipients"]["count"], 40);
     assert_eq!(json["clicks"]["clickers"], 3);
     assert_eq!(json["recipients"]["first"][4]["landed"], "removed_by_zap");
+    // It is what the published contract calls `context.campaign`.
+    let mut alert = example_alert();
+    alert["change"] = "context".into();
+    alert["context"] = serde_json::json!({ "campaign": json });
+    assert_valid_alert(&alert);
+    alert["context"]["campaign"]["recipients"]["first"][0]["landed"] = "elsewhere".into();
+    assert!(std::panic::catch_unwind(|| assert_valid_alert(&alert)).is_err());
 }
 
 #[tokio::test]
