@@ -41,7 +41,7 @@ const PLANNED: &[(&str, &str)] = &[
     ),
     (
         "ThreatHunting.Read.All",
-        "advanced hunting (planned enrichment)",
+        "campaign context from advanced hunting (`context.hunting`, off for this tenant)",
     ),
     ("Machine.LiveResponse", "live response (planned)"),
     ("Library.Manage", "live response (planned)"),
@@ -106,6 +106,12 @@ impl Report {
             detail: detail.into(),
             fix,
         });
+    }
+
+    /// A probe's row: its request and answer as the detail.
+    fn push_probe(&mut self, tenant: Option<&str>, check: impl Into<String>, p: Probe) {
+        let detail = format!("{}: {}", p.request, p.answer);
+        self.push(tenant, check, p.outcome, detail, p.fix);
     }
 
     /// True when no check failed (warnings and skips allowed; a skip always follows a failure).
@@ -438,6 +444,10 @@ async fn check_tenant(report: &mut Report, http: &reqwest::Client, name: &str, t
     {
         used.push("ThreatSubmission.Read.All".into());
     }
+    // Campaign context from advanced hunting needs ThreatHunting.Read.All on the Graph token.
+    if t.context.hunting {
+        hunting_permission_row(report, name, &app, &granted, &mut used);
+    }
     // Least privilege: roles granted that no enabled source uses. WindowsDefenderATP is no
     // resource of ours, but its permissions are the riskiest (live response), so its token is
     // asked for only to read them; failing to get one (no Defender for Endpoint in the tenant,
@@ -528,13 +538,7 @@ async fn check_tenant(report: &mut Report, http: &reqwest::Client, name: &str, t
         let settings = t.sources.get(*kind).resolve(*kind, t);
         if let Some(m) = &settings.mailbox {
             let p = probe_mailbox(http, &base, g, name, m, &app).await;
-            report.push(
-                tenant,
-                check,
-                p.outcome,
-                format!("{}: {}", p.request, p.answer),
-                p.fix,
-            );
+            report.push_probe(tenant, check, p);
             continue;
         }
         // Each listing the source polls is probed with the filter it polls with (a filter Graph
@@ -559,6 +563,131 @@ async fn check_tenant(report: &mut Report, http: &reqwest::Client, name: &str, t
             .collect::<Vec<_>>()
             .join("; ");
         report.push(tenant, check, worst, detail, worst_fix);
+    }
+    if t.context.hunting {
+        let check = "probe context";
+        match granted.iter().find(|(r, _)| *r == Resource::Graph) {
+            Some((_, g)) => {
+                let p = probe_hunting(http, graph_url.trim_end_matches('/'), g, name, &app).await;
+                report.push_probe(tenant, check, p);
+            }
+            None => report.push(
+                tenant,
+                check,
+                Outcome::Skip,
+                "no Microsoft Graph token (see above)",
+                None,
+            ),
+        }
+    }
+}
+
+/// `permission context`: whether the Graph token carries ThreatHunting.Read.All.
+fn hunting_permission_row(
+    report: &mut Report,
+    name: &str,
+    app: &str,
+    granted: &[(Resource, Granted)],
+    used: &mut Vec<String>,
+) {
+    let (tenant, check, role) = (Some(name), "permission context", crate::hunting::ROLE);
+    let roles = granted
+        .iter()
+        .find(|(r, _)| *r == Resource::Graph)
+        .and_then(|(_, g)| g.roles.as_ref());
+    let Some(roles) = roles else {
+        report.push(
+            tenant,
+            check,
+            Outcome::Skip,
+            format!("{role} cannot be confirmed from the token; see the probe"),
+            None,
+        );
+        return;
+    };
+    if let Some(exact) = roles.iter().find(|g| g.eq_ignore_ascii_case(role)) {
+        used.push(exact.clone());
+        report.push(
+            tenant,
+            check,
+            Outcome::Pass,
+            format!("{role} granted"),
+            None,
+        );
+        return;
+    }
+    report.push(
+        tenant,
+        check,
+        Outcome::Fail,
+        format!("{role} is not granted: alerts are forwarded without campaign context"),
+        Some(hunting_fix(name, app)),
+    );
+}
+
+/// How to grant advanced hunting, or turn campaign context off.
+fn hunting_fix(name: &str, app: &str) -> String {
+    let role = crate::hunting::ROLE;
+    format!("grant {role} (application) to the app registration and admin-consent it: Entra admin center → {app} → API permissions → Add a permission → Microsoft Graph → Application permissions → {role}, then Grant admin consent; or set tenants.{name}.context.hunting = false")
+}
+
+/// `probe context`: one advanced-hunting query for one row, with the Graph token.
+async fn probe_hunting(
+    http: &reqwest::Client,
+    base: &str,
+    g: &Granted,
+    tenant: &str,
+    app: &str,
+) -> Probe {
+    let query = crate::hunting::PROBE_QUERY;
+    let request = format!("POST /v1.0/security/runHuntingQuery {query}");
+    let sent = http
+        .post(format!("{base}/v1.0/security/runHuntingQuery"))
+        .bearer_auth(g.token.expose_secret())
+        .header("Accept", "application/json")
+        .json(&serde_json::json!({ "Query": query }))
+        .send()
+        .await;
+    let resp = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            return Probe {
+                outcome: Outcome::Fail,
+                request,
+                answer: crate::microsoft::describe_reqwest_error(&e),
+                fix: Some(format!("check that this host reaches tenants.{tenant}.graph_url (or the cloud's Graph host) through any proxy or firewall")),
+            }
+        }
+    };
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.unwrap_or_default();
+    let answer = format!("HTTP {status}{}", error_text(&body));
+    let (outcome, fix) = match status {
+        200..=299 => {
+            let rows = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("results").and_then(|r| r.as_array()).map(Vec::len));
+            return match rows {
+                Some(n) => Probe { outcome: Outcome::Pass, request, answer: format!("HTTP {status}, {n} row(s)"), fix: None },
+                None => Probe {
+                    outcome: Outcome::Fail,
+                    request,
+                    answer: format!("HTTP {status} but the answer has no results"),
+                    fix: Some(format!("check tenants.{tenant}.graph_url and cloud: the host must be Microsoft Graph")),
+                },
+            };
+        }
+        403 => (Outcome::Fail, hunting_fix(tenant, app)),
+        429 => (Outcome::Warn, "advanced hunting is reachable but throttled or over its CPU quota (shared with the portal and other clients): run check again in 15 minutes".to_string()),
+        401 => (Outcome::Fail, format!("the token was refused: check tenants.{tenant}.cloud and graph_url")),
+        404 => (Outcome::Fail, format!("check tenants.{tenant}.cloud and graph_url: advanced hunting exists in the global and US Government clouds")),
+        _ => (Outcome::Fail, "Microsoft refused the probe: run check again in a few minutes".to_string()),
+    };
+    Probe {
+        outcome,
+        request,
+        answer,
+        fix: Some(fix),
     }
 }
 

@@ -314,6 +314,9 @@ pub struct TenantConfig {
     pub mail_requests_per_minute: u32,
     #[serde(default)]
     pub sources: SourcesConfig,
+    /// `[tenants.<name>.context]`: enrichment of the alerts about an email.
+    #[serde(default)]
+    pub context: ContextConfig,
     /// This tenant's own destination (MSSPs: one Dropzone account per customer).
     #[serde(default)]
     pub forward: Option<ForwardConfig>,
@@ -334,6 +337,72 @@ impl TenantConfig {
 
 fn trim_slash(s: &str) -> String {
     s.trim_end_matches('/').to_string()
+}
+
+/// `[tenants.<name>.context]`: campaign context from advanced hunting (ThreatHunting.Read.All)
+/// for the alerts about an email.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextConfig {
+    /// Ask advanced hunting who else got the message, where it landed and who clicked. Off by
+    /// default: it needs ThreatHunting.Read.All.
+    #[serde(default)]
+    pub hunting: bool,
+    /// The longest an alert waits for its context before it is forwarded without it (the
+    /// context then follows as a revision). Default 2 minutes.
+    #[serde(default = "default_context_max_delay", deserialize_with = "duration")]
+    pub max_delay: Duration,
+    /// Rows of each list (recipients, other messages of the campaign, clicks) an alert carries
+    /// beside the counts. Default 10, 1–100.
+    #[serde(default = "default_context_max_listed")]
+    pub max_listed: u32,
+    /// Message ids one hunting query asks about. Default 50, 1–100.
+    #[serde(default = "default_context_batch_size")]
+    pub batch_size: usize,
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        Self {
+            hunting: false,
+            max_delay: default_context_max_delay(),
+            max_listed: default_context_max_listed(),
+            batch_size: default_context_batch_size(),
+        }
+    }
+}
+
+fn default_context_max_delay() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_context_max_listed() -> u32 {
+    10
+}
+fn default_context_batch_size() -> usize {
+    50
+}
+
+impl ContextConfig {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        let max_listed = crate::hunting::MAX_LISTED;
+        if !(1..=max_listed).contains(&self.max_listed) {
+            return Err(bad(format!(
+                "{key}.max_listed must be between 1 and {max_listed}: alerts carry counts plus this many rows per list"
+            )));
+        }
+        let max_batch = crate::hunting::MAX_BATCH;
+        if !(1..=max_batch).contains(&self.batch_size) {
+            return Err(bad(format!(
+                "{key}.batch_size must be between 1 and {max_batch}: one query asks about this many messages, and a longer query would exceed what Microsoft accepts"
+            )));
+        }
+        if self.max_delay > Duration::from_secs(3600) {
+            return Err(bad(format!(
+                "{key}.max_delay must be at most 1h: alerts wait this long for their context; the context of a slower query follows as a revision"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// `[tenants.<name>.sources.*]`.
@@ -886,6 +955,7 @@ fn validate_tenant(name: &str, t: &TenantConfig) -> Result<(), ConfigError> {
     if let Some(u) = &t.cloud_apps_url {
         check_cloud_apps_url(&key, t, u)?;
     }
+    t.context.validate(&format!("{key}.context"))?;
     for kind in SourceKind::ALL {
         let s = t.sources.get(kind).resolve(kind, t);
         let skey = format!("{key}.sources.{}", kind.as_str());
@@ -1094,6 +1164,53 @@ client_secret = "s"
         let ca = t.sources.cloud_apps.resolve(SourceKind::CloudApps, t);
         assert!(!ca.enabled, "cloud apps is off without cloud_apps_url");
         assert_eq!(s.store.max_pending, 200_000);
+    }
+
+    #[test]
+    fn context_is_off_by_default_and_bad_values_name_the_key_and_the_fix() {
+        let s = Settings::from_toml(MINIMAL).unwrap();
+        let c = &s.tenants["contoso"].context;
+        assert!(!c.hunting);
+        assert_eq!(c.max_delay, Duration::from_secs(120));
+        assert_eq!((c.max_listed, c.batch_size), (10, 50));
+        let with = |body: &str| {
+            Settings::from_toml(&format!("{MINIMAL}\n[tenants.contoso.context]\n{body}\n"))
+        };
+        let s =
+            with("hunting = true\nmax_delay = \"30s\"\nmax_listed = 5\nbatch_size = 100").unwrap();
+        let c = &s.tenants["contoso"].context;
+        assert!(c.hunting);
+        assert_eq!(
+            (c.max_delay, c.max_listed, c.batch_size),
+            (Duration::from_secs(30), 5, 100)
+        );
+        for (body, key, fix) in [
+            (
+                "batch_size = 0",
+                "tenants.contoso.context.batch_size",
+                "between 1 and 100",
+            ),
+            (
+                "batch_size = 101",
+                "tenants.contoso.context.batch_size",
+                "between 1 and 100",
+            ),
+            (
+                "max_listed = 0",
+                "tenants.contoso.context.max_listed",
+                "between 1 and 100",
+            ),
+            (
+                "max_delay = \"2h\"",
+                "tenants.contoso.context.max_delay",
+                "at most 1h",
+            ),
+            ("max_delay = \"soon\"", "max_delay", "write it like"),
+            ("hunt = true", "hunt", "hunting"),
+        ] {
+            let err = with(body).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(fix), "{body}: {err}");
+        }
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!   throttling, Microsoft's clock).
 //! - `sources`: pollers, a file per source, and the coverage scan. `normalize`: Microsoft's
 //!   objects to `m365-ingest.alert.v1`. `email`: a reported email (MIME or Outlook .msg) parsed
-//!   for triage. `time`: 100-ns ticks.
+//!   for triage. `time`: 100-ns ticks. `hunting`: campaign context from advanced hunting (who
+//!   else got an email, where it landed, who clicked).
 //! - `store`: the `Store` contract and its SQLite and Postgres backends; the only hand-off between
 //!   pollers and forwarders. `lease`: which replica runs what (design §10).
 //! - `forward`: batches to Dropzone. `server`: `/healthz`, `/readyz`, `/status`, `/metrics`;
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod email;
 pub mod forward;
+pub mod hunting;
 pub mod lease;
 pub mod metrics;
 pub mod microsoft;

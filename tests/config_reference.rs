@@ -56,6 +56,11 @@ fn documented() -> BTreeMap<String, BTreeSet<String>> {
                     .or_default()
                     .insert("sources".into());
             }
+            if s == "context" {
+                keys.entry("tenants".into())
+                    .or_default()
+                    .insert("context".into());
+            }
             keys.entry(s).or_default().insert(key);
         }
     }
@@ -63,7 +68,8 @@ fn documented() -> BTreeMap<String, BTreeSet<String>> {
 }
 
 /// `store.url` → (store, url); `tenants.<name>.x` → (tenants, x);
-/// `tenants.<name>.sources.<source>.x` and `….x` → (sources, x).
+/// `tenants.<name>.sources.<source>.x` and `….x` → (sources, x);
+/// `tenants.<name>.context.x` → (context, x).
 fn split_key(name: &str) -> (String, String) {
     let name = name.trim_start_matches('…').trim_start_matches('.');
     let parts: Vec<&str> = name.split('.').collect();
@@ -71,6 +77,7 @@ fn split_key(name: &str) -> (String, String) {
     let section = match parts.as_slice() {
         [_] => "sources".to_string(),
         ["tenants", _, "sources", ..] => "sources".to_string(),
+        ["tenants", _, "context", _] => "context".to_string(),
         ["tenants", _, _] => "tenants".to_string(),
         [s, ..] => s.to_string(),
         [] => unreachable!(),
@@ -89,6 +96,7 @@ fn the_readme_reference_documents_every_key_and_only_those() {
         ("leases", "leases"),
         ("tenants", "tenants.x"),
         ("sources", "tenants.x.sources.alerts"),
+        ("context", "tenants.x.context"),
     ] {
         let code = accepted(probe);
         let docs = documented.get(section).cloned().unwrap_or_default();

@@ -2,7 +2,8 @@
 //! are not Rust tests: register tenants and apps, generate or insert alerts, incidents, threat
 //! submissions and Cloud Apps alerts, switch faults and the Dropzone behaviour, drive the
 //! reporting mailboxes (create, generate reports, move, delete, expire sync states, policies,
-//! mail faults), and read what was received. Control requests are not recorded in [`Simulator::requests`].
+//! mail faults), register advanced-hunting messages and switch hunting faults, and read what was
+//! received. Control requests are not recorded in [`Simulator::requests`].
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -18,8 +19,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::{
-    time, DeltaExpiry, DropzoneBehavior, Faults, FormatMix, Inner, MailFaults, ReportFacts,
-    ReportSpec, Simulator, ValueRefusal,
+    time, DeltaExpiry, DropzoneBehavior, Faults, FormatMix, HuntingFaults, HuntingMessage, Inner,
+    MailFaults, ReportFacts, ReportSpec, Simulator, ValueRefusal,
 };
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
@@ -407,6 +408,72 @@ struct MailFaultsReq {
     delete_on_fetch: Vec<String>,
 }
 
+#[derive(Deserialize)]
+struct HuntingFaultsReq {
+    tenant_id: String,
+    /// the CPU quota is spent for this many seconds from now
+    cpu_quota_secs: Option<u64>,
+    #[serde(default)]
+    forbidden: bool,
+    delay_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    pascal_schema: bool,
+}
+
+async fn hunting_faults(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    match parse::<HuntingFaultsReq>(&body) {
+        Ok(r) => {
+            sim(inner).set_hunting_faults(
+                &r.tenant_id,
+                HuntingFaults {
+                    cpu_quota_for: r.cpu_quota_secs.map(Duration::from_secs),
+                    forbidden: r.forbidden,
+                    delay: r.delay_ms.map(Duration::from_millis),
+                    timeout: r.timeout_ms.map(Duration::from_millis),
+                    pascal_schema: r.pascal_schema,
+                },
+            );
+            ok(json!({"ok": true}))
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct HuntingMessageReq {
+    tenant_id: String,
+    internet_message_id: String,
+    sender: String,
+    subject: String,
+    recipients: usize,
+    #[serde(default)]
+    clickers: usize,
+    /// how long ago it was received (default 10 minutes)
+    #[serde(default)]
+    minutes_ago: Option<u64>,
+}
+
+async fn hunting_message(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    match parse::<HuntingMessageReq>(&body) {
+        Ok(r) => {
+            let received =
+                SystemTime::now() - Duration::from_secs(60 * r.minutes_ago.unwrap_or(10));
+            let m = HuntingMessage::campaign(
+                &r.internet_message_id,
+                &r.sender,
+                &r.subject,
+                received,
+                r.recipients,
+                r.clickers.min(r.recipients),
+            );
+            sim(inner).add_hunting_message(&r.tenant_id, m);
+            ok(json!({"ok": true}))
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
 fn facts_json(f: &ReportFacts) -> Value {
     let originals: Vec<Value> = f
         .originals
@@ -609,4 +676,6 @@ pub(crate) fn routes() -> Router<Arc<Inner>> {
         .route("/_sim/mailboxes/access_policy", post(access_policy))
         .route("/_sim/mailboxes/faults", post(mail_faults))
         .route("/_sim/mailboxes/violations", get(mail_violations))
+        .route("/_sim/hunting/faults", post(hunting_faults))
+        .route("/_sim/hunting/messages", post(hunting_message))
 }

@@ -22,6 +22,8 @@
 //! - `mailbox.rs`: reporting mailboxes through Graph mail (delta sync states, messages,
 //!   attachments, `$value`), Mail.Read roles, access policies, Outlook throttling per app and
 //!   mailbox, mail faults, and the beta `emailThreatSubmissionPolicies`.
+//! - `hunting.rs`: advanced hunting (`runHuntingQuery`) over EmailEvents and UrlClickEvents of
+//!   the messages it knows, 45 calls a minute, the CPU quota, the template's query shape only.
 //! - `mail_gen.rs`: user-reported messages and their originals, deterministic from seeds, and the
 //!   facts a test checks ([`ReportFacts`]).
 //! - `mime.rs`: MIME, quoted-printable, base64, RFC 2047, charsets, Outlook `.msg`, stored zip.
@@ -55,6 +57,7 @@ mod dropzone;
 mod faults;
 mod generator;
 mod graph;
+mod hunting;
 mod incidents;
 mod mail_gen;
 mod mailbox;
@@ -68,6 +71,11 @@ mod token;
 
 pub use dropzone::{DropzoneBehavior, ReceivedBatch};
 pub use faults::Faults;
+pub use hunting::{
+    parse_query as parse_hunting_query, template_query as hunting_query, tokenize as tokenize_kql,
+    HuntingClick, HuntingFaults, HuntingMessage, HuntingRecipient, ParsedQuery, Token as KqlToken,
+    CPU_QUOTA_MESSAGE, HUNTING_PER_MINUTE, HUNTING_ROLE, MAX_QUERY_CHARS,
+};
 pub use mail_gen::{
     AttachmentFacts, FormatMix, OriginalFacts, Report, ReportAttachment, ReportFacts, ReportSpec,
     WrapperFormat,
@@ -164,6 +172,8 @@ pub(crate) struct Inner {
     pub(crate) mail: Mutex<mailbox::MailState>,
     /// Mail requests over Outlook's per-app-per-mailbox limits.
     pub(crate) mail_violations: AtomicUsize,
+    /// Advanced hunting per tenant (messages, call windows, faults, queries seen).
+    pub(crate) hunting: Mutex<hunting::HuntingState>,
     pub(crate) stop: CancellationToken,
     pub(crate) tasks: TaskTracker,
     /// The runtime the simulator was started on, so background tasks can be spawned from
@@ -264,6 +274,7 @@ fn router(inner: Arc<Inner>) -> Router {
         .merge(submissions::routes())
         .merge(cloud_apps::routes())
         .merge(mailbox::routes())
+        .merge(hunting::routes())
         .merge(dropzone::routes())
         .layer(middleware::from_fn_with_state(inner.clone(), record))
         .merge(control::routes())
@@ -322,6 +333,7 @@ impl Simulator {
             throttle_violations: AtomicUsize::new(0),
             mail: Mutex::default(),
             mail_violations: AtomicUsize::new(0),
+            hunting: Mutex::default(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             runtime: tokio::runtime::Handle::current(),

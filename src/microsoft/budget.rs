@@ -88,6 +88,17 @@ impl Budget {
         let refill = Instant::now().duration_since(s.last).as_secs_f64() * self.per_second;
         (s.tokens + refill).min(self.capacity)
     }
+
+    /// How long a `Retry-After` still keeps this family from sending, if it does.
+    pub fn blocked_for(&self) -> Option<Duration> {
+        let s = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        s.blocked_until
+            .map(|u| u.saturating_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero())
+    }
 }
 
 #[cfg(test)]

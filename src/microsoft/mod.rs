@@ -32,6 +32,9 @@ pub enum MsError {
         code: String,
         message: String,
         request_id: Option<String>,
+        /// `Retry-After` as Microsoft sent it (up to an hour), for callers that stop asking
+        /// for longer than this client's own retries wait.
+        retry_after: Option<Duration>,
     },
     #[error("network error talking to {api}: {message}")]
     Network { api: String, message: String },
@@ -124,6 +127,14 @@ impl MsClient {
         &self.tokens
     }
 
+    /// At most `n` retries of a failed request (default 6); 0 answers with the first failure,
+    /// after honouring its `Retry-After` in the budget (advanced hunting asks again only with
+    /// the next batch).
+    pub fn with_max_attempts(mut self, n: usize) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
     /// Caps bodies at `limit` bytes for this call's client (rule 4 retries halve `$top` instead).
     pub fn with_max_body(mut self, limit: usize) -> Self {
         self.max_body = limit;
@@ -162,6 +173,18 @@ impl MsClient {
         body_limit: Option<usize>,
     ) -> Result<MsResponse, MsError> {
         self.send(reqwest::Method::POST, url, Some(body), body_limit, &[])
+            .await
+    }
+
+    /// POST a JSON body with extra request headers, sent on every attempt.
+    pub async fn post_json_with(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+        body_limit: Option<usize>,
+        headers: &[(&'static str, &str)],
+    ) -> Result<MsResponse, MsError> {
+        self.send(reqwest::Method::POST, url, Some(body), body_limit, headers)
             .await
     }
 
@@ -290,10 +313,11 @@ impl MsClient {
             .get("request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let retry_after = headers
+        let sent_retry_after = headers
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+            .and_then(retry_after_as_sent);
+        let retry_after = sent_retry_after.map(clamp_retry_after);
         if matches!(status, 429 | 503) && retry_after.is_some() {
             crate::metrics::throttled(&self.tenant, self.api);
         }
@@ -352,6 +376,7 @@ impl MsClient {
             code,
             message,
             request_id,
+            retry_after: sent_retry_after,
         };
         Err(match status {
             401 => Failure::Unauthorized(error),
@@ -407,6 +432,11 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
 
 /// `Retry-After` as decimal seconds (Graph sends `2.128`) or an HTTP-date, clamped to 1 s–5 min.
 pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    retry_after_as_sent(v).map(clamp_retry_after)
+}
+
+/// `Retry-After` as decimal seconds or an HTTP-date, at most an hour.
+pub fn retry_after_as_sent(v: &str) -> Option<Duration> {
     let v = v.trim();
     let d = if let Ok(secs) = v.parse::<f64>() {
         if !secs.is_finite() || secs < 0.0 {
@@ -418,7 +448,12 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
         at.duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO)
     };
-    Some(d.clamp(Duration::from_secs(1), Duration::from_secs(300)))
+    Some(d.min(Duration::from_secs(3600)))
+}
+
+/// The wait this client's own retries use: 1 s–5 min.
+fn clamp_retry_after(d: Duration) -> Duration {
+    d.clamp(Duration::from_secs(1), Duration::from_secs(300))
 }
 
 /// A reqwest error without its URL (which may carry query text) and with its cause chain.
@@ -462,6 +497,10 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(parse_retry_after("soon"), None);
+        // As sent: only an hour's cap, for callers that stop asking for longer.
+        assert_eq!(retry_after_as_sent("600"), Some(Duration::from_secs(600)));
+        assert_eq!(retry_after_as_sent("9999"), Some(Duration::from_secs(3600)));
+        assert_eq!(retry_after_as_sent("soon"), None);
         assert_eq!(parse_retry_after("-1"), None);
     }
 

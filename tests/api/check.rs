@@ -471,3 +471,88 @@ cloud_apps_url = "{cloud_apps}"
     let (code, stdout, stderr) = run_binary(vec!["--config".into(), path, "check".into()]).await;
     assert_eq!(code, Some(78), "{stdout}{stderr}");
 }
+
+/// All sources, with campaign context from advanced hunting on.
+fn with_context(sim: &Simulator, db: &std::path::Path) -> Settings {
+    let mut s = all_sources(sim, db);
+    s.tenants.get_mut("contoso").unwrap().context.hunting = true;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_context_on_check_probes_hunting_and_names_a_missing_role() {
+    // Without ThreatHunting.Read.All: the permission row and the probe (a 403) fail, naming it.
+    let sim = sim().await;
+    sim.add_app(TENANT_ID, CLIENT_ID, SECRET, COMPLETE);
+    let (_dir, db) = temp_db();
+    let report = check::run(&with_context(&sim, &db)).await;
+    let table = report.to_table();
+    assert_eq!(report.exit_code(), 1, "{table}");
+    for name in ["permission context", "probe context"] {
+        let r = row(&report, name);
+        assert_eq!(r.result, Outcome::Fail, "{table}");
+        let fix = r.fix.as_deref().unwrap_or_default();
+        assert!(
+            fix.contains("grant ThreatHunting.Read.All (application) to the app registration and admin-consent it"),
+            "{table}"
+        );
+        assert!(
+            fix.contains("tenants.contoso.context.hunting = false"),
+            "{table}"
+        );
+    }
+    assert!(
+        row(&report, "probe context").detail.contains("HTTP 403"),
+        "{table}"
+    );
+    assert_no_secrets(&sim, &report);
+
+    // Granted: both pass, the probe ran its one-row query, and the role is not "unused".
+    let mut roles = COMPLETE.to_vec();
+    roles.push("ThreatHunting.Read.All");
+    sim.add_app(TENANT_ID, CLIENT_ID, SECRET, &roles);
+    let report = check::run(&with_context(&sim, &db)).await;
+    let table = report.to_table();
+    assert_eq!(report.exit_code(), 0, "{table}");
+    assert_eq!(
+        row(&report, "permission context").result,
+        Outcome::Pass,
+        "{table}"
+    );
+    let probe = row(&report, "probe context");
+    assert_eq!(probe.result, Outcome::Pass, "{table}");
+    assert!(
+        probe
+            .detail
+            .contains("EmailEvents | take 1: HTTP 200, 1 row(s)"),
+        "{table}"
+    );
+    assert!(
+        !table.contains("unused permission ThreatHunting.Read.All"),
+        "{table}"
+    );
+    let queries = sim.hunting_queries(TENANT_ID);
+    assert_eq!(queries, vec!["EmailEvents | take 1".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hunting_quota_in_check_is_a_warning() {
+    let sim = sim().await;
+    let mut roles = COMPLETE.to_vec();
+    roles.push("ThreatHunting.Read.All");
+    sim.add_app(TENANT_ID, CLIENT_ID, SECRET, &roles);
+    sim.set_hunting_faults(
+        TENANT_ID,
+        m365_sim::HuntingFaults {
+            cpu_quota_for: Some(std::time::Duration::from_secs(600)),
+            ..Default::default()
+        },
+    );
+    let (_dir, db) = temp_db();
+    let report = check::run(&with_context(&sim, &db)).await;
+    let table = report.to_table();
+    let probe = row(&report, "probe context");
+    assert_eq!(probe.result, Outcome::Warn, "{table}");
+    assert!(probe.detail.contains("HTTP 429"), "{table}");
+    assert_eq!(report.exit_code(), 0, "{table}");
+}

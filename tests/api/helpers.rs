@@ -292,6 +292,23 @@ fn alert_schema() -> &'static jsonschema::Validator {
     })
 }
 
+/// A minimal valid `m365-ingest.alert.v1`, for tests of the contract itself.
+pub fn example_alert() -> Value {
+    serde_json::json!({
+        "schema": "m365-ingest.alert.v1",
+        "event_id": "0".repeat(64), "alert_id": "t:alerts:a1", "kind": "alert", "revision": 1,
+        "change": "created", "observed_at": "2026-11-27T10:00:00.0000000Z", "historical": false,
+        "tenant": {"id": "t", "name": "contoso"}, "source": "alerts", "native_id": "a1",
+        "version": "2026-11-27T09:59:00.1234567Z", "title": "x", "description": null,
+        "category": null, "product": null, "detection_source": null, "severity": "high",
+        "status": "new", "raw_status": "new", "classification": null, "determination": null,
+        "assigned_to": null, "created_at": null, "updated_at": null, "first_activity_at": null,
+        "last_activity_at": null, "resolved_at": null, "links": {"portal": null, "incident": null},
+        "incident_id": null, "related": [], "duplicate_of": null, "indicators": [],
+        "mitre_techniques": [], "tags": [], "comments": [], "entities": [], "raw": {}
+    })
+}
+
 /// Panics, naming every violation, unless `alert` is a valid `m365-ingest.alert.v1`.
 pub fn assert_valid_alert(alert: &Value) {
     let errors: Vec<String> = alert_schema()

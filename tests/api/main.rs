@@ -9,6 +9,7 @@ mod delivery;
 mod delivery_refusals;
 mod faults;
 mod helpers;
+mod hunting;
 mod metrics;
 mod operators;
 mod paging;

@@ -19,16 +19,8 @@ async fn alerts(
     token: &str,
     body: Value,
 ) -> (u16, reqwest::header::HeaderMap, Value) {
-    let r = http()
-        .post(format!("{}/api/v1/alerts/", sim.cloud_apps_url()))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    (status, headers, r.json().await.unwrap())
+    let url = format!("{}/api/v1/alerts/", sim.cloud_apps_url());
+    post_json(&url, token, &body).await
 }
 
 fn ms(t: SystemTime) -> i64 {

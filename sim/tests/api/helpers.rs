@@ -58,6 +58,22 @@ pub async fn get(url: &str, token: &str) -> (u16, HeaderMap, String) {
     (status, headers, r.text().await.unwrap())
 }
 
+/// POST a JSON body to `url` with a bearer token; status, headers and the JSON answer.
+pub async fn post_json(url: &str, token: &str, body: &Value) -> (u16, HeaderMap, Value) {
+    let r = http()
+        .post(url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, headers, json)
+}
+
 pub async fn get_json(url: &str, token: &str) -> (u16, Value) {
     let (s, _, body) = get(url, token).await;
     (

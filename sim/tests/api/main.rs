@@ -9,6 +9,7 @@ mod cloud_apps;
 mod control;
 mod dropzone;
 mod faults;
+mod hunting;
 mod incidents;
 mod mailbox;
 mod submissions;
