@@ -239,7 +239,11 @@ pub mod body_codec {
         // One context per thread, reused: a fresh one costs more than compressing a body.
         static COMPRESSOR: RefCell<Option<Compressor<'static>>> = const { RefCell::new(None) };
         static DECOMPRESSOR: RefCell<Option<(u8, Decompressor<'static>)>> = const { RefCell::new(None) };
+        static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
+
+    /// The scratch buffer a thread keeps between bodies (bodies are ~10 KB before compression).
+    const SCRATCH_KEEP: usize = 256 * 1024;
 
     fn new_compressor() -> Option<Compressor<'static>> {
         let mut c = Compressor::with_prepared_dictionary(encoder_dictionary()?).ok()?;
@@ -249,8 +253,10 @@ pub mod body_codec {
         Some(c)
     }
 
-    /// Appends one zstd frame of `json` (current dictionary) to `out`.
-    fn zstd_append(json: &[u8], out: Vec<u8>) -> Option<Vec<u8>> {
+    /// Appends one zstd frame of `json` (current dictionary) to `out`. The frame is made in a
+    /// per-thread scratch buffer of zstd's worst-case size and copied out at its real size: a
+    /// page's sealed bodies held at the worst case took eight times their size (issue 12).
+    fn zstd_append(json: &[u8], mut out: Vec<u8>) -> Option<Vec<u8>> {
         COMPRESSOR
             .try_with(|cell| {
                 let mut slot = cell.try_borrow_mut().ok()?;
@@ -258,14 +264,22 @@ pub mod body_codec {
                     *slot = new_compressor();
                 }
                 let c = slot.as_mut()?;
-                let at = out.len() as u64;
-                let mut out = out;
-                out.reserve(zstd::zstd_safe::compress_bound(json.len()));
-                // The frame goes after what `out` holds (a cursor's position).
-                let mut cursor = std::io::Cursor::new(out);
-                cursor.set_position(at);
-                match c.compress_to_buffer(json, &mut cursor) {
-                    Ok(_) => Some(cursor.into_inner()),
+                let written = SCRATCH.with_borrow_mut(|scratch| {
+                    scratch.clear();
+                    scratch.reserve(zstd::zstd_safe::compress_bound(json.len()));
+                    let written = c.compress_to_buffer(json, scratch);
+                    if written.is_ok() {
+                        out.reserve_exact(scratch.len());
+                        out.extend_from_slice(scratch);
+                    }
+                    // One huge body must not pin its buffer to the thread for good.
+                    if scratch.capacity() > SCRATCH_KEEP {
+                        *scratch = Vec::new();
+                    }
+                    written
+                });
+                match written {
+                    Ok(_) => Some(std::mem::take(&mut out)),
                     Err(_) => {
                         // A context in doubt is not reused.
                         *slot = None;
