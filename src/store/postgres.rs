@@ -8,10 +8,10 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQueryResult, PgRow};
-use sqlx::{Executor, Pool, Postgres, QueryBuilder, Row};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Pool, Postgres, QueryBuilder, Row};
 
-use super::sql::{Db, Dialect, SqlStore, Tx};
+use super::sql::{Dialect, SqlStore, Tx};
 use super::*;
 
 /// The Postgres store: the shared logic on Postgres's dialect.
@@ -151,18 +151,6 @@ fn holder_id() -> String {
         .unwrap_or_else(|| "host".to_string());
     let random = uuid::Uuid::new_v4().simple().to_string();
     format!("{host}/{}/{}", std::process::id(), &random[..8])
-}
-
-impl Db for Postgres {
-    fn on(conn: &mut PgConnection) -> impl Executor<'_, Database = Postgres> {
-        conn
-    }
-    fn on_pool(pool: &PgPool) -> impl Executor<'_, Database = Postgres> {
-        pool
-    }
-    fn rows_affected(done: &PgQueryResult) -> u64 {
-        done.rows_affected()
-    }
 }
 
 impl Dialect for PgDialect {

@@ -33,6 +33,26 @@ pub trait Db: Database<Arguments: IntoArguments<Self>> {
     fn rows_affected(done: &Self::QueryResult) -> u64;
 }
 
+/// Each driver's `Db`: the same code over other types, calling methods each driver has as its
+/// own (not a trait's), so only a macro writes it once.
+macro_rules! driver {
+    ($db:ty) => {
+        impl Db for $db {
+            fn on(conn: &mut Self::Connection) -> impl Executor<'_, Database = Self> {
+                conn
+            }
+            fn on_pool(pool: &Pool<Self>) -> impl Executor<'_, Database = Self> {
+                pool
+            }
+            fn rows_affected(done: &Self::QueryResult) -> u64 {
+                done.rows_affected()
+            }
+        }
+    };
+}
+driver!(sqlx::Sqlite);
+driver!(sqlx::Postgres);
+
 /// What one backend does its own way. Each `const` is a statement whose text differs between
 /// the backends; its binds, in order, are those its caller in this file gives.
 pub trait Dialect: Send + Sync + 'static {

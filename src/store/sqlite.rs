@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteQueryResult, SqliteRow, SqliteSynchronous,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Executor, Pool, QueryBuilder, Row, Sqlite};
+use sqlx::{Pool, QueryBuilder, Row, Sqlite};
 
-use super::sql::{Db, Dialect, SqlStore, Tx};
+use super::sql::{Dialect, SqlStore, Tx};
 use super::*;
 
 /// Rows per multi-row statement: 10 binds each stays far below SQLite's 32,766 variables.
@@ -121,18 +121,6 @@ impl SqlStore<SqliteDialect> {
             reader,
             _lock: lock,
         }))
-    }
-}
-
-impl Db for Sqlite {
-    fn on(conn: &mut SqliteConnection) -> impl Executor<'_, Database = Sqlite> {
-        conn
-    }
-    fn on_pool(pool: &SqlitePool) -> impl Executor<'_, Database = Sqlite> {
-        pool
-    }
-    fn rows_affected(done: &SqliteQueryResult) -> u64 {
-        done.rows_affected()
     }
 }
 
