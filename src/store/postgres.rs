@@ -110,6 +110,21 @@ impl PgDialect {
         Ok(tx)
     }
 
+    /// Runs an operator's `statement` on `(tenant or NULL, ids)` in one go; how many rows.
+    async fn for_tenant_and_ids(
+        &self,
+        statement: &'static str,
+        tenant: Option<&str>,
+        ids: &[i64],
+    ) -> Result<u64> {
+        let done = sqlx::query(statement)
+            .bind(tenant)
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Holds the tenant's pages one at a time until this transaction ends.
     ///
     /// Every poller of a tenant (alerts, Cloud Apps, submissions...) commits its pages on a
@@ -279,29 +294,23 @@ impl Dialect for PgDialect {
     }
 
     async fn retry_dead_letters(&self, tenant: Option<&str>, seqs: &[i64]) -> Result<u64> {
-        let n = sqlx::query(
+        self.for_tenant_and_ids(
             "UPDATE outbox SET state = 0, batch_id = NULL, dead_reason = NULL WHERE state = 3 \
              AND ($1::text IS NULL OR tenant = $1) AND (cardinality($2::int8[]) = 0 OR seq = ANY($2))",
+            tenant,
+            seqs,
         )
-        .bind(tenant)
-        .bind(seqs)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n)
+        .await
     }
 
     async fn request_quarantine_retry(&self, tenant: Option<&str>, ids: &[i64]) -> Result<u64> {
-        let n = sqlx::query(
+        self.for_tenant_and_ids(
             "UPDATE quarantine SET retry_requested = TRUE WHERE ($1::text IS NULL OR tenant = $1) \
              AND (cardinality($2::int8[]) = 0 OR id = ANY($2))",
+            tenant,
+            ids,
         )
-        .bind(tenant)
-        .bind(ids)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n)
+        .await
     }
 
     /// One statement: `SKIP LOCKED` lets replicas prune side by side.
@@ -514,6 +523,7 @@ impl Dialect for PgDialect {
         .collect()
     }
 
+    /// One statement, the seqs as an array.
     async fn for_seqs(
         conn: &mut PgConnection,
         statement: &str,

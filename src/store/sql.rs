@@ -19,8 +19,9 @@ use super::*;
 
 /// A write transaction of either backend.
 pub type Tx<DB> = Transaction<'static, DB>;
-/// A dialect's connection and row types.
+/// A dialect's connection.
 pub type Conn<D> = <<D as Dialect>::DB as Database>::Connection;
+/// A dialect's row.
 pub type DbRow<D> = <<D as Dialect>::DB as Database>::Row;
 
 /// The sqlx driver under a dialect, with what generic code cannot name once: "a connection (or
@@ -257,49 +258,6 @@ const PRUNE_BATCHES: &str =
 /// Rows a prune statement deletes at a time: short transactions, so ingest never waits long.
 const PRUNE_CHUNK: i64 = 5000;
 
-fn alert_state<R: Row>(row: &R) -> Result<AlertState>
-where
-    usize: ColumnIndex<R>,
-    for<'r> i64: Type<R::Database> + Decode<'r, R::Database>,
-    for<'r> bool: Type<R::Database> + Decode<'r, R::Database>,
-    for<'r> String: Type<R::Database> + Decode<'r, R::Database>,
-    for<'r> Vec<u8>: Type<R::Database> + Decode<'r, R::Database>,
-{
-    Ok(from_row!(
-        AlertState,
-        row,
-        native_id,
-        latest,
-        state_hash,
-        revision,
-        forwarded,
-        field_hashes
-    ))
-}
-
-fn batch_from_row<R: Row>(row: &R) -> Result<Batch>
-where
-    usize: ColumnIndex<R>,
-    for<'r> i64: Type<R::Database> + Decode<'r, R::Database>,
-    for<'r> bool: Type<R::Database> + Decode<'r, R::Database>,
-    for<'r> String: Type<R::Database> + Decode<'r, R::Database>,
-{
-    // Columns in `NEXT_OPEN_BATCH` order.
-    Ok(from_row!(
-        Batch,
-        row,
-        id,
-        tenant,
-        destination,
-        key,
-        root_id,
-        attempts,
-        next_attempt_at,
-        rows,
-        deferred
-    ))
-}
-
 impl<D: Dialect> SqlStore<D>
 where
     usize: ColumnIndex<DbRow<D>>,
@@ -311,6 +269,36 @@ where
     for<'r> Option<i64>: Type<D::DB> + Encode<'r, D::DB>,
     for<'r> Vec<u8>: Type<D::DB> + Decode<'r, D::DB>,
 {
+    fn alert_state(row: &DbRow<D>) -> Result<AlertState> {
+        Ok(from_row!(
+            AlertState,
+            row,
+            native_id,
+            latest,
+            state_hash,
+            revision,
+            forwarded,
+            field_hashes
+        ))
+    }
+
+    fn batch_from_row(row: &DbRow<D>) -> Result<Batch> {
+        // Columns in `NEXT_OPEN_BATCH` order.
+        Ok(from_row!(
+            Batch,
+            row,
+            id,
+            tenant,
+            destination,
+            key,
+            root_id,
+            attempts,
+            next_attempt_at,
+            rows,
+            deferred
+        ))
+    }
+
     /// Records the page's link keys and returns, per item, what it is linked to, plus the
     /// stored items of other sources that gained a link now (they get a `linked` revision).
     async fn link(
@@ -598,7 +586,7 @@ where
         };
         let mut states = HashMap::with_capacity(ids.len());
         for row in D::load_states(&mut tx, &tenant, source, &ids).await? {
-            let s = alert_state(&row)?;
+            let s = Self::alert_state(&row)?;
             states.insert(s.native_id.clone(), s);
         }
         drop(ids);
@@ -699,7 +687,7 @@ where
             .bind(now_ms())
             .fetch_optional(D::DB::on_pool(self.dialect.writer()))
             .await?;
-        row.as_ref().map(batch_from_row).transpose()
+        row.as_ref().map(Self::batch_from_row).transpose()
     }
 
     async fn claim_batch(

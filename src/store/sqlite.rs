@@ -124,29 +124,6 @@ impl SqlStore<SqliteDialect> {
     }
 }
 
-/// Runs `{statement} WHERE seq IN (…)` over `seqs` in chunks; a `value` is bound first.
-async fn for_seqs(
-    conn: &mut SqliteConnection,
-    statement: &str,
-    value: Option<i64>,
-    seqs: &[i64],
-) -> Result<()> {
-    for chunk in seqs.chunks(CHUNK) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(statement.to_string());
-        if let Some(v) = value {
-            q.push_bind(v);
-        }
-        q.push(" WHERE seq IN (");
-        let mut sep = q.separated(", ");
-        for s in chunk {
-            sep.push_bind(*s);
-        }
-        q.push(")");
-        q.build().execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
 /// `SELECT {columns} FROM alerts` of (tenant, source) and `ids`, in chunks.
 async fn alerts_of_ids(
     conn: &mut SqliteConnection,
@@ -262,7 +239,7 @@ impl Dialect for SqliteDialect {
             .into_iter()
             .filter(|s| seqs.is_empty() || seqs.contains(s))
             .collect();
-        for_seqs(
+        Self::for_seqs(
             &mut tx,
             "UPDATE outbox SET state = 0, batch_id = NULL, dead_reason = NULL",
             None,
@@ -309,7 +286,7 @@ impl Dialect for SqliteDialect {
         .fetch_all(&mut *tx)
         .await?;
         for table in ["outbox_body", "outbox"] {
-            for_seqs(&mut tx, &format!("DELETE FROM {table}"), None, &seqs).await?;
+            Self::for_seqs(&mut tx, &format!("DELETE FROM {table}"), None, &seqs).await?;
         }
         tx.commit().await?;
         Ok(seqs.len() as u64)
@@ -470,12 +447,26 @@ impl Dialect for SqliteDialect {
         Ok(())
     }
 
+    /// `IN (…)` lists in chunks.
     async fn for_seqs(
         conn: &mut SqliteConnection,
         statement: &str,
         value: Option<i64>,
         seqs: &[i64],
     ) -> Result<()> {
-        for_seqs(conn, statement, value, seqs).await
+        for chunk in seqs.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(statement.to_string());
+            if let Some(v) = value {
+                q.push_bind(v);
+            }
+            q.push(" WHERE seq IN (");
+            let mut sep = q.separated(", ");
+            for s in chunk {
+                sep.push_bind(*s);
+            }
+            q.push(")");
+            q.build().execute(&mut *conn).await?;
+        }
+        Ok(())
     }
 }
