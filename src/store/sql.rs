@@ -23,6 +23,9 @@ pub type Tx<DB> = Transaction<'static, DB>;
 pub type Conn<D> = <<D as Dialect>::DB as Database>::Connection;
 /// A dialect's row.
 pub type DbRow<D> = <<D as Dialect>::DB as Database>::Row;
+/// A statement on a dialect, its binds taken so far.
+type Query<D> =
+    sqlx::query::Query<'static, <D as Dialect>::DB, <<D as Dialect>::DB as Database>::Arguments>;
 
 /// The sqlx driver under a dialect, with what generic code cannot name once: "a connection (or
 /// pool) executes statements" is a bound on a reference type, which Rust would make every
@@ -299,6 +302,40 @@ where
         ))
     }
 
+    /// `statement` with a coverage point's key bound: `(tenant, source, list, …)`.
+    fn keyed(statement: &'static str, key: &CursorKey) -> Query<D> {
+        sqlx::query(statement)
+            .bind(key.tenant.as_str())
+            .bind(key.source.as_str())
+            .bind(key.list.as_str())
+    }
+
+    /// `statement` with an item bound: `(tenant, source, native_id, …)`.
+    fn of_item(statement: &'static str, tenant: &str, source: &str, native_id: &str) -> Query<D> {
+        sqlx::query(statement)
+            .bind(tenant)
+            .bind(source)
+            .bind(native_id)
+    }
+
+    /// `statement` with a replay filter bound: `(tenant, source, native_id, since, until)`.
+    fn filtered(statement: &'static str, f: &ReplayFilter) -> Query<D> {
+        sqlx::query(statement)
+            .bind(f.tenant.as_deref())
+            .bind(f.source.map(|s| s.as_str()))
+            .bind(f.native_id.as_deref())
+            .bind(f.since_ms)
+            .bind(f.until_ms)
+    }
+
+    /// What a listing `statement` on `(tenant or NULL)` reads, for the operator's commands.
+    async fn listed(&self, statement: &'static str, tenant: Option<&str>) -> Result<Vec<DbRow<D>>> {
+        Ok(sqlx::query(statement)
+            .bind(tenant)
+            .fetch_all(D::DB::on_pool(self.dialect.reader()))
+            .await?)
+    }
+
     /// Records the page's link keys and returns, per item, what it is linked to, plus the
     /// stored items of other sources that gained a link now (they get a `linked` revision).
     async fn link(
@@ -362,10 +399,7 @@ where
         observed_at: &str,
         page: (SourceKind, &HashSet<String>),
     ) -> Result<Option<OutboxRow>> {
-        let row = sqlx::query(ALERT_FOR_LINK)
-            .bind(tenant.name.as_str())
-            .bind(source.as_str())
-            .bind(native_id)
+        let row = Self::of_item(ALERT_FOR_LINK, &tenant.name, source.as_str(), native_id)
             .fetch_optional(D::DB::on(conn))
             .await?;
         let Some(row) = row else { return Ok(None) };
@@ -391,22 +425,20 @@ where
         let Some(json) = stored.and_then(|b| body_codec::decode(&b).ok()) else {
             return Ok(None);
         };
-        let mut refs: Vec<LinkRef> = sqlx::query(LINKS_OF_ITEM)
-            .bind(tenant.name.as_str())
-            .bind(source.as_str())
-            .bind(native_id)
-            .fetch_all(D::DB::on(conn))
-            .await?
-            .iter()
-            .filter_map(|r| {
-                let s: String = r.try_get(0).ok()?;
-                Some(LinkRef {
-                    source: SourceKind::parse(&s)?,
-                    native_id: r.try_get(1).ok()?,
-                    forwarded: r.try_get(2).ok()?,
+        let mut refs: Vec<LinkRef> =
+            Self::of_item(LINKS_OF_ITEM, &tenant.name, source.as_str(), native_id)
+                .fetch_all(D::DB::on(conn))
+                .await?
+                .iter()
+                .filter_map(|r| {
+                    let s: String = r.try_get(0).ok()?;
+                    Some(LinkRef {
+                        source: SourceKind::parse(&s)?,
+                        native_id: r.try_get(1).ok()?,
+                        forwarded: r.try_get(2).ok()?,
+                    })
                 })
-            })
-            .collect();
+                .collect();
         for r in &mut refs {
             if r.source == page.0 && page.1.contains(&r.native_id) {
                 r.forwarded = true;
@@ -490,10 +522,7 @@ where
     }
 
     async fn load_cursor(&self, key: &CursorKey) -> Result<Option<Cursor>> {
-        let row = sqlx::query(LOAD_CURSOR)
-            .bind(key.tenant.as_str())
-            .bind(key.source.as_str())
-            .bind(key.list.as_str())
+        let row = Self::keyed(LOAD_CURSOR, key)
             .fetch_optional(D::DB::on_pool(self.dialect.reader()))
             .await?;
         Ok(match row {
@@ -513,19 +542,13 @@ where
             .dialect
             .begin_fenced(&tenant_lease(&key.tenant))
             .await?;
-        sqlx::query(INIT_CURSOR)
-            .bind(key.tenant.as_str())
-            .bind(key.source.as_str())
-            .bind(key.list.as_str())
+        Self::keyed(INIT_CURSOR, key)
             .bind(c.coverage)
             .bind(c.t0)
             .bind(now_ms())
             .execute(D::DB::on(&mut tx))
             .await?;
-        let r = sqlx::query(LOAD_CURSOR)
-            .bind(key.tenant.as_str())
-            .bind(key.source.as_str())
-            .bind(key.list.as_str())
+        let r = Self::keyed(LOAD_CURSOR, key)
             .fetch_one(D::DB::on(&mut tx))
             .await?;
         let c = Cursor {
@@ -539,10 +562,7 @@ where
     }
 
     async fn set_cursor(&self, key: &CursorKey, c: Cursor) -> Result<()> {
-        sqlx::query(SET_CURSOR)
-            .bind(key.tenant.as_str())
-            .bind(key.source.as_str())
-            .bind(key.list.as_str())
+        Self::keyed(SET_CURSOR, key)
             .bind(c.coverage)
             .bind(c.t0)
             .bind(now_ms())
@@ -552,13 +572,13 @@ where
     }
 
     async fn load_cursor_state(&self, key: &CursorKey) -> Result<Option<String>> {
-        let state: Option<Option<String>> = sqlx::query_scalar(LOAD_CURSOR_STATE)
-            .bind(key.tenant.as_str())
-            .bind(key.source.as_str())
-            .bind(key.list.as_str())
+        let row = Self::keyed(LOAD_CURSOR_STATE, key)
             .fetch_optional(D::DB::on_pool(self.dialect.reader()))
             .await?;
-        Ok(state.flatten())
+        Ok(match row {
+            Some(r) => r.try_get(0)?,
+            None => None,
+        })
     }
 
     async fn known_ids(
@@ -917,10 +937,7 @@ where
     }
 
     async fn dead_letters(&self, tenant: Option<&str>) -> Result<Vec<DeadLetter>> {
-        let rows = sqlx::query(D::DEAD_LETTERS)
-            .bind(tenant)
-            .fetch_all(D::DB::on_pool(self.dialect.reader()))
-            .await?;
+        let rows = self.listed(D::DEAD_LETTERS, tenant).await?;
         rows.iter()
             .map(|r| {
                 Ok(from_row!(
@@ -936,12 +953,7 @@ where
 
     async fn replay_as_new(&self, f: &ReplayFilter) -> Result<u64> {
         let mut tx = self.dialect.begin().await?;
-        let rows = sqlx::query(D::DELIVERED_FOR_REPLAY)
-            .bind(f.tenant.as_deref())
-            .bind(f.source.map(|s| s.as_str()))
-            .bind(f.native_id.as_deref())
-            .bind(f.since_ms)
-            .bind(f.until_ms)
+        let rows = Self::filtered(D::DELIVERED_FOR_REPLAY, f)
             .fetch_all(D::DB::on(&mut tx))
             .await?;
         // One number per replay run (its start, in ms): unique without counting earlier ones.
@@ -968,22 +980,14 @@ where
     }
 
     async fn requeue_delivered(&self, f: &ReplayFilter) -> Result<u64> {
-        let done = sqlx::query(D::REQUEUE_DELIVERED)
-            .bind(f.tenant.as_deref())
-            .bind(f.source.map(|s| s.as_str()))
-            .bind(f.native_id.as_deref())
-            .bind(f.since_ms)
-            .bind(f.until_ms)
+        let done = Self::filtered(D::REQUEUE_DELIVERED, f)
             .execute(D::DB::on_pool(self.dialect.writer()))
             .await?;
         Ok(D::DB::rows_affected(&done))
     }
 
     async fn quarantined(&self, tenant: Option<&str>) -> Result<Vec<Quarantined>> {
-        let rows = sqlx::query(D::QUARANTINED)
-            .bind(tenant)
-            .fetch_all(D::DB::on_pool(self.dialect.reader()))
-            .await?;
+        let rows = self.listed(D::QUARANTINED, tenant).await?;
         rows.iter()
             .map(|r| {
                 Ok(from_row!(
@@ -1024,10 +1028,7 @@ where
     }
 
     async fn cursors(&self, tenant: Option<&str>) -> Result<Vec<StoredCursor>> {
-        let rows = sqlx::query(D::CURSORS)
-            .bind(tenant)
-            .fetch_all(D::DB::on_pool(self.dialect.reader()))
-            .await?;
+        let rows = self.listed(D::CURSORS, tenant).await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let source: String = r.try_get(1)?;
