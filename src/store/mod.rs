@@ -1,6 +1,7 @@
 //! The part that stores: the `Store` contract shared by the SQLite and Postgres backends, and the
 //! backend-independent decisions of an ingest (new, updated, unchanged or stale; forwarded or
-//! filtered; revision and changed fields). A backend only reads and writes rows.
+//! filtered; revision and changed fields). A backend only reads and writes rows: `sql` does it
+//! once for both, on the `Dialect` of each (`sqlite`, `postgres`).
 
 /// Builds a `$ty` from a row's columns taken in order: both backends decode these columns to the
 /// same Rust types, so one mapping serves both.
@@ -20,6 +21,7 @@ macro_rules! from_row {
 }
 
 pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 
 use std::collections::HashMap;
