@@ -17,7 +17,8 @@ COPY config/m365-ingest.example.toml /etc/m365-ingest/m365-ingest.toml
 USER 10001
 WORKDIR /var/lib/m365-ingest
 # glibc gives each thread that allocates its own malloc arena; two are plenty for this daemon
-# and keep idle RSS about 3 MB lower (docs/benchmarks.md, issue 12).
+# and keep its RSS well lower (docs/benchmarks.md, issue 12). The binary sets the same itself
+# when the variable is unset (it runs itself again once); setting it here spares that step.
 ENV MALLOC_ARENA_MAX=2 \
     M365_INGEST_CONFIG=/etc/m365-ingest/m365-ingest.toml \
     M365_INGEST__SERVER__LISTEN=0.0.0.0:8080 \

@@ -16,12 +16,37 @@ use sqlx::{Pool, QueryBuilder, Row, Sqlite};
 use super::sql::{Dialect, SqlStore, Tx};
 use super::*;
 
-/// Rows per multi-row statement: 10 binds each stays far below SQLite's 32,766 variables.
+/// Rows per multi-row statement, at most: 11 binds each stays far below SQLite's 32,766
+/// variables.
+const CHUNK: usize = 128;
+
+/// The sizes a list of `n` rows is written in: whole chunks, then the rest as powers of two.
 ///
-/// These statements are built per page, with as many rows as the page has, so they are run
-/// unprepared (`persistent(false)`): sqlx kept up to 100 of them per connection, ~150 KB of
-/// compiled program each, 20 MB of a drain's heap, and almost never ran one twice (issue 12).
-const CHUNK: usize = 1000;
+/// A multi-row statement's text depends on its row count, and sqlx keeps every text it ran
+/// prepared (up to 100 per connection). Sized by the page, as they were, nearly every page
+/// made new ones: ~150 KB of compiled program each, 20 MB of a drain's heap (issue 12), and
+/// running them unprepared instead costs a compile per page. With these sizes, each statement
+/// has at most eight shapes, prepared once and reused.
+fn chunk_sizes(mut n: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if n == 0 {
+            return None;
+        }
+        let size = if n >= CHUNK { CHUNK } else { 1 << n.ilog2() };
+        n -= size;
+        Some(size)
+    })
+}
+
+/// `items` cut as [`chunk_sizes`] says.
+fn shaped_chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    chunk_sizes(items.len()).map(move |size| {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        chunk
+    })
+}
 
 /// The SQLite store: the shared logic on SQLite's dialect.
 pub type SqliteStore = SqlStore<SqliteDialect>;
@@ -137,7 +162,7 @@ async fn alerts_of_ids(
     ids: &[&str],
 ) -> Result<Vec<SqliteRow>> {
     let mut rows = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(CHUNK) {
+    for chunk in shaped_chunks(ids) {
         let mut q: QueryBuilder<Sqlite> =
             QueryBuilder::new(format!("SELECT {columns} FROM alerts WHERE tenant = "));
         q.push_bind(tenant)
@@ -149,7 +174,7 @@ async fn alerts_of_ids(
             list.push_bind(*id);
         }
         q.push(")");
-        rows.extend(q.build().persistent(false).fetch_all(&mut *conn).await?);
+        rows.extend(q.build().fetch_all(&mut *conn).await?);
     }
     Ok(rows)
 }
@@ -368,7 +393,7 @@ impl Dialect for SqliteDialect {
         let mut inserted: Vec<QueuedRow> = Vec::new();
         let mut outbox = rows;
         while !outbox.is_empty() {
-            let rest = outbox.split_off(outbox.len().min(CHUNK));
+            let rest = outbox.split_off(chunk_sizes(outbox.len()).next().unwrap_or(0));
             let chunk = std::mem::replace(&mut outbox, rest);
             let mut bodies: HashMap<String, Vec<u8>> = HashMap::with_capacity(chunk.len());
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -388,7 +413,7 @@ impl Dialect for SqliteDialect {
                 bodies.insert(r.event_id, r.stored);
             });
             q.push(" ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id, source, native_id");
-            let rows = q.build().persistent(false).fetch_all(&mut *conn).await?;
+            let rows = q.build().fetch_all(&mut *conn).await?;
             let mut stored = Vec::with_capacity(rows.len());
             for r in &rows {
                 let seq: i64 = r.try_get(0)?;
@@ -410,7 +435,7 @@ impl Dialect for SqliteDialect {
             q.push_values(stored, |mut b, (seq, body)| {
                 b.push_bind(seq).push_bind(body);
             });
-            q.build().persistent(false).execute(&mut *conn).await?;
+            q.build().execute(&mut *conn).await?;
         }
         Ok(inserted)
     }
@@ -424,7 +449,7 @@ impl Dialect for SqliteDialect {
         now: i64,
     ) -> Result<()> {
         let mut seqs = last_seqs.into_iter();
-        for chunk in upserts.chunks(CHUNK) {
+        for chunk in shaped_chunks(&upserts) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO alerts (tenant, source, native_id, latest, state_hash, revision, forwarded, field_hashes, last_seq, first_seen, last_change) ",
             );
@@ -446,7 +471,7 @@ impl Dialect for SqliteDialect {
                  revision = excluded.revision, forwarded = excluded.forwarded, field_hashes = excluded.field_hashes, last_change = excluded.last_change, \
                  last_seq = COALESCE(excluded.last_seq, alerts.last_seq)",
             );
-            q.build().persistent(false).execute(&mut *conn).await?;
+            q.build().execute(&mut *conn).await?;
         }
         Ok(())
     }
@@ -458,7 +483,7 @@ impl Dialect for SqliteDialect {
         value: Option<i64>,
         seqs: &[i64],
     ) -> Result<()> {
-        for chunk in seqs.chunks(CHUNK) {
+        for chunk in shaped_chunks(seqs) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(statement.to_string());
             if let Some(v) = value {
                 q.push_bind(v);
@@ -469,8 +494,28 @@ impl Dialect for SqliteDialect {
                 sep.push_bind(*s);
             }
             q.push(")");
-            q.build().persistent(false).execute(&mut *conn).await?;
+            q.build().execute(&mut *conn).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_written_in_few_statement_shapes() {
+        let mut shapes = HashSet::new();
+        for n in 0..=3 * CHUNK + 1 {
+            let sizes: Vec<usize> = chunk_sizes(n).collect();
+            assert_eq!(sizes.iter().sum::<usize>(), n);
+            assert!(sizes.iter().all(|s| *s == CHUNK || s.is_power_of_two()));
+            shapes.extend(sizes);
+            let items: Vec<usize> = (0..n).collect();
+            let rejoined: Vec<usize> = shaped_chunks(&items).flatten().copied().collect();
+            assert_eq!(rejoined, items);
+        }
+        assert_eq!(shapes.len(), 8, "{shapes:?}");
     }
 }
