@@ -15,7 +15,8 @@ pub use context::{
     Recipients,
 };
 pub use kql::{
-    build as build_query, string_literal, MAX_BATCH, MAX_ID_CHARS, MAX_LISTED, PROBE_QUERY,
+    build as build_query, is_queryable, string_literal, MAX_BATCH, MAX_ID_CHARS, MAX_LISTED,
+    PROBE_QUERY,
 };
 
 use std::collections::HashMap;
