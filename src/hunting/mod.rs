@@ -8,6 +8,7 @@
 //! has no context (advanced hunting may not know the message, or not yet).
 
 mod context;
+pub mod enrich;
 mod kql;
 
 pub use context::{
