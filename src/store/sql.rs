@@ -728,7 +728,8 @@ where
         // Alerts about an email whose first forwarded version this page may queue: that version
         // waits for campaign context, and the alert is listed as wanting it.
         let wants: HashMap<String, String> = match batch.context_hold {
-            Some(_) if !batch.historical => batch
+            // A first run's history too: an analyst triaging it asks the same questions.
+            Some(_) => batch
                 .items
                 .iter()
                 .filter(|i| !states.get(&i.native_id).is_some_and(|p| p.forwarded))
@@ -737,7 +738,7 @@ where
                         .map(|m| (i.native_id.clone(), m.to_string()))
                 })
                 .collect(),
-            _ => HashMap::new(),
+            None => HashMap::new(),
         };
         let mut plan = plan_ingest_guarded(&mut batch, &states, &related)?;
         let forwarded_now: HashSet<String> = plan
