@@ -17,6 +17,8 @@ use tracing::Instrument;
 use crate::auth::{graph_scope, Credentials, TokenProvider};
 use crate::config::Settings;
 use crate::forward::{DestinationStatus, DropzoneSink, Forwarder};
+use crate::hunting::enrich::{ContextStatus, Enricher};
+use crate::hunting::HuntingClient;
 use crate::lease::LeaseGate;
 use crate::microsoft::{Budget, MicrosoftClock, MsClient};
 use crate::normalize::SourceKind;
@@ -36,6 +38,7 @@ pub struct App {
     stop: CancellationToken,
     pollers: Vec<Poller>,
     forwarders: Vec<Forwarder>,
+    enrichers: Vec<Enricher>,
     store: Arc<AppStore>,
     /// Leases kept by this replica when several share a Postgres store (design §10).
     gates: Vec<Arc<LeaseGate>>,
@@ -74,6 +77,8 @@ impl App {
         );
         let ms_http = http_client(Duration::from_secs(120))?;
         let dz_http = http_client(Duration::from_secs(300))?;
+        // A hunting query may run 3 minutes; the client gives up on it itself just after.
+        let hunting_http = http_client(crate::hunting::REQUEST_TIMEOUT + Duration::from_secs(10))?;
         let stop = CancellationToken::new();
         let wake = Arc::new(Notify::new());
         let pages = Arc::new(Semaphore::new(PAGES_IN_MEMORY));
@@ -93,6 +98,7 @@ impl App {
         };
 
         let mut pollers = Vec::new();
+        let mut enrichers = Vec::new();
         let mut tenants_health = Vec::new();
         let mut destinations: BTreeMap<
             String,
@@ -133,11 +139,41 @@ impl App {
                     ms_http.clone(),
                     &tenant.effective_graph_url(),
                     graph_tokens.clone(),
-                    graph_budget,
+                    graph_budget.clone(),
                     clock.clone(),
                 )
                 .with_context(|| format!("tenants.{name}.graph_url is not a URL"))?,
             );
+            // Campaign context: one hunting client and one enrichment task per tenant with it
+            // on; the pollers make new email alerts wait for it and wake the task.
+            let context = if tenant.context.hunting {
+                let client = HuntingClient::new(
+                    name,
+                    &tenant.effective_graph_url(),
+                    hunting_http.clone(),
+                    graph_tokens.clone(),
+                    clock.clone(),
+                    Some(graph_budget.clone()),
+                    &tenant.context,
+                )
+                .with_context(|| format!("tenants.{name}.graph_url is not a URL"))?;
+                let status = Arc::new(ContextStatus::default());
+                let enrich_wake = Arc::new(Notify::new());
+                crate::metrics::register_context(name);
+                enrichers.push(Enricher {
+                    tenant: tref.clone(),
+                    client: Arc::new(client),
+                    store: store.clone(),
+                    status: status.clone(),
+                    wake: enrich_wake.clone(),
+                    forward: wake.clone(),
+                    gate: tenant_gate.clone(),
+                    max_delay: tenant.context.max_delay,
+                });
+                Some((status, enrich_wake))
+            } else {
+                None
+            };
             crate::metrics::register_api(name, "graph");
             let mut tokens = vec![graph_tokens.clone()];
             // Cloud Apps is its own API family: its own token scope, host and 30/min budget.
@@ -211,20 +247,22 @@ impl App {
                 let status = Arc::new(SourceStatus::new(s.interval));
                 crate::metrics::register_source(name, kind.as_str());
                 sources.push((kind, status.clone()));
-                pollers.push(
-                    Poller::new(
-                        tref.clone(),
-                        s,
-                        tenant.start,
-                        client,
-                        store.clone(),
-                        status,
-                        settings.store.max_pending,
-                        pages.clone(),
-                    )
-                    .with_wake(wake.clone())
-                    .with_gate(tenant_gate.clone()),
-                );
+                let mut poller = Poller::new(
+                    tref.clone(),
+                    s,
+                    tenant.start,
+                    client,
+                    store.clone(),
+                    status,
+                    settings.store.max_pending,
+                    pages.clone(),
+                )
+                .with_wake(wake.clone())
+                .with_gate(tenant_gate.clone());
+                if let Some((_, enrich_wake)) = &context {
+                    poller = poller.with_context(tenant.context.max_delay, enrich_wake.clone());
+                }
+                pollers.push(poller);
             }
             tenants_health.push(TenantHealth {
                 name: name.clone(),
@@ -234,6 +272,7 @@ impl App {
                 tokens,
                 gate: tenant_gate,
                 credential_expires: CredentialExpiry::of_tenant(tenant),
+                context: context.map(|(status, _)| status),
             });
         }
         let mut forwarders = Vec::new();
@@ -282,6 +321,7 @@ impl App {
             stop,
             pollers,
             forwarders,
+            enrichers,
             store,
             gates,
         })
@@ -312,6 +352,7 @@ impl App {
             stop,
             pollers,
             forwarders,
+            enrichers,
             store,
             gates,
         } = self;
@@ -334,6 +375,10 @@ impl App {
         for poller in pollers {
             let span = tracing::info_span!("poller", tenant = %poller.tenant.name, source = poller.settings.kind.as_str());
             tasks.spawn(poller.run(stop.clone()).instrument(span));
+        }
+        for e in enrichers {
+            let span = tracing::info_span!("context", tenant = %e.tenant.name);
+            tasks.spawn(e.run(stop.clone()).instrument(span));
         }
         for fwd in forwarders {
             let span = tracing::info_span!("forwarder", destination = %fwd.name);

@@ -364,6 +364,7 @@ async fn start_sim(
             "ThreatSubmission.Read.All",
             "Investigation.read",
             "Mail.Read",
+            "ThreatHunting.Read.All",
         ],
     );
     let now = SystemTime::now();
@@ -408,6 +409,9 @@ client_secret = "{secret}"
 login_url = "{login}"
 graph_url = "{graph}"
 cloud_apps_url = "{cloud_apps}"
+[tenants.demo.context]
+hunting = true
+max_delay = "30s"
 [tenants.demo.sources.alerts]
 interval = "10s"
 settle = "5s"

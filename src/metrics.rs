@@ -29,6 +29,12 @@ pub const DELIVERY_SECONDS: &str = "m365_ingest_delivery_duration_seconds";
 pub const DEAD_LETTERS: &str = "m365_ingest_dead_letters_total";
 pub const SECRET_DAYS_LEFT: &str = "m365_ingest_client_secret_days_left";
 pub const CERTIFICATE_DAYS_LEFT: &str = "m365_ingest_client_certificate_days_left";
+pub const CONTEXT_ALERTS: &str = "m365_ingest_context_alerts_total";
+pub const CONTEXT_FAILURES: &str = "m365_ingest_context_lookup_failures_total";
+
+const CONTEXT_OUTCOMES: [&str; 2] = ["attached", "revision"];
+const CONTEXT_FAILURE_KINDS: [&str; 5] =
+    ["not_granted", "throttled", "cpu_quota", "timeout", "other"];
 
 /// One batch POST: tens of milliseconds when healthy, up to `forward.timeout` (30 s by default)
 /// and at most a lease's send window when not.
@@ -122,10 +128,36 @@ fn describe() {
         SECRET_DAYS_LEFT,
         "Days until the client secret expires (tenants.<name>.client_secret_expires)"
     );
+    describe_counter!(
+        CONTEXT_ALERTS,
+        "Alerts given campaign context, by outcome (attached: sent with it; revision: a context revision followed)"
+    );
+    describe_counter!(
+        CONTEXT_FAILURES,
+        "Advanced-hunting lookups that gave no context, by kind (not_granted, throttled, cpu_quota, timeout, other)"
+    );
     describe_gauge!(
         CERTIFICATE_DAYS_LEFT,
         "Days until the client certificate expires (tenants.<name>.client_certificate_file)"
     );
+}
+
+/// Creates a tenant's campaign-context series at zero.
+pub fn register_context(tenant: &str) {
+    for outcome in CONTEXT_OUTCOMES {
+        counter!(CONTEXT_ALERTS, "tenant" => tenant.to_string(), "outcome" => outcome).increment(0);
+    }
+    for kind in CONTEXT_FAILURE_KINDS {
+        counter!(CONTEXT_FAILURES, "tenant" => tenant.to_string(), "kind" => kind).increment(0);
+    }
+}
+
+pub fn context_alerts(tenant: &str, outcome: &'static str, n: u64) {
+    counter!(CONTEXT_ALERTS, "tenant" => tenant.to_string(), "outcome" => outcome).increment(n);
+}
+
+pub fn context_failure(tenant: &str, kind: &'static str) {
+    counter!(CONTEXT_FAILURES, "tenant" => tenant.to_string(), "kind" => kind).increment(1);
 }
 
 /// Creates a source's series at zero, so rates and absence alerts work before the first event.

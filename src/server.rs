@@ -36,6 +36,8 @@ pub struct TenantHealth {
     pub gate: Arc<LeaseGate>,
     /// When the tenant's credential stops working, when known.
     pub credential_expires: Option<CredentialExpiry>,
+    /// Campaign context, when `context.hunting` is on: the last lookup's outcome and its fix.
+    pub context: Option<Arc<crate::hunting::enrich::ContextStatus>>,
 }
 
 /// Which credential a tenant signs in with, for expiry messages and metrics.
@@ -269,6 +271,7 @@ impl Health {
                     "queue": queue,
                     "tokens": tokens,
                     "lease": t.gate.describe(),
+                    "context": t.context.as_ref().map(|c| c.snapshot()),
                     "credential": t.credential_expires.map(|c| c.describe(crate::time::unix_seconds_now())),
                     "client_secret_days_left": t.credential_expires.filter(|c| c.kind == CredentialKind::Secret).map(|c| days_left(c.expires, crate::time::unix_seconds_now())),
                 }),

@@ -115,6 +115,7 @@ fn page<'a>(
     filters: &'a Filters,
 ) -> IngestBatch<'a> {
     IngestBatch {
+        context_hold: None,
         tenant,
         source,
         items,
@@ -419,6 +420,7 @@ async fn a_bad_item_is_quarantined_once(b: Backend) {
     for expected in [1, 0] {
         let c = s
             .ingest(IngestBatch {
+                context_hold: None,
                 quarantine: vec![QuarantineItem {
                     native_id: Some("bad".into()),
                     reason: "lastUpdateDateTime missing".into(),
@@ -458,6 +460,7 @@ async fn a_quarantined_item_retried_leaves_when_it_parses_and_stays_when_not(b: 
         list: String::new(),
     };
     s.ingest(IngestBatch {
+        context_hold: None,
         quarantine: vec![
             bad(readable.to_string()),
             bad(r#"{"id":"still-bad"}"#.into()),
@@ -508,6 +511,7 @@ async fn a_quarantined_item_retried_leaves_when_it_parses_and_stays_when_not(b: 
     };
     let c = s
         .ingest(IngestBatch {
+            context_hold: None,
             retried: vec![
                 RetriedQuarantine {
                     id: fixed.id,
@@ -725,6 +729,135 @@ async fn an_email_submission_links_the_alert_about_the_same_message(b: Backend) 
         .collect();
     sources.sort();
     assert_eq!(sources, ["alerts", "alerts", "submissions"]);
+    drop(s);
+    db.drop_db().await;
+}
+
+/// An alert about message `message_id`, at `offset_s`.
+fn email_alert(id: &str, offset_s: i64, message_id: &str) -> Value {
+    let mut a = alert(id, offset_s, "high");
+    a["evidence"] = json!([{
+        "@odata.type": "#microsoft.graph.security.analyzedMessageEvidence",
+        "verdict": "malicious", "roles": [],
+        "internetMessageId": message_id, "subject": "Your mailbox is full"
+    }]);
+    a
+}
+
+/// Ingests `alerts` with campaign context on, each new email alert waiting up to `hold`.
+async fn ingest_with_context(s: &AnyStore, alerts: &[Value], hold: Duration) {
+    let filters = Filters::default();
+    let tenant = tenant();
+    let items = alerts
+        .iter()
+        .map(|a| prepared(SourceKind::Alerts, a))
+        .collect();
+    s.ingest(IngestBatch {
+        context_hold: Some(hold),
+        ..page(&tenant, SourceKind::Alerts, items, &filters)
+    })
+    .await
+    .unwrap();
+}
+
+async fn an_email_alert_waits_for_its_context_and_later_context_is_a_revision(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    let context = br#"{"campaign":{"recipients":{"count":40}}}"#;
+    let hour = Duration::from_secs(3600);
+    // Arrange: an email alert that waits, and one that is not about an email.
+    ingest_with_context(
+        &s,
+        &[
+            email_alert("phish", 0, "<p1@x.example>"),
+            alert("plain", 0, "low"),
+        ],
+        hour,
+    )
+    .await;
+    // A later version of the waiting alert waits behind it.
+    ingest_with_context(&s, &[email_alert("phish", 5, "<p1@x.example>")], hour).await;
+
+    // Act / assert: only the plain alert goes while the email alert waits.
+    let first: Vec<String> = sent_bodies(&s)
+        .await
+        .iter()
+        .map(|v| v["native_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(first, ["plain"]);
+    let wanted = s.context_wanted(TENANT, 10).await.unwrap();
+    assert_eq!(wanted.len(), 1);
+    assert_eq!(
+        (wanted[0].native_id.as_str(), wanted[0].message_id.as_str()),
+        ("phish", "<p1@x.example>")
+    );
+
+    // Context while it waits goes with its first version, and both versions then leave.
+    let tenant = tenant();
+    let done = s
+        .attach_context(
+            &tenant,
+            SourceKind::Alerts,
+            "phish",
+            context,
+            "2026-11-26T10:01:00Z",
+        )
+        .await
+        .unwrap();
+    assert_eq!(done, store::ContextOutcome::Attached);
+    let bodies = sent_bodies(&s).await;
+    let changes: Vec<&str> = bodies
+        .iter()
+        .map(|v| v["change"].as_str().unwrap())
+        .collect();
+    assert_eq!(changes, ["created", "updated"]);
+    assert_eq!(bodies[0]["context"]["campaign"]["recipients"]["count"], 40);
+    assert!(s.context_wanted(TENANT, 10).await.unwrap().is_empty());
+
+    // An alert whose wait is over goes without context; its context follows as a revision.
+    ingest_with_context(
+        &s,
+        &[email_alert("late", 0, "<p2@x.example>")],
+        Duration::ZERO,
+    )
+    .await;
+    let bodies = sent_bodies(&s).await;
+    assert_eq!(bodies.len(), 1);
+    assert!(bodies[0].get("context").is_none());
+    let done = s
+        .attach_context(
+            &tenant,
+            SourceKind::Alerts,
+            "late",
+            context,
+            "2026-11-26T10:02:00Z",
+        )
+        .await
+        .unwrap();
+    assert_eq!(done, store::ContextOutcome::Revision);
+    let revision = sent_bodies(&s).await;
+    assert_eq!(revision.len(), 1);
+    let r = &revision[0];
+    assert_eq!(r["change"], "context");
+    assert_eq!(r["revision"], 2);
+    assert_eq!(
+        r["version"],
+        format!("{}#c1", bodies[0]["version"].as_str().unwrap())
+    );
+    assert_ne!(r["event_id"], bodies[0]["event_id"]);
+    assert_eq!(r["alert_id"], bodies[0]["alert_id"]);
+    assert_eq!(r["context"]["campaign"]["recipients"]["count"], 40);
+    assert_eq!(r["title"], bodies[0]["title"]);
+
+    // Nothing wants context any more; an old listing expires.
+    ingest_with_context(
+        &s,
+        &[email_alert("old", 0, "<p3@x.example>")],
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(s.expire_context_wanted(TENANT, i64::MAX).await.unwrap(), 1);
+    assert!(s.context_wanted(TENANT, 10).await.unwrap().is_empty());
     drop(s);
     db.drop_db().await;
 }
@@ -1222,6 +1355,7 @@ conformance!(
     cursor_set_while_a_poll_runs_takes_effect,
     a_late_twin_is_named_in_duplicate_of_only_when_forwarded,
     pollers_of_one_tenant_do_not_race_on_revisions_or_twins,
+    an_email_alert_waits_for_its_context_and_later_context_is_a_revision,
 );
 
 async fn a_parked_refused_alert_lets_its_tenants_later_batches_pass(b: Backend) {

@@ -8,6 +8,7 @@
 //! has no context (advanced hunting may not know the message, or not yet).
 
 mod context;
+pub mod enrich;
 mod kql;
 
 pub use context::{
@@ -15,7 +16,8 @@ pub use context::{
     Recipients,
 };
 pub use kql::{
-    build as build_query, string_literal, MAX_BATCH, MAX_ID_CHARS, MAX_LISTED, PROBE_QUERY,
+    build as build_query, is_queryable, string_literal, MAX_BATCH, MAX_ID_CHARS, MAX_LISTED,
+    PROBE_QUERY,
 };
 
 use std::collections::HashMap;

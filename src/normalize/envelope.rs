@@ -18,6 +18,9 @@ pub enum Change {
     Updated,
     /// A link to another source found after forwarding (version `{version}#l{k}`).
     Linked,
+    /// Context (advanced-hunting campaign data) that arrived after the alert was forwarded
+    /// (version `{version}#c{k}`, same rules as `linked`).
+    Context,
 }
 
 impl Change {
@@ -26,6 +29,7 @@ impl Change {
             Change::Created => "created",
             Change::Updated => "updated",
             Change::Linked => "linked",
+            Change::Context => "context",
         }
     }
 }

@@ -100,6 +100,9 @@ pub struct Poller {
     gate: Arc<LeaseGate>,
     /// Phishing reports: the mailbox found and the reports that failed transiently.
     reports: phishing_reports::MailboxRead,
+    /// With campaign context on: how long a new alert about an email waits for it, and who to
+    /// tell that alerts want context.
+    context: Option<(std::time::Duration, Arc<Notify>)>,
 }
 
 impl Poller {
@@ -142,7 +145,15 @@ impl Poller {
             wake: None,
             gate: LeaseGate::always(crate::store::tenant_lease(&tenant_name)),
             reports: phishing_reports::MailboxRead::default(),
+            context: None,
         }
+    }
+
+    /// Campaign context is on: a new alert about an email waits up to `max_delay` for it, and
+    /// `enrich` is woken when a page queues one.
+    pub fn with_context(mut self, max_delay: std::time::Duration, enrich: Arc<Notify>) -> Self {
+        self.context = Some((max_delay, enrich));
+        self
     }
 
     /// Polls only while `gate`'s lease is held (several replicas on Postgres).
@@ -356,6 +367,7 @@ impl Poller {
                 filters: &self.settings.filters,
                 advance: None,
                 source_state: None,
+                context_hold: None,
             })
             .await?;
         self.status.add_counts(counts);
@@ -415,8 +427,14 @@ impl Poller {
                 filters: &self.settings.filters,
                 advance: c.advance,
                 source_state: c.source_state,
+                context_hold: self.context.as_ref().map(|(d, _)| *d),
             })
             .await?;
+        if counts.queued > 0 {
+            if let Some((_, enrich)) = &self.context {
+                enrich.notify_one();
+            }
+        }
         self.status.add_counts(counts);
         crate::metrics::record_items(&self.tenant.name, self.settings.kind.as_str(), counts);
         if counts.quarantined > 0 {

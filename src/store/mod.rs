@@ -128,6 +128,10 @@ pub struct IngestBatch<'a> {
     /// With `advance`: the source's own coverage state, stored in the same transaction (the
     /// reporting mailbox's delta or next link).
     pub source_state: Option<&'a str>,
+    /// `Some(d)`: the tenant has campaign context on; the first forwarded version of an alert
+    /// about an email waits up to `d` for it (design §6 `context`), and the alert is listed as
+    /// wanting context, both in this transaction.
+    pub context_hold: Option<std::time::Duration>,
 }
 
 /// What an ingest did, for logs, `/status` and metrics.
@@ -955,6 +959,136 @@ pub fn linked_revision(
     ))
 }
 
+/// An alert that still wants its campaign context: its (first) message id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextWanted {
+    pub source: SourceKind,
+    pub native_id: String,
+    pub message_id: String,
+    /// When it was listed (ms).
+    pub created_at: i64,
+}
+
+/// What `attach_context` did with an alert's context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextOutcome {
+    /// Written into its version still waiting in the outbox: it goes out with it.
+    Attached,
+    /// Its version had already gone (or stopped waiting): a `context` revision was queued.
+    Revision,
+    /// Nothing to enrich (the alert or its stored body is gone); it no longer wants context.
+    Dropped,
+}
+
+/// Whether an item of `source` is about an email and may wait for campaign context: alerts_v2
+/// items with email evidence, email threat submissions and phishing reports, by their first
+/// message id advanced hunting can be asked about.
+pub fn context_message_id(source: SourceKind, item: &Prepared) -> Option<&str> {
+    if !matches!(
+        source,
+        SourceKind::Alerts | SourceKind::Submissions | SourceKind::PhishingReports
+    ) {
+        return None;
+    }
+    item.links
+        .message_ids
+        .iter()
+        .map(String::as_str)
+        .find(|m| crate::hunting::is_queryable(m))
+}
+
+/// `event` (a JSON object: a stored event or a body) with a `context` member holding `context`
+/// (a JSON object), added last. `None` when `event` is not an object or already has context.
+pub fn with_context(event: &[u8], context: &[u8]) -> Option<Vec<u8>> {
+    let end = event.iter().rposition(|b| !b.is_ascii_whitespace())?;
+    if event.get(end) != Some(&b'}') || event.first() != Some(&b'{') {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow, default)]
+        context: Option<&'a serde_json::value::RawValue>,
+    }
+    if serde_json::from_slice::<Probe<'_>>(event)
+        .ok()?
+        .context
+        .is_some()
+    {
+        return None;
+    }
+    let empty = event[1..end].iter().all(u8::is_ascii_whitespace);
+    let mut out = Vec::with_capacity(event.len() + context.len() + 12);
+    out.extend_from_slice(&event[..end]);
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(br#""context":"#);
+    out.extend_from_slice(context);
+    out.push(b'}');
+    Some(out)
+}
+
+/// A `context` revision of an already forwarded item (design §6): its latest stored event
+/// (links included) with `context`, under version `{version}#c{k}` where `{version}` is the
+/// Microsoft version that event was made from, as for `linked` revisions. Returns the row and
+/// the alert's new revision number.
+#[allow(clippy::too_many_arguments)]
+pub fn context_revision(
+    tenant: &TenantRef,
+    source: SourceKind,
+    native_id: &str,
+    revision: i64,
+    context_count: i64,
+    stored_json: &[u8],
+    context: &[u8],
+    observed_at: &str,
+) -> Option<(OutboxRow, i64)> {
+    #[derive(serde::Deserialize)]
+    struct VersionOnly {
+        version: String,
+    }
+    let stored_version = serde_json::from_slice::<VersionOnly>(stored_json)
+        .ok()?
+        .version;
+    // `linked`, `context` and replay suffixes all start with `#`; the base is Microsoft's.
+    let base = stored_version.split('#').next().unwrap_or(&stored_version);
+    let version = format!("{base}#c{}", context_count + 1);
+    let body = with_context(&envelope::body_of_event(stored_json)?, context)?;
+    let event_id = envelope::event_id(&tenant.id, source.as_str(), native_id, &version);
+    let alert_id = envelope::alert_id(&tenant.id, source.as_str(), native_id);
+    let revision = revision + 1;
+    let rendered = envelope::render(
+        &Envelope {
+            event_id: &event_id,
+            alert_id: &alert_id,
+            kind: source.kind(),
+            revision,
+            change: Change::Context,
+            changed_fields: &[],
+            observed_at,
+            historical: false,
+            tenant_id: &tenant.id,
+            tenant_name: &tenant.name,
+            source: source.as_str(),
+            native_id,
+            version: &version,
+        },
+        &body,
+    );
+    Some((
+        OutboxRow {
+            source,
+            event_id,
+            native_id: native_id.to_string(),
+            version,
+            historical: false,
+            stored: body_codec::encode(&rendered),
+            json_len: rendered.len(),
+        },
+        revision,
+    ))
+}
+
 /// An outbox row just inserted: (source, native id, seq).
 pub type QueuedRow = (SourceKind, String, i64);
 
@@ -1257,6 +1391,29 @@ pub trait Store: Send + Sync {
         source: SourceKind,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<QuarantineRetry>>> + Send;
+    /// Up to `limit` alerts of `tenant` still wanting campaign context, oldest first.
+    fn context_wanted(
+        &self,
+        tenant: &str,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<ContextWanted>>> + Send;
+    /// Gives an alert its campaign context (`context`: the JSON of the `context` member): into
+    /// its version still waiting in the outbox, else as a `context` revision; either way it no
+    /// longer wants context. Under the tenant's lease.
+    fn attach_context(
+        &self,
+        tenant: &TenantRef,
+        source: SourceKind,
+        native_id: &str,
+        context: &[u8],
+        observed_at: &str,
+    ) -> impl Future<Output = Result<ContextOutcome>> + Send;
+    /// Stops wanting context for `tenant`'s alerts listed before `before` (ms). Returns how many.
+    fn expire_context_wanted(
+        &self,
+        tenant: &str,
+        before: i64,
+    ) -> impl Future<Output = Result<u64>> + Send;
     fn cursors(
         &self,
         tenant: Option<&str>,
@@ -1399,6 +1556,22 @@ impl Store for AnyStore {
     }
     async fn cursors(&self, tenant: Option<&str>) -> Result<Vec<StoredCursor>> {
         dispatch!(self, s => s.cursors(tenant))
+    }
+    async fn context_wanted(&self, tenant: &str, limit: i64) -> Result<Vec<ContextWanted>> {
+        dispatch!(self, s => s.context_wanted(tenant, limit))
+    }
+    async fn attach_context(
+        &self,
+        tenant: &TenantRef,
+        source: SourceKind,
+        native_id: &str,
+        context: &[u8],
+        observed_at: &str,
+    ) -> Result<ContextOutcome> {
+        dispatch!(self, s => s.attach_context(tenant, source, native_id, context, observed_at))
+    }
+    async fn expire_context_wanted(&self, tenant: &str, before: i64) -> Result<u64> {
+        dispatch!(self, s => s.expire_context_wanted(tenant, before))
     }
 }
 

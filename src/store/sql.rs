@@ -221,8 +221,34 @@ const NEXT_OPEN_BATCH: &str = "SELECT id, tenant, destination, key, root_id, att
      next_attempt_at, rows, deferred FROM batches \
      WHERE destination = $1 AND tenant = $2 AND state = 'open' \
      ORDER BY (deferred AND next_attempt_at > $3), root_id, deferred, min_seq LIMIT 1";
-const CLAIMABLE: &str = "SELECT seq, size FROM outbox WHERE tenant = $1 AND state = 0 \
+// A row waiting for its context (`hold_until` ahead) is not claimed, nor any later row of its
+// alert: an alert's versions reach Dropzone in order.
+const CLAIMABLE: &str = "SELECT seq, size FROM outbox o WHERE tenant = $1 AND state = 0 \
+     AND NOT EXISTS (SELECT 1 FROM outbox h WHERE h.tenant = o.tenant AND h.source = o.source \
+       AND h.native_id = o.native_id AND h.hold_until IS NOT NULL AND h.hold_until > $3 \
+       AND h.seq <= o.seq AND h.state = 0) \
      ORDER BY historical, seq LIMIT $2";
+const HOLD: &str = "UPDATE outbox SET hold_until = $1 WHERE seq = $2";
+const WANT_CONTEXT: &str = "INSERT INTO context_wanted \
+     (tenant, source, native_id, message_id, created_at) VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT DO NOTHING";
+const CONTEXT_WANTED: &str = "SELECT source, native_id, message_id, created_at \
+     FROM context_wanted WHERE tenant = $1 ORDER BY created_at, native_id LIMIT $2";
+const WANTED_DONE: &str =
+    "DELETE FROM context_wanted WHERE tenant = $1 AND source = $2 AND native_id = $3";
+const EXPIRE_WANTED: &str = "DELETE FROM context_wanted WHERE tenant = $1 AND created_at < $2";
+const HELD_ROW: &str = "SELECT seq FROM outbox WHERE tenant = $1 AND source = $2 \
+     AND native_id = $3 AND state = 0 AND hold_until IS NOT NULL ORDER BY seq LIMIT 1";
+// `state = 0` again: on Postgres a claim that took the row first makes this update nothing,
+// and the context then goes as a revision.
+const ENRICH_HELD: &str = "UPDATE outbox SET hold_until = NULL, size = $1 \
+     WHERE seq = $2 AND state = 0";
+const SET_BODY: &str = "UPDATE outbox_body SET body = $1 WHERE seq = $2";
+const ALERT_FOR_CONTEXT: &str = "SELECT revision, forwarded, context_count, last_seq \
+     FROM alerts WHERE tenant = $1 AND source = $2 AND native_id = $3";
+const CONTEXT_REVISION: &str =
+    "UPDATE alerts SET revision = $1, context_count = context_count + 1, \
+     last_change = $2, last_seq = $3 WHERE tenant = $4 AND source = $5 AND native_id = $6";
 const NEW_ROOT: &str = "INSERT INTO batches \
      (tenant, destination, key, state, root_id, min_seq, rows, created_at, updated_at) \
      VALUES ($1, $2, $3, 'open', 0, $4, $5, $6, $6) RETURNING id";
@@ -270,7 +296,7 @@ where
     for<'r> &'r str: Type<D::DB> + Encode<'r, D::DB>,
     for<'r> Option<&'r str>: Type<D::DB> + Encode<'r, D::DB>,
     for<'r> Option<i64>: Type<D::DB> + Encode<'r, D::DB>,
-    for<'r> Vec<u8>: Type<D::DB> + Decode<'r, D::DB>,
+    for<'r> Vec<u8>: Type<D::DB> + Encode<'r, D::DB> + Decode<'r, D::DB>,
 {
     fn alert_state(row: &DbRow<D>) -> Result<AlertState> {
         Ok(from_row!(
@@ -466,6 +492,94 @@ where
         Ok(Some(row))
     }
 
+    /// `attach_context`'s work inside its transaction: the waiting version if there is one,
+    /// else a `context` revision of the forwarded alert.
+    async fn enrich(
+        conn: &mut Conn<D>,
+        tenant: &TenantRef,
+        source: SourceKind,
+        native_id: &str,
+        context: &[u8],
+        observed_at: &str,
+    ) -> Result<ContextOutcome> {
+        let name = tenant.name.as_str();
+        let held: Option<i64> = Self::of_item(HELD_ROW, name, source.as_str(), native_id)
+            .fetch_optional(D::DB::on(conn))
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        if let Some(seq) = held {
+            let stored: Option<Vec<u8>> = sqlx::query_scalar(BODY)
+                .bind(seq)
+                .fetch_optional(D::DB::on(conn))
+                .await?;
+            let event = stored.and_then(|b| body_codec::decode(&b).ok());
+            if let Some(event) = event.and_then(|e| with_context(&e, context)) {
+                let done = sqlx::query(ENRICH_HELD)
+                    .bind(event.len() as i64)
+                    .bind(seq)
+                    .execute(D::DB::on(conn))
+                    .await?;
+                if D::DB::rows_affected(&done) == 1 {
+                    sqlx::query(SET_BODY)
+                        .bind(body_codec::encode(&event))
+                        .bind(seq)
+                        .execute(D::DB::on(conn))
+                        .await?;
+                    return Ok(ContextOutcome::Attached);
+                }
+            }
+        }
+        let row = Self::of_item(ALERT_FOR_CONTEXT, name, source.as_str(), native_id)
+            .fetch_optional(D::DB::on(conn))
+            .await?;
+        let Some(row) = row else {
+            return Ok(ContextOutcome::Dropped);
+        };
+        let revision: i64 = row.try_get(0)?;
+        let forwarded: bool = row.try_get(1)?;
+        let context_count: i64 = row.try_get(2)?;
+        let last_seq: Option<i64> = row.try_get(3)?;
+        let (true, Some(last_seq)) = (forwarded, last_seq) else {
+            return Ok(ContextOutcome::Dropped);
+        };
+        let stored: Option<Vec<u8>> = sqlx::query_scalar(BODY)
+            .bind(last_seq)
+            .fetch_optional(D::DB::on(conn))
+            .await?;
+        // Past retention the body is gone, and with it what a revision would be made from.
+        let Some(json) = stored.and_then(|b| body_codec::decode(&b).ok()) else {
+            return Ok(ContextOutcome::Dropped);
+        };
+        let Some((out, revision)) = crate::store::context_revision(
+            tenant,
+            source,
+            native_id,
+            revision,
+            context_count,
+            &json,
+            context,
+            observed_at,
+        ) else {
+            return Ok(ContextOutcome::Dropped);
+        };
+        let inserted = D::write_outbox(conn, name, vec![out], now_ms()).await?;
+        let Some((_, _, seq)) = inserted.first() else {
+            // Its event id was queued before (the same context again): nothing new to send.
+            return Ok(ContextOutcome::Dropped);
+        };
+        sqlx::query(CONTEXT_REVISION)
+            .bind(revision)
+            .bind(now_ms())
+            .bind(*seq)
+            .bind(name)
+            .bind(source.as_str())
+            .bind(native_id)
+            .execute(D::DB::on(conn))
+            .await?;
+        Ok(ContextOutcome::Revision)
+    }
+
     /// Runs `steps` (statements with their binds) in one transaction under the batch's
     /// destination lease: the forwarder settling a batch it holds.
     async fn settle(&self, batch: &Batch, steps: &[(&'static str, &[Bind<'_>])]) -> Result<()> {
@@ -504,7 +618,7 @@ where
     for<'r> &'r str: Type<D::DB> + Encode<'r, D::DB>,
     for<'r> Option<&'r str>: Type<D::DB> + Encode<'r, D::DB>,
     for<'r> Option<i64>: Type<D::DB> + Encode<'r, D::DB>,
-    for<'r> Vec<u8>: Type<D::DB> + Decode<'r, D::DB>,
+    for<'r> Vec<u8>: Type<D::DB> + Encode<'r, D::DB> + Decode<'r, D::DB>,
 {
     async fn ping(&self) -> Result<()> {
         sqlx::query(PING)
@@ -611,6 +725,21 @@ where
         }
         drop(ids);
         let (related, relink) = Self::link(&mut tx, &tenant, &batch).await?;
+        // Alerts about an email whose first forwarded version this page may queue: that version
+        // waits for campaign context, and the alert is listed as wanting it.
+        let wants: HashMap<String, String> = match batch.context_hold {
+            // A first run's history too: an analyst triaging it asks the same questions.
+            Some(_) => batch
+                .items
+                .iter()
+                .filter(|i| !states.get(&i.native_id).is_some_and(|p| p.forwarded))
+                .filter_map(|i| {
+                    context_message_id(batch.source, i)
+                        .map(|m| (i.native_id.clone(), m.to_string()))
+                })
+                .collect(),
+            None => HashMap::new(),
+        };
         let mut plan = plan_ingest_guarded(&mut batch, &states, &related)?;
         let forwarded_now: HashSet<String> = plan
             .upserts
@@ -635,6 +764,27 @@ where
         }
         // Versions first: their seqs are where each alert's latest body now is.
         let inserted = D::write_outbox(&mut tx, &tenant, plan.outbox, now).await?;
+        if let Some(hold) = batch.context_hold.filter(|_| !wants.is_empty()) {
+            let until = now + i64::try_from(hold.as_millis()).unwrap_or(i64::MAX / 2);
+            for (s, native_id, seq) in &inserted {
+                let Some(message_id) = wants.get(native_id).filter(|_| *s == batch.source) else {
+                    continue;
+                };
+                sqlx::query(HOLD)
+                    .bind(until)
+                    .bind(*seq)
+                    .execute(D::DB::on(&mut tx))
+                    .await?;
+                sqlx::query(WANT_CONTEXT)
+                    .bind(tenant.as_str())
+                    .bind(source)
+                    .bind(native_id.as_str())
+                    .bind(message_id.as_str())
+                    .bind(now)
+                    .execute(D::DB::on(&mut tx))
+                    .await?;
+            }
+        }
         let (seqs, others) = last_seqs(batch.source, &plan.upserts, &inserted);
         D::write_alerts(&mut tx, &tenant, source, plan.upserts, seqs, now).await?;
         for (s, native_id, seq) in others {
@@ -723,6 +873,7 @@ where
         let rows = sqlx::query(CLAIMABLE)
             .bind(tenant)
             .bind(limits.max_rows as i64)
+            .bind(now_ms())
             .fetch_all(D::DB::on(&mut tx))
             .await?;
         let mut seqs: Vec<i64> = Vec::with_capacity(rows.len());
@@ -757,7 +908,7 @@ where
             .await?;
         D::for_seqs(
             &mut tx,
-            "UPDATE outbox SET state = 1, batch_id = ",
+            "UPDATE outbox SET state = 1, hold_until = NULL, batch_id = ",
             Some(id),
             &seqs,
         )
@@ -1025,6 +1176,60 @@ where
         rows.iter()
             .map(|r| Ok(from_row!(QuarantineRetry, r, id, list, raw)))
             .collect()
+    }
+
+    async fn context_wanted(&self, tenant: &str, limit: i64) -> Result<Vec<ContextWanted>> {
+        let rows = sqlx::query(CONTEXT_WANTED)
+            .bind(tenant)
+            .bind(limit)
+            .fetch_all(D::DB::on_pool(self.dialect.reader()))
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let source: String = r.try_get(0)?;
+            // A source this build does not know is left for the expiry.
+            let Some(source) = SourceKind::parse(&source) else {
+                continue;
+            };
+            out.push(ContextWanted {
+                source,
+                native_id: r.try_get(1)?,
+                message_id: r.try_get(2)?,
+                created_at: r.try_get(3)?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn attach_context(
+        &self,
+        tenant: &TenantRef,
+        source: SourceKind,
+        native_id: &str,
+        context: &[u8],
+        observed_at: &str,
+    ) -> Result<ContextOutcome> {
+        let name = tenant.name.as_str();
+        let mut tx = self.dialect.begin_page(name).await?;
+        let outcome =
+            Self::enrich(&mut tx, tenant, source, native_id, context, observed_at).await?;
+        sqlx::query(WANTED_DONE)
+            .bind(name)
+            .bind(source.as_str())
+            .bind(native_id)
+            .execute(D::DB::on(&mut tx))
+            .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn expire_context_wanted(&self, tenant: &str, before: i64) -> Result<u64> {
+        let done = sqlx::query(EXPIRE_WANTED)
+            .bind(tenant)
+            .bind(before)
+            .execute(D::DB::on_pool(self.dialect.writer()))
+            .await?;
+        Ok(D::DB::rows_affected(&done))
     }
 
     async fn cursors(&self, tenant: Option<&str>) -> Result<Vec<StoredCursor>> {

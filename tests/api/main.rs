@@ -4,6 +4,7 @@
 mod budget;
 mod certificates;
 mod check;
+mod context;
 mod contract;
 mod delivery;
 mod delivery_refusals;

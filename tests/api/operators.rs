@@ -260,6 +260,7 @@ async fn quarantine_retry_sends_what_this_version_reads_and_keeps_the_rest() {
     let filters = m365_ingest::config::Filters::default();
     app.store
         .ingest(IngestBatch {
+            context_hold: None,
             tenant: &TenantRef {
                 name: "contoso".into(),
                 id: TENANT_ID.into(),

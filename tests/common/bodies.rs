@@ -73,6 +73,7 @@ pub fn rendered_raw(source: SourceKind, items: Vec<Box<RawValue>>) -> Vec<Vec<u8
             .filter_map(|raw| normalize::prepare(source, raw).ok())
             .collect();
         let mut batch = IngestBatch {
+            context_hold: None,
             tenant: &tenant,
             source,
             items: prepared,
