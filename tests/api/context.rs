@@ -13,14 +13,6 @@ use crate::helpers::*;
 
 const MSG: &str = "<C0FFEE0001@phish.example>";
 
-async fn hunting_sim() -> Simulator {
-    let s = sim().await;
-    let mut roles = ALL_ROLES.to_vec();
-    roles.push("ThreatHunting.Read.All");
-    s.add_app(TENANT_ID, CLIENT_ID, SECRET, &roles);
-    s
-}
-
 /// Test settings with campaign context on (`max_delay`, `batch_size`), plus `extra` TOML.
 fn context_opts(max_delay: &str, batch_size: usize, extra: &str) -> Opts {
     let mut o = Opts::default();
@@ -41,13 +33,6 @@ fn email_alert(id: &str, message_id: &str) -> Value {
         "senderEmailAddress": "billing@phish.example"
     }]);
     a
-}
-
-fn hunting_calls(sim: &Simulator) -> usize {
-    sim.requests()
-        .iter()
-        .filter(|r| r.path.ends_with("/runHuntingQuery"))
-        .count()
 }
 
 /// Delivered versions of `native_id`.
