@@ -760,6 +760,18 @@ async fn ingest_with_context(s: &AnyStore, alerts: &[Value], hold: Duration) {
     .unwrap();
 }
 
+async fn attach(s: &AnyStore, native_id: &str, context: &[u8]) -> store::ContextOutcome {
+    s.attach_context(
+        &tenant(),
+        SourceKind::Alerts,
+        native_id,
+        context,
+        "2026-11-26T10:01:00Z",
+    )
+    .await
+    .unwrap()
+}
+
 async fn an_email_alert_waits_for_its_context_and_later_context_is_a_revision(b: Backend) {
     let db = Fresh::new(b).await;
     let s = db.open_leader().await;
@@ -793,18 +805,10 @@ async fn an_email_alert_waits_for_its_context_and_later_context_is_a_revision(b:
     );
 
     // Context while it waits goes with its first version, and both versions then leave.
-    let tenant = tenant();
-    let done = s
-        .attach_context(
-            &tenant,
-            SourceKind::Alerts,
-            "phish",
-            context,
-            "2026-11-26T10:01:00Z",
-        )
-        .await
-        .unwrap();
-    assert_eq!(done, store::ContextOutcome::Attached);
+    assert_eq!(
+        attach(&s, "phish", context).await,
+        store::ContextOutcome::Attached
+    );
     let bodies = sent_bodies(&s).await;
     let changes: Vec<&str> = bodies
         .iter()
@@ -824,17 +828,10 @@ async fn an_email_alert_waits_for_its_context_and_later_context_is_a_revision(b:
     let bodies = sent_bodies(&s).await;
     assert_eq!(bodies.len(), 1);
     assert!(bodies[0].get("context").is_none());
-    let done = s
-        .attach_context(
-            &tenant,
-            SourceKind::Alerts,
-            "late",
-            context,
-            "2026-11-26T10:02:00Z",
-        )
-        .await
-        .unwrap();
-    assert_eq!(done, store::ContextOutcome::Revision);
+    assert_eq!(
+        attach(&s, "late", context).await,
+        store::ContextOutcome::Revision
+    );
     let revision = sent_bodies(&s).await;
     assert_eq!(revision.len(), 1);
     let r = &revision[0];

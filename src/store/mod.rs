@@ -923,40 +923,58 @@ pub fn linked_revision(
     // As in `plan_ingest`: `duplicate_of` names only a twin Dropzone got.
     let twin = duplicate_of(source, refs).filter(|t| t.forwarded);
     let body = with_links(&body, refs, twin);
-    let event_id = envelope::event_id(&tenant.id, source.as_str(), &state.native_id, &version);
-    let alert_id = envelope::alert_id(&tenant.id, source.as_str(), &state.native_id);
     let mut next = state.clone();
     next.revision += 1;
+    let row = revision_row(
+        tenant,
+        source,
+        &state.native_id,
+        (next.revision, Change::Linked, version),
+        &body,
+        observed_at,
+    );
+    Some((row, next))
+}
+
+/// The outbox row of a revision made after forwarding (`linked`, `context`): `body` under a
+/// new envelope with `(revision, change, version)`.
+fn revision_row(
+    tenant: &TenantRef,
+    source: SourceKind,
+    native_id: &str,
+    (revision, change, version): (i64, Change, String),
+    body: &[u8],
+    observed_at: &str,
+) -> OutboxRow {
+    let event_id = envelope::event_id(&tenant.id, source.as_str(), native_id, &version);
+    let alert_id = envelope::alert_id(&tenant.id, source.as_str(), native_id);
     let rendered = envelope::render(
         &Envelope {
             event_id: &event_id,
             alert_id: &alert_id,
             kind: source.kind(),
-            revision: next.revision,
-            change: Change::Linked,
+            revision,
+            change,
             changed_fields: &[],
             observed_at,
             historical: false,
             tenant_id: &tenant.id,
             tenant_name: &tenant.name,
             source: source.as_str(),
-            native_id: &state.native_id,
+            native_id,
             version: &version,
         },
-        &body,
+        body,
     );
-    Some((
-        OutboxRow {
-            source,
-            event_id,
-            native_id: state.native_id.clone(),
-            version,
-            historical: false,
-            stored: body_codec::encode(&rendered),
-            json_len: rendered.len(),
-        },
-        next,
-    ))
+    OutboxRow {
+        source,
+        event_id,
+        native_id: native_id.to_string(),
+        version,
+        historical: false,
+        stored: body_codec::encode(&rendered),
+        json_len: rendered.len(),
+    }
 }
 
 /// An alert that still wants its campaign context: its (first) message id.
@@ -1054,39 +1072,16 @@ pub fn context_revision(
     let base = stored_version.split('#').next().unwrap_or(&stored_version);
     let version = format!("{base}#c{}", context_count + 1);
     let body = with_context(&envelope::body_of_event(stored_json)?, context)?;
-    let event_id = envelope::event_id(&tenant.id, source.as_str(), native_id, &version);
-    let alert_id = envelope::alert_id(&tenant.id, source.as_str(), native_id);
     let revision = revision + 1;
-    let rendered = envelope::render(
-        &Envelope {
-            event_id: &event_id,
-            alert_id: &alert_id,
-            kind: source.kind(),
-            revision,
-            change: Change::Context,
-            changed_fields: &[],
-            observed_at,
-            historical: false,
-            tenant_id: &tenant.id,
-            tenant_name: &tenant.name,
-            source: source.as_str(),
-            native_id,
-            version: &version,
-        },
+    let row = revision_row(
+        tenant,
+        source,
+        native_id,
+        (revision, Change::Context, version),
         &body,
+        observed_at,
     );
-    Some((
-        OutboxRow {
-            source,
-            event_id,
-            native_id: native_id.to_string(),
-            version,
-            historical: false,
-            stored: body_codec::encode(&rendered),
-            json_len: rendered.len(),
-        },
-        revision,
-    ))
+    Some((row, revision))
 }
 
 /// An outbox row just inserted: (source, native id, seq).

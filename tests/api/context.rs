@@ -1,7 +1,8 @@
 //! Campaign context in the pipeline (issue 13), against the simulator: an email alert and a
 //! submission carry who got the message and who clicked; throttling, a spent CPU quota or a
 //! missing role never hold an alert past `max_delay`, and the context follows as a revision;
-//! one hunting query serves a whole poll; a hostile message id stays one literal.
+//! one hunting query serves a whole poll; a hostile message id stays one literal; alerts waiting
+//! for context when the daemon crashes get it after the restart.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
@@ -12,14 +13,6 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 const MSG: &str = "<C0FFEE0001@phish.example>";
-
-async fn hunting_sim() -> Simulator {
-    let s = sim().await;
-    let mut roles = ALL_ROLES.to_vec();
-    roles.push("ThreatHunting.Read.All");
-    s.add_app(TENANT_ID, CLIENT_ID, SECRET, &roles);
-    s
-}
 
 /// Test settings with campaign context on (`max_delay`, `batch_size`), plus `extra` TOML.
 fn context_opts(max_delay: &str, batch_size: usize, extra: &str) -> Opts {
@@ -41,13 +34,6 @@ fn email_alert(id: &str, message_id: &str) -> Value {
         "senderEmailAddress": "billing@phish.example"
     }]);
     a
-}
-
-fn hunting_calls(sim: &Simulator) -> usize {
-    sim.requests()
-        .iter()
-        .filter(|r| r.path.ends_with("/runHuntingQuery"))
-        .count()
 }
 
 /// Delivered versions of `native_id`.
@@ -298,5 +284,53 @@ async fn a_message_id_with_quotes_a_pipe_and_a_line_break_stays_one_literal_in_t
         m365_sim::tokenize_kql(&queries[0]).unwrap().len(),
         template.len()
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn alerts_waiting_for_context_when_the_daemon_crashes_get_it_after_the_restart() {
+    use m365_ingest::store::Store;
+    // Arrange: hunting is slow, so the first daemon dies before it answers.
+    let sim = hunting_sim().await;
+    sim.set_hunting_faults(
+        TENANT_ID,
+        HuntingFaults {
+            delay: Some(Duration::from_secs(60)),
+            ..Default::default()
+        },
+    );
+    sim.insert_alert(TENANT_ID, email_alert("crash-1", "<CR1@phish.example>"));
+    let (_dir, db) = temp_db();
+    let s = settings(&sim, &db, &context_opts("1s", 50, ""));
+    let app = TestApp::spawn(s.clone()).await;
+    let store = app.store.clone();
+    wait_until_async(Duration::from_secs(20), "the alert wants context", || {
+        let store = store.clone();
+        async move {
+            store
+                .context_wanted("contoso", 10)
+                .await
+                .is_ok_and(|w| w.len() == 1)
+        }
+    })
+    .await;
+    app.crash().await;
+    drop(store);
+
+    // Act: hunting answers again, and the daemon restarts on the same store.
+    sim.set_hunting_faults(TENANT_ID, HuntingFaults::default());
+    let app = TestApp::spawn(s).await;
+
+    // Assert: the alert went out once as created, and its context reached Dropzone.
+    wait_until(
+        Duration::from_secs(60),
+        "the alert with its context",
+        || with_context(&versions_of(&sim, "crash-1")).is_some(),
+    )
+    .await;
+    let versions = versions_of(&sim, "crash-1");
+    let created = versions.iter().filter(|v| v["change"] == "created").count();
+    assert_eq!(created, 1, "{versions:?}");
+    assert!(with_context(&versions).unwrap()["context"]["campaign"].is_object());
     app.stop().await;
 }

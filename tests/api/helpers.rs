@@ -211,6 +211,23 @@ impl TestApp {
     }
 }
 
+/// A simulator whose app also has ThreatHunting.Read.All.
+pub async fn hunting_sim() -> Simulator {
+    let s = sim().await;
+    let mut roles = ALL_ROLES.to_vec();
+    roles.push("ThreatHunting.Read.All");
+    s.add_app(TENANT_ID, CLIENT_ID, SECRET, &roles);
+    s
+}
+
+/// Advanced-hunting calls the simulator received.
+pub fn hunting_calls(sim: &Simulator) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/runHuntingQuery"))
+        .count()
+}
+
 pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("m365-ingest.db");

@@ -16,14 +16,6 @@ use crate::helpers::*;
 
 const MSG: &str = "<F00DCAFE0001@phish.example>";
 
-async fn hunting_sim() -> Simulator {
-    let s = sim().await;
-    let mut roles = ALL_ROLES.to_vec();
-    roles.push("ThreatHunting.Read.All");
-    s.add_app(TENANT_ID, CLIENT_ID, SECRET, &roles);
-    s
-}
-
 fn client(sim: &Simulator, cfg: &ContextConfig) -> HuntingClient {
     let (_dir, db) = temp_db();
     let settings = settings(sim, &db, &Opts::default());
@@ -55,13 +47,6 @@ fn forty_with_three_clickers() -> HuntingMessage {
         40,
         3,
     )
-}
-
-fn hunting_calls(sim: &Simulator) -> usize {
-    sim.requests()
-        .iter()
-        .filter(|r| r.path.ends_with("/runHuntingQuery"))
-        .count()
 }
 
 #[tokio::test]
