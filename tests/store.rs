@@ -816,6 +816,15 @@ async fn an_email_alert_waits_for_its_context_and_later_context_is_a_revision(b:
         .collect();
     assert_eq!(changes, ["created", "updated"]);
     assert_eq!(bodies[0]["context"]["campaign"]["recipients"]["count"], 40);
+    // The version that waited behind it is the alert's latest state: it has the context too.
+    assert_eq!(bodies[1]["context"]["campaign"]["recipients"]["count"], 40);
+    assert!(s.context_wanted(TENANT, 10).await.unwrap().is_empty());
+    // A version Microsoft makes later keeps the context, and does not wait for it again.
+    ingest_with_context(&s, &[email_alert("phish", 9, "<p1@x.example>")], hour).await;
+    let later = sent_bodies(&s).await;
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0]["change"], "updated");
+    assert_eq!(later[0]["context"]["campaign"]["recipients"]["count"], 40);
     assert!(s.context_wanted(TENANT, 10).await.unwrap().is_empty());
 
     // An alert whose wait is over goes without context; its context follows as a revision.
@@ -845,6 +854,15 @@ async fn an_email_alert_waits_for_its_context_and_later_context_is_a_revision(b:
     assert_eq!(r["alert_id"], bodies[0]["alert_id"]);
     assert_eq!(r["context"]["campaign"]["recipients"]["count"], 40);
     assert_eq!(r["title"], bodies[0]["title"]);
+    // After a context revision, Microsoft's next version carries the context as well.
+    ingest_with_context(&s, &[email_alert("late", 9, "<p2@x.example>")], hour).await;
+    let later = sent_bodies(&s).await;
+    assert_eq!(later.len(), 1);
+    assert_eq!(
+        (later[0]["change"].as_str(), later[0]["revision"].as_i64()),
+        (Some("updated"), Some(3))
+    );
+    assert_eq!(later[0]["context"]["campaign"]["recipients"]["count"], 40);
 
     // Nothing wants context any more; an old listing expires.
     ingest_with_context(

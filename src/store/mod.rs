@@ -168,6 +168,9 @@ pub struct AlertState {
     pub revision: i64,
     pub forwarded: bool,
     pub field_hashes: Vec<u8>,
+    /// The campaign context attached to the alert, in the body codec's form: later versions
+    /// carry it too. Read with the state; written only when context is attached.
+    pub context: Option<Vec<u8>>,
 }
 
 /// A version to append to the outbox.
@@ -576,6 +579,7 @@ pub fn plan_ingest(
             revision: prev.map_or(0, |p| p.revision),
             forwarded: was_forwarded,
             field_hashes: prev.map_or_else(Vec::new, |p| p.field_hashes.clone()),
+            context: None,
         };
         if forward {
             let changed: Vec<&'static str> = if was_forwarded {
@@ -614,6 +618,7 @@ pub fn plan_ingest(
                 &item.body,
                 refs,
                 twin,
+                prev.and_then(|p| p.context.as_deref()),
             );
             plan.outbox.push(OutboxRow {
                 source: batch.source,
@@ -631,21 +636,23 @@ pub fn plan_ingest(
     plan
 }
 
-/// The stored form of one event and the length of its JSON. A sealed body that needs no link
+/// The stored form of one event and the length of its JSON. A sealed body that needs nothing
 /// written into it (the common case) is joined to its compressed envelope as it is; otherwise
-/// the event is rendered whole and compressed.
+/// (links, or the alert's campaign context, in its stored form) the event is rendered whole and
+/// compressed.
 fn stored_event(
     env: &Envelope,
     body: &PreparedBody,
     refs: &[LinkRef],
     twin: Option<&LinkRef>,
+    context: Option<&[u8]>,
 ) -> (Vec<u8>, usize) {
     if let PreparedBody::Sealed {
         members,
         members_len,
     } = body
     {
-        if refs.is_empty() && twin.is_none() {
+        if refs.is_empty() && twin.is_none() && context.is_none() {
             let head = envelope::render_head(env);
             if let Some(stored) = body_codec::encode_with_sealed(&head, members) {
                 return (stored, head.len() + members_len);
@@ -658,7 +665,13 @@ fn stored_event(
         // `plan_ingest` turns it into a failed page (C stays put) rather than a lost item.
         Err(e) => panic!("a prepared body cannot be read back: {e}"),
     };
-    let event = envelope::render(env, &with_links(&json, refs, twin));
+    let mut event = envelope::render(env, &with_links(&json, refs, twin));
+    // Context kept from an earlier version; one that cannot be read (written by a newer codec)
+    // is left out rather than holding the version back.
+    let context = context.and_then(|c| body_codec::decode(c).ok());
+    if let Some(with) = context.and_then(|c| with_context(&event, &c)) {
+        event = with;
+    }
     (body_codec::encode(&event), event.len())
 }
 
@@ -1643,8 +1656,8 @@ mod stored_event_tests {
     #[test]
     fn a_sealed_body_is_stored_as_the_event_its_json_would_make() {
         let json = PreparedBody::Json(BODY.to_vec());
-        let (from_json, json_len) = stored_event(&env(), &json, &[], None);
-        let (from_sealed, sealed_len) = stored_event(&env(), &sealed(), &[], None);
+        let (from_json, json_len) = stored_event(&env(), &json, &[], None, None);
+        let (from_sealed, sealed_len) = stored_event(&env(), &sealed(), &[], None, None);
         let event = body_codec::decode(&from_sealed).unwrap();
         assert_eq!(event, body_codec::decode(&from_json).unwrap());
         assert_eq!(event, envelope::render(&env(), BODY));
@@ -1660,12 +1673,32 @@ mod stored_event_tests {
             forwarded: true,
         };
         let refs = [twin.clone()];
-        let (stored, len) = stored_event(&env(), &sealed(), &refs, Some(&twin));
+        let (stored, len) = stored_event(&env(), &sealed(), &refs, Some(&twin), None);
         let event: serde_json::Value =
             serde_json::from_slice(&body_codec::decode(&stored).unwrap()).unwrap();
         assert_eq!(event["related"][0]["native_id"], "ca123");
         assert_eq!(event["duplicate_of"]["native_id"], "ca123");
         assert_eq!(event["revision"], 2);
         assert_eq!(len, body_codec::decode(&stored).unwrap().len());
+    }
+
+    #[test]
+    fn a_kept_context_is_written_into_a_later_version() {
+        let context = br#"{"campaign":{"recipients":{"count":40}}}"#;
+        let kept = body_codec::encode(context);
+        let (stored, len) = stored_event(&env(), &sealed(), &[], None, Some(&kept));
+        let json = body_codec::decode(&stored).unwrap();
+        assert_eq!(len, json.len());
+        let event: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(event["context"]["campaign"]["recipients"]["count"], 40);
+        assert_eq!(
+            (event["title"].as_str(), event["revision"].as_i64()),
+            (Some("t"), Some(2))
+        );
+        // Unreadable kept context: the version still goes, without it.
+        let (stored, _) = stored_event(&env(), &sealed(), &[], None, Some(b"\x09junk"));
+        let event: serde_json::Value =
+            serde_json::from_slice(&body_codec::decode(&stored).unwrap()).unwrap();
+        assert!(event.get("context").is_none());
     }
 }

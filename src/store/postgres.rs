@@ -339,7 +339,7 @@ impl Dialect for PgDialect {
         // One key lookup per id (OFFSET 0 keeps the planner from turning it into a join it
         // would plan on stale statistics as a scan of the whole table).
         let rows = sqlx::query(
-            "SELECT a.native_id, a.latest, a.state_hash, a.revision, a.forwarded, a.field_hashes \
+            "SELECT a.native_id, a.latest, a.state_hash, a.revision, a.forwarded, a.field_hashes, a.context \
              FROM UNNEST($3::text[]) AS u(id) CROSS JOIN LATERAL ( \
                SELECT * FROM alerts WHERE tenant = $1 AND source = $2 AND native_id = u.id OFFSET 0) a",
         )

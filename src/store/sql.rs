@@ -241,8 +241,10 @@ const HELD_ROW: &str = "SELECT seq FROM outbox WHERE tenant = $1 AND source = $2
      AND native_id = $3 AND state = 0 AND hold_until IS NOT NULL ORDER BY seq LIMIT 1";
 // `state = 0` again: on Postgres a claim that took the row first makes this update nothing,
 // and the context then goes as a revision.
-const ENRICH_HELD: &str = "UPDATE outbox SET hold_until = NULL, size = $1 \
+const ENRICH_QUEUED: &str = "UPDATE outbox SET hold_until = NULL, size = $1 \
      WHERE seq = $2 AND state = 0";
+const KEEP_CONTEXT: &str =
+    "UPDATE alerts SET context = $4 WHERE tenant = $1 AND source = $2 AND native_id = $3";
 const SET_BODY: &str = "UPDATE outbox_body SET body = $1 WHERE seq = $2";
 const ALERT_FOR_CONTEXT: &str = "SELECT revision, forwarded, context_count, last_seq \
      FROM alerts WHERE tenant = $1 AND source = $2 AND native_id = $3";
@@ -307,7 +309,8 @@ where
             state_hash,
             revision,
             forwarded,
-            field_hashes
+            field_hashes,
+            context
         ))
     }
 
@@ -436,6 +439,7 @@ where
             revision: row.try_get(2)?,
             forwarded: row.try_get(3)?,
             field_hashes: row.try_get(4)?,
+            context: None,
         };
         let link_count: i64 = row.try_get(5)?;
         let last_seq: Option<i64> = row.try_get(6)?;
@@ -493,7 +497,8 @@ where
     }
 
     /// `attach_context`'s work inside its transaction: the waiting version if there is one,
-    /// else a `context` revision of the forwarded alert.
+    /// else a `context` revision of the forwarded alert. Either way the alert keeps the context,
+    /// so its later versions carry it too.
     async fn enrich(
         conn: &mut Conn<D>,
         tenant: &TenantRef,
@@ -503,33 +508,10 @@ where
         observed_at: &str,
     ) -> Result<ContextOutcome> {
         let name = tenant.name.as_str();
-        let held: Option<i64> = Self::of_item(HELD_ROW, name, source.as_str(), native_id)
-            .fetch_optional(D::DB::on(conn))
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?;
-        if let Some(seq) = held {
-            let stored: Option<Vec<u8>> = sqlx::query_scalar(BODY)
-                .bind(seq)
-                .fetch_optional(D::DB::on(conn))
-                .await?;
-            let event = stored.and_then(|b| body_codec::decode(&b).ok());
-            if let Some(event) = event.and_then(|e| with_context(&e, context)) {
-                let done = sqlx::query(ENRICH_HELD)
-                    .bind(event.len() as i64)
-                    .bind(seq)
-                    .execute(D::DB::on(conn))
-                    .await?;
-                if D::DB::rows_affected(&done) == 1 {
-                    sqlx::query(SET_BODY)
-                        .bind(body_codec::encode(&event))
-                        .bind(seq)
-                        .execute(D::DB::on(conn))
-                        .await?;
-                    return Ok(ContextOutcome::Attached);
-                }
-            }
-        }
+        Self::of_item(KEEP_CONTEXT, name, source.as_str(), native_id)
+            .bind(body_codec::encode(context))
+            .execute(D::DB::on(conn))
+            .await?;
         let row = Self::of_item(ALERT_FOR_CONTEXT, name, source.as_str(), native_id)
             .fetch_optional(D::DB::on(conn))
             .await?;
@@ -540,6 +522,21 @@ where
         let forwarded: bool = row.try_get(1)?;
         let context_count: i64 = row.try_get(2)?;
         let last_seq: Option<i64> = row.try_get(3)?;
+        let held: Option<i64> = Self::of_item(HELD_ROW, name, source.as_str(), native_id)
+            .fetch_optional(D::DB::on(conn))
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        if let Some(seq) = held {
+            if Self::add_context_to_queued(conn, seq, context).await? {
+                // A later version queued while the first one waited (it waits behind it) is
+                // the alert's latest state in Dropzone: it carries the context too.
+                if let Some(latest) = last_seq.filter(|l| *l > seq) {
+                    Self::add_context_to_queued(conn, latest, context).await?;
+                }
+                return Ok(ContextOutcome::Attached);
+            }
+        }
         let (true, Some(last_seq)) = (forwarded, last_seq) else {
             return Ok(ContextOutcome::Dropped);
         };
@@ -578,6 +575,33 @@ where
             .execute(D::DB::on(conn))
             .await?;
         Ok(ContextOutcome::Revision)
+    }
+
+    /// Writes `context` into the queued, not yet claimed row `seq` and lets it go (its hold
+    /// ends). False when the row was claimed meanwhile or its body cannot take the context.
+    async fn add_context_to_queued(conn: &mut Conn<D>, seq: i64, context: &[u8]) -> Result<bool> {
+        let stored: Option<Vec<u8>> = sqlx::query_scalar(BODY)
+            .bind(seq)
+            .fetch_optional(D::DB::on(conn))
+            .await?;
+        let event = stored.and_then(|b| body_codec::decode(&b).ok());
+        let Some(event) = event.and_then(|e| with_context(&e, context)) else {
+            return Ok(false);
+        };
+        let done = sqlx::query(ENRICH_QUEUED)
+            .bind(event.len() as i64)
+            .bind(seq)
+            .execute(D::DB::on(conn))
+            .await?;
+        if D::DB::rows_affected(&done) != 1 {
+            return Ok(false);
+        }
+        sqlx::query(SET_BODY)
+            .bind(body_codec::encode(&event))
+            .bind(seq)
+            .execute(D::DB::on(conn))
+            .await?;
+        Ok(true)
     }
 
     /// Runs `steps` (statements with their binds) in one transaction under the batch's
@@ -728,11 +752,16 @@ where
         // Alerts about an email whose first forwarded version this page may queue: that version
         // waits for campaign context, and the alert is listed as wanting it.
         let wants: HashMap<String, String> = match batch.context_hold {
-            // A first run's history too: an analyst triaging it asks the same questions.
+            // A first run's history too: an analyst triaging it asks the same questions. An
+            // alert that has its context already carries it (`plan_ingest`) and does not wait.
             Some(_) => batch
                 .items
                 .iter()
-                .filter(|i| !states.get(&i.native_id).is_some_and(|p| p.forwarded))
+                .filter(|i| {
+                    !states
+                        .get(&i.native_id)
+                        .is_some_and(|p| p.forwarded || p.context.is_some())
+                })
                 .filter_map(|i| {
                     context_message_id(batch.source, i)
                         .map(|m| (i.native_id.clone(), m.to_string()))

@@ -327,7 +327,7 @@ impl Dialect for SqliteDialect {
         source: &str,
         ids: &[&str],
     ) -> Result<Vec<SqliteRow>> {
-        let columns = "native_id, latest, state_hash, revision, forwarded, field_hashes";
+        let columns = "native_id, latest, state_hash, revision, forwarded, field_hashes, context";
         alerts_of_ids(conn, columns, tenant, source, ids).await
     }
 

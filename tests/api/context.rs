@@ -116,6 +116,24 @@ async fn an_email_alert_and_a_submission_carry_the_40_recipients_and_the_3_click
         assert_eq!(listed, clickers, "{source}");
         assert!(c["recipients"]["first"].as_array().unwrap().len() <= 10);
     }
+
+    // A version Microsoft makes later (the analyst resolves it) keeps the context.
+    assert!(sim.update_alert(TENANT_ID, "mail-1", json!({"status": "resolved"})));
+    wait_until(Duration::from_secs(30), "the resolved version", || {
+        versions_of(&sim, "mail-1")
+            .iter()
+            .any(|v| v["status"] == "resolved")
+    })
+    .await;
+    let resolved = versions_of(&sim, "mail-1")
+        .into_iter()
+        .find(|v| v["status"] == "resolved")
+        .unwrap();
+    assert_eq!(resolved["change"], "updated");
+    assert_eq!(
+        resolved["context"]["campaign"]["recipients"]["count"], 40,
+        "{resolved}"
+    );
     app.stop().await;
 }
 
