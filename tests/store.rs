@@ -797,7 +797,7 @@ async fn an_email_alert_waits_for_its_context_and_later_context_is_a_revision(b:
         .map(|v| v["native_id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(first, ["plain"]);
-    let wanted = s.context_wanted(TENANT, 10).await.unwrap();
+    let wanted = s.context_wanted(TENANT, None, 10).await.unwrap();
     assert_eq!(wanted.len(), 1);
     assert_eq!(
         (wanted[0].native_id.as_str(), wanted[0].message_id.as_str()),
@@ -818,14 +818,14 @@ async fn an_email_alert_waits_for_its_context_and_later_context_is_a_revision(b:
     assert_eq!(bodies[0]["context"]["campaign"]["recipients"]["count"], 40);
     // The version that waited behind it is the alert's latest state: it has the context too.
     assert_eq!(bodies[1]["context"]["campaign"]["recipients"]["count"], 40);
-    assert!(s.context_wanted(TENANT, 10).await.unwrap().is_empty());
+    assert!(s.context_wanted(TENANT, None, 10).await.unwrap().is_empty());
     // A version Microsoft makes later keeps the context, and does not wait for it again.
     ingest_with_context(&s, &[email_alert("phish", 9, "<p1@x.example>")], hour).await;
     let later = sent_bodies(&s).await;
     assert_eq!(later.len(), 1);
     assert_eq!(later[0]["change"], "updated");
     assert_eq!(later[0]["context"]["campaign"]["recipients"]["count"], 40);
-    assert!(s.context_wanted(TENANT, 10).await.unwrap().is_empty());
+    assert!(s.context_wanted(TENANT, None, 10).await.unwrap().is_empty());
 
     // An alert whose wait is over goes without context; its context follows as a revision.
     ingest_with_context(
@@ -872,7 +872,42 @@ async fn an_email_alert_waits_for_its_context_and_later_context_is_a_revision(b:
     )
     .await;
     assert_eq!(s.expire_context_wanted(TENANT, i64::MAX).await.unwrap(), 1);
-    assert!(s.context_wanted(TENANT, 10).await.unwrap().is_empty());
+    assert!(s.context_wanted(TENANT, None, 10).await.unwrap().is_empty());
+    drop(s);
+    db.drop_db().await;
+}
+
+async fn the_list_of_alerts_wanting_context_is_read_in_pages_that_reach_every_one(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    let hour = Duration::from_secs(3600);
+    // Listed in one page, so they share one listing time: the pages must break the tie.
+    let alerts: Vec<Value> = (0..5)
+        .map(|i| email_alert(&format!("m{i}"), 0, &format!("<m{i}@x.example>")))
+        .collect();
+    ingest_with_context(&s, &alerts, hour).await;
+    ingest_with_context(&s, &[email_alert("m5", 0, "<m5@x.example>")], hour).await;
+
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.context_wanted(TENANT, after.as_ref(), 2).await.unwrap();
+        assert!(page.len() <= 2);
+        seen.extend(page.iter().map(|w| w.native_id.clone()));
+        if page.len() < 2 {
+            break;
+        }
+        after = page.into_iter().last();
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["m0", "m1", "m2", "m3", "m4", "m5"],
+        "pages: {seen:?}"
+    );
+    // Oldest first: the alert listed by the later page comes last.
+    assert_eq!(seen.last().map(String::as_str), Some("m5"));
     drop(s);
     db.drop_db().await;
 }
@@ -1371,6 +1406,7 @@ conformance!(
     a_late_twin_is_named_in_duplicate_of_only_when_forwarded,
     pollers_of_one_tenant_do_not_race_on_revisions_or_twins,
     an_email_alert_waits_for_its_context_and_later_context_is_a_revision,
+    the_list_of_alerts_wanting_context_is_read_in_pages_that_reach_every_one,
 );
 
 async fn a_parked_refused_alert_lets_its_tenants_later_batches_pass(b: Backend) {

@@ -20,14 +20,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::{HuntingClient, HuntingError};
 use crate::lease::LeaseGate;
-use crate::store::{ContextOutcome, Store, TenantRef};
+use crate::store::{ContextOutcome, ContextWanted, Store, TenantRef};
 use crate::time::{format_ticks, now_ticks};
 use crate::AppStore;
 
 /// How long an alert keeps wanting context: past it, advanced hunting is not asked about it again.
 pub const WANTED_FOR: Duration = Duration::from_secs(2 * 3600);
-/// Alerts read from the list per round: lookups skip ids asked about recently, so a round over
-/// messages hunting does not know yet costs no query.
+/// Alerts read from the list at a time: lookups skip ids asked about recently, so reading again
+/// about messages hunting does not know yet costs no query.
 const ROUND: i64 = 1000;
 /// After a wake-up, how long to let the rest of a poll's pages land so that one query covers
 /// them (at most a quarter of `max_delay`).
@@ -110,20 +110,50 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    /// One round: expire old listings, look up what is listed, write the answers.
+    /// One round: expire old listings, look up everything listed (a page at a time, so alerts
+    /// hunting does not know yet never keep later ones from their turn), write the answers.
     pub async fn enrich_once(&self) -> anyhow::Result<EnrichOutcome> {
         let tenant = self.tenant.name.as_str();
         let cutoff =
             crate::store::now_ms() - i64::try_from(WANTED_FOR.as_millis()).unwrap_or(i64::MAX / 2);
         self.store.expire_context_wanted(tenant, cutoff).await?;
-        let wanted = self.store.context_wanted(tenant, ROUND).await?;
-        let mut out = EnrichOutcome {
-            wanted: wanted.len(),
-            ..Default::default()
-        };
-        if wanted.is_empty() {
-            return Ok(out);
+        let mut out = EnrichOutcome::default();
+        let mut after = None;
+        loop {
+            let wanted = self
+                .store
+                .context_wanted(tenant, after.as_ref(), ROUND)
+                .await?;
+            out.wanted += wanted.len();
+            if !self.enrich_page(&wanted, &mut out).await? {
+                break;
+            }
+            // A short page is the list's end (or holds rows of a source this build does not
+            // know, left for the expiry): the next round starts from the oldest again.
+            if wanted.len() < usize::try_from(ROUND).unwrap_or(usize::MAX) {
+                break;
+            }
+            after = wanted.into_iter().last();
         }
+        crate::metrics::context_alerts(tenant, "attached", out.attached);
+        crate::metrics::context_alerts(tenant, "revision", out.revisions);
+        if out.attached + out.revisions > 0 {
+            self.forward.notify_waiters();
+        }
+        Ok(out)
+    }
+
+    /// Looks up one page of the list and writes the answers. False when hunting failed: the
+    /// round stops there, and `/status` says why.
+    async fn enrich_page(
+        &self,
+        wanted: &[ContextWanted],
+        out: &mut EnrichOutcome,
+    ) -> anyhow::Result<bool> {
+        if wanted.is_empty() {
+            return Ok(false);
+        }
+        let tenant = self.tenant.name.as_str();
         let ids: Vec<String> = wanted.iter().map(|w| w.message_id.clone()).collect();
         let found = match self.client.lookup(&ids).await {
             Ok(found) => found,
@@ -131,11 +161,12 @@ impl Enricher {
                 crate::metrics::context_failure(tenant, e.kind());
                 tracing::warn!(tenant, kind = e.kind(), error = %e, fix = %e.fix(), "campaign context: lookup failed, alerts go without it and it follows when hunting answers");
                 self.status.failed(&e);
-                return Ok(out);
+                return Ok(false);
             }
         };
         let observed_at = format_ticks(now_ticks());
-        for w in &wanted {
+        let (mut attached, mut revisions) = (0, 0);
+        for w in wanted {
             let Some(ctx) = found.get(&w.message_id) else {
                 continue;
             };
@@ -145,18 +176,15 @@ impl Enricher {
                 .attach_context(&self.tenant, w.source, &w.native_id, &context, &observed_at)
                 .await?
             {
-                ContextOutcome::Attached => out.attached += 1,
-                ContextOutcome::Revision => out.revisions += 1,
+                ContextOutcome::Attached => attached += 1,
+                ContextOutcome::Revision => revisions += 1,
                 ContextOutcome::Dropped => {}
             }
         }
-        crate::metrics::context_alerts(tenant, "attached", out.attached);
-        crate::metrics::context_alerts(tenant, "revision", out.revisions);
-        self.status.answered(out.attached, out.revisions);
-        if out.attached + out.revisions > 0 {
-            self.forward.notify_waiters();
-        }
-        Ok(out)
+        out.attached += attached;
+        out.revisions += revisions;
+        self.status.answered(attached, revisions);
+        Ok(true)
     }
 
     /// Runs until `stop`: a round when a poll queued versions (after a short gathering pause,

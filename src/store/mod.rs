@@ -1399,10 +1399,12 @@ pub trait Store: Send + Sync {
         source: SourceKind,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<QuarantineRetry>>> + Send;
-    /// Up to `limit` alerts of `tenant` still wanting campaign context, oldest first.
+    /// Up to `limit` alerts of `tenant` still wanting campaign context, oldest first, listed
+    /// after `after` (the last one of the page before).
     fn context_wanted(
         &self,
         tenant: &str,
+        after: Option<&ContextWanted>,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<ContextWanted>>> + Send;
     /// Gives an alert its campaign context (`context`: the JSON of the `context` member): into
@@ -1565,8 +1567,13 @@ impl Store for AnyStore {
     async fn cursors(&self, tenant: Option<&str>) -> Result<Vec<StoredCursor>> {
         dispatch!(self, s => s.cursors(tenant))
     }
-    async fn context_wanted(&self, tenant: &str, limit: i64) -> Result<Vec<ContextWanted>> {
-        dispatch!(self, s => s.context_wanted(tenant, limit))
+    async fn context_wanted(
+        &self,
+        tenant: &str,
+        after: Option<&ContextWanted>,
+        limit: i64,
+    ) -> Result<Vec<ContextWanted>> {
+        dispatch!(self, s => s.context_wanted(tenant, after, limit))
     }
     async fn attach_context(
         &self,

@@ -232,8 +232,11 @@ const HOLD: &str = "UPDATE outbox SET hold_until = $1 WHERE seq = $2";
 const WANT_CONTEXT: &str = "INSERT INTO context_wanted \
      (tenant, source, native_id, message_id, created_at) VALUES ($1, $2, $3, $4, $5) \
      ON CONFLICT DO NOTHING";
+// Read in pages after the last row read: a round reaches every listed alert, however many
+// hunting does not know yet.
 const CONTEXT_WANTED: &str = "SELECT source, native_id, message_id, created_at \
-     FROM context_wanted WHERE tenant = $1 ORDER BY created_at, native_id LIMIT $2";
+     FROM context_wanted WHERE tenant = $1 AND (created_at, source, native_id) > ($2, $3, $4) \
+     ORDER BY created_at, source, native_id LIMIT $5";
 const WANTED_DONE: &str =
     "DELETE FROM context_wanted WHERE tenant = $1 AND source = $2 AND native_id = $3";
 const EXPIRE_WANTED: &str = "DELETE FROM context_wanted WHERE tenant = $1 AND created_at < $2";
@@ -1207,9 +1210,17 @@ where
             .collect()
     }
 
-    async fn context_wanted(&self, tenant: &str, limit: i64) -> Result<Vec<ContextWanted>> {
+    async fn context_wanted(
+        &self,
+        tenant: &str,
+        after: Option<&ContextWanted>,
+        limit: i64,
+    ) -> Result<Vec<ContextWanted>> {
         let rows = sqlx::query(CONTEXT_WANTED)
             .bind(tenant)
+            .bind(after.map_or(i64::MIN, |a| a.created_at))
+            .bind(after.map_or("", |a| a.source.as_str()))
+            .bind(after.map_or("", |a| a.native_id.as_str()))
             .bind(limit)
             .fetch_all(D::DB::on_pool(self.dialect.reader()))
             .await?;

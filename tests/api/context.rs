@@ -326,7 +326,7 @@ async fn alerts_waiting_for_context_when_the_daemon_crashes_get_it_after_the_res
         let store = store.clone();
         async move {
             store
-                .context_wanted("contoso", 10)
+                .context_wanted("contoso", None, 10)
                 .await
                 .is_ok_and(|w| w.len() == 1)
         }
