@@ -15,7 +15,7 @@ use crate::helpers::*;
 const MSG: &str = "<C0FFEE0001@phish.example>";
 
 /// Test settings with campaign context on (`max_delay`, `batch_size`), plus `extra` TOML.
-fn context_opts(max_delay: &str, batch_size: usize, extra: &str) -> Opts {
+pub(crate) fn context_opts(max_delay: &str, batch_size: usize, extra: &str) -> Opts {
     let mut o = Opts::default();
     o.extra_sources.push_str(&format!(
         "[tenants.contoso.context]\nhunting = true\nmax_delay = \"{max_delay}\"\nbatch_size = {batch_size}\n{extra}"
@@ -24,7 +24,7 @@ fn context_opts(max_delay: &str, batch_size: usize, extra: &str) -> Opts {
 }
 
 /// An alerts_v2 alert with email evidence about `message_id`.
-fn email_alert(id: &str, message_id: &str) -> Value {
+pub(crate) fn email_alert(id: &str, message_id: &str) -> Value {
     let mut a = alert_json(id, &iso7_ago(60));
     a["category"] = json!("InitialAccess");
     a["evidence"] = json!([{

@@ -159,3 +159,99 @@ async fn when_postgres_drops_every_connection_the_daemon_reconnects_and_loses_no
     app.stop().await;
     db.drop_db().await;
 }
+
+/// Campaign context on Postgres with two replicas: the list of alerts waiting for context is in
+/// the database, so when the leader dies while hunting is slow, the replica that takes the
+/// tenant's lease over asks hunting and the alerts go out with their context, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_taking_over_gives_the_waiting_alerts_their_context() {
+    use m365_ingest::store::Store;
+    use m365_sim::{HuntingFaults, HuntingMessage};
+    let sim = hunting_sim().await;
+    let alerts = 20;
+    for i in 0..alerts {
+        let message = format!("<R{i:03}@phish.example>");
+        sim.add_hunting_message(
+            TENANT_ID,
+            HuntingMessage::campaign(
+                &message,
+                "billing@phish.example",
+                &format!("Invoice {i}"),
+                std::time::SystemTime::now() - Duration::from_secs(1800),
+                5,
+                1,
+            ),
+        );
+        sim.insert_alert(
+            TENANT_ID,
+            crate::context::email_alert(&format!("r-{i}"), &message),
+        );
+    }
+    // The leader's query is still running when it dies.
+    sim.set_hunting_faults(
+        TENANT_ID,
+        HuntingFaults {
+            delay: Some(Duration::from_secs(120)),
+            ..Default::default()
+        },
+    );
+    let db = PgDb::create().await;
+    let mut o = crate::context::context_opts("5m", 50, "");
+    o.extra_forward = replica_opts().extra_forward;
+    let settings = settings_on(&sim, &db.url, &o);
+    let leader = TestApp::spawn(settings.clone()).await;
+    let store = leader.store.clone();
+    wait_until_async(
+        Duration::from_secs(30),
+        "every alert waits for context",
+        || {
+            let store = store.clone();
+            async move {
+                store
+                    .context_wanted("contoso", None, 100)
+                    .await
+                    .is_ok_and(|w| w.len() == alerts)
+            }
+        },
+    )
+    .await;
+    drop(store);
+    wait_until(Duration::from_secs(30), "the leader asks hunting", || {
+        sim.hunting_queries(TENANT_ID).len() == 1
+    })
+    .await;
+    let standby = TestApp::spawn(settings).await;
+    assert_eq!(
+        leases(&standby.get("/status").await.1).0,
+        "standby",
+        "the leader holds the tenant"
+    );
+
+    // Act: the leader dies mid-query; hunting answers quickly again.
+    leader.crash().await;
+    sim.set_hunting_faults(TENANT_ID, HuntingFaults::default());
+
+    // Assert: each alert went out once, created, with its context.
+    wait_until(
+        Duration::from_secs(90),
+        "every alert with its context",
+        || {
+            delivered_alerts(&sim)
+                .iter()
+                .filter(|a| a.get("context").is_some())
+                .count()
+                >= alerts
+        },
+    )
+    .await;
+    let delivered = delivered_alerts(&sim);
+    assert_eq!(delivered.len(), alerts, "one version each: {delivered:?}");
+    for a in &delivered {
+        assert_eq!(a["change"], "created");
+        assert_eq!(a["context"]["campaign"]["recipients"]["count"], 5, "{a}");
+    }
+    // The leader's query and one by the new leader: the standby asked nothing while it waited.
+    assert_eq!(sim.hunting_queries(TENANT_ID).len(), 2);
+    standby.stop().await;
+    db.drop_db().await;
+}
