@@ -6,7 +6,7 @@
 //! reporting mailbox carries the context of the message it reports.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use m365_sim::{HuntingFaults, HuntingMessage, Report, Simulator};
 use serde_json::{json, Value};
@@ -52,20 +52,32 @@ fn with_context(versions: &[Value]) -> Option<Value> {
         .cloned()
 }
 
+/// Asserts that `campaign` (an alert's `context.campaign`) is that of
+/// [`HuntingMessage::forty_with_three_clickers`] over [`MSG`]: 40 recipients, the first 10 (the
+/// default `max_listed`) at most listed, and its 3 clickers by name.
+fn assert_forty_and_three_clickers(campaign: &Value, what: &str) {
+    let clickers: HashSet<String> = HuntingMessage::forty_with_three_clickers(MSG)
+        .clicks
+        .into_iter()
+        .map(|c| c.account)
+        .collect();
+    assert_eq!(campaign["recipients"]["count"], 40, "{what}: {campaign}");
+    assert!(campaign["recipients"]["first"].as_array().unwrap().len() <= 10);
+    assert_eq!(campaign["clicks"]["clickers"], 3, "{what}: {campaign}");
+    let listed: HashSet<String> = campaign["clicks"]["first"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["account"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, clickers, "{what}");
+}
+
 #[tokio::test]
 async fn an_email_alert_and_a_submission_carry_the_40_recipients_and_the_3_clickers() {
     // Arrange
     let sim = hunting_sim().await;
-    let m = HuntingMessage::campaign(
-        MSG,
-        "billing@phish.example",
-        "Invoice overdue",
-        SystemTime::now() - Duration::from_secs(1800),
-        40,
-        3,
-    );
-    let clickers: HashSet<String> = m.clicks.iter().map(|c| c.account.clone()).collect();
-    sim.add_hunting_message(TENANT_ID, m);
+    sim.add_hunting_message(TENANT_ID, HuntingMessage::forty_with_three_clickers(MSG));
     sim.insert_alert(TENANT_ID, email_alert("mail-1", MSG));
     sim.insert_submission(
         TENANT_ID,
@@ -105,17 +117,7 @@ async fn an_email_alert_and_a_submission_carry_the_40_recipients_and_the_3_click
             .find(|a| a["source"] == source && a.get("context").is_some())
             .unwrap();
         assert_valid_alert(&a);
-        let c = &a["context"]["campaign"];
-        assert_eq!(c["recipients"]["count"], 40, "{source}: {c}");
-        assert_eq!(c["clicks"]["clickers"], 3, "{source}: {c}");
-        let listed: HashSet<String> = c["clicks"]["first"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|k| k["account"].as_str().unwrap().to_string())
-            .collect();
-        assert_eq!(listed, clickers, "{source}");
-        assert!(c["recipients"]["first"].as_array().unwrap().len() <= 10);
+        assert_forty_and_three_clickers(&a["context"]["campaign"], source);
     }
     app.stop().await;
 }
@@ -130,16 +132,7 @@ async fn a_phishing_report_carries_the_40_recipients_and_the_3_clickers_of_the_r
     roles.extend(["ThreatHunting.Read.All", "Mail.Read"]);
     sim.add_app(TENANT_ID, CLIENT_ID, SECRET, &roles);
     sim.add_mailbox(TENANT_ID, MAILBOX);
-    let m = HuntingMessage::campaign(
-        MSG,
-        "billing@phish.example",
-        "Invoice overdue",
-        SystemTime::now() - Duration::from_secs(1800),
-        40,
-        3,
-    );
-    let clickers: HashSet<String> = m.clicks.iter().map(|c| c.account.clone()).collect();
-    sim.add_hunting_message(TENANT_ID, m);
+    sim.add_hunting_message(TENANT_ID, HuntingMessage::forty_with_three_clickers(MSG));
     let original = format!(
         "From: Billing <billing@phish.example>\r\nTo: megan.bowen@contoso.com\r\n\
          Subject: Invoice overdue\r\nMessage-ID: {MSG}\r\nDate: Tue, 14 Jan 2025 09:11:58 +0000\r\n\
@@ -190,17 +183,7 @@ async fn a_phishing_report_carries_the_40_recipients_and_the_3_clickers_of_the_r
         "sent with its context, not after: {versions:?}"
     );
     assert_eq!(versions.len(), 1, "{versions:?}");
-    let c = &a["context"]["campaign"];
-    assert_eq!(c["recipients"]["count"], 40, "{c}");
-    assert!(c["recipients"]["first"].as_array().unwrap().len() <= 10);
-    assert_eq!(c["clicks"]["clickers"], 3, "{c}");
-    let listed: HashSet<String> = c["clicks"]["first"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["account"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(listed, clickers);
+    assert_forty_and_three_clickers(&a["context"]["campaign"], "the report");
     app.stop().await;
 }
 
