@@ -207,6 +207,20 @@ impl HuntingMessage {
         }
     }
 
+    /// The campaign issue 13's tests share: `internet_message_id` sent by `billing@phish.example`
+    /// with the subject "Invoice overdue", 30 minutes ago, to 40 people, 3 of whom clicked (the
+    /// first through the warning); see [`HuntingMessage::campaign`].
+    pub fn forty_with_three_clickers(internet_message_id: &str) -> HuntingMessage {
+        HuntingMessage::campaign(
+            internet_message_id,
+            "billing@phish.example",
+            "Invoice overdue",
+            SystemTime::now() - Duration::from_secs(1800),
+            40,
+            3,
+        )
+    }
+
     /// The message advanced hunting knows for an internet message id it was not told about:
     /// deterministic in the id. One message in three went to 40 recipients, 3 of whom clicked;
     /// the others to 1–6 recipients, with 0 or 1 clicker. The sender's domain is the id's; its

@@ -2,12 +2,13 @@
 //! submission carry who got the message and who clicked; throttling, a spent CPU quota or a
 //! missing role never hold an alert past `max_delay`, and the context follows as a revision;
 //! one hunting query serves a whole poll; a hostile message id stays one literal; alerts waiting
-//! for context when the daemon crashes get it after the restart.
+//! for context when the daemon crashes get it after the restart; a phishing report from the
+//! reporting mailbox carries the context of the message it reports.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use m365_sim::{HuntingFaults, HuntingMessage, Simulator};
+use m365_sim::{HuntingFaults, HuntingMessage, Report, Simulator};
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -51,20 +52,32 @@ fn with_context(versions: &[Value]) -> Option<Value> {
         .cloned()
 }
 
+/// Asserts that `campaign` (an alert's `context.campaign`) is that of
+/// [`HuntingMessage::forty_with_three_clickers`] over [`MSG`]: 40 recipients, the first 10 (the
+/// default `max_listed`) at most listed, and its 3 clickers by name.
+fn assert_forty_and_three_clickers(campaign: &Value, what: &str) {
+    let clickers: HashSet<String> = HuntingMessage::forty_with_three_clickers(MSG)
+        .clicks
+        .into_iter()
+        .map(|c| c.account)
+        .collect();
+    assert_eq!(campaign["recipients"]["count"], 40, "{what}: {campaign}");
+    assert!(campaign["recipients"]["first"].as_array().unwrap().len() <= 10);
+    assert_eq!(campaign["clicks"]["clickers"], 3, "{what}: {campaign}");
+    let listed: HashSet<String> = campaign["clicks"]["first"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["account"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, clickers, "{what}");
+}
+
 #[tokio::test]
 async fn an_email_alert_and_a_submission_carry_the_40_recipients_and_the_3_clickers() {
     // Arrange
     let sim = hunting_sim().await;
-    let m = HuntingMessage::campaign(
-        MSG,
-        "billing@phish.example",
-        "Invoice overdue",
-        SystemTime::now() - Duration::from_secs(1800),
-        40,
-        3,
-    );
-    let clickers: HashSet<String> = m.clicks.iter().map(|c| c.account.clone()).collect();
-    sim.add_hunting_message(TENANT_ID, m);
+    sim.add_hunting_message(TENANT_ID, HuntingMessage::forty_with_three_clickers(MSG));
     sim.insert_alert(TENANT_ID, email_alert("mail-1", MSG));
     sim.insert_submission(
         TENANT_ID,
@@ -104,17 +117,7 @@ async fn an_email_alert_and_a_submission_carry_the_40_recipients_and_the_3_click
             .find(|a| a["source"] == source && a.get("context").is_some())
             .unwrap();
         assert_valid_alert(&a);
-        let c = &a["context"]["campaign"];
-        assert_eq!(c["recipients"]["count"], 40, "{source}: {c}");
-        assert_eq!(c["clicks"]["clickers"], 3, "{source}: {c}");
-        let listed: HashSet<String> = c["clicks"]["first"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|k| k["account"].as_str().unwrap().to_string())
-            .collect();
-        assert_eq!(listed, clickers, "{source}");
-        assert!(c["recipients"]["first"].as_array().unwrap().len() <= 10);
+        assert_forty_and_three_clickers(&a["context"]["campaign"], source);
     }
 
     // A version Microsoft makes later (the analyst resolves it) keeps the context.
@@ -134,6 +137,71 @@ async fn an_email_alert_and_a_submission_carry_the_40_recipients_and_the_3_click
         resolved["context"]["campaign"]["recipients"]["count"], 40,
         "{resolved}"
     );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phishing_report_carries_the_40_recipients_and_the_3_clickers_of_the_reported_message() {
+    // Arrange: a user reports the message sent to 40 people, 3 of whom clicked, to the reporting
+    // mailbox; the app may read that mailbox and run hunting queries.
+    const MAILBOX: &str = "phish-reports@contoso.com";
+    let sim = hunting_sim().await;
+    let mut roles = ALL_ROLES.to_vec();
+    roles.extend(["ThreatHunting.Read.All", "Mail.Read"]);
+    sim.add_app(TENANT_ID, CLIENT_ID, SECRET, &roles);
+    sim.add_mailbox(TENANT_ID, MAILBOX);
+    sim.add_hunting_message(TENANT_ID, HuntingMessage::forty_with_three_clickers(MSG));
+    let original = format!(
+        "From: Billing <billing@phish.example>\r\nTo: megan.bowen@contoso.com\r\n\
+         Subject: Invoice overdue\r\nMessage-ID: {MSG}\r\nDate: Tue, 14 Jan 2025 09:11:58 +0000\r\n\
+         MIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nPay now: https://phish.example/login/verify\r\n"
+    );
+    let report = sim.add_report(
+        TENANT_ID,
+        MAILBOX,
+        Report::eml(
+            "megan.bowen@contoso.com",
+            "Phishing: Invoice overdue",
+            ago(120),
+            original.into_bytes(),
+        ),
+    );
+    let (_dir, db) = temp_db();
+    let o = context_opts(
+        "30s",
+        50,
+        &format!(
+            "[tenants.contoso.sources.phishing_reports]\nmailbox = \"{MAILBOX}\"\ninterval = \"1s\"\n"
+        ),
+    );
+
+    // Act
+    let app = TestApp::spawn(settings(&sim, &db, &o)).await;
+    wait_until(Duration::from_secs(60), "the report with context", || {
+        with_context(&versions_of(&sim, &report.immutable_id)).is_some()
+    })
+    .await;
+
+    // Assert: hunting was asked about the reported message's internet message id, and the
+    // report went out once, with the context of that message.
+    let asked: Vec<String> = sim
+        .hunting_queries(TENANT_ID)
+        .iter()
+        .flat_map(|q| m365_sim::parse_hunting_query(q).unwrap().ids)
+        .collect();
+    assert!(asked.contains(&MSG.to_string()), "{asked:?}");
+    let versions = versions_of(&sim, &report.immutable_id);
+    let a = with_context(&versions).unwrap();
+    assert_valid_alert(&a);
+    assert_eq!(a["source"], "phishing_reports");
+    assert_eq!(a["kind"], "phishing_report");
+    assert_eq!(a["email"]["message"]["message_id"], MSG);
+    assert_eq!(
+        a["change"], "created",
+        "sent with its context, not after: {versions:?}"
+    );
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert_forty_and_three_clickers(&a["context"]["campaign"], "the report");
     app.stop().await;
 }
 

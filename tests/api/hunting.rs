@@ -4,7 +4,7 @@
 //! no request sent before Microsoft allows.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use m365_ingest::auth::{graph_scope, Credentials, TokenProvider};
 use m365_ingest::config::ContextConfig;
@@ -38,21 +38,10 @@ fn client(sim: &Simulator, cfg: &ContextConfig) -> HuntingClient {
     .unwrap()
 }
 
-fn forty_with_three_clickers() -> HuntingMessage {
-    HuntingMessage::campaign(
-        MSG,
-        "billing@phish.example",
-        "Invoice overdue",
-        SystemTime::now() - Duration::from_secs(1800),
-        40,
-        3,
-    )
-}
-
 #[tokio::test]
 async fn a_message_sent_to_40_people_3_of_whom_clicked_gets_its_counts_and_clickers() {
     let sim = hunting_sim().await;
-    let m = forty_with_three_clickers();
+    let m = HuntingMessage::forty_with_three_clickers(MSG);
     let copy = m.recipients[5].network_message_id.clone();
     let clickers: Vec<String> = m.clicks.iter().map(|c| c.account.clone()).collect();
     sim.add_hunting_message(TENANT_ID, m);
@@ -254,7 +243,7 @@ async fn a_query_past_the_timeout_is_a_timeout_and_pascal_case_schemas_are_read(
     assert_eq!(e.kind(), "timeout", "{e}");
     assert!(started.elapsed() < Duration::from_secs(4));
 
-    sim.add_hunting_message(TENANT_ID, forty_with_three_clickers());
+    sim.add_hunting_message(TENANT_ID, HuntingMessage::forty_with_three_clickers(MSG));
     sim.set_hunting_faults(
         TENANT_ID,
         HuntingFaults {

@@ -33,17 +33,6 @@ async fn run(sim: &m365_sim::Simulator, token: &str, ids: &[&str]) -> (u16, Opti
     run_raw(sim, token, json!({"Query": hunting_query(ids, 5)})).await
 }
 
-fn forty_with_three_clickers() -> HuntingMessage {
-    HuntingMessage::campaign(
-        MSG,
-        "billing@phish.example",
-        "Invoice overdue",
-        SystemTime::now() - Duration::from_secs(1800),
-        40,
-        3,
-    )
-}
-
 #[tokio::test]
 async fn a_token_without_the_role_gets_graphs_403() {
     let sim = start().await;
@@ -62,7 +51,7 @@ async fn a_token_without_the_role_gets_graphs_403() {
 async fn a_registered_message_answers_counts_and_the_first_rows() {
     let sim = start().await;
     let token = hunter(&sim).await;
-    let m = forty_with_three_clickers();
+    let m = HuntingMessage::forty_with_three_clickers(MSG);
     let nmid = m.recipients[7].network_message_id.clone();
     sim.add_hunting_message(TENANT, m);
 
@@ -105,7 +94,7 @@ async fn a_registered_message_answers_counts_and_the_first_rows() {
 async fn messages_of_the_same_sender_and_subject_within_the_hour_are_one_campaign() {
     let sim = start().await;
     let token = hunter(&sim).await;
-    let first = forty_with_three_clickers();
+    let first = HuntingMessage::forty_with_three_clickers(MSG);
     let mut second = HuntingMessage::campaign(
         "<CAMPAIGN0002@phish.example>",
         &first.sender,
