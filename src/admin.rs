@@ -379,6 +379,22 @@ pub fn render_status(v: &serde_json::Value) -> String {
                     );
                 }
             }
+            let c = &t["context"];
+            if c.is_object() {
+                let _ = writeln!(
+                    out,
+                    "  context      {:<10} {} attached, {} revisions  last answer {}{}",
+                    text(&c["state"]),
+                    text(&c["attached"]),
+                    text(&c["revisions"]),
+                    text(&c["last_success_at"]),
+                    match (&c["error"], &c["fix"]) {
+                        (serde_json::Value::String(e), serde_json::Value::String(f)) =>
+                            format!("\n               last error: {e}\n               fix: {f}"),
+                        _ => String::new(),
+                    }
+                );
+            }
         }
     }
     if let Some(dests) = v["destinations"].as_array() {
@@ -405,6 +421,33 @@ pub fn render_status(v: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_shows_a_tenants_campaign_context_and_its_fix() {
+        let status = serde_json::json!({
+            "version": "0.1.0", "store": "sqlite", "uptime_s": 5, "ready": true,
+            "tenants": {"contoso": {
+                "tenant_id": "t", "lease": "held", "destination": "dropzone",
+                "queue": {"pending": 0, "delivered": 3, "dead_letters": 0, "quarantined": 0},
+                "sources": {},
+                "context": {"state": "not_granted", "attached": 2, "revisions": 1,
+                    "last_success_at": null, "error": "403 from runHuntingQuery",
+                    "fix": "grant ThreatHunting.Read.All"}
+            }},
+            "destinations": []
+        });
+        let text = render_status(&status);
+        assert!(text.contains("context      not_granted"), "{text}");
+        assert!(text.contains("2 attached, 1 revisions"), "{text}");
+        assert!(text.contains("fix: grant ThreatHunting.Read.All"), "{text}");
+        // A tenant without context on shows no context line.
+        let mut off = status.clone();
+        off["tenants"]["contoso"]
+            .as_object_mut()
+            .unwrap()
+            .remove("context");
+        assert!(!render_status(&off).contains("context "));
+    }
 
     #[test]
     fn times_and_sources_are_checked_with_the_fix() {
