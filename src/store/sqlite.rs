@@ -331,7 +331,9 @@ impl Dialect for SqliteDialect {
         alerts_of_ids(conn, columns, tenant, source, ids).await
     }
 
-    /// A row at a time: each insert says by itself whether it was new.
+    /// One statement for the page's links, whatever their number: the pairs go in as one JSON
+    /// array, so the statement is prepared once and each link is not a round trip to SQLite's
+    /// worker thread. `RETURNING` names the pairs that were new.
     async fn insert_links(
         conn: &mut SqliteConnection,
         tenant: &str,
@@ -339,49 +341,49 @@ impl Dialect for SqliteDialect {
         keys: &[String],
         owners: &[String],
     ) -> Result<HashSet<(String, String)>> {
-        let mut inserted = HashSet::new();
-        for (key, owner) in keys.iter().zip(owners) {
-            let done = sqlx::query(
-                "INSERT INTO links (tenant, key, source, native_id) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(tenant)
-            .bind(key.as_str())
-            .bind(source)
-            .bind(owner.as_str())
-            .execute(&mut *conn)
-            .await?;
-            if done.rows_affected() == 1 {
-                inserted.insert((key.clone(), owner.clone()));
-            }
-        }
-        Ok(inserted)
+        let pairs: Vec<(&str, &str)> = keys
+            .iter()
+            .map(String::as_str)
+            .zip(owners.iter().map(String::as_str))
+            .collect();
+        let pairs = serde_json::to_string(&pairs)
+            .map_err(|e| StoreError::Invalid(format!("link keys: {e}")))?;
+        // `WHERE true`: SQLite reads `ON` after `INSERT … SELECT … FROM` as a join's otherwise.
+        sqlx::query(
+            "INSERT INTO links (tenant, key, source, native_id) \
+             SELECT $1, json_extract(value, '$[0]'), $2, json_extract(value, '$[1]') \
+             FROM json_each($3) WHERE true ON CONFLICT DO NOTHING RETURNING key, native_id",
+        )
+        .bind(tenant)
+        .bind(source)
+        .bind(pairs)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
     }
 
-    /// A key at a time, each by the `links` primary key.
+    /// One statement for all of the page's keys (a JSON array), each looked up by the `links`
+    /// primary key.
     async fn links_of_keys(
         conn: &mut SqliteConnection,
         tenant: &str,
         source: &str,
         keys: &[String],
     ) -> Result<Vec<SqliteRow>> {
-        let mut seen = HashSet::with_capacity(keys.len());
-        let mut rows = Vec::new();
-        for key in keys.iter().filter(|k| seen.insert(k.as_str())) {
-            rows.extend(
-                sqlx::query(
-                    "SELECT l.key, l.source, l.native_id, COALESCE(a.forwarded, 0) FROM links l \
-                     LEFT JOIN alerts a ON a.tenant = l.tenant AND a.source = l.source AND a.native_id = l.native_id \
-                     WHERE l.tenant = $1 AND l.key = $2 AND l.source <> $3",
-                )
-                .bind(tenant)
-                .bind(key.as_str())
-                .bind(source)
-                .fetch_all(&mut *conn)
-                .await?,
-            );
-        }
-        Ok(rows)
+        let keys = serde_json::to_string(keys)
+            .map_err(|e| StoreError::Invalid(format!("link keys: {e}")))?;
+        Ok(sqlx::query(
+            "SELECT l.key, l.source, l.native_id, COALESCE(a.forwarded, 0) FROM links l \
+             LEFT JOIN alerts a ON a.tenant = l.tenant AND a.source = l.source AND a.native_id = l.native_id \
+             WHERE l.tenant = $1 AND l.key IN (SELECT DISTINCT value FROM json_each($2)) AND l.source <> $3",
+        )
+        .bind(tenant)
+        .bind(keys)
+        .bind(source)
+        .fetch_all(&mut *conn)
+        .await?)
     }
 
     async fn write_outbox(
