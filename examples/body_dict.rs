@@ -134,7 +134,7 @@ fn measure(dict: Option<Vec<u8>>) {
             );
             row(&format!("zstd {level}, no dictionary"), stored, enc, dec);
         }
-        for level in [1, 2, 3, 4, 5, 6, 7, 9, 12, 15, 19] {
+        for level in [-5, -3, -1, 1, 2, 3, 4, 5, 6, 7, 9, 12, 15, 19] {
             let mut c = zstd::bulk::Compressor::with_dictionary(level, dict).unwrap();
             c.set_parameter(zstd::zstd_safe::CParameter::DictIdFlag(false))
                 .unwrap();

@@ -141,9 +141,12 @@ impl SqlStore<SqliteDialect> {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+        // The readers read bodies the writer has just written, which are in no reader's cache
+        // anyway, and the status queries: a small cache each keeps the index pages they walk,
+        // and a long backlog's drain does not fill 8 MB of page cache with bodies read once.
         let reader = SqlitePoolOptions::new()
             .max_connections(2)
-            .connect_with(options)
+            .connect_with(options.pragma("cache_size", "-1000"))
             .await?;
         Ok(SqlStore::with_dialect(SqliteDialect {
             writer,
