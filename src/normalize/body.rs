@@ -121,8 +121,7 @@ pub(crate) struct Written {
 }
 
 /// Serializes `n` with `raw` as the last member.
-pub(crate) fn write(n: &Normalized<'_>, raw: &RawValue) -> Written {
-    let raw = raw.get();
+pub(crate) fn write(n: &Normalized<'_>, raw: &str) -> Written {
     // The normalized part is typically well under the raw size; one growth at most.
     let mut w = Writer {
         buf: Vec::with_capacity(raw.len() + raw.len() / 2 + 1024),

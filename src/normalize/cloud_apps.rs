@@ -23,7 +23,7 @@ use crate::time::format_rfc3339_millis_from_ms;
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct MdaAlert<'a> {
+pub(super) struct MdaAlert<'a> {
     #[serde(rename = "_id", borrow)]
     id: Option<IdText<'a>>,
     #[serde(borrow)]
@@ -72,11 +72,17 @@ pub(crate) fn prepare(raw: &RawValue) -> Result<Prepared, Unusable> {
         raw.get(),
         &[],
         &|text| serde_json::from_str::<MdaAlert>(text).map(|_| ()),
-        &mut |text, notes| serde_json::from_str::<MdaAlert>(text).map(|a| build(a, raw, notes)),
+        &mut |text, notes| {
+            serde_json::from_str::<MdaAlert>(text).map(|a| build(a, raw.get(), notes))
+        },
     )
 }
 
-fn build(a: MdaAlert<'_>, raw: &RawValue, mut errors: Vec<String>) -> Result<Prepared, Unusable> {
+pub(super) fn build(
+    a: MdaAlert<'_>,
+    raw: &str,
+    mut errors: Vec<String>,
+) -> Result<Prepared, Unusable> {
     let native_id = map::require_id(a.id.map(Text::from), "_id")?;
 
     let hash = state_hash(&[

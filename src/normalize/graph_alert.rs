@@ -18,7 +18,7 @@ use crate::time::format_ticks;
 /// The alert properties we map. Unknown properties are skipped here and kept in `raw`.
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct GraphAlert<'a> {
+pub(super) struct GraphAlert<'a> {
     #[serde(borrow)]
     id: Option<Text<'a>>,
     #[serde(borrow)]
@@ -75,11 +75,17 @@ pub(crate) fn prepare(raw: &RawValue) -> Result<Prepared, Unusable> {
         raw.get(),
         &["id", "lastUpdateDateTime"],
         &|text| serde_json::from_str::<GraphAlert>(text).map(|_| ()),
-        &mut |text, notes| serde_json::from_str::<GraphAlert>(text).map(|a| build(a, raw, notes)),
+        &mut |text, notes| {
+            serde_json::from_str::<GraphAlert>(text).map(|a| build(a, raw.get(), notes))
+        },
     )
 }
 
-fn build(a: GraphAlert<'_>, raw: &RawValue, mut errors: Vec<String>) -> Result<Prepared, Unusable> {
+pub(super) fn build(
+    a: GraphAlert<'_>,
+    raw: &str,
+    mut errors: Vec<String>,
+) -> Result<Prepared, Unusable> {
     let native_id = map::require_id(a.id, "id")?;
     let ticks = map::require_ticks(a.last_update_date_time.as_ref(), &native_id)?;
 

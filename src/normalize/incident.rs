@@ -18,7 +18,7 @@ use crate::time::format_ticks;
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct Incident<'a> {
+pub(super) struct Incident<'a> {
     #[serde(borrow)]
     id: Option<Text<'a>>,
     #[serde(borrow)]
@@ -59,11 +59,17 @@ pub(crate) fn prepare(raw: &RawValue) -> Result<Prepared, Unusable> {
         raw.get(),
         &["id", "lastUpdateDateTime"],
         &|text| serde_json::from_str::<Incident>(text).map(|_| ()),
-        &mut |text, notes| serde_json::from_str::<Incident>(text).map(|i| build(i, raw, notes)),
+        &mut |text, notes| {
+            serde_json::from_str::<Incident>(text).map(|i| build(i, raw.get(), notes))
+        },
     )
 }
 
-fn build(i: Incident<'_>, raw: &RawValue, mut errors: Vec<String>) -> Result<Prepared, Unusable> {
+pub(super) fn build(
+    i: Incident<'_>,
+    raw: &str,
+    mut errors: Vec<String>,
+) -> Result<Prepared, Unusable> {
     let native_id = map::require_id(i.id, "id")?;
     let ticks = map::require_ticks(i.last_update_date_time.as_ref(), &native_id)?;
 

@@ -265,7 +265,7 @@ pub(crate) fn prepare(raw: &RawValue, parts: ReportParts) -> Result<Prepared, Un
         errors,
         ..Normalized::default()
     };
-    let written = body::write(&n, raw);
+    let written = body::write(&n, raw.get());
     Ok(Prepared {
         links: Links {
             incident_id: None,

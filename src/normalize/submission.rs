@@ -26,7 +26,7 @@ use super::{FilterFields, Links, Prepared, Unusable, VersionInput};
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct Submission<'a> {
+pub(super) struct Submission<'a> {
     #[serde(rename = "@odata.type", borrow)]
     odata_type: Option<Text<'a>>,
     #[serde(borrow)]
@@ -132,15 +132,15 @@ pub(crate) fn prepare(list: Option<&str>, raw: &RawValue) -> Result<Prepared, Un
         &["id"],
         &|text| serde_json::from_str::<Submission>(text).map(|_| ()),
         &mut |text, notes| {
-            serde_json::from_str::<Submission>(text).map(|s| build(list, s, raw, notes))
+            serde_json::from_str::<Submission>(text).map(|s| build(list, s, raw.get(), notes))
         },
     )
 }
 
-fn build(
+pub(super) fn build(
     list: Option<&str>,
     s: Submission<'_>,
-    raw: &RawValue,
+    raw: &str,
     mut errors: Vec<String>,
 ) -> Result<Prepared, Unusable> {
     let id = map::require_id(s.id.clone(), "id")?;

@@ -5,11 +5,11 @@
 //! walked only for a single tick); C moves only in the transaction that stores a completed
 //! slice; a reconciliation pass re-lists [C − window, C) without moving C.
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 
-use serde::Deserialize;
 use serde_json::value::RawValue;
+
+use super::page::parse_page;
 use tokio::time::Instant;
 
 use super::submissions::{FALLBACK_PAGES, SUBMISSION_LISTS};
@@ -102,78 +102,6 @@ pub(super) struct ParsedPage {
     /// Submissions only: each item's `createdDateTime` (ticks), to check that the page answers
     /// the slice asked for (a filter Graph ignores returns everything, no error).
     pub(super) created: Vec<i64>,
-}
-
-/// The one field of a submission the slice check reads.
-#[derive(Deserialize)]
-struct CreatedOnly<'a> {
-    #[serde(rename = "createdDateTime", borrow, default)]
-    created: Option<Cow<'a, str>>,
-}
-
-/// A Graph page (`value`, `@odata.nextLink`) or a Cloud Apps one (`data`, `hasNext`).
-#[derive(Deserialize)]
-pub(super) struct AnyPage<'a> {
-    #[serde(borrow, default)]
-    value: Option<Vec<&'a RawValue>>,
-    #[serde(borrow, default)]
-    data: Option<Vec<&'a RawValue>>,
-    #[serde(rename = "@odata.nextLink", default, borrow)]
-    next_link: Option<Cow<'a, str>>,
-    #[serde(rename = "@odata.count", default)]
-    count: Option<i64>,
-    #[serde(rename = "hasNext", default)]
-    has_next: bool,
-}
-
-pub(super) fn parse_page(
-    kind: SourceKind,
-    list: &str,
-    body: Vec<u8>,
-) -> Result<ParsedPage, String> {
-    let page: AnyPage<'_> = serde_json::from_slice(&body)
-        .map_err(|e| format!("the answer is not a complete page: {e}"))?;
-    let values = page
-        .value
-        .or(page.data)
-        .ok_or_else(|| "the answer has neither `value` nor `data`: not a listing".to_string())?;
-    let mut parsed = ParsedPage {
-        items: Vec::with_capacity(values.len()),
-        quarantine: Vec::new(),
-        next_link: page.next_link.map(Cow::into_owned),
-        count: page.count,
-        received: values.len(),
-        ids: Vec::with_capacity(values.len()),
-        has_next: page.has_next,
-        created: Vec::new(),
-    };
-    for raw in values {
-        if kind == SourceKind::Submissions {
-            // An item without a readable time is not evidence either way; it is quarantined or
-            // stored by its own rules below.
-            let t = serde_json::from_str::<CreatedOnly<'_>>(raw.get())
-                .ok()
-                .and_then(|c| c.created)
-                .and_then(|c| crate::time::parse_ticks(&c));
-            if let Some(t) = t {
-                parsed.created.push(t);
-            }
-        }
-        match prepare_item(kind, list, raw) {
-            Ok(mut p) => {
-                p.seal();
-                parsed.ids.push(p.native_id.clone());
-                parsed.items.push(p);
-            }
-            Err(u) => parsed.quarantine.push(QuarantineItem {
-                native_id: u.native_id,
-                reason: u.reason,
-                raw: raw.get().to_string(),
-                list: list.to_string(),
-            }),
-        }
-    }
-    Ok(parsed)
 }
 
 /// One listed item, parsed by its source's (and, for submissions, its list's) rules.

@@ -18,6 +18,7 @@ mod coverage;
 mod incidents;
 #[cfg(test)]
 mod mutate;
+mod page;
 mod phishing_reports;
 pub mod status;
 mod submissions;
