@@ -62,7 +62,7 @@ impl Poller {
                     key,
                     pass,
                     pending.take(),
-                    self.fetch(listing, &body, outcome),
+                    self.fetch(listing, &body, false, outcome),
                 )
                 .await?;
             outcome.counts.add(counts);

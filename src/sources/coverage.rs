@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use serde_json::value::RawValue;
 
-use super::page::parse_page;
+use super::page::{parse_page, Overflowing};
 use tokio::time::Instant;
 
 use super::submissions::{FALLBACK_PAGES, SUBMISSION_LISTS};
@@ -137,7 +137,7 @@ impl ParsedPage {
 
     /// More items match than this page holds: a nextLink says so, or (when Graph sends none, as
     /// alerts_v2 has been seen to do) `@odata.count`.
-    fn overflows(&self) -> bool {
+    pub(super) fn overflows(&self) -> bool {
         self.next_link.is_some() || self.count.is_some_and(|n| n > self.received as i64)
     }
 }
@@ -421,6 +421,7 @@ impl Poller {
         &self,
         listing: &GraphListing,
         request_for_top: &(dyn Fn(usize) -> Req + Sync),
+        split_if_overflowing: bool,
         outcome: &mut PollOutcome,
     ) -> Result<ParsedPage, PollError> {
         let mut top = listing.max_top;
@@ -473,9 +474,15 @@ impl Poller {
             outcome.requests += 1;
             let kind = self.settings.kind;
             let list = listing.list;
-            let parsed = tokio::task::spawn_blocking(move || parse_page(kind, list, resp.body))
-                .await
-                .map_err(|e| PollError::Invalid(format!("page parser failed: {e}")))?;
+            let overflowing = if split_if_overflowing {
+                Overflowing::Skim { top }
+            } else {
+                Overflowing::Prepare
+            };
+            let parsed =
+                tokio::task::spawn_blocking(move || parse_page(kind, list, resp.body, overflowing))
+                    .await
+                    .map_err(|e| PollError::Invalid(format!("page parser failed: {e}")))?;
             drop(permit);
             match parsed {
                 Ok(p) => return Ok(p),
@@ -523,6 +530,7 @@ impl Poller {
                     self.fetch(
                         listing,
                         &|top| Req::Get(self.slice_url(listing, a, b, top)),
+                        b - a > 1,
                         outcome,
                     ),
                 )
@@ -555,7 +563,10 @@ impl Poller {
                 .await?;
                 continue;
             }
-            pending = Some(Deferred::new(page, historical, None));
+            // A skimmed page holds nothing to store: its parts list its items again.
+            if !page.items.is_empty() || !page.quarantine.is_empty() {
+                pending = Some(Deferred::new(page, historical, None));
+            }
             let k = 2.max((n + m - 1) / m + 1);
             for part in split_slice(a, b, k).into_iter().rev() {
                 todo.push(part);
@@ -671,6 +682,7 @@ impl Poller {
                                 Some(l) => Req::Get(l.clone()),
                                 None => Req::Get(self.slice_url(listing, a, b, top)),
                             },
+                            false,
                             outcome,
                         ),
                     )
@@ -777,7 +789,7 @@ mod tests {
             let text = reference(name);
             for case in 0..cases() {
                 let page = mutate(&text, &mut rng);
-                match parse_page(kind, list, page.clone().into_bytes()) {
+                match parse_page(kind, list, page.clone().into_bytes(), Overflowing::Prepare) {
                     Err(_) => refused_pages += 1,
                     Ok(p) => {
                         parsed_pages += 1;

@@ -21,12 +21,25 @@ struct CreatedOnly<'a> {
     created: Option<Cow<'a, str>>,
 }
 
+/// What the caller does with a page that turns out to hold less than its slice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Overflowing {
+    /// Its items are stored: a single tick's pages are walked, other listings are paged.
+    Prepare,
+    /// The slice is split and every part listed again (design §4 rule 3), so the items of a
+    /// page known to overflow before they are reached are only counted, not prepared: a
+    /// backlog drained by splitting prepared and compressed each alert about twice (issue
+    /// 12). `top` is the page size asked for: `@odata.count` above it means more than a page.
+    Skim { top: usize },
+}
+
 /// Parses and prepares a listing page of `kind` (`list` names the submission list polled).
 /// `Err` says why the answer is not a whole page; the caller asks for it again.
 pub(super) fn parse_page(
     kind: SourceKind,
     list: &str,
     body: Vec<u8>,
+    overflowing: Overflowing,
 ) -> Result<ParsedPage, String> {
     // Invalid UTF-8 would otherwise refuse the page for good and stall its slice; replaced, the
     // item still goes, with U+FFFD where Microsoft's bytes were broken.
@@ -34,7 +47,8 @@ pub(super) fn parse_page(
         Ok(text) => Cow::Borrowed(text),
         Err(_) => String::from_utf8_lossy(&body),
     };
-    read_page(kind, list, &text).map_err(|e| format!("the answer is not a complete page: {e}"))
+    read_page(kind, list, &text, overflowing)
+        .map_err(|e| format!("the answer is not a complete page: {e}"))
 }
 
 /// Which of the page's item arrays the items came from: `value` wins over `data`, as before.
@@ -45,7 +59,12 @@ enum Items {
     Value,
 }
 
-fn read_page(kind: SourceKind, list: &str, text: &str) -> Result<ParsedPage, PageError> {
+fn read_page(
+    kind: SourceKind,
+    list: &str,
+    text: &str,
+    overflowing: Overflowing,
+) -> Result<ParsedPage, PageError> {
     let mut page = ParsedPage::empty();
     let mut from = Items::None;
     let (mut seen_value, mut seen_data) = (false, false);
@@ -76,7 +95,18 @@ fn read_page(kind: SourceKind, list: &str, text: &str) -> Result<ParsedPage, Pag
                         page.ids.clear();
                         page.created.clear();
                         page.received = 0;
-                        at.items(|rest| prepare_item(kind, list, rest, &mut page))?;
+                        let known_to_overflow = match overflowing {
+                            Overflowing::Prepare => false,
+                            Overflowing::Skim { top } => {
+                                page.next_link.is_some()
+                                    || page.count.is_some_and(|n| n > top as i64)
+                            }
+                        };
+                        if known_to_overflow {
+                            at.items(|rest| count_item(kind, rest, &mut page))?;
+                        } else {
+                            at.items(|rest| prepare_item(kind, list, rest, &mut page))?;
+                        }
                         from = this;
                     }
                 }
@@ -127,15 +157,7 @@ fn prepare_item(
     let listed = normalize::prepare_listed(kind, list, rest)?;
     page.received += 1;
     if kind == SourceKind::Submissions {
-        // An item without a readable time is not evidence either way; it is quarantined or
-        // stored by its own rules below.
-        let t = serde_json::from_str::<CreatedOnly<'_>>(listed.text)
-            .ok()
-            .and_then(|c| c.created)
-            .and_then(|c| crate::time::parse_ticks(&c));
-        if let Some(t) = t {
-            page.created.push(t);
-        }
+        page.created.extend(created_at(listed.text));
     }
     match listed.prepared {
         Ok(mut p) => {
@@ -151,6 +173,36 @@ fn prepare_item(
         }),
     }
     Ok(listed.text.len())
+}
+
+/// Counts the item `rest` starts with (and reads a submission's creation time, which the
+/// slice check needs); returns the item's length in bytes.
+fn count_item(kind: SourceKind, rest: &str, page: &mut ParsedPage) -> Result<usize, PageError> {
+    let mut item = serde_json::Deserializer::from_str(rest).into_iter::<IgnoredAny>();
+    match item.next() {
+        Some(Ok(_)) => {}
+        Some(Err(e)) => return Err(e.into()),
+        None => {
+            return Err(PageError::Shape(
+                "the page ends where an item should start".into(),
+            ))
+        }
+    }
+    let text = &rest[..item.byte_offset()];
+    page.received += 1;
+    if kind == SourceKind::Submissions {
+        page.created.extend(created_at(text));
+    }
+    Ok(text.len())
+}
+
+/// A submission's `createdDateTime` in ticks, when it is readable. An item without a readable
+/// time is not evidence either way; it is quarantined or stored by its own rules.
+fn created_at(item: &str) -> Option<i64> {
+    serde_json::from_str::<CreatedOnly<'_>>(item)
+        .ok()
+        .and_then(|c| c.created)
+        .and_then(|c| crate::time::parse_ticks(&c))
 }
 
 fn once(seen: &mut bool, key: &str) -> Result<(), PageError> {
@@ -394,7 +446,7 @@ mod tests {
             pages.extend((0..cases()).map(|_| mutate(&text, &mut rng)));
             for (case, page) in pages.iter().enumerate() {
                 let old = two_pass(kind, list, page.as_bytes());
-                let new = parse_page(kind, list, page.clone().into_bytes());
+                let new = parse_page(kind, list, page.clone().into_bytes(), Overflowing::Prepare);
                 assert_eq!(outcome(&new), outcome(&old), "{name} case {case}:\n{page}");
                 match old {
                     Ok(p) if !p.items.is_empty() => same_items += 1,
@@ -403,7 +455,7 @@ mod tests {
                 }
             }
             assert!(
-                !parse_page(kind, list, text.into_bytes())
+                !parse_page(kind, list, text.into_bytes(), Overflowing::Prepare)
                     .unwrap()
                     .items
                     .is_empty(),
@@ -417,7 +469,12 @@ mod tests {
     }
 
     fn page(text: &str) -> Result<ParsedPage, String> {
-        parse_page(SourceKind::Alerts, "", text.as_bytes().to_vec())
+        parse_page(
+            SourceKind::Alerts,
+            "",
+            text.as_bytes().to_vec(),
+            Overflowing::Prepare,
+        )
     }
 
     const ALERT: &str =
@@ -475,11 +532,67 @@ mod tests {
         let mut body = format!("{{\"value\":[{ALERT}]}}").into_bytes();
         let at = body.windows(3).position(|w| w == b"\"t\"").unwrap() + 1;
         body[at] = 0xff;
-        let p = parse_page(SourceKind::Alerts, "", body).unwrap();
+        let p = parse_page(SourceKind::Alerts, "", body, Overflowing::Prepare).unwrap();
         assert_eq!(p.items.len(), 1);
         let json = p.items[0].body.json().unwrap();
         assert!(String::from_utf8(json.into_owned())
             .unwrap()
             .contains("\"title\":\"\u{fffd}\""));
+    }
+
+    #[test]
+    fn a_page_known_to_overflow_before_its_items_is_counted_not_prepared() {
+        let skim = Overflowing::Skim { top: 2 };
+        let three = format!("[{ALERT},{ALERT},{ALERT}]");
+        let read = |text: &str, how| {
+            parse_page(SourceKind::Alerts, "", text.as_bytes().to_vec(), how).unwrap()
+        };
+        // Known before the items: a nextLink, or a count above the page size asked for.
+        for text in [
+            format!("{{\"@odata.nextLink\":\"https://n\",\"value\":{three}}}"),
+            format!("{{\"@odata.count\":9,\"value\":{three}}}"),
+        ] {
+            let p = read(&text, skim);
+            assert_eq!(
+                (p.received, p.items.len(), p.ids.len()),
+                (3, 0, 0),
+                "{text}"
+            );
+            assert!(p.overflows(), "{text}");
+            // The same page where the caller walks instead of splitting is prepared whole.
+            assert_eq!(read(&text, Overflowing::Prepare).items.len(), 3, "{text}");
+        }
+        // Not known before the items (a nextLink after them), or no overflow: prepared.
+        for text in [
+            format!("{{\"value\":{three},\"@odata.nextLink\":\"https://n\"}}"),
+            format!("{{\"@odata.count\":2,\"value\":[{ALERT},{ALERT}]}}"),
+            format!("{{\"@odata.count\":null,\"value\":{three}}}"),
+        ] {
+            assert_eq!(read(&text, skim).items.len(), p_len(&text), "{text}");
+        }
+        // A skimmed page is still read whole: a cut one is refused, and a submission's
+        // creation time is still read for the slice check.
+        let cut = format!("{{\"@odata.count\":9,\"value\":[{ALERT},{{\"id\":");
+        assert!(parse_page(SourceKind::Alerts, "", cut.into_bytes(), skim).is_err());
+        let submission =
+            r#"{"id":"s1","createdDateTime":"2026-11-28T10:00:00Z","contentType":"email"}"#;
+        let p = parse_page(
+            SourceKind::Submissions,
+            "emailThreats",
+            format!("{{\"@odata.count\":9,\"value\":[{submission},5]}}").into_bytes(),
+            skim,
+        )
+        .unwrap();
+        assert_eq!((p.received, p.items.len(), p.quarantine.len()), (2, 0, 0));
+        assert_eq!(
+            p.created,
+            vec![crate::time::parse_ticks("2026-11-28T10:00:00Z").unwrap()]
+        );
+    }
+
+    /// How many items a page's `value` holds.
+    fn p_len(text: &str) -> usize {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        v["value"].as_array().unwrap().len()
     }
 }

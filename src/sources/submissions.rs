@@ -58,7 +58,7 @@ impl Poller {
         let mut pages = 0;
         while let Some(url) = next.take() {
             let page = self
-                .fetch(listing, &|_| Req::Get(url.clone()), outcome)
+                .fetch(listing, &|_| Req::Get(url.clone()), false, outcome)
                 .await?;
             next = page.next_link.clone();
             self.commit(key, page, false, Pass::Reconcile, None, outcome)
