@@ -1407,7 +1407,70 @@ conformance!(
     pollers_of_one_tenant_do_not_race_on_revisions_or_twins,
     an_email_alert_waits_for_its_context_and_later_context_is_a_revision,
     the_list_of_alerts_wanting_context_is_read_in_pages_that_reach_every_one,
+    stored_versions_are_read_for_a_window_and_refused_past_their_cap,
 );
+
+async fn stored_versions_are_read_for_a_window_and_refused_past_their_cap(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    let before = store::now_ms();
+    ingest(
+        &s,
+        &[
+            alert("v1", 0, "low"),
+            alert("v2", 10, "low"),
+            alert("v3", 20, "low"),
+        ],
+        false,
+        None,
+    )
+    .await
+    .unwrap();
+    // v2 is updated: its latest version is what is read.
+    ingest(&s, &[alert("v2", 30, "low")], false, None)
+        .await
+        .unwrap();
+    let ticks = |offset_s: i64| (1_780_000_000 + offset_s) * 10_000_000;
+    let read = |since_ms, from_ticks, max| {
+        s.stored_versions(TENANT, SourceKind::Alerts, since_ms, from_ticks, max)
+    };
+    let all = read(before - 1_000, ticks(0), 10).await.unwrap().unwrap();
+    let expected: std::collections::HashMap<String, i64> = [
+        ("v1".to_string(), ticks(0)),
+        ("v2".to_string(), ticks(30)),
+        ("v3".to_string(), ticks(20)),
+    ]
+    .into();
+    assert_eq!(all, expected);
+    // Only versions from the window's start on, and only rows changed since `since_ms`.
+    let window = read(before - 1_000, ticks(15), 10).await.unwrap().unwrap();
+    let mut ids: Vec<&str> = window.keys().map(String::as_str).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["v2", "v3"]);
+    let later = read(store::now_ms() + 60_000, ticks(0), 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(later.is_empty(), "nothing changed after now: {later:?}");
+    // Another source or tenant has none of them.
+    let other = s
+        .stored_versions(TENANT, SourceKind::Incidents, before - 1_000, ticks(0), 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(other.is_empty());
+    // More than the cap: none, so the caller prepares everything rather than hold too much.
+    assert_eq!(read(before - 1_000, ticks(0), 2).await.unwrap(), None);
+    assert_eq!(
+        read(before - 1_000, ticks(0), 3)
+            .await
+            .unwrap()
+            .map(|v| v.len()),
+        Some(3)
+    );
+    drop(s);
+    db.drop_db().await;
+}
 
 async fn a_parked_refused_alert_lets_its_tenants_later_batches_pass(b: Backend) {
     let db = Fresh::new(b).await;

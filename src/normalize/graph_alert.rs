@@ -20,7 +20,7 @@ use crate::time::format_ticks;
 #[serde(rename_all = "camelCase")]
 pub(super) struct GraphAlert<'a> {
     #[serde(borrow)]
-    id: Option<Text<'a>>,
+    pub(super) id: Option<Text<'a>>,
     #[serde(borrow)]
     provider_alert_id: Option<IdText<'a>>,
     #[serde(borrow)]
@@ -56,7 +56,7 @@ pub(super) struct GraphAlert<'a> {
     #[serde(borrow)]
     created_date_time: Option<Text<'a>>,
     #[serde(borrow)]
-    last_update_date_time: Option<Text<'a>>,
+    pub(super) last_update_date_time: Option<Text<'a>>,
     #[serde(borrow)]
     resolved_date_time: Option<Text<'a>>,
     #[serde(borrow)]

@@ -20,7 +20,7 @@ use crate::time::format_ticks;
 #[serde(rename_all = "camelCase")]
 pub(super) struct Incident<'a> {
     #[serde(borrow)]
-    id: Option<Text<'a>>,
+    pub(super) id: Option<Text<'a>>,
     #[serde(borrow)]
     display_name: Option<Text<'a>>,
     #[serde(borrow)]
@@ -42,7 +42,7 @@ pub(super) struct Incident<'a> {
     #[serde(borrow)]
     created_date_time: Option<Text<'a>>,
     #[serde(borrow)]
-    last_update_date_time: Option<Text<'a>>,
+    pub(super) last_update_date_time: Option<Text<'a>>,
     #[serde(borrow)]
     custom_tags: Option<Vec<Text<'a>>>,
     #[serde(borrow)]

@@ -239,13 +239,41 @@ pub fn prepare(source: SourceKind, raw: &RawValue) -> Result<Prepared, Unusable>
     }
 }
 
-/// An item read where it sits in its page: what it prepared to, and its JSON text.
+/// An item read where it sits in its page: what it came to, and its JSON text.
 #[derive(Debug)]
 pub struct Listed<'a> {
-    pub prepared: Result<Prepared, Unusable>,
+    pub item: ListedItem,
     /// The item's text, exactly as a `RawValue` of it would hold it: what quarantine keeps.
     pub text: &'a str,
 }
+
+/// What a listed item came to.
+// Nearly every item is `Prepared`, moved straight into its page: boxing it would cost an
+// allocation per item to save stack space on the rare other variants.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum ListedItem {
+    Prepared(Prepared),
+    Unusable(Unusable),
+    /// A Graph item whose version the store already holds (`stale`: a newer one): not
+    /// prepared, since the store would drop it unchanged.
+    Known {
+        native_id: String,
+        stale: bool,
+    },
+}
+
+impl From<Result<Prepared, Unusable>> for ListedItem {
+    fn from(r: Result<Prepared, Unusable>) -> Self {
+        match r {
+            Ok(p) => ListedItem::Prepared(p),
+            Err(u) => ListedItem::Unusable(u),
+        }
+    }
+}
+
+/// Stored versions (ticks) by native id, from `Store::stored_versions`.
+pub type KnownVersions = std::collections::HashMap<String, i64>;
 
 /// Prepares the item `rest` starts with (`rest` runs from the item's first byte to the end of
 /// its page) and says where the item ends.
@@ -254,52 +282,85 @@ pub struct Listed<'a> {
 /// raw items first read every byte once more, ~10% of a drained alert's instructions (issue
 /// 12). An item that typed parse refuses is read again as raw text and prepared the slow way,
 /// exactly as [`prepare`] does. `list` is the submission list polled, empty for other sources.
+/// A Graph item whose id and version are in `known` with that version or a newer one is not
+/// prepared ([`ListedItem::Known`]).
 /// `Err` when `rest` does not start with a whole JSON value: the page is not complete.
 pub fn prepare_listed<'a>(
     source: SourceKind,
     list: &str,
     rest: &'a str,
+    known: Option<&KnownVersions>,
 ) -> Result<Listed<'a>, serde_json::Error> {
     match source {
         SourceKind::Alerts => listed(
             rest,
-            |a, text| graph_alert::build(a, text, Vec::new()),
+            |a: graph_alert::GraphAlert<'a>, text| match known_version(
+                known,
+                a.id.as_ref(),
+                a.last_update_date_time.as_ref(),
+            ) {
+                Some(k) => k,
+                None => graph_alert::build(a, text, Vec::new()).into(),
+            },
             graph_alert::prepare,
         ),
         SourceKind::Incidents => listed(
             rest,
-            |i, text| incident::build(i, text, Vec::new()),
+            |i: incident::Incident<'a>, text| match known_version(
+                known,
+                i.id.as_ref(),
+                i.last_update_date_time.as_ref(),
+            ) {
+                Some(k) => k,
+                None => incident::build(i, text, Vec::new()).into(),
+            },
             incident::prepare,
         ),
         SourceKind::Submissions => {
             let list = (!list.is_empty()).then_some(list);
             listed(
                 rest,
-                |s, text| submission::build(list, s, text, Vec::new()),
+                |s, text| submission::build(list, s, text, Vec::new()).into(),
                 |raw| submission::prepare(list, raw),
             )
         }
         SourceKind::CloudApps => listed(
             rest,
-            |a, text| cloud_apps::build(a, text, Vec::new()),
+            |a, text| cloud_apps::build(a, text, Vec::new()).into(),
             cloud_apps::prepare,
         ),
         SourceKind::PhishingReports => listed_raw(rest, |raw| prepare(source, raw)),
     }
 }
 
+/// [`ListedItem::Known`] when `known` holds this id at this version or a newer one. The id
+/// and version are read as `prepare` reads them, so they match what the store keeps.
+fn known_version(
+    known: Option<&KnownVersions>,
+    id: Option<&lenient::Text<'_>>,
+    version: Option<&lenient::Text<'_>>,
+) -> Option<ListedItem> {
+    let id: &str = id?;
+    let stored = *known?.get(id)?;
+    let ticks = crate::time::parse_ticks(version?)?;
+    (ticks <= stored).then(|| ListedItem::Known {
+        native_id: id.to_owned(),
+        stale: ticks < stored,
+    })
+}
+
 /// The fast path of [`prepare_listed`]: one typed parse, and the item's text from where the
 /// parse stopped. `build` gets no notes: an item that parses whole has nothing to report.
 fn listed<'a, T: serde::Deserialize<'a>>(
     rest: &'a str,
-    build: impl FnOnce(T, &'a str) -> Result<Prepared, Unusable>,
+    build: impl FnOnce(T, &'a str) -> ListedItem,
     slow: impl FnOnce(&'a RawValue) -> Result<Prepared, Unusable>,
 ) -> Result<Listed<'a>, serde_json::Error> {
     let mut typed = serde_json::Deserializer::from_str(rest).into_iter::<T>();
     if let Some(Ok(item)) = typed.next() {
         let text = &rest[..typed.byte_offset()];
         return Ok(Listed {
-            prepared: build(item, text),
+            item: build(item, text),
             text,
         });
     }
@@ -314,7 +375,7 @@ fn listed_raw<'a>(
     let mut raw = serde_json::Deserializer::from_str(rest).into_iter::<&RawValue>();
     match raw.next() {
         Some(Ok(item)) => Ok(Listed {
-            prepared: slow(item),
+            item: slow(item).into(),
             text: item.get(),
         }),
         Some(Err(e)) => Err(e),

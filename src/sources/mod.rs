@@ -96,6 +96,9 @@ pub struct Poller {
     /// Submission lists whose `createdDateTime` filter Microsoft refused: listed without one.
     filter_refused: std::sync::Mutex<Vec<&'static str>>,
     last_reconcile: Option<Instant>,
+    /// During a reconciliation pass of a Graph source: the versions the store holds for the
+    /// window, so re-listed items it holds already are not prepared again.
+    known_versions: Option<Arc<crate::normalize::KnownVersions>>,
     wake: Option<Arc<Notify>>,
     /// The tenant's lease: polls run only on the replica that holds it.
     gate: Arc<LeaseGate>,
@@ -143,6 +146,7 @@ impl Poller {
             expand_failed: std::sync::atomic::AtomicBool::new(false),
             filter_refused: std::sync::Mutex::new(Vec::new()),
             last_reconcile: None,
+            known_versions: None,
             wake: None,
             gate: LeaseGate::always(crate::store::tenant_lease(&tenant_name)),
             reports: phishing_reports::MailboxRead::default(),
@@ -395,14 +399,19 @@ impl Poller {
             (Pass::Live, Some(b)) => Some((key, b)),
             _ => None,
         };
-        self.commit_items(Commit {
-            items: page.items,
-            quarantine: page.quarantine,
-            historical,
-            advance,
-            source_state: None,
-        })
-        .await
+        let (unchanged, stale) = (page.unchanged, page.stale);
+        let mut counts = self
+            .commit_items(Commit {
+                items: page.items,
+                quarantine: page.quarantine,
+                historical,
+                advance,
+                source_state: None,
+            })
+            .await?;
+        counts.unchanged += unchanged;
+        counts.stale += stale;
+        Ok(counts)
     }
 
     /// Stores items (and moves the coverage point, with `advance`) in one transaction, then

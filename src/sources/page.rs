@@ -11,7 +11,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::coverage::ParsedPage;
-use crate::normalize::{self, SourceKind};
+use crate::normalize::{self, KnownVersions, ListedItem, SourceKind};
 use crate::store::QuarantineItem;
 
 /// The one field of a submission the slice check reads.
@@ -40,6 +40,7 @@ pub(super) fn parse_page(
     list: &str,
     body: Vec<u8>,
     overflowing: Overflowing,
+    known: Option<&KnownVersions>,
 ) -> Result<ParsedPage, String> {
     // Invalid UTF-8 would otherwise refuse the page for good and stall its slice; replaced, the
     // item still goes, with U+FFFD where Microsoft's bytes were broken.
@@ -47,7 +48,7 @@ pub(super) fn parse_page(
         Ok(text) => Cow::Borrowed(text),
         Err(_) => String::from_utf8_lossy(&body),
     };
-    read_page(kind, list, &text, overflowing)
+    read_page(kind, list, &text, overflowing, known)
         .map_err(|e| format!("the answer is not a complete page: {e}"))
 }
 
@@ -64,6 +65,7 @@ fn read_page(
     list: &str,
     text: &str,
     overflowing: Overflowing,
+    known: Option<&KnownVersions>,
 ) -> Result<ParsedPage, PageError> {
     let mut page = ParsedPage::empty();
     let mut from = Items::None;
@@ -95,6 +97,7 @@ fn read_page(
                         page.ids.clear();
                         page.created.clear();
                         page.received = 0;
+                        (page.unchanged, page.stale) = (0, 0);
                         let known_to_overflow = match overflowing {
                             Overflowing::Prepare => false,
                             Overflowing::Skim { top } => {
@@ -105,7 +108,7 @@ fn read_page(
                         if known_to_overflow {
                             at.items(|rest| count_item(kind, rest, &mut page))?;
                         } else {
-                            at.items(|rest| prepare_item(kind, list, rest, &mut page))?;
+                            at.items(|rest| prepare_item(kind, list, rest, known, &mut page))?;
                         }
                         from = this;
                     }
@@ -152,20 +155,29 @@ fn prepare_item(
     kind: SourceKind,
     list: &str,
     rest: &str,
+    known: Option<&KnownVersions>,
     page: &mut ParsedPage,
 ) -> Result<usize, PageError> {
-    let listed = normalize::prepare_listed(kind, list, rest)?;
+    let listed = normalize::prepare_listed(kind, list, rest, known)?;
     page.received += 1;
     if kind == SourceKind::Submissions {
         page.created.extend(created_at(listed.text));
     }
-    match listed.prepared {
-        Ok(mut p) => {
+    match listed.item {
+        ListedItem::Prepared(mut p) => {
             p.seal();
             page.ids.push(p.native_id.clone());
             page.items.push(p);
         }
-        Err(u) => page.quarantine.push(QuarantineItem {
+        ListedItem::Known { native_id, stale } => {
+            page.ids.push(native_id);
+            if stale {
+                page.stale += 1;
+            } else {
+                page.unchanged += 1;
+            }
+        }
+        ListedItem::Unusable(u) => page.quarantine.push(QuarantineItem {
             native_id: u.native_id,
             reason: u.reason,
             raw: listed.text.to_string(),
@@ -446,7 +458,13 @@ mod tests {
             pages.extend((0..cases()).map(|_| mutate(&text, &mut rng)));
             for (case, page) in pages.iter().enumerate() {
                 let old = two_pass(kind, list, page.as_bytes());
-                let new = parse_page(kind, list, page.clone().into_bytes(), Overflowing::Prepare);
+                let new = parse_page(
+                    kind,
+                    list,
+                    page.clone().into_bytes(),
+                    Overflowing::Prepare,
+                    None,
+                );
                 assert_eq!(outcome(&new), outcome(&old), "{name} case {case}:\n{page}");
                 match old {
                     Ok(p) if !p.items.is_empty() => same_items += 1,
@@ -455,7 +473,7 @@ mod tests {
                 }
             }
             assert!(
-                !parse_page(kind, list, text.into_bytes(), Overflowing::Prepare)
+                !parse_page(kind, list, text.into_bytes(), Overflowing::Prepare, None)
                     .unwrap()
                     .items
                     .is_empty(),
@@ -474,6 +492,7 @@ mod tests {
             "",
             text.as_bytes().to_vec(),
             Overflowing::Prepare,
+            None,
         )
     }
 
@@ -532,7 +551,7 @@ mod tests {
         let mut body = format!("{{\"value\":[{ALERT}]}}").into_bytes();
         let at = body.windows(3).position(|w| w == b"\"t\"").unwrap() + 1;
         body[at] = 0xff;
-        let p = parse_page(SourceKind::Alerts, "", body, Overflowing::Prepare).unwrap();
+        let p = parse_page(SourceKind::Alerts, "", body, Overflowing::Prepare, None).unwrap();
         assert_eq!(p.items.len(), 1);
         let json = p.items[0].body.json().unwrap();
         assert!(String::from_utf8(json.into_owned())
@@ -545,7 +564,7 @@ mod tests {
         let skim = Overflowing::Skim { top: 2 };
         let three = format!("[{ALERT},{ALERT},{ALERT}]");
         let read = |text: &str, how| {
-            parse_page(SourceKind::Alerts, "", text.as_bytes().to_vec(), how).unwrap()
+            parse_page(SourceKind::Alerts, "", text.as_bytes().to_vec(), how, None).unwrap()
         };
         // Known before the items: a nextLink, or a count above the page size asked for.
         for text in [
@@ -573,7 +592,7 @@ mod tests {
         // A skimmed page is still read whole: a cut one is refused, and a submission's
         // creation time is still read for the slice check.
         let cut = format!("{{\"@odata.count\":9,\"value\":[{ALERT},{{\"id\":");
-        assert!(parse_page(SourceKind::Alerts, "", cut.into_bytes(), skim).is_err());
+        assert!(parse_page(SourceKind::Alerts, "", cut.into_bytes(), skim, None).is_err());
         let submission =
             r#"{"id":"s1","createdDateTime":"2026-11-28T10:00:00Z","contentType":"email"}"#;
         let p = parse_page(
@@ -581,6 +600,7 @@ mod tests {
             "emailThreats",
             format!("{{\"@odata.count\":9,\"value\":[{submission},5]}}").into_bytes(),
             skim,
+            None,
         )
         .unwrap();
         assert_eq!((p.received, p.items.len(), p.quarantine.len()), (2, 0, 0));
@@ -594,5 +614,62 @@ mod tests {
     fn p_len(text: &str) -> usize {
         let v: serde_json::Value = serde_json::from_str(text).unwrap();
         v["value"].as_array().unwrap().len()
+    }
+
+    #[test]
+    fn items_whose_version_is_stored_are_counted_not_prepared() {
+        let at = |id: &str, t: &str| {
+            format!(r#"{{"id":"{id}","lastUpdateDateTime":"{t}","title":"x","evidence":[]}}"#)
+        };
+        let text = format!(
+            "{{\"value\":[{},{},{},{},{}]}}",
+            at("same", "2026-11-28T10:00:00Z"),
+            at("older", "2026-11-28T09:00:00Z"),
+            at("newer", "2026-11-28T11:00:00Z"),
+            at("unknown", "2026-11-28T10:00:00Z"),
+            r#"{"id":"bad","lastUpdateDateTime":"not a time"}"#,
+        );
+        let ten = crate::time::parse_ticks("2026-11-28T10:00:00Z").unwrap();
+        let known: KnownVersions = [("same", ten), ("older", ten), ("newer", ten), ("bad", ten)]
+            .into_iter()
+            .map(|(id, t)| (id.to_string(), t))
+            .collect();
+        for kind in [SourceKind::Alerts, SourceKind::Incidents] {
+            let p = parse_page(
+                kind,
+                "",
+                text.clone().into_bytes(),
+                Overflowing::Prepare,
+                Some(&known),
+            )
+            .unwrap();
+            let prepared: Vec<&str> = p.items.iter().map(|i| i.native_id.as_str()).collect();
+            assert_eq!(prepared, ["newer", "unknown"], "{kind:?}");
+            assert_eq!((p.unchanged, p.stale), (1, 1), "{kind:?}");
+            // Unreadable versions are still quarantined, with the reason the store gives.
+            assert_eq!(p.quarantine.len(), 1, "{kind:?}");
+            assert_eq!(p.received, 5);
+            assert_eq!(p.ids, ["same", "older", "newer", "unknown"], "{kind:?}");
+            // Without what the store holds, everything readable is prepared.
+            let all = parse_page(
+                kind,
+                "",
+                text.clone().into_bytes(),
+                Overflowing::Prepare,
+                None,
+            )
+            .unwrap();
+            assert_eq!((all.items.len(), all.unchanged, all.stale), (4, 0, 0));
+        }
+        // Sources whose version is not a time are always prepared.
+        let submissions = parse_page(
+            SourceKind::CloudApps,
+            "",
+            br#"{"data":[{"_id":"same","timestamp":1}]}"#.to_vec(),
+            Overflowing::Prepare,
+            Some(&known),
+        )
+        .unwrap();
+        assert_eq!(submissions.unchanged + submissions.stale, 0);
     }
 }

@@ -1319,6 +1319,18 @@ pub trait Store: Send + Sync {
         source: SourceKind,
         ids: &[String],
     ) -> impl Future<Output = Result<std::collections::HashSet<String>>> + Send;
+    /// The latest stored version (ticks) of each alert of (tenant, source) that changed at or
+    /// after `since_ms` with a version at or after `from_ticks`; `None` when more than `max`
+    /// match. A reconciliation pass re-lists a day of items it mostly holds already; with these
+    /// it skips preparing them (issue 12).
+    fn stored_versions(
+        &self,
+        tenant: &str,
+        source: SourceKind,
+        since_ms: i64,
+        from_ticks: i64,
+        max: usize,
+    ) -> impl Future<Output = Result<Option<HashMap<String, i64>>>> + Send;
     fn ingest(&self, batch: IngestBatch<'_>) -> impl Future<Output = Result<IngestCounts>> + Send;
     /// Undelivered versions of a tenant (pending or batched).
     fn undelivered(&self, tenant: &str) -> impl Future<Output = Result<u64>> + Send;
@@ -1490,6 +1502,16 @@ impl Store for AnyStore {
         ids: &[String],
     ) -> Result<std::collections::HashSet<String>> {
         dispatch!(self, s => s.known_ids(tenant, source, ids))
+    }
+    async fn stored_versions(
+        &self,
+        tenant: &str,
+        source: SourceKind,
+        since_ms: i64,
+        from_ticks: i64,
+        max: usize,
+    ) -> Result<Option<HashMap<String, i64>>> {
+        dispatch!(self, s => s.stored_versions(tenant, source, since_ms, from_ticks, max))
     }
     async fn ingest(&self, batch: IngestBatch<'_>) -> Result<IngestCounts> {
         dispatch!(self, s => s.ingest(batch))

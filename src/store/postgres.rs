@@ -200,6 +200,8 @@ impl Dialect for PgDialect {
     const CURSORS: &'static str = "SELECT tenant, source, list, coverage, t0 FROM cursors \
          WHERE ($1::text IS NULL OR tenant = $1) ORDER BY tenant, source, list";
     // `SKIP LOCKED` lets replicas prune side by side.
+    const STORED_VERSIONS: &'static str = "SELECT native_id, latest FROM alerts \
+         WHERE last_change >= $1 AND tenant = $2 AND source = $3 AND latest >= $4 LIMIT $5";
     const PRUNE_ALERTS: &'static str = "DELETE FROM alerts WHERE (tenant, source, native_id) IN ( \
          SELECT tenant, source, native_id FROM alerts WHERE last_change < $1 LIMIT $2 \
          FOR UPDATE SKIP LOCKED)";

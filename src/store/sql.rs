@@ -82,6 +82,10 @@ pub trait Dialect: Send + Sync + 'static {
     const CURSORS: &'static str;
     /// `(before, limit)`: deletes up to `limit` dedup rows last changed before `before`.
     const PRUNE_ALERTS: &'static str;
+    /// `(since_ms, tenant, source, from_ticks, limit)` → `native_id, latest` of the alerts last
+    /// changed at or after `since_ms` whose latest version is at or after `from_ticks`, read
+    /// through the `last_change` index (a tenant's whole history is not scanned).
+    const STORED_VERSIONS: &'static str;
 
     /// Where reads that need not see this replica's latest commit go.
     fn reader(&self) -> &Pool<Self::DB>;
@@ -729,6 +733,33 @@ where
         ids: &[String],
     ) -> Result<HashSet<String>> {
         self.dialect.known_ids(tenant, source.as_str(), ids).await
+    }
+
+    async fn stored_versions(
+        &self,
+        tenant: &str,
+        source: SourceKind,
+        since_ms: i64,
+        from_ticks: i64,
+        max: usize,
+    ) -> Result<Option<HashMap<String, i64>>> {
+        let limit = i64::try_from(max).unwrap_or(i64::MAX - 1) + 1;
+        let rows = sqlx::query(D::STORED_VERSIONS)
+            .bind(since_ms)
+            .bind(tenant)
+            .bind(source.as_str())
+            .bind(from_ticks)
+            .bind(limit)
+            .fetch_all(D::DB::on_pool(self.dialect.reader()))
+            .await?;
+        if rows.len() > max {
+            return Ok(None);
+        }
+        let mut versions = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            versions.insert(r.try_get(0)?, r.try_get(1)?);
+        }
+        Ok(Some(versions))
     }
 
     async fn ingest(&self, mut batch: IngestBatch<'_>) -> Result<IngestCounts> {

@@ -211,6 +211,11 @@ impl Dialect for SqliteDialect {
          WHERE ($1 IS NULL OR tenant = $1) ORDER BY id";
     const CURSORS: &'static str = "SELECT tenant, source, list, coverage, t0 FROM cursors \
          WHERE ($1 IS NULL OR tenant = $1) ORDER BY tenant, source, list";
+    // Without statistics SQLite would take the primary key's (tenant, source) prefix and scan
+    // the tenant's whole history.
+    const STORED_VERSIONS: &'static str =
+        "SELECT native_id, latest FROM alerts INDEXED BY alerts_last_change \
+         WHERE last_change >= $1 AND tenant = $2 AND source = $3 AND latest >= $4 LIMIT $5";
     const PRUNE_ALERTS: &'static str = "DELETE FROM alerts WHERE (tenant, source, native_id) IN \
          (SELECT tenant, source, native_id FROM alerts WHERE last_change < $1 LIMIT $2)";
 
