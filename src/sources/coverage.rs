@@ -24,9 +24,9 @@ use crate::time::{format_filter_bound, format_seconds, format_ticks, TICKS_PER_S
 pub(super) const MAX_WALKS: usize = 5;
 /// A body that is not complete JSON is asked for again this many times within one poll.
 pub(super) const BAD_BODY_RETRIES: usize = 3;
-/// At most this many stored versions (~4 MB) are held for a reconciliation pass; a larger
+/// At most this many stored versions (~3 MB) are held for a reconciliation pass; a larger
 /// window is reconciled by preparing every item, as before.
-const KNOWN_VERSIONS_MAX: usize = 50_000;
+const KNOWN_VERSIONS_MAX: usize = 100_000;
 /// Microsoft's security API refuses `$skip` above this (security-error-codes, "Constraints").
 const MAX_SKIP: usize = 500;
 

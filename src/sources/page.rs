@@ -630,10 +630,10 @@ mod tests {
             r#"{"id":"bad","lastUpdateDateTime":"not a time"}"#,
         );
         let ten = crate::time::parse_ticks("2026-11-28T10:00:00Z").unwrap();
-        let known: KnownVersions = [("same", ten), ("older", ten), ("newer", ten), ("bad", ten)]
-            .into_iter()
-            .map(|(id, t)| (id.to_string(), t))
-            .collect();
+        let mut known = KnownVersions::default();
+        for id in ["same", "older", "newer", "bad"] {
+            known.insert(id, ten);
+        }
         for kind in [SourceKind::Alerts, SourceKind::Incidents] {
             let p = parse_page(
                 kind,

@@ -1330,7 +1330,7 @@ pub trait Store: Send + Sync {
         since_ms: i64,
         from_ticks: i64,
         max: usize,
-    ) -> impl Future<Output = Result<Option<HashMap<String, i64>>>> + Send;
+    ) -> impl Future<Output = Result<Option<crate::normalize::KnownVersions>>> + Send;
     fn ingest(&self, batch: IngestBatch<'_>) -> impl Future<Output = Result<IngestCounts>> + Send;
     /// Undelivered versions of a tenant (pending or batched).
     fn undelivered(&self, tenant: &str) -> impl Future<Output = Result<u64>> + Send;
@@ -1510,7 +1510,7 @@ impl Store for AnyStore {
         since_ms: i64,
         from_ticks: i64,
         max: usize,
-    ) -> Result<Option<HashMap<String, i64>>> {
+    ) -> Result<Option<crate::normalize::KnownVersions>> {
         dispatch!(self, s => s.stored_versions(tenant, source, since_ms, from_ticks, max))
     }
     async fn ingest(&self, batch: IngestBatch<'_>) -> Result<IngestCounts> {

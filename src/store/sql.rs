@@ -742,22 +742,24 @@ where
         since_ms: i64,
         from_ticks: i64,
         max: usize,
-    ) -> Result<Option<HashMap<String, i64>>> {
+    ) -> Result<Option<crate::normalize::KnownVersions>> {
         let limit = i64::try_from(max).unwrap_or(i64::MAX - 1) + 1;
-        let rows = sqlx::query(D::STORED_VERSIONS)
+        let mut rows = sqlx::query(D::STORED_VERSIONS)
             .bind(since_ms)
             .bind(tenant)
             .bind(source.as_str())
             .bind(from_ticks)
             .bind(limit)
-            .fetch_all(D::DB::on_pool(self.dialect.reader()))
-            .await?;
-        if rows.len() > max {
-            return Ok(None);
-        }
-        let mut versions = HashMap::with_capacity(rows.len());
-        for r in &rows {
-            versions.insert(r.try_get(0)?, r.try_get(1)?);
+            .fetch(D::DB::on_pool(self.dialect.reader()));
+        // Row by row: the rows of a large window held at once would cost more than the map.
+        let mut versions = crate::normalize::KnownVersions::with_capacity(max.min(4096));
+        while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
+            if versions.len() == max {
+                return Ok(None);
+            }
+            let row = row?;
+            let id: String = row.try_get(0)?;
+            versions.insert(&id, row.try_get(1)?);
         }
         Ok(Some(versions))
     }
