@@ -797,7 +797,7 @@ fn split_evenly(a: i64, b: i64, k: i64) -> Vec<(i64, i64)> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 mod tests {
-    use super::super::mutate::{cases, mutate, reference, Rng};
+    use super::super::mutate::{cases, mutate, reference, Rng, EXAMPLE_PAGES};
     use super::*;
 
     /// Issue 11 item 16: Microsoft's example pages of every listed source, mutated, through page
@@ -807,34 +807,9 @@ mod tests {
     /// quarantined.
     #[test]
     fn mutated_example_pages_never_panic_and_lose_no_item() {
-        let pages = [
-            (SourceKind::Alerts, "", "graph-alerts_v2-list.json"),
-            (SourceKind::Incidents, "", "graph-incidents-list.json"),
-            (
-                SourceKind::Incidents,
-                "",
-                "graph-incident-expand-alerts.json",
-            ),
-            (
-                SourceKind::Submissions,
-                "emailThreats",
-                "graph-emailThreatSubmission-list.json",
-            ),
-            (
-                SourceKind::Submissions,
-                "urlThreats",
-                "graph-urlThreatSubmission-list.json",
-            ),
-            (
-                SourceKind::Submissions,
-                "fileThreats",
-                "graph-fileThreatSubmission-list.json",
-            ),
-            (SourceKind::CloudApps, "date", "mda-alerts-list.json"),
-        ];
         let mut rng = Rng::new(0x5eed_1234);
         let (mut parsed_pages, mut refused_pages) = (0, 0);
-        for (kind, list, name) in pages {
+        for (kind, list, name) in EXAMPLE_PAGES {
             let text = reference(name);
             for case in 0..cases() {
                 let page = mutate(&text, &mut rng);

@@ -5,6 +5,8 @@
 
 use serde_json::Value;
 
+use crate::normalize::SourceKind;
+
 /// A small deterministic generator (xorshift64*): the cases of a run depend only on its seed.
 pub(crate) struct Rng(u64);
 
@@ -140,3 +142,30 @@ pub(crate) fn mutate(page: &str, rng: &mut Rng) -> String {
         }
     }
 }
+
+/// Microsoft's example listing pages of every source polled by time: (source, list, file).
+pub(crate) const EXAMPLE_PAGES: [(SourceKind, &str, &str); 7] = [
+    (SourceKind::Alerts, "", "graph-alerts_v2-list.json"),
+    (SourceKind::Incidents, "", "graph-incidents-list.json"),
+    (
+        SourceKind::Incidents,
+        "",
+        "graph-incident-expand-alerts.json",
+    ),
+    (
+        SourceKind::Submissions,
+        "emailThreats",
+        "graph-emailThreatSubmission-list.json",
+    ),
+    (
+        SourceKind::Submissions,
+        "urlThreats",
+        "graph-urlThreatSubmission-list.json",
+    ),
+    (
+        SourceKind::Submissions,
+        "fileThreats",
+        "graph-fileThreatSubmission-list.json",
+    ),
+    (SourceKind::CloudApps, "date", "mda-alerts-list.json"),
+];

@@ -345,7 +345,7 @@ mod tests {
 
     use super::*;
     use crate::sources::coverage::prepare_item as prepare_raw_item;
-    use crate::sources::mutate::{cases, mutate, reference, Rng};
+    use crate::sources::mutate::{cases, mutate, reference, Rng, EXAMPLE_PAGES};
 
     /// The reader before issue 12's single pass: the page into raw items by serde's derive, then
     /// each item on its own. The one-pass reader must give exactly what it gave.
@@ -422,37 +422,11 @@ mod tests {
         }
     }
 
-    const PAGES: [(SourceKind, &str, &str); 7] = [
-        (SourceKind::Alerts, "", "graph-alerts_v2-list.json"),
-        (SourceKind::Incidents, "", "graph-incidents-list.json"),
-        (
-            SourceKind::Incidents,
-            "",
-            "graph-incident-expand-alerts.json",
-        ),
-        (
-            SourceKind::Submissions,
-            "emailThreats",
-            "graph-emailThreatSubmission-list.json",
-        ),
-        (
-            SourceKind::Submissions,
-            "urlThreats",
-            "graph-urlThreatSubmission-list.json",
-        ),
-        (
-            SourceKind::Submissions,
-            "fileThreats",
-            "graph-fileThreatSubmission-list.json",
-        ),
-        (SourceKind::CloudApps, "date", "mda-alerts-list.json"),
-    ];
-
     #[test]
     fn one_pass_gives_what_two_passes_gave_on_every_example_page_and_its_mutations() {
         let mut rng = Rng::new(0x0e9a_55e5);
         let (mut same_items, mut both_refused) = (0, 0);
-        for (kind, list, name) in PAGES {
+        for (kind, list, name) in EXAMPLE_PAGES {
             let text = reference(name);
             let mut pages = vec![text.clone()];
             pages.extend((0..cases()).map(|_| mutate(&text, &mut rng)));
