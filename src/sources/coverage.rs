@@ -9,10 +9,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
-
-use super::page::{parse_page, Overflowing};
 use tokio::time::Instant;
 
+use super::page::{parse_page, Overflowing};
 use super::submissions::{FALLBACK_PAGES, SUBMISSION_LISTS};
 use super::{PollError, PollOutcome, Poller, BACKPRESSURE_EVERY};
 use crate::config::{SourceSettings, StartFrom};
@@ -315,6 +314,23 @@ impl Poller {
     pub async fn reconcile_once(&mut self) -> Result<u64, PollError> {
         self.last_reconcile = Some(Instant::now());
         let mut outcome = PollOutcome::default();
+        let listed = self.reconcile_lists(&mut outcome).await;
+        // The pass's stored versions go with it, however it ended.
+        self.known_versions = None;
+        listed?;
+        let found = outcome.counts.new + outcome.counts.updated;
+        if !matches!(
+            self.settings.kind,
+            SourceKind::Submissions | SourceKind::CloudApps
+        ) {
+            self.status.late_arrivals(found);
+            crate::metrics::late_arrivals(&self.tenant.name, self.settings.kind.as_str(), found);
+        }
+        Ok(found)
+    }
+
+    /// Re-lists each list's window, [C − `reconcile_window`, C).
+    async fn reconcile_lists(&mut self, outcome: &mut PollOutcome) -> Result<(), PollError> {
         for (listing, key) in &self.lists {
             // Cloud Apps' recheck re-lists by creation date; resolutions have their own cursor.
             // A list polled without a filter is re-listed whole each poll already.
@@ -330,37 +346,22 @@ impl Poller {
             while a < end {
                 let b = (a + self.settings.max_slice.as_secs() as i64).min(end);
                 match self
-                    .scan(listing, key, a, b, cursor.t0, Pass::Reconcile, &mut outcome)
+                    .scan(listing, key, a, b, cursor.t0, Pass::Reconcile, outcome)
                     .await
                 {
                     Err(PollError::FilterIgnored { slice, created }) => {
                         let why = format!("Graph ignored the createdDateTime filter on {} (reconciliation): an item created at {} came back for the slice [{}, {}); listing its newest {} items each poll instead", listing.list, format_ticks(created), format_filter_bound(slice.0), format_filter_bound(slice.1), FALLBACK_PAGES * listing.max_top);
-                        self.fall_back(listing, key, &why, &mut outcome).await?;
+                        self.fall_back(listing, key, &why, outcome).await?;
                         break;
                     }
-                    r => {
-                        if r.is_err() {
-                            self.known_versions = None;
-                        }
-                        r?
-                    }
+                    r => r?,
                 }
                 a = b;
             }
-            self.known_versions = None;
         }
-        let found = outcome.counts.new + outcome.counts.updated;
-        if !matches!(
-            self.settings.kind,
-            SourceKind::Submissions | SourceKind::CloudApps
-        ) {
-            self.status.late_arrivals(found);
-            crate::metrics::late_arrivals(&self.tenant.name, self.settings.kind.as_str(), found);
-        }
-        Ok(found)
+        Ok(())
     }
 
-    /// The stored cursor, or the first run's (rule 0), stored before any item.
     /// The versions the store holds of this Graph source's items updated since `from` (seconds,
     /// Microsoft's clock), for a reconciliation pass to skip preparing them. `None` (prepare
     /// everything, as before) for sources whose version is not a time, when the window holds
@@ -391,6 +392,7 @@ impl Poller {
         }
     }
 
+    /// The stored cursor, or the first run's (rule 0), stored before any item.
     pub(super) async fn cursor(
         &self,
         listing: &GraphListing,
