@@ -157,8 +157,23 @@ fn limits(rows: usize) -> BatchLimits {
     }
 }
 
+/// Event ids are not stored beside bodies: each body carries its own.
 fn event_ids(items: &[store::BatchItem]) -> Vec<String> {
-    items.iter().map(|i| i.event_id.clone()).collect()
+    items
+        .iter()
+        .map(|i| normalize::envelope::event_id_of(&i.body).expect("a stored body is an envelope"))
+        .collect()
+}
+
+/// The event id a body must carry: the hash of its tenant, source, native id and version.
+fn expected_event_id(v: &Value) -> String {
+    let field = |f: &Value| f.as_str().expect("an envelope member").to_string();
+    normalize::envelope::event_id(
+        &field(&v["tenant"]["id"]),
+        &field(&v["source"]),
+        &field(&v["native_id"]),
+        &field(&v["version"]),
+    )
 }
 
 fn native_of(body: &[u8]) -> String {
@@ -355,7 +370,7 @@ async fn bodies_come_back_byte_for_byte(b: Backend) {
     let text = std::str::from_utf8(&items[0].body).unwrap();
     assert!(text.contains(r"\u0000 kept as bytes"), "{text}");
     let v: Value = serde_json::from_slice(&items[0].body).unwrap();
-    assert_eq!(v["event_id"], items[0].event_id.as_str());
+    assert_eq!(v["event_id"], expected_event_id(&v).as_str());
     assert_eq!(v["schema"], "m365-ingest.alert.v1");
     drop(s);
     db.drop_db().await;
@@ -623,14 +638,19 @@ async fn pruning_removes_old_delivered_bodies_and_old_state_only(b: Backend) {
         .await
         .unwrap();
     assert_eq!(c.unchanged, 1);
-    // Past dedup retention the state goes; the version is still not queued twice while its
-    // outbox row exists (the event id is unique).
-    s.prune(0, future).await.unwrap();
+    // Past dedup retention the state goes, except an alert's whose latest version still
+    // waits to be delivered: that state is what keeps the version from being queued twice.
+    let removed = s.prune(0, future).await.unwrap();
+    assert_eq!(removed, 1, "p1's state only");
     let c = ingest(&s, &[alert("p2", 0, "low")], false, None)
         .await
         .unwrap();
-    assert_eq!(c.new, 1);
+    assert_eq!((c.new, c.unchanged), (0, 1));
     assert_eq!(s.undelivered(TENANT).await.unwrap(), 1, "p2 is queued once");
+    let c = ingest(&s, &[alert("p1", 0, "low")], false, None)
+        .await
+        .unwrap();
+    assert_eq!(c.new, 1, "p1's state is gone: seen again, it is new");
     drop(s);
     db.drop_db().await;
 }
@@ -934,6 +954,12 @@ async fn operators_retry_dead_letters_replay_and_list(b: Backend) {
         .unwrap();
     let original = s.batch_items(first.id).await.unwrap();
     s.dead_letter(&first, "HTTP 400: refused").await.unwrap();
+    let dead = s.dead_letters(Some(TENANT)).await.unwrap();
+    assert_eq!(
+        dead.iter().map(|d| d.event_id.clone()).collect::<Vec<_>>(),
+        event_ids(&original),
+        "a dead letter is listed with the event id its body carries"
+    );
     let rest = s
         .claim_batch(DEST, TENANT, limits(10))
         .await
@@ -954,7 +980,7 @@ async fn operators_retry_dead_letters_replay_and_list(b: Backend) {
         "a retried dead letter goes out under a new key"
     );
     let retried = s.batch_items(again.id).await.unwrap();
-    assert_eq!(retried[0].event_id, original[0].event_id);
+    assert_eq!(event_ids(&retried), event_ids(&original));
     s.mark_delivered(&again).await.unwrap();
 
     // Replay one alert, then a time range, with the original event ids.
@@ -972,7 +998,7 @@ async fn operators_retry_dead_letters_replay_and_list(b: Backend) {
     let items = s.batch_items(replayed.id).await.unwrap();
     assert_eq!(items.len(), 1);
     assert_eq!(native_of(&items[0].body), "o2");
-    let o2_event = items[0].event_id.clone();
+    let o2_event = event_ids(&items)[0].clone();
     s.mark_delivered(&replayed).await.unwrap();
     let future = store::ReplayFilter {
         since_ms: Some(store::now_ms() + 60_000),
@@ -1006,8 +1032,8 @@ async fn operators_retry_dead_letters_replay_and_list(b: Backend) {
     let v: serde_json::Value = serde_json::from_slice(&items[0].body).unwrap();
     assert_eq!(v["native_id"], "o2");
     assert!(v["version"].as_str().unwrap().contains("#replay"), "{v}");
-    assert_eq!(v["event_id"], items[0].event_id.as_str());
-    assert_ne!(items[0].event_id, o2_event, "a new event id");
+    assert_eq!(v["event_id"], expected_event_id(&v).as_str());
+    assert_ne!(event_ids(&items)[0], o2_event, "a new event id");
 
     let key = CursorKey {
         tenant: TENANT.into(),
@@ -1408,7 +1434,111 @@ conformance!(
     an_email_alert_waits_for_its_context_and_later_context_is_a_revision,
     the_list_of_alerts_wanting_context_is_read_in_pages_that_reach_every_one,
     stored_versions_are_read_for_a_window_and_refused_past_their_cap,
+    a_store_that_kept_event_ids_is_migrated_with_its_rows_and_seqs,
 );
+
+/// Writes what a store of the release before derived event ids held: three versions with their
+/// event ids (the first delivered, the third since pruned, so the seq high-water mark is above
+/// the largest seq left). `$pool` is migrated up to, not including, `$first_new`; `$blob` is the
+/// backend's name for a byte string.
+macro_rules! legacy_outbox {
+    ($pool:expr, $migrator:expr, $first_new:expr, $blob:literal) => {{
+        let mut migrator = $migrator;
+        migrator.migrations = migrator
+            .migrations
+            .iter()
+            .filter(|m| m.version < $first_new)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        migrator.run(&$pool).await.unwrap();
+        for (event_id, native_id, state) in [("legacy-1", "a1", 2i64), ("legacy-2", "a2", 0), ("legacy-3", "a3", 0)] {
+            sqlx::query(
+                "INSERT INTO outbox (event_id, tenant, source, native_id, version, historical, \
+                 size, state, created_at) VALUES ($1, $2, 'alerts', $3, 'v1', FALSE, 40, $4, 1)",
+            )
+            .bind(event_id)
+            .bind(TENANT)
+            .bind(native_id)
+            .bind(state)
+            .execute(&$pool)
+            .await
+            .unwrap();
+        }
+        sqlx::query(concat!(
+            "INSERT INTO outbox_body (seq, body) SELECT seq, \
+             CAST('{\"event_id\":\"' || event_id || '\",\"native_id\":\"' || native_id || '\"}' AS ",
+            $blob,
+            ") FROM outbox"
+        ))
+        .execute(&$pool)
+        .await
+        .unwrap();
+        for statement in [
+            "DELETE FROM outbox_body WHERE seq = 3",
+            "DELETE FROM outbox WHERE seq = 3",
+        ] {
+            sqlx::query(statement).execute(&$pool).await.unwrap();
+        }
+        $pool.close().await;
+    }};
+}
+
+async fn a_store_that_kept_event_ids_is_migrated_with_its_rows_and_seqs(b: Backend) {
+    let db = Fresh::new(b).await;
+    match b {
+        Backend::Sqlite => {
+            let options =
+                <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&db.url)
+                    .unwrap()
+                    .create_if_missing(true);
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await
+                .unwrap();
+            legacy_outbox!(pool, sqlx::migrate!("migrations/sqlite"), 9, "BLOB")
+        }
+        Backend::Postgres => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&db.url)
+                .await
+                .unwrap();
+            legacy_outbox!(pool, sqlx::migrate!("migrations/postgres"), 7, "BYTEA")
+        }
+    }
+    let s = db.open_leader().await;
+    let q = s.queue_status(TENANT).await.unwrap();
+    assert_eq!((q.pending, q.delivered), (1, 1));
+    let batch = s
+        .claim_batch(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let items = s.batch_items(batch.id).await.unwrap();
+    assert_eq!(items.iter().map(|i| i.seq).collect::<Vec<_>>(), [2]);
+    assert_eq!(
+        event_ids(&items),
+        ["legacy-2"],
+        "the body is kept as it was"
+    );
+    s.mark_delivered(&batch).await.unwrap();
+    // Seqs go on from the high-water mark, not from the largest seq left: never reused.
+    ingest(&s, &[alert("n1", 0, "low")], false, None)
+        .await
+        .unwrap();
+    let batch = s
+        .claim_batch(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let items = s.batch_items(batch.id).await.unwrap();
+    assert_eq!(items.iter().map(|i| i.seq).collect::<Vec<_>>(), [4]);
+    assert_eq!(native_of(&items[0].body), "n1");
+    drop(s);
+    db.drop_db().await;
+}
 
 async fn stored_versions_are_read_for_a_window_and_refused_past_their_cap(b: Backend) {
     let db = Fresh::new(b).await;

@@ -191,12 +191,10 @@ mod tests {
         let items = vec![
             BatchItem {
                 seq: 1,
-                event_id: "a".into(),
                 body: br#"{"x":1}"#.to_vec(),
             },
             BatchItem {
                 seq: 2,
-                event_id: "b".into(),
                 body: br#"{"y":"\u0000"}"#.to_vec(),
             },
         ];

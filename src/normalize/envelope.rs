@@ -187,6 +187,18 @@ pub fn event_id(tenant_id: &str, source: &str, native_id: &str, version: &str) -
     hex(&h.finalize())
 }
 
+/// The event id a rendered body carries; `None` when the body is not an envelope. Event ids are
+/// not stored beside the body (issue 12): whoever needs one outside the body reads it here.
+pub fn event_id_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        event_id: String,
+    }
+    serde_json::from_slice::<Head>(body)
+        .ok()
+        .map(|h| h.event_id)
+}
+
 /// The one version of an item that never changes (a phishing report).
 pub const ONCE_VERSION: &str = "r1";
 

@@ -179,7 +179,6 @@ pub struct OutboxRow {
     /// The source of the alert this version belongs to (a `linked` revision may be another
     /// source's than the page being committed).
     pub source: SourceKind,
-    pub event_id: String,
     pub native_id: String,
     pub version: String,
     pub historical: bool,
@@ -622,7 +621,6 @@ pub fn plan_ingest(
             );
             plan.outbox.push(OutboxRow {
                 source: batch.source,
-                event_id,
                 native_id: item.native_id,
                 version,
                 historical: batch.historical,
@@ -730,7 +728,6 @@ pub fn replay_row(
     )?;
     Some(OutboxRow {
         source,
-        event_id,
         native_id: native_id.to_string(),
         version: new_version,
         historical: false,
@@ -981,7 +978,6 @@ fn revision_row(
     );
     OutboxRow {
         source,
-        event_id,
         native_id: native_id.to_string(),
         version,
         historical: false,
@@ -1179,7 +1175,6 @@ pub struct Batch {
 #[derive(Debug, Clone)]
 pub struct BatchItem {
     pub seq: i64,
-    pub event_id: String,
     pub body: Vec<u8>,
 }
 

@@ -176,12 +176,13 @@ impl Dialect for PgDialect {
          WHERE tenant = $3 AND source = $4 AND list = $5 AND ($7::bigint IS NULL OR generation = $7)";
     // A body per row by its key: a join planned on stale statistics hashed the whole body
     // table for 100 rows.
-    const BATCH_ITEMS: &'static str = "SELECT o.seq, o.event_id, \
+    const BATCH_ITEMS: &'static str = "SELECT o.seq, \
          (SELECT b.body FROM outbox_body b WHERE b.seq = o.seq) \
          FROM outbox o WHERE o.batch_id = $1 ORDER BY o.seq";
-    const DEAD_LETTERS: &'static str = "SELECT seq, tenant, source, native_id, version, \
-         event_id, COALESCE(dead_reason, '') FROM outbox \
-         WHERE state = 3 AND ($1::text IS NULL OR tenant = $1) ORDER BY seq";
+    const DEAD_LETTERS: &'static str = "SELECT o.seq, o.tenant, o.source, o.native_id, \
+         o.version, (SELECT b.body FROM outbox_body b WHERE b.seq = o.seq), \
+         COALESCE(o.dead_reason, '') FROM outbox o \
+         WHERE o.state = 3 AND ($1::text IS NULL OR o.tenant = $1) ORDER BY o.seq";
     const DELIVERED_FOR_REPLAY: &'static str = "SELECT o.tenant, o.source, o.native_id, \
          o.version, b.body FROM outbox o JOIN outbox_body b ON b.seq = o.seq WHERE o.state = 2 \
          AND ($1::text IS NULL OR o.tenant = $1) AND ($2::text IS NULL OR o.source = $2) \
@@ -203,8 +204,9 @@ impl Dialect for PgDialect {
     const STORED_VERSIONS: &'static str = "SELECT native_id, latest FROM alerts \
          WHERE last_change >= $1 AND tenant = $2 AND source = $3 AND latest >= $4 LIMIT $5";
     const PRUNE_ALERTS: &'static str = "DELETE FROM alerts WHERE (tenant, source, native_id) IN ( \
-         SELECT tenant, source, native_id FROM alerts WHERE last_change < $1 LIMIT $2 \
-         FOR UPDATE SKIP LOCKED)";
+         SELECT a.tenant, a.source, a.native_id FROM alerts a WHERE a.last_change < $1 \
+         AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.seq = a.last_seq AND o.state <> 2) \
+         LIMIT $2 FOR UPDATE OF a SKIP LOCKED)";
 
     fn reader(&self) -> &Pool<Postgres> {
         &self.pool
@@ -449,8 +451,9 @@ impl Dialect for PgDialect {
         Ok(())
     }
 
-    /// Appends versions and their bodies in one statement; a version already queued (the same
-    /// event id) is skipped with its body.
+    /// Appends versions and their bodies in one statement. Each row takes its seq from the
+    /// table's sequence in page order (the subquery's `ORDER BY` keeps Postgres from pulling it
+    /// up, so `nextval` runs over the sorted rows), and its body is written under that seq.
     /// Returns the rows inserted: (source, native id, seq).
     async fn write_outbox(
         conn: &mut PgConnection,
@@ -462,16 +465,7 @@ impl Dialect for PgDialect {
             return Ok(Vec::new());
         }
         let n = rows.len();
-        let (
-            mut event_ids,
-            mut sources,
-            mut natives,
-            mut versions,
-            mut historical,
-            mut sizes,
-            mut bodies,
-        ) = (
-            Vec::with_capacity(n),
+        let (mut sources, mut natives, mut versions, mut historical, mut sizes, mut bodies) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -480,7 +474,6 @@ impl Dialect for PgDialect {
             Vec::with_capacity(n),
         );
         for r in rows {
-            event_ids.push(r.event_id);
             sources.push(r.source.as_str());
             natives.push(r.native_id);
             versions.push(r.version);
@@ -488,23 +481,23 @@ impl Dialect for PgDialect {
             sizes.push(r.json_len as i64);
             bodies.push(r.stored);
         }
-        // WITH ORDINALITY keeps seq in page order, so delivery follows Microsoft's order.
         sqlx::query(
-            "WITH u AS ( \
-               SELECT * FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::bool[], $8::int8[], $9::bytea[]) \
-                 WITH ORDINALITY AS u(event_id, source, native_id, version, historical, size, body, ord) \
+            "WITH u AS MATERIALIZED ( \
+               SELECT nextval(pg_get_serial_sequence('outbox', 'seq')) AS seq, x.* FROM ( \
+                 SELECT * FROM UNNEST($3::text[], $4::text[], $5::text[], $6::bool[], $7::int8[], $8::bytea[]) \
+                   WITH ORDINALITY AS x(source, native_id, version, historical, size, body, ord) \
+                 ORDER BY ord \
+               ) x \
              ), ins AS ( \
-               INSERT INTO outbox (event_id, tenant, source, native_id, version, historical, size, state, created_at) \
-               SELECT event_id, $1, source, native_id, version, historical, size, 0, $2 FROM u ORDER BY ord \
-               ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id, source, native_id \
+               INSERT INTO outbox (seq, tenant, source, native_id, version, historical, size, state, created_at) \
+               SELECT seq, $1, source, native_id, version, historical, size, 0, $2 FROM u \
              ), bodies AS ( \
-               INSERT INTO outbox_body (seq, body) SELECT ins.seq, u.body FROM ins JOIN u USING (event_id) \
+               INSERT INTO outbox_body (seq, body) SELECT seq, body FROM u \
              ) \
-             SELECT source, native_id, seq FROM ins",
+             SELECT source, native_id, seq FROM u ORDER BY seq",
         )
         .bind(tenant)
         .bind(now)
-        .bind(event_ids)
         .bind(sources)
         .bind(natives)
         .bind(versions)

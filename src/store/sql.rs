@@ -65,9 +65,10 @@ pub trait Dialect: Send + Sync + 'static {
     /// `(b, now, tenant, source, list, source_state, expected generation)`: C := max(C, b)
     /// and the source's state, only while the row has the generation the poll read.
     const ADVANCE_CURSOR: &'static str;
-    /// `(batch_id)` → `seq, event_id, stored body (NULL if missing)` in seq order.
+    /// `(batch_id)` → `seq, stored body (NULL if missing)` in seq order.
     const BATCH_ITEMS: &'static str;
-    /// `(tenant or NULL)` → `DeadLetter` columns in seq order.
+    /// `(tenant or NULL)` → `seq, tenant, source, native_id, version, stored body (NULL if
+    /// missing), reason` of dead-lettered rows in seq order.
     const DEAD_LETTERS: &'static str;
     /// `(tenant, source, native_id, since_ms, until_ms)`, each NULL for any →
     /// `tenant, source, native_id, version, body` of delivered rows in seq order.
@@ -80,7 +81,9 @@ pub trait Dialect: Send + Sync + 'static {
     const QUARANTINED: &'static str;
     /// `(tenant or NULL)` → `tenant, source, list, coverage, t0`.
     const CURSORS: &'static str;
-    /// `(before, limit)`: deletes up to `limit` dedup rows last changed before `before`.
+    /// `(before, limit)`: deletes up to `limit` dedup rows last changed before `before`, except
+    /// those whose latest queued version is not delivered yet: their state is what keeps that
+    /// version from being queued twice, event ids being no longer unique in the store.
     const PRUNE_ALERTS: &'static str;
     /// `(since_ms, tenant, source, from_ticks, limit)` → `native_id, latest` of the alerts last
     /// changed at or after `since_ms` whose latest version is at or after `from_ticks`, read
@@ -148,8 +151,9 @@ pub trait Dialect: Send + Sync + 'static {
         source: &str,
         keys: &[String],
     ) -> impl Future<Output = Result<Vec<DbRow<Self>>>> + Send;
-    /// Appends versions and their bodies, in order; a version already queued (the same event
-    /// id) is skipped with its body. Returns the rows inserted.
+    /// Appends versions and their bodies, in order, under new seqs. Returns the rows inserted.
+    /// Nothing here refuses a version queued before: the caller plans against the alert's dedup
+    /// state under the page's lock.
     fn write_outbox(
         conn: &mut Conn<Self>,
         tenant: &str,
@@ -1000,13 +1004,12 @@ where
         rows.iter()
             .map(|r| {
                 let seq: i64 = r.try_get(0)?;
-                let stored: Option<Vec<u8>> = r.try_get(2)?;
+                let stored: Option<Vec<u8>> = r.try_get(1)?;
                 let stored = stored.ok_or_else(|| {
                     StoreError::Invalid(format!("outbox row {seq} has no stored body"))
                 })?;
                 Ok(BatchItem {
                     seq,
-                    event_id: r.try_get(1)?,
                     body: body_codec::decode(&stored)
                         .map_err(|e| StoreError::Invalid(format!("outbox row {seq}: {e}")))?,
                 })
@@ -1156,9 +1159,21 @@ where
         let rows = self.listed(D::DEAD_LETTERS, tenant).await?;
         rows.iter()
             .map(|r| {
-                Ok(from_row!(
-                    DeadLetter, r, seq, tenant, source, native_id, version, event_id, reason
-                ))
+                // Event ids are not stored: each body carries its own.
+                let stored: Option<Vec<u8>> = r.try_get(5)?;
+                let event_id = stored
+                    .and_then(|b| body_codec::decode(&b).ok())
+                    .and_then(|json| envelope::event_id_of(&json))
+                    .unwrap_or_default();
+                Ok(DeadLetter {
+                    seq: r.try_get(0)?,
+                    tenant: r.try_get(1)?,
+                    source: r.try_get(2)?,
+                    native_id: r.try_get(3)?,
+                    version: r.try_get(4)?,
+                    event_id,
+                    reason: r.try_get(6)?,
+                })
             })
             .collect()
     }

@@ -3,7 +3,7 @@
 //! is `sql.rs`; this is SQLite's dialect of it: its SQL where it differs, multi-row `VALUES` in
 //! chunks for bulk writes, and no leases (one process per file).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -188,11 +188,12 @@ impl Dialect for SqliteDialect {
     const ADVANCE_CURSOR: &'static str = "UPDATE cursors SET coverage = MAX(coverage, $1), \
          updated_at = $2, state = COALESCE($6, state) \
          WHERE tenant = $3 AND source = $4 AND list = $5 AND ($7 IS NULL OR generation = $7)";
-    const BATCH_ITEMS: &'static str = "SELECT o.seq, o.event_id, b.body FROM outbox o \
+    const BATCH_ITEMS: &'static str = "SELECT o.seq, b.body FROM outbox o \
          JOIN outbox_body b ON b.seq = o.seq WHERE o.batch_id = $1 ORDER BY o.seq";
-    const DEAD_LETTERS: &'static str = "SELECT seq, tenant, source, native_id, version, \
-         event_id, COALESCE(dead_reason, '') FROM outbox \
-         WHERE state = 3 AND ($1 IS NULL OR tenant = $1) ORDER BY seq";
+    const DEAD_LETTERS: &'static str = "SELECT o.seq, o.tenant, o.source, o.native_id, \
+         o.version, b.body, COALESCE(o.dead_reason, '') FROM outbox o \
+         LEFT JOIN outbox_body b ON b.seq = o.seq \
+         WHERE o.state = 3 AND ($1 IS NULL OR o.tenant = $1) ORDER BY o.seq";
     const DELIVERED_FOR_REPLAY: &'static str = "SELECT o.tenant, o.source, o.native_id, \
          o.version, b.body FROM outbox o JOIN outbox_body b ON b.seq = o.seq WHERE o.state = 2 \
          AND ($1 IS NULL OR o.tenant = $1) AND ($2 IS NULL OR o.source = $2) \
@@ -217,7 +218,9 @@ impl Dialect for SqliteDialect {
         "SELECT native_id, latest FROM alerts INDEXED BY alerts_last_change \
          WHERE last_change >= $1 AND tenant = $2 AND source = $3 AND latest >= $4 LIMIT $5";
     const PRUNE_ALERTS: &'static str = "DELETE FROM alerts WHERE (tenant, source, native_id) IN \
-         (SELECT tenant, source, native_id FROM alerts WHERE last_change < $1 LIMIT $2)";
+         (SELECT a.tenant, a.source, a.native_id FROM alerts a WHERE a.last_change < $1 \
+          AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.seq = a.last_seq AND o.state <> 2) \
+          LIMIT $2)";
 
     fn reader(&self) -> &Pool<Sqlite> {
         &self.reader
@@ -394,56 +397,53 @@ impl Dialect for SqliteDialect {
         .await?)
     }
 
+    /// Appends versions and their bodies. Seqs are handed out here, after the table's
+    /// AUTOINCREMENT high-water mark, so each body is written beside its row without reading
+    /// the rows back: this connection is the only writer (design §5) and holds the write lock.
     async fn write_outbox(
         conn: &mut SqliteConnection,
         tenant: &str,
         rows: Vec<OutboxRow>,
         now: i64,
     ) -> Result<Vec<QueuedRow>> {
-        let mut inserted: Vec<QueuedRow> = Vec::new();
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let last: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0)",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        let mut inserted: Vec<QueuedRow> = Vec::with_capacity(rows.len());
         let mut outbox = rows;
+        let mut next = last;
         while !outbox.is_empty() {
             let rest = outbox.split_off(chunk_sizes(outbox.len()).next().unwrap_or(0));
             let chunk = std::mem::replace(&mut outbox, rest);
-            let mut bodies: HashMap<String, Vec<u8>> = HashMap::with_capacity(chunk.len());
+            let first = next + 1;
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO outbox (event_id, tenant, source, native_id, version, historical, size, state, created_at) ",
+                "INSERT INTO outbox (seq, tenant, source, native_id, version, historical, size, state, created_at) ",
             );
-            q.push_values(chunk, |mut b, r| {
-                let size = r.json_len as i64;
-                b.push_bind(r.event_id.clone())
+            q.push_values(chunk.iter(), |mut b, r| {
+                next += 1;
+                b.push_bind(next)
                     .push_bind(tenant)
                     .push_bind(r.source.as_str())
-                    .push_bind(r.native_id)
-                    .push_bind(r.version)
+                    .push_bind(r.native_id.as_str())
+                    .push_bind(r.version.as_str())
                     .push_bind(i64::from(r.historical))
-                    .push_bind(size)
+                    .push_bind(r.json_len as i64)
                     .push_bind(row_state::PENDING)
                     .push_bind(now);
-                bodies.insert(r.event_id, r.stored);
             });
-            q.push(" ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id, source, native_id");
-            let rows = q.build().fetch_all(&mut *conn).await?;
-            let mut stored = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let seq: i64 = r.try_get(0)?;
-                let event_id: String = r.try_get(1)?;
-                let s: String = r.try_get(2)?;
-                if let Some(s) = SourceKind::parse(&s) {
-                    inserted.push((s, r.try_get(3)?, seq));
-                }
-                if let Some(body) = bodies.remove(&event_id) {
-                    stored.push((seq, body));
-                }
-            }
-            drop(bodies);
-            if stored.is_empty() {
-                continue;
-            }
+            q.build().execute(&mut *conn).await?;
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO outbox_body (seq, body) ");
-            q.push_values(stored, |mut b, (seq, body)| {
-                b.push_bind(seq).push_bind(body);
+            let mut seq = first;
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(seq).push_bind(r.stored);
+                inserted.push((r.source, r.native_id, seq));
+                seq += 1;
             });
             q.build().execute(&mut *conn).await?;
         }
