@@ -116,6 +116,7 @@ impl SqlStore<SqliteDialect> {
                 ))
             })?
             .create_if_missing(true)
+            .page_size(16384)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(15))
