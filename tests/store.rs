@@ -157,6 +157,17 @@ fn limits(rows: usize) -> BatchLimits {
     }
 }
 
+/// Claims the tenant's next batch (up to 10 rows) and reads its items.
+async fn claim_with_items(s: &AnyStore) -> (store::Batch, Vec<store::BatchItem>) {
+    let batch = s
+        .claim_batch(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .expect("a batch to claim");
+    let items = s.batch_items(batch.id).await.unwrap();
+    (batch, items)
+}
+
 /// Event ids are not stored beside bodies: each body carries its own.
 fn event_ids(items: &[store::BatchItem]) -> Vec<String> {
     items
@@ -1511,12 +1522,7 @@ async fn a_store_that_kept_event_ids_is_migrated_with_its_rows_and_seqs(b: Backe
     let s = db.open_leader().await;
     let q = s.queue_status(TENANT).await.unwrap();
     assert_eq!((q.pending, q.delivered), (1, 1));
-    let batch = s
-        .claim_batch(DEST, TENANT, limits(10))
-        .await
-        .unwrap()
-        .unwrap();
-    let items = s.batch_items(batch.id).await.unwrap();
+    let (batch, items) = claim_with_items(&s).await;
     assert_eq!(items.iter().map(|i| i.seq).collect::<Vec<_>>(), [2]);
     assert_eq!(
         event_ids(&items),
@@ -1528,12 +1534,7 @@ async fn a_store_that_kept_event_ids_is_migrated_with_its_rows_and_seqs(b: Backe
     ingest(&s, &[alert("n1", 0, "low")], false, None)
         .await
         .unwrap();
-    let batch = s
-        .claim_batch(DEST, TENANT, limits(10))
-        .await
-        .unwrap()
-        .unwrap();
-    let items = s.batch_items(batch.id).await.unwrap();
+    let (batch, items) = claim_with_items(&s).await;
     assert_eq!(items.iter().map(|i| i.seq).collect::<Vec<_>>(), [4]);
     assert_eq!(native_of(&items[0].body), "n1");
     drop(s);
