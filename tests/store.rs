@@ -1534,7 +1534,7 @@ async fn a_store_that_kept_event_ids_is_migrated_with_its_rows_and_seqs(b: Backe
     ingest(&s, &[alert("n1", 0, "low")], false, None)
         .await
         .unwrap();
-    let (batch, items) = claim_with_items(&s).await;
+    let (_, items) = claim_with_items(&s).await;
     assert_eq!(items.iter().map(|i| i.seq).collect::<Vec<_>>(), [4]);
     assert_eq!(native_of(&items[0].body), "n1");
     drop(s);
