@@ -1190,6 +1190,9 @@ where
         // One number per replay run (its start, in ms): unique without counting earlier ones.
         let run = now_ms();
         let mut by_tenant: HashMap<String, Vec<OutboxRow>> = HashMap::new();
+        // A version and its earlier replays share a base, so they would be queued under one
+        // new event id: the first (oldest) is sent. Event ids are not unique in the store.
+        let mut taken: HashSet<(String, String, String, String)> = HashSet::new();
         for r in &rows {
             let (tenant, source, native_id, version): (String, String, String, String) =
                 (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
@@ -1197,6 +1200,15 @@ where
                 continue;
             };
             let base = replay_base(&version);
+            let key = (
+                tenant.clone(),
+                source.as_str().to_string(),
+                native_id.clone(),
+                base.to_string(),
+            );
+            if !taken.insert(key) {
+                continue;
+            }
             let stored: Vec<u8> = r.try_get(4)?;
             if let Some(row) = replay_row(source, &native_id, base, run, &stored) {
                 by_tenant.entry(tenant).or_default().push(row);
