@@ -199,6 +199,103 @@ pub fn event_id_of(body: &[u8]) -> Option<String> {
         .map(|h| h.event_id)
 }
 
+/// The event with its `event_id` member left out, when that id is the one [`event_id`] derives
+/// from the event's own `tenant.id`, `source`, `native_id` and `version`: 64 hex characters that
+/// compress to ~35 bytes and need not be stored (issue 12). `event` is a rendered event, or its
+/// head up to the comma before the body's members. `None` when the id is missing or is not the
+/// derived one (the event is then stored as it is). [`with_event_id`] puts it back.
+pub fn without_event_id(event: &[u8]) -> Option<Vec<u8>> {
+    let after_schema = after_schema(event)?;
+    let member = event.get(after_schema..)?;
+    let id = member
+        .strip_prefix(br#""event_id":""#)?
+        .get(..64)
+        .filter(|id| id.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))?;
+    let member_len = br#""event_id":""#.len() + 64 + br#"","#.len();
+    if member.get(member_len - 2..member_len) != Some(&br#"","#[..]) {
+        return None;
+    }
+    if derived_event_id(event)?.as_bytes() != id {
+        return None;
+    }
+    let mut out = Vec::with_capacity(event.len() - member_len);
+    out.extend_from_slice(&event[..after_schema]);
+    out.extend_from_slice(&member[member_len..]);
+    Some(out)
+}
+
+/// The event [`without_event_id`] was given: its derived `event_id` member written back in its
+/// place, after `schema`.
+pub fn with_event_id(stored: &[u8]) -> Result<Vec<u8>, String> {
+    let missing = || "stored body is corrupt: its event id cannot be derived".to_string();
+    let at = after_schema(stored).ok_or_else(missing)?;
+    let id = derived_event_id(stored).ok_or_else(missing)?;
+    let mut out = Vec::with_capacity(stored.len() + 80);
+    out.extend_from_slice(&stored[..at]);
+    out.extend_from_slice(br#""event_id":""#);
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(br#"","#);
+    out.extend_from_slice(&stored[at..]);
+    Ok(out)
+}
+
+/// Where the member after `schema` starts: `{"schema":"…",` is how [`render`] begins an event.
+fn after_schema(event: &[u8]) -> Option<usize> {
+    const OPEN: &[u8] = br#"{"schema":"#;
+    if !event.starts_with(OPEN) {
+        return None;
+    }
+    let end = string_end(event, OPEN.len())?;
+    (event.get(end) == Some(&b',')).then_some(end + 1)
+}
+
+/// The end of the JSON string that starts at `at`.
+fn string_end(json: &[u8], at: usize) -> Option<usize> {
+    let mut strings = serde_json::Deserializer::from_slice(json.get(at..)?)
+        .into_iter::<&serde_json::value::RawValue>();
+    let value = strings.next()?.ok()?;
+    value
+        .get()
+        .starts_with('"')
+        .then(|| at + strings.byte_offset())
+}
+
+/// The event id of an event (or of its head), from its own identity members. They all come
+/// before the first `,"version":` of the text, which is the envelope's own `version` member:
+/// the body's members follow the envelope, and those bytes cannot occur inside a JSON string
+/// (a quote there is escaped).
+fn derived_event_id(event: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Tenant<'a> {
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Identity<'a> {
+        #[serde(borrow)]
+        tenant: Tenant<'a>,
+        #[serde(borrow)]
+        source: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        native_id: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        version: std::borrow::Cow<'a, str>,
+    }
+    const VERSION: &[u8] = br#","version":"#;
+    let key = event.windows(VERSION.len()).position(|w| w == VERSION)?;
+    let end = string_end(event, key + VERSION.len())?;
+    let mut head = Vec::with_capacity(end + 1);
+    head.extend_from_slice(&event[..end]);
+    head.push(b'}');
+    let ids: Identity = serde_json::from_slice(&head).ok()?;
+    Some(event_id(
+        &ids.tenant.id,
+        &ids.source,
+        &ids.native_id,
+        &ids.version,
+    ))
+}
+
 /// The one version of an item that never changes (a phishing report).
 pub const ONCE_VERSION: &str = "r1";
 
@@ -302,6 +399,55 @@ mod tests {
             native_id: "da637551227677560813_-961444813",
             version: "2021-05-02T14:19:01.3266667Z",
         }
+    }
+
+    /// `env` with the event id derived from its own members, as the store renders events.
+    fn derived(
+        e: Envelope<'_>,
+        id: &mut String,
+        with: impl FnOnce(&Envelope<'_>) -> Vec<u8>,
+    ) -> Vec<u8> {
+        *id = event_id(e.tenant_id, e.source, e.native_id, e.version);
+        with(&Envelope { event_id: id, ..e })
+    }
+
+    #[test]
+    fn a_derived_event_id_is_left_out_and_written_back_byte_for_byte() {
+        // A body member named like an envelope one, and escapes in the identity members.
+        let body = br#"{"title":"T","version":"not the envelope's","raw":{"id":"x"}}"#;
+        let mut e = env(Change::Updated, &["status"]);
+        e.native_id = "a \"quoted\" id\\\u{1f}";
+        let mut id = String::new();
+        for event in [
+            derived(e, &mut id, |e| render(e, body)),
+            derived(e, &mut id, render_head),
+        ] {
+            let stored = without_event_id(&event).unwrap();
+            assert_eq!(stored.len(), event.len() - r#""event_id":"","#.len() - 64);
+            assert!(!String::from_utf8_lossy(&stored).contains(id.as_str()));
+            assert_eq!(with_event_id(&stored).unwrap(), event);
+        }
+    }
+
+    #[test]
+    fn an_event_id_that_is_not_the_derived_one_is_kept() {
+        let body = br#"{"title":"T"}"#;
+        // Not hex, and hex but of another version: both stay in the stored form.
+        assert_eq!(
+            without_event_id(&render(&env(Change::Created, &[]), body)),
+            None
+        );
+        let mut id = String::new();
+        let event = derived(env(Change::Created, &[]), &mut id, |e| render(e, body));
+        let other = String::from_utf8(event)
+            .unwrap()
+            .replace(r#""version":"2021"#, r#""version":"2022"#);
+        assert_eq!(without_event_id(other.as_bytes()), None);
+        assert_eq!(without_event_id(b"{}"), None);
+        assert_eq!(without_event_id(br#"{"schema":"x"}"#), None);
+        // What cannot be derived is a corrupt body, not a guess.
+        assert!(with_event_id(br#"{"schema":"x","title":"T"}"#).is_err());
+        assert!(with_event_id(b"not json").is_err());
     }
 
     #[test]

@@ -182,7 +182,7 @@ pub struct OutboxRow {
     pub native_id: String,
     pub version: String,
     pub historical: bool,
-    /// The body as stored (`body_codec::encode`).
+    /// The body as stored (`body_codec::encode_event` or `encode_with_sealed`).
     pub stored: Vec<u8>,
     /// The JSON body's length: batches are cut by what goes on the wire.
     pub json_len: usize,
@@ -196,7 +196,9 @@ pub struct OutboxRow {
 /// - `2`, then a dictionary id, then one zstd frame compressed with that dictionary (issue 12).
 ///   Dictionary 1 is `dict/alerts-v1.zdict`, trained on the simulator's alerts
 ///   (`examples/body_dict.rs`). A dictionary, once shipped, never changes: a better one is added
-///   under the next id and new bodies use it, while the old ones stay readable with theirs.
+///   under the next id and new bodies use it, while the old ones stay readable with theirs;
+/// - `3`: as `2`, of an event whose `event_id` was left out because it derives from the event's
+///   own members (`envelope::without_event_id`); decoding writes it back (issue 12).
 pub mod body_codec {
     use std::cell::RefCell;
     use std::sync::OnceLock;
@@ -205,8 +207,11 @@ pub mod body_codec {
     use zstd::dict::{DecoderDictionary, EncoderDictionary};
     use zstd::zstd_safe::CParameter;
 
+    use crate::normalize::envelope;
+
     const LZ4: u8 = 1;
     const ZSTD: u8 = 2;
+    const ZSTD_DERIVED_ID: u8 = 3;
 
     /// The dictionary new bodies are compressed with.
     pub const CURRENT_DICTIONARY: u8 = 1;
@@ -317,9 +322,26 @@ pub mod body_codec {
     /// frames, which zstd decodes as one concatenated body, so every version that reads format
     /// 2 reads it. `None` when zstd cannot compress the head.
     pub fn encode_with_sealed(head: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
-        let mut out = zstd_encode(head)?;
+        let mut out = match envelope::without_event_id(head) {
+            Some(head) => zstd_append(&head, vec![ZSTD_DERIVED_ID, CURRENT_DICTIONARY])?,
+            None => zstd_encode(head)?,
+        };
         out.extend_from_slice(sealed);
         Some(out)
+    }
+
+    /// The stored form of a rendered event: as [`encode`], without the event id when it derives
+    /// from the event's own members (format 3).
+    pub fn encode_event(event: &[u8]) -> Vec<u8> {
+        if event.len() <= MAX_JSON {
+            if let Some(without) = envelope::without_event_id(event) {
+                if let Some(out) = zstd_append(&without, vec![ZSTD_DERIVED_ID, CURRENT_DICTIONARY])
+                {
+                    return out;
+                }
+            }
+        }
+        encode(event)
     }
 
     /// The members a [`seal`] compressed.
@@ -388,6 +410,10 @@ pub mod body_codec {
         match stored.split_first() {
             Some((&ZSTD, rest)) => match rest.split_first() {
                 Some((&dict_id, frame)) => zstd_decode(dict_id, frame),
+                None => Err("stored body is corrupt: cut after its format byte".into()),
+            },
+            Some((&ZSTD_DERIVED_ID, rest)) => match rest.split_first() {
+                Some((&dict_id, frame)) => envelope::with_event_id(&zstd_decode(dict_id, frame)?),
                 None => Err("stored body is corrupt: cut after its format byte".into()),
             },
             Some((&LZ4, rest)) => lz4_flex::block::decompress_size_prepended(rest)
@@ -670,7 +696,7 @@ fn stored_event(
     if let Some(with) = context.and_then(|c| with_context(&event, &c)) {
         event = with;
     }
-    (body_codec::encode(&event), event.len())
+    (body_codec::encode_event(&event), event.len())
 }
 
 /// `plan_ingest`, with a bug in normalization or rendering turned into an error for this page
@@ -731,7 +757,7 @@ pub fn replay_row(
         native_id: native_id.to_string(),
         version: new_version,
         historical: false,
-        stored: body_codec::encode(&body),
+        stored: body_codec::encode_event(&body),
         json_len: body.len(),
     })
 }
@@ -981,7 +1007,7 @@ fn revision_row(
         native_id: native_id.to_string(),
         version,
         historical: false,
-        stored: body_codec::encode(&rendered),
+        stored: body_codec::encode_event(&rendered),
         json_len: rendered.len(),
     }
 }
@@ -1724,5 +1750,41 @@ mod stored_event_tests {
         let event: serde_json::Value =
             serde_json::from_slice(&body_codec::decode(&stored).unwrap()).unwrap();
         assert!(event.get("context").is_none());
+    }
+
+    #[test]
+    fn a_derived_event_id_is_not_stored_and_reads_back() {
+        let id = envelope::event_id("t", "cloud_apps", "x", "v");
+        let env = Envelope {
+            event_id: &id,
+            ..env()
+        };
+        let twin = LinkRef {
+            source: SourceKind::Alerts,
+            native_id: "ca123".into(),
+            forwarded: true,
+        };
+        let refs = [twin.clone()];
+        for (body, refs) in [
+            (sealed(), &refs[..0]),
+            (PreparedBody::Json(BODY.to_vec()), &refs[..0]),
+            (sealed(), &refs[..]),
+        ] {
+            let (stored, len) = stored_event(&env, &body, refs, None, None);
+            assert_eq!(stored[0], 3, "the derived-id format");
+            let event = body_codec::decode(&stored).unwrap();
+            assert_eq!(len, event.len());
+            if refs.is_empty() {
+                assert_eq!(event, envelope::render(&env, BODY));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&event).unwrap();
+            assert_eq!(v["event_id"], id.as_str());
+            assert_eq!(envelope::event_id_of(&event).as_deref(), Some(id.as_str()));
+            // The same event with its id kept, as format 2 wrote it, reads the same.
+            assert_eq!(
+                body_codec::decode(&body_codec::encode(&event)).unwrap(),
+                event
+            );
+        }
     }
 }

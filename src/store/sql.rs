@@ -608,7 +608,7 @@ where
             return Ok(false);
         }
         sqlx::query(SET_BODY)
-            .bind(body_codec::encode(&event))
+            .bind(body_codec::encode_event(&event))
             .bind(seq)
             .execute(D::DB::on(conn))
             .await?;
