@@ -266,8 +266,9 @@ const NEW_ROOT: &str = "INSERT INTO batches \
      (tenant, destination, key, state, root_id, min_seq, rows, created_at, updated_at) \
      VALUES ($1, $2, $3, 'open', 0, $4, $5, $6, $6) RETURNING id";
 const ROOT_IS_ITSELF: &str = "UPDATE batches SET root_id = id WHERE id = $1";
-const DELIVERED_ROWS: &str =
-    "UPDATE outbox SET state = 2, delivered_at = $1 WHERE batch_id = $2 AND state = 1";
+// A delivered row leaves its batch: nothing reads a delivered row by batch, and the
+// `outbox_batch` index then holds only rows in flight or dead (11 B per version, issue 12).
+const DELIVERED_ROWS: &str = "UPDATE outbox SET state = 2, delivered_at = $1, batch_id = NULL      WHERE batch_id = $2 AND state = 1";
 const DELIVERED_BATCH: &str =
     "UPDATE batches SET state = 'delivered', updated_at = $1 WHERE id = $2";
 const ROOT_ACCEPTED: &str = "UPDATE batches SET accepted = TRUE WHERE id = $1";
