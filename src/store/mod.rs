@@ -194,8 +194,9 @@ pub struct OutboxRow {
 /// - `{`: plain JSON, stored as it is (the first stores);
 /// - `1`: LZ4 block with its length prepended (issue 2);
 /// - `2`, then a dictionary id, then one zstd frame compressed with that dictionary (issue 12).
-///   Dictionary 1 is `dict/alerts-v1.zdict`, trained on the simulator's alerts
-///   (`examples/body_dict.rs`). A dictionary, once shipped, never changes: a better one is added
+///   Dictionary 1 is `dict/alerts-v1.zdict` (32 KiB), trained on the simulator's alerts as whole
+///   events; dictionary 2, `dict/alerts-v2.zdict` (40 KiB), on what the store compresses since
+///   issue 12, envelopes and members as separate frames (`examples/body_dict.rs`). A dictionary, once shipped, never changes: a better one is added
 ///   under the next id and new bodies use it, while the old ones stay readable with theirs;
 /// - `3`: as `2`, of an event whose `event_id` was left out because it derives from the event's
 ///   own members (`envelope::without_event_id`); decoding writes it back (issue 12).
@@ -214,7 +215,7 @@ pub mod body_codec {
     const ZSTD_DERIVED_ID: u8 = 3;
 
     /// The dictionary new bodies are compressed with.
-    pub const CURRENT_DICTIONARY: u8 = 1;
+    pub const CURRENT_DICTIONARY: u8 = 2;
     /// zstd's level for new bodies, chosen by measurement (docs/benchmarks.md, issue 12): with
     /// the dictionary, higher levels gain little size for much more time.
     pub const LEVEL: i32 = 3;
@@ -225,6 +226,7 @@ pub mod body_codec {
     pub fn dictionary(id: u8) -> Option<&'static [u8]> {
         match id {
             1 => Some(include_bytes!("dict/alerts-v1.zdict")),
+            2 => Some(include_bytes!("dict/alerts-v2.zdict")),
             _ => None,
         }
     }
@@ -239,13 +241,12 @@ pub mod body_codec {
     }
 
     fn decoder_dictionary(id: u8) -> Option<&'static DecoderDictionary<'static>> {
-        static PREPARED: OnceLock<Option<DecoderDictionary<'static>>> = OnceLock::new();
-        match id {
-            1 => PREPARED
-                .get_or_init(|| DecoderDictionary::try_copy(dictionary(1)?).ok())
-                .as_ref(),
-            _ => None,
-        }
+        // Prepared on first use: a store written by one dictionary never loads the other.
+        static PREPARED: [OnceLock<Option<DecoderDictionary<'static>>>; 2] =
+            [const { OnceLock::new() }; 2];
+        let slot = PREPARED.get(usize::from(id).checked_sub(1)?)?;
+        slot.get_or_init(|| DecoderDictionary::try_copy(dictionary(id)?).ok())
+            .as_ref()
     }
 
     thread_local! {
@@ -469,6 +470,12 @@ pub mod body_codec {
             assert_eq!(decode(&frozen).unwrap(), JSON.to_vec());
             // Plain JSON passes through.
             assert_eq!(decode(JSON).unwrap(), JSON.to_vec());
+            // zstd with dictionary 1, as written before dictionary 2 (format 2).
+            let mut c = Compressor::with_dictionary(LEVEL, dictionary(1).unwrap()).unwrap();
+            c.set_parameter(CParameter::DictIdFlag(false)).unwrap();
+            let mut v1 = vec![ZSTD, 1];
+            v1.extend_from_slice(&c.compress(JSON).unwrap());
+            assert_eq!(decode(&v1).unwrap(), JSON.to_vec());
         }
 
         #[test]
@@ -495,21 +502,32 @@ pub mod body_codec {
 
         /// Dictionary 1 is in stored bodies: it must never change.
         #[test]
-        fn shipped_dictionary_is_frozen() {
+        fn shipped_dictionaries_are_frozen() {
             use sha2::Digest;
-            let dict = dictionary(1).unwrap();
-            let sha256: String = sha2::Sha256::digest(dict)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            assert_eq!(
-                (dict.len(), sha256.as_str()),
+            for (id, len, pinned) in [
                 (
+                    1,
                     32_768,
-                    "a3f8fc26d0a363868b73b5ab53d3aef4b437608b32e89eb44fc51a38307a8117"
+                    "a3f8fc26d0a363868b73b5ab53d3aef4b437608b32e89eb44fc51a38307a8117",
                 ),
-                "dict/alerts-v1.zdict changed: add a new dictionary id instead"
-            );
+                (
+                    2,
+                    40_960,
+                    "8063093b8bb52250dfb38dd86865ea1ecbcbb3ab3a7fb85d8afae4643e4e9429",
+                ),
+            ] {
+                let dict = dictionary(id).unwrap();
+                let sha256: String = sha2::Sha256::digest(dict)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                assert_eq!(
+                    (dict.len(), sha256.as_str()),
+                    (len, pinned),
+                    "dictionary {id} changed: add a new dictionary id instead"
+                );
+            }
+            assert_eq!(dictionary(3), None);
         }
     }
 }

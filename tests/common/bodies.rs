@@ -95,6 +95,20 @@ pub fn rendered_raw(source: SourceKind, items: Vec<Box<RawValue>>) -> Vec<Vec<u8
     out
 }
 
+/// What the store compresses of one rendered event, as two frames of one stored body (issue 12):
+/// the envelope up to the comma before the body's members, without its event id when that is
+/// derived, and the body's members (`store::body_codec::encode_with_sealed`).
+pub fn stored_parts(event: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    const VERSION: &str = r#","version":""#;
+    let text = std::str::from_utf8(event).expect("an event is UTF-8");
+    let key = text.find(VERSION).expect("an event has a version") + VERSION.len();
+    let end = key + text[key..].find('"').expect("the version ends") + 2;
+    let head = &event[..end];
+    assert!(head.ends_with(b"\",") && !text[key..end].contains('\\'));
+    let head = normalize::envelope::without_event_id(head).unwrap_or_else(|| head.to_vec());
+    (head, event[end..].to_vec())
+}
+
 /// Items of Microsoft's example responses in `dir` (`shared/reference/microsoft`), as bodies:
 /// Graph alerts (`graph-alerts_v2-list.json`, `graph-alert-get.json`, the alerts of
 /// `graph-incident-expand-alerts.json`) and Cloud Apps alerts
