@@ -16,10 +16,12 @@ COPY --from=build /m365-ingest /usr/local/bin/m365-ingest
 COPY config/m365-ingest.example.toml /etc/m365-ingest/m365-ingest.toml
 USER 10001
 WORKDIR /var/lib/m365-ingest
-# glibc gives each thread that allocates its own malloc arena; two are plenty for this daemon
-# and keep its RSS well lower (docs/benchmarks.md, issue 12). The binary sets the same itself
-# when the variable is unset (it runs itself again once); setting it here spares that step.
+# glibc's malloc, tuned as the binary tunes it when these are unset (src/allocator.rs; it runs
+# itself again once): two arenas, and fixed thresholds so freed page buffers go back to the
+# system (docs/benchmarks.md, issue 12). Setting them here spares that step.
 ENV MALLOC_ARENA_MAX=2 \
+    MALLOC_MMAP_THRESHOLD_=1048576 \
+    MALLOC_TRIM_THRESHOLD_=4194304 \
     M365_INGEST_CONFIG=/etc/m365-ingest/m365-ingest.toml \
     M365_INGEST__SERVER__LISTEN=0.0.0.0:8080 \
     M365_INGEST__STORE__URL=sqlite:///var/lib/m365-ingest/m365-ingest.db

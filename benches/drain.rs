@@ -20,7 +20,7 @@ const SECRET: &str = "bench-secret";
 
 fn main() {
     // Measure the daemon as it ships: `m365-ingest` caps glibc's arenas the same way.
-    m365_ingest::allocator::cap_arenas();
+    m365_ingest::allocator::tune_malloc();
     let args: Vec<String> = std::env::args().collect();
     let n: usize = std::env::var("DRAIN_ALERTS")
         .ok()

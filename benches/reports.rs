@@ -28,7 +28,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 fn main() {
     // Measure the daemon as it ships: `m365-ingest` caps glibc's arenas the same way.
-    m365_ingest::allocator::cap_arenas();
+    m365_ingest::allocator::tune_malloc();
     let args: Vec<String> = std::env::args().collect();
     let big_mb = env_usize("REPORTS_BIG_MB", 0);
     let n = if big_mb > 0 {

@@ -335,19 +335,22 @@ async fn quarantine_list(store: &m365_ingest::AppStore) -> String {
     admin::quarantine(store, all).await.unwrap()
 }
 
-/// The binary runs itself once more with glibc's arenas capped (issue 12), and leaves an
-/// operator's own `MALLOC_ARENA_MAX` alone.
+/// The binary runs itself once more with glibc's malloc tuned (issue 12: two arenas, fixed
+/// thresholds), and leaves what the operator set alone.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_binary_caps_mallocs_arenas_unless_the_operator_set_them() {
+async fn the_binary_tunes_malloc_unless_the_operator_set_it() {
+    use m365_ingest::allocator::SETTINGS;
     use tokio::io::AsyncBufReadExt;
-    for (preset, expected) in [(None, "2"), (Some("4"), "4")] {
+    for preset in [None, Some("4")] {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_m365-ingest"));
         command
             .args(["sim", "--listen", "127.0.0.1:0", "--alerts", "1"])
-            .env_remove("MALLOC_ARENA_MAX")
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true);
+        for (var, _) in SETTINGS {
+            command.env_remove(var);
+        }
         if let Some(value) = preset {
             command.env("MALLOC_ARENA_MAX", value);
         }
@@ -363,17 +366,24 @@ async fn the_binary_caps_mallocs_arenas_unless_the_operator_set_them() {
         assert!(first.contains("listening"), "{first}");
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
         let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-        let wanted = format!("MALLOC_ARENA_MAX={expected}");
-        assert!(
-            vars.contains(&wanted.as_bytes()),
-            "{wanted} is not in the environment of pid {pid}"
-        );
-        assert_eq!(
-            vars.iter()
-                .filter(|v| v.starts_with(b"MALLOC_ARENA_MAX="))
-                .count(),
-            1
-        );
+        for (var, default) in SETTINGS {
+            let expected = match preset {
+                Some(value) if var == "MALLOC_ARENA_MAX" => value,
+                _ => default,
+            };
+            let wanted = format!("{var}={expected}");
+            assert!(
+                vars.contains(&wanted.as_bytes()),
+                "{wanted} is not in the environment of pid {pid}"
+            );
+            let prefix = format!("{var}=");
+            assert_eq!(
+                vars.iter()
+                    .filter(|v| v.starts_with(prefix.as_bytes()))
+                    .count(),
+                1
+            );
+        }
         child.kill().await.unwrap();
     }
 }
