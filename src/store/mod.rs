@@ -196,8 +196,9 @@ pub struct OutboxRow {
 /// - `2`, then a dictionary id, then one zstd frame compressed with that dictionary (issue 12).
 ///   Dictionary 1 is `dict/alerts-v1.zdict` (32 KiB), trained on the simulator's alerts as whole
 ///   events; dictionary 2, `dict/alerts-v2.zdict` (40 KiB), on what the store compresses since
-///   issue 12, envelopes and members as separate frames (`examples/body_dict.rs`). A dictionary, once shipped, never changes: a better one is added
-///   under the next id and new bodies use it, while the old ones stay readable with theirs;
+///   issue 12, envelopes and members as separate frames (`examples/body_dict.rs`). A
+///   dictionary, once shipped, never changes: a better one is added under the next id and new
+///   bodies use it, while the old ones stay readable with theirs;
 /// - `3`: as `2`, of an event whose `event_id` was left out because it derives from the event's
 ///   own members (`envelope::without_event_id`); decoding writes it back (issue 12).
 pub mod body_codec {
@@ -323,8 +324,8 @@ pub mod body_codec {
     /// frames, which zstd decodes as one concatenated body, so every version that reads format
     /// 2 reads it. `None` when zstd cannot compress the head.
     pub fn encode_with_sealed(head: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
-        let mut out = match envelope::without_event_id(head) {
-            Some(head) => zstd_append(&head, vec![ZSTD_DERIVED_ID, CURRENT_DICTIONARY])?,
+        let mut out = match zstd_without_event_id(head) {
+            Some(out) => out,
             None => zstd_encode(head)?,
         };
         out.extend_from_slice(sealed);
@@ -334,15 +335,17 @@ pub mod body_codec {
     /// The stored form of a rendered event: as [`encode`], without the event id when it derives
     /// from the event's own members (format 3).
     pub fn encode_event(event: &[u8]) -> Vec<u8> {
-        if event.len() <= MAX_JSON {
-            if let Some(without) = envelope::without_event_id(event) {
-                if let Some(out) = zstd_append(&without, vec![ZSTD_DERIVED_ID, CURRENT_DICTIONARY])
-                {
-                    return out;
-                }
-            }
+        zstd_without_event_id(event).unwrap_or_else(|| encode(event))
+    }
+
+    /// Format 3 of an event or of its head; `None` when its event id is not the derived one (or
+    /// zstd cannot compress it), for the caller to store it whole.
+    fn zstd_without_event_id(event: &[u8]) -> Option<Vec<u8>> {
+        if event.len() > MAX_JSON {
+            return None;
         }
-        encode(event)
+        let without = envelope::without_event_id(event)?;
+        zstd_append(&without, vec![ZSTD_DERIVED_ID, CURRENT_DICTIONARY])
     }
 
     /// The members a [`seal`] compressed.
@@ -500,7 +503,7 @@ pub mod body_codec {
             assert_eq!(decode(&stored).unwrap(), JSON.to_vec());
         }
 
-        /// Dictionary 1 is in stored bodies: it must never change.
+        /// Shipped dictionaries are named by stored bodies: they must never change.
         #[test]
         fn shipped_dictionaries_are_frozen() {
             use sha2::Digest;
