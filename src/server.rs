@@ -170,7 +170,7 @@ impl Health {
                         .set(lag as f64);
                 }
             }
-            match self.store.queue_status(&t.name).await {
+            match self.store.queue_depth(&t.name).await {
                 Ok(q) => {
                     ::metrics::gauge!(OUTBOX_PENDING, "tenant" => tenant.clone())
                         .set(q.pending as f64);

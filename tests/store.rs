@@ -644,6 +644,11 @@ async fn pruning_removes_old_delivered_bodies_and_old_state_only(b: Backend) {
     assert_eq!(removed, 1, "only the delivered body");
     let q = s.queue_status(TENANT).await.unwrap();
     assert_eq!((q.pending, q.delivered), (1, 0));
+    // What the metrics read on every scrape agrees, and reads only the undelivered rows.
+    let depth = s.queue_depth(TENANT).await.unwrap();
+    assert_eq!(depth.pending, 1);
+    assert!(depth.oldest_pending_age_s.is_some_and(|age| age < 60));
+    assert_eq!(s.queue_depth("other").await.unwrap(), Default::default());
     // Dedup state kept: the pruned alert seen again is unchanged, not queued again.
     let c = ingest(&s, &[alert("p1", 0, "low")], false, None)
         .await

@@ -1242,6 +1242,14 @@ pub struct QueueStatus {
     pub delivered: u64,
 }
 
+/// What the metrics show of a tenant's queue: [`QueueStatus`]'s first two members, read
+/// without touching delivered or dead rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub pending: u64,
+    pub oldest_pending_age_s: Option<i64>,
+}
+
 /// A dead-lettered version, for `dead-letters list`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeadLetter {
@@ -1419,6 +1427,7 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<u64>> + Send;
     fn dead_letter(&self, batch: &Batch, reason: &str) -> impl Future<Output = Result<()>> + Send;
     fn root_facts(&self, root_id: i64) -> impl Future<Output = Result<RootFacts>> + Send;
+    fn queue_depth(&self, tenant: &str) -> impl Future<Output = Result<QueueDepth>> + Send;
     fn queue_status(&self, tenant: &str) -> impl Future<Output = Result<QueueStatus>> + Send;
     fn dead_letters(
         &self,
@@ -1595,6 +1604,9 @@ impl Store for AnyStore {
     }
     async fn root_facts(&self, root_id: i64) -> Result<RootFacts> {
         dispatch!(self, s => s.root_facts(root_id))
+    }
+    async fn queue_depth(&self, tenant: &str) -> Result<QueueDepth> {
+        dispatch!(self, s => s.queue_depth(tenant))
     }
     async fn queue_status(&self, tenant: &str) -> Result<QueueStatus> {
         dispatch!(self, s => s.queue_status(tenant))

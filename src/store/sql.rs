@@ -295,6 +295,12 @@ const QUEUE_STATUS: &str = "SELECT \
        (SELECT COUNT(*) FROM outbox WHERE tenant = $1 AND state = 3), \
        (SELECT COUNT(*) FROM quarantine WHERE tenant = $1), \
        (SELECT COUNT(*) FROM outbox WHERE tenant = $1 AND state = 2)";
+/// What the metrics read on every scrape: the undelivered rows only, through the
+/// `outbox_undelivered` index. The other counts of [`QUEUE_STATUS`] read every row the tenant
+/// ever queued, which a scrape of many tenants on a large store must not pay.
+pub(super) const QUEUE_DEPTH: &str = "SELECT \
+       (SELECT COUNT(*) FROM outbox WHERE tenant = $1 AND state IN (0, 1)), \
+       (SELECT MIN(created_at) FROM outbox WHERE tenant = $1 AND state IN (0, 1))";
 const PRUNE_BATCHES: &str =
     "DELETE FROM batches WHERE state IN ('delivered', 'split') AND updated_at < $1";
 
@@ -1138,6 +1144,18 @@ where
                 probes: r.try_get(1)?,
             },
             None => RootFacts::default(),
+        })
+    }
+
+    async fn queue_depth(&self, tenant: &str) -> Result<QueueDepth> {
+        let r = sqlx::query(QUEUE_DEPTH)
+            .bind(tenant)
+            .fetch_one(D::DB::on_pool(self.dialect.reader()))
+            .await?;
+        let oldest: Option<i64> = r.try_get(1)?;
+        Ok(QueueDepth {
+            pending: r.try_get::<i64, _>(0)? as u64,
+            oldest_pending_age_s: oldest.map(|t| (now_ms() - t).max(0) / 1000),
         })
     }
 

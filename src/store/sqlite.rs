@@ -529,4 +529,31 @@ mod tests {
         }
         assert_eq!(shapes.len(), 8, "{shapes:?}");
     }
+
+    /// Every metrics scrape reads each tenant's queue depth: through the index of undelivered
+    /// rows, never a scan of the whole outbox.
+    #[tokio::test]
+    async fn the_queue_depth_reads_only_the_undelivered_index() {
+        let pool = SqlitePool::connect("sqlite::memory:").await.unwrap();
+        sqlx::migrate!("migrations/sqlite")
+            .run(&pool)
+            .await
+            .unwrap();
+        // A constant of this crate, prefixed: nothing from outside reaches this SQL.
+        let explain = format!("EXPLAIN QUERY PLAN {}", super::super::sql::QUEUE_DEPTH);
+        let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(explain))
+            .bind("contoso")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|step| step.get::<String, _>("detail"))
+            .collect();
+        assert!(!plan.is_empty());
+        assert!(
+            plan.iter().all(|step| !step.starts_with("SCAN outbox")
+                && (!step.contains("outbox") || step.contains("outbox_undelivered"))),
+            "{plan:?}"
+        );
+    }
 }
