@@ -289,15 +289,14 @@ const DEAD_ROWS: &str =
 const DEAD_BATCH: &str =
     "UPDATE batches SET state = 'dead', last_error = $1, updated_at = $2 WHERE id = $3";
 const ROOT_FACTS: &str = "SELECT accepted, probes FROM batches WHERE id = $1";
-const QUEUE_STATUS: &str = "SELECT \
-       (SELECT COUNT(*) FROM outbox WHERE tenant = $1 AND state IN (0, 1)), \
-       (SELECT MIN(created_at) FROM outbox WHERE tenant = $1 AND state IN (0, 1)), \
+/// The rest of what `/status` shows of a queue, beside [`QUEUE_DEPTH`].
+const QUEUE_COUNTS: &str = "SELECT \
        (SELECT COUNT(*) FROM outbox WHERE tenant = $1 AND state = 3), \
        (SELECT COUNT(*) FROM quarantine WHERE tenant = $1), \
        (SELECT COUNT(*) FROM outbox WHERE tenant = $1 AND state = 2)";
 /// What the metrics read on every scrape: the undelivered rows only, through the
-/// `outbox_undelivered` index. The other counts of [`QUEUE_STATUS`] read every row the tenant
-/// ever queued, which a scrape of many tenants on a large store must not pay.
+/// `outbox_undelivered` index. [`QUEUE_COUNTS`] reads every row the tenant ever queued, which a
+/// scrape of many tenants on a large store must not pay.
 pub(super) const QUEUE_DEPTH: &str = "SELECT \
        (SELECT COUNT(*) FROM outbox WHERE tenant = $1 AND state IN (0, 1)), \
        (SELECT MIN(created_at) FROM outbox WHERE tenant = $1 AND state IN (0, 1))";
@@ -1160,17 +1159,17 @@ where
     }
 
     async fn queue_status(&self, tenant: &str) -> Result<QueueStatus> {
-        let r = sqlx::query(QUEUE_STATUS)
+        let depth = self.queue_depth(tenant).await?;
+        let r = sqlx::query(QUEUE_COUNTS)
             .bind(tenant)
             .fetch_one(D::DB::on_pool(self.dialect.reader()))
             .await?;
-        let oldest: Option<i64> = r.try_get(1)?;
         Ok(QueueStatus {
-            pending: r.try_get::<i64, _>(0)? as u64,
-            oldest_pending_age_s: oldest.map(|t| (now_ms() - t).max(0) / 1000),
-            dead_letters: r.try_get::<i64, _>(2)? as u64,
-            quarantined: r.try_get::<i64, _>(3)? as u64,
-            delivered: r.try_get::<i64, _>(4)? as u64,
+            pending: depth.pending,
+            oldest_pending_age_s: depth.oldest_pending_age_s,
+            dead_letters: r.try_get::<i64, _>(0)? as u64,
+            quarantined: r.try_get::<i64, _>(1)? as u64,
+            delivered: r.try_get::<i64, _>(2)? as u64,
         })
     }
 
