@@ -242,9 +242,11 @@ pub mod body_codec {
     }
 
     fn decoder_dictionary(id: u8) -> Option<&'static DecoderDictionary<'static>> {
-        // Prepared on first use: a store written by one dictionary never loads the other.
-        static PREPARED: [OnceLock<Option<DecoderDictionary<'static>>>; 2] =
-            [const { OnceLock::new() }; 2];
+        // Prepared on first use: a store written by one dictionary never loads another. The
+        // current dictionary is the newest, so shipping the next one grows this by itself.
+        const SHIPPED: usize = CURRENT_DICTIONARY as usize;
+        static PREPARED: [OnceLock<Option<DecoderDictionary<'static>>>; SHIPPED] =
+            [const { OnceLock::new() }; SHIPPED];
         let slot = PREPARED.get(usize::from(id).checked_sub(1)?)?;
         slot.get_or_init(|| DecoderDictionary::try_copy(dictionary(id)?).ok())
             .as_ref()
