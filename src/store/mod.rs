@@ -1145,6 +1145,15 @@ pub fn context_revision(
 /// An outbox row just inserted: (source, native id, seq).
 pub type QueuedRow = (SourceKind, String, i64);
 
+/// A page's dedup row to write: the alert's new state, where its latest body now is (None: no
+/// new version queued, the stored one stays), and whether the store already has a row for it
+/// (read under the page's lock, so a dialect may insert and update separately).
+pub struct AlertWrite {
+    pub state: AlertState,
+    pub last_seq: Option<i64>,
+    pub stored: bool,
+}
+
 /// Where each alert's latest stored body now is: `seq` per upsert of the page (None: no new
 /// version queued, the stored one stays), and the queued rows of other sources (`linked`
 /// revisions) whose alerts must point at them too.

@@ -402,14 +402,13 @@ impl Dialect for PgDialect {
         conn: &mut PgConnection,
         tenant: &str,
         source: &str,
-        upserts: Vec<AlertState>,
-        last_seqs: Vec<Option<i64>>,
+        rows: Vec<AlertWrite>,
         now: i64,
     ) -> Result<()> {
-        if upserts.is_empty() {
+        if rows.is_empty() {
             return Ok(());
         }
-        let n = upserts.len();
+        let n = rows.len();
         let (mut ids, mut latest, mut hashes, mut revisions, mut forwarded, mut fields) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -418,7 +417,12 @@ impl Dialect for PgDialect {
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
-        for s in upserts {
+        let mut last_seqs = Vec::with_capacity(n);
+        for AlertWrite {
+            state: s, last_seq, ..
+        } in rows
+        {
+            last_seqs.push(last_seq);
             ids.push(s.native_id);
             latest.push(s.latest);
             hashes.push(s.state_hash);

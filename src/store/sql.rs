@@ -160,14 +160,12 @@ pub trait Dialect: Send + Sync + 'static {
         rows: Vec<OutboxRow>,
         now: i64,
     ) -> impl Future<Output = Result<Vec<QueuedRow>>> + Send;
-    /// Upserts the page's dedup rows; `last_seqs[i]` (if any) is where `upserts[i]`'s latest
-    /// body now is.
+    /// Writes the page's dedup rows.
     fn write_alerts(
         conn: &mut Conn<Self>,
         tenant: &str,
         source: &str,
-        upserts: Vec<AlertState>,
-        last_seqs: Vec<Option<i64>>,
+        rows: Vec<AlertWrite>,
         now: i64,
     ) -> impl Future<Output = Result<()>> + Send;
     /// Runs `{statement} WHERE seq …` over `seqs`; a `value` is bound first (the statement
@@ -861,7 +859,17 @@ where
             }
         }
         let (seqs, others) = last_seqs(batch.source, &plan.upserts, &inserted);
-        D::write_alerts(&mut tx, &tenant, source, plan.upserts, seqs, now).await?;
+        let rows = plan
+            .upserts
+            .into_iter()
+            .zip(seqs)
+            .map(|(state, last_seq)| AlertWrite {
+                stored: states.contains_key(&state.native_id),
+                state,
+                last_seq,
+            })
+            .collect();
+        D::write_alerts(&mut tx, &tenant, source, rows, now).await?;
         for (s, native_id, seq) in others {
             sqlx::query(SET_LAST_SEQ)
                 .bind(seq)

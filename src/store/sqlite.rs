@@ -2,6 +2,16 @@
 //! `synchronous=FULL`, `BEGIN IMMEDIATE`), a small pool of readers beside it. The store's logic
 //! is `sql.rs`; this is SQLite's dialect of it: its SQL where it differs, multi-row `VALUES` in
 //! chunks for bulk writes, and no leases (one process per file).
+//!
+//! The page's multi-row writes say `OR FAIL`. Under SQLite's default conflict action
+//! (`ABORT`), a statement that writes several rows inside a transaction keeps a statement
+//! journal: a copy of every page it touches that existed before it, so that a failing
+//! statement can be undone alone. In memory (`temp_store = memory`) that was up to ~320 pages
+//! of 16 KiB for one chunk of alerts or links landing at random places in their B-trees: 5 MB
+//! of heap that grew with the store (issue 12, heaptrack). `OR FAIL` needs no statement
+//! journal: a failed statement keeps the rows it wrote before the failure, and any failure
+//! fails the page's transaction, which is rolled back whole. An upsert's `DO UPDATE` keeps the
+//! journal whatever it is told, so stored alerts are updated by a statement of their own.
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -343,9 +353,9 @@ impl Dialect for SqliteDialect {
         alerts_of_ids(conn, columns, tenant, source, ids).await
     }
 
-    /// One statement for the page's links, whatever their number: the pairs go in as one JSON
-    /// array, so the statement is prepared once and each link is not a round trip to SQLite's
-    /// worker thread. `RETURNING` names the pairs that were new.
+    /// The page's links in multi-row statements; `RETURNING` names the pairs that were new.
+    /// Not one statement over a JSON array, as before: its `json_extract` calls may raise an
+    /// error, which made SQLite keep a statement journal for it (the module's doc).
     async fn insert_links(
         conn: &mut SqliteConnection,
         tenant: &str,
@@ -353,27 +363,23 @@ impl Dialect for SqliteDialect {
         keys: &[String],
         owners: &[String],
     ) -> Result<HashSet<(String, String)>> {
-        let pairs: Vec<(&str, &str)> = keys
-            .iter()
-            .map(String::as_str)
-            .zip(owners.iter().map(String::as_str))
-            .collect();
-        let pairs = serde_json::to_string(&pairs)
-            .map_err(|e| StoreError::Invalid(format!("link keys: {e}")))?;
-        // `WHERE true`: SQLite reads `ON` after `INSERT … SELECT … FROM` as a join's otherwise.
-        sqlx::query(
-            "INSERT INTO links (tenant, key, source, native_id) \
-             SELECT $1, json_extract(value, '$[0]'), $2, json_extract(value, '$[1]') \
-             FROM json_each($3) WHERE true ON CONFLICT DO NOTHING RETURNING key, native_id",
-        )
-        .bind(tenant)
-        .bind(source)
-        .bind(pairs)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect()
+        let pairs: Vec<(&String, &String)> = keys.iter().zip(owners).collect();
+        let mut inserted = HashSet::new();
+        for chunk in shaped_chunks(&pairs) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT OR FAIL INTO links (tenant, key, source, native_id) ");
+            q.push_values(chunk, |mut b, (key, owner)| {
+                b.push_bind(tenant)
+                    .push_bind(key.as_str())
+                    .push_bind(source)
+                    .push_bind(owner.as_str());
+            });
+            q.push(" ON CONFLICT DO NOTHING RETURNING key, native_id");
+            for row in q.build().fetch_all(&mut *conn).await? {
+                inserted.insert((row.try_get(0)?, row.try_get(1)?));
+            }
+        }
+        Ok(inserted)
     }
 
     /// One statement for all of the page's keys (a JSON array), each looked up by the `links`
@@ -423,7 +429,7 @@ impl Dialect for SqliteDialect {
             let chunk = std::mem::replace(&mut outbox, rest);
             let first = next + 1;
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO outbox (seq, tenant, source, native_id, version, historical, size, state, created_at) ",
+                "INSERT OR FAIL INTO outbox (seq, tenant, source, native_id, version, historical, size, state, created_at) ",
             );
             q.push_values(chunk.iter(), |mut b, r| {
                 next += 1;
@@ -439,7 +445,7 @@ impl Dialect for SqliteDialect {
             });
             q.build().execute(&mut *conn).await?;
             let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO outbox_body (seq, body) ");
+                QueryBuilder::new("INSERT OR FAIL INTO outbox_body (seq, body) ");
             let mut seq = first;
             q.push_values(chunk, |mut b, r| {
                 b.push_bind(seq).push_bind(r.stored);
@@ -451,37 +457,69 @@ impl Dialect for SqliteDialect {
         Ok(inserted)
     }
 
+    /// New alerts are inserted and stored ones updated, each in multi-row statements `OR
+    /// FAIL` (the module's doc says why).
     async fn write_alerts(
         conn: &mut SqliteConnection,
         tenant: &str,
         source: &str,
-        upserts: Vec<AlertState>,
-        last_seqs: Vec<Option<i64>>,
+        rows: Vec<AlertWrite>,
         now: i64,
     ) -> Result<()> {
-        let mut seqs = last_seqs.into_iter();
-        for chunk in shaped_chunks(&upserts) {
+        let (stored, new): (Vec<AlertWrite>, Vec<AlertWrite>) =
+            rows.into_iter().partition(|r| r.stored);
+        for chunk in shaped_chunks(&new) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO alerts (tenant, source, native_id, latest, state_hash, revision, forwarded, field_hashes, last_seq, first_seen, last_change) ",
+                "INSERT OR FAIL INTO alerts (tenant, source, native_id, latest, state_hash, revision, forwarded, field_hashes, last_seq, first_seen, last_change) ",
             );
-            q.push_values(chunk, |mut b, s| {
-                b.push_bind(tenant)
-                    .push_bind(source)
-                    .push_bind(s.native_id.clone())
-                    .push_bind(s.latest)
-                    .push_bind(s.state_hash.clone())
-                    .push_bind(s.revision)
-                    .push_bind(i64::from(s.forwarded))
-                    .push_bind(s.field_hashes.clone())
-                    .push_bind(seqs.next().flatten())
-                    .push_bind(now)
-                    .push_bind(now);
-            });
-            q.push(
-                " ON CONFLICT (tenant, source, native_id) DO UPDATE SET latest = excluded.latest, state_hash = excluded.state_hash, \
-                 revision = excluded.revision, forwarded = excluded.forwarded, field_hashes = excluded.field_hashes, last_change = excluded.last_change, \
-                 last_seq = COALESCE(excluded.last_seq, alerts.last_seq)",
+            q.push_values(
+                chunk,
+                |mut b,
+                 AlertWrite {
+                     state: s, last_seq, ..
+                 }| {
+                    b.push_bind(tenant)
+                        .push_bind(source)
+                        .push_bind(s.native_id.as_str())
+                        .push_bind(s.latest)
+                        .push_bind(s.state_hash.as_deref())
+                        .push_bind(s.revision)
+                        .push_bind(i64::from(s.forwarded))
+                        .push_bind(s.field_hashes.as_slice())
+                        .push_bind(*last_seq)
+                        .push_bind(now)
+                        .push_bind(now);
+                },
             );
+            q.build().execute(&mut *conn).await?;
+        }
+        for chunk in shaped_chunks(&stored) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "UPDATE OR FAIL alerts SET latest = v.column2, state_hash = v.column3, \
+                 revision = v.column4, forwarded = v.column5, field_hashes = v.column6, \
+                 last_seq = COALESCE(v.column7, alerts.last_seq), last_change = ",
+            );
+            q.push_bind(now).push(" FROM (");
+            q.push_values(
+                chunk,
+                |mut b,
+                 AlertWrite {
+                     state: s, last_seq, ..
+                 }| {
+                    b.push_bind(s.native_id.as_str())
+                        .push_bind(s.latest)
+                        .push_bind(s.state_hash.as_deref())
+                        .push_bind(s.revision)
+                        .push_bind(i64::from(s.forwarded))
+                        .push_bind(s.field_hashes.as_slice())
+                        .push_bind(*last_seq);
+                },
+            );
+            q.push(") AS v WHERE alerts.tenant = ")
+                .push_bind(tenant)
+                .push(" AND alerts.source = ")
+                .push_bind(source)
+                .push(" AND alerts.native_id = v.column1");
             q.build().execute(&mut *conn).await?;
         }
         Ok(())
