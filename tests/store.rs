@@ -307,6 +307,61 @@ async fn claims_take_live_before_historical_in_order_within_limits(b: Backend) {
     db.drop_db().await;
 }
 
+async fn delivering_a_batch_claims_the_next_unless_another_is_open(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    let page: Vec<Value> = (0..5).map(|i| alert(&format!("d{i}"), i, "low")).collect();
+    ingest(&s, &page, false, None).await.unwrap();
+    let natives = |items: Vec<store::BatchItem>| -> Vec<String> {
+        items.iter().map(|i| native_of(&i.body)).collect()
+    };
+    let first = s
+        .claim_batch(DEST, TENANT, limits(2))
+        .await
+        .unwrap()
+        .unwrap();
+    let second = s
+        .deliver_and_claim(&first, limits(2))
+        .await
+        .unwrap()
+        .expect("the next batch is claimed with the delivery");
+    assert_eq!(
+        natives(s.batch_items(second.id).await.unwrap()),
+        ["d2", "d3"]
+    );
+    assert_ne!(second.key, first.key);
+    let open = s.next_open_batch(DEST, TENANT).await.unwrap().unwrap();
+    assert_eq!(open.id, second.id, "the claimed batch is open in the store");
+    let q = s.queue_status(TENANT).await.unwrap();
+    assert_eq!((q.delivered, q.pending), (2, 3));
+    // Split, the batch's halves are open: delivering one claims nothing, so the other half
+    // goes before any new row.
+    s.split_batch(&second).await.unwrap();
+    let left = s.next_open_batch(DEST, TENANT).await.unwrap().unwrap();
+    assert!(s
+        .deliver_and_claim(&left, limits(2))
+        .await
+        .unwrap()
+        .is_none());
+    let right = s.next_open_batch(DEST, TENANT).await.unwrap().unwrap();
+    assert_eq!(natives(s.batch_items(right.id).await.unwrap()), ["d3"]);
+    let last = s
+        .deliver_and_claim(&right, limits(2))
+        .await
+        .unwrap()
+        .expect("the last row, once no batch is open");
+    assert_eq!(natives(s.batch_items(last.id).await.unwrap()), ["d4"]);
+    assert!(s
+        .deliver_and_claim(&last, limits(2))
+        .await
+        .unwrap()
+        .is_none());
+    let q = s.queue_status(TENANT).await.unwrap();
+    assert_eq!((q.delivered, q.pending), (5, 0));
+    drop(s);
+    db.drop_db().await;
+}
+
 async fn a_batch_lives_through_retry_split_delivery_and_dead_letter(b: Backend) {
     let db = Fresh::new(b).await;
     let s = db.open_leader().await;
@@ -1435,6 +1490,7 @@ conformance!(
     versions_are_deduplicated_and_counted,
     claims_take_live_before_historical_in_order_within_limits,
     a_batch_lives_through_retry_split_delivery_and_dead_letter,
+    delivering_a_batch_claims_the_next_unless_another_is_open,
     bodies_come_back_byte_for_byte,
     coverage_points_start_once_and_only_move_forward_with_a_page,
     a_bad_item_is_quarantined_once,

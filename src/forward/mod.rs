@@ -173,10 +173,14 @@ impl Forwarder {
         let mut adopted: HashSet<String> = HashSet::new();
         let mut paused_until: Option<Instant> = None;
         let mut turn = 0usize;
+        // Each tenant's next batch, claimed in the transaction that marked its last delivered.
+        let mut claimed: HashMap<String, Batch> = HashMap::new();
         loop {
             let mut wait = Duration::from_millis(500);
             let paused = paused_until.is_some_and(|t| Instant::now() < t);
             if !self.gate.held() {
+                // The next holder sends them: they are open batches in the store.
+                claimed.clear();
                 // Standby: another replica forwards; sends still in flight here settle below
                 // (their store writes are refused if the lease moved on).
                 wait = Duration::from_millis(250);
@@ -185,6 +189,7 @@ impl Forwarder {
                     .fill(
                         &mut in_flight,
                         &mut busy,
+                        &mut claimed,
                         &mut adopted,
                         turn,
                         paused_until.is_some(),
@@ -210,7 +215,7 @@ impl Forwarder {
                     let Ok((batch, outcome)) = joined else { continue };
                     busy.remove(&batch.tenant);
                     let settled = match outcome {
-                        Ok(outcome) => self.settle(&batch, outcome).await,
+                        Ok(outcome) => self.settle(&batch, outcome, &mut claimed).await,
                         Err(why) => self.unreadable(&batch, &why).await.map(|()| None),
                     };
                     match settled {
@@ -241,6 +246,7 @@ impl Forwarder {
         &self,
         in_flight: &mut JoinSet<SendResult>,
         busy: &mut HashSet<String>,
+        claimed: &mut HashMap<String, Batch>,
         adopted: &mut HashSet<String>,
         turn: usize,
         probing: bool,
@@ -270,7 +276,11 @@ impl Forwarder {
                 }
                 adopted.insert(tenant.clone());
             }
-            let batch = match self.store.next_open_batch(&self.name, tenant).await? {
+            let open = match claimed.remove(tenant) {
+                Some(batch) => Some(batch),
+                None => self.store.next_open_batch(&self.name, tenant).await?,
+            };
+            let batch = match open {
                 Some(b) if b.next_attempt_at > now_ms() => {
                     let due = Duration::from_millis((b.next_attempt_at - now_ms()).max(0) as u64);
                     // Only a parked refused alert is returned while not due if nothing else is
@@ -351,11 +361,14 @@ impl Forwarder {
         &self,
         batch: &Batch,
         outcome: SendOutcome,
+        claimed: &mut HashMap<String, Batch>,
     ) -> Result<Option<String>, StoreError> {
         let counted = |outcome| crate::metrics::delivery(&self.name, &batch.tenant, outcome, 1);
         match outcome {
             SendOutcome::Delivered => {
-                self.store.mark_delivered(batch).await?;
+                if let Some(next) = self.store.deliver_and_claim(batch, self.limits).await? {
+                    claimed.insert(next.tenant.clone(), next);
+                }
                 counted("delivered");
                 self.status.note_accept(batch.id);
                 self.status.with(|s| {

@@ -1412,6 +1412,14 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<Option<Batch>>> + Send;
     fn batch_items(&self, batch_id: i64) -> impl Future<Output = Result<Vec<BatchItem>>> + Send;
     fn mark_delivered(&self, batch: &Batch) -> impl Future<Output = Result<()>> + Send;
+    /// Marks `batch` delivered and, in the same transaction, claims the tenant's next batch
+    /// (as `claim_batch`) unless another of its batches is open for the destination: one
+    /// commit per forwarded batch instead of two. None: nothing claimed.
+    fn deliver_and_claim(
+        &self,
+        batch: &Batch,
+        limits: BatchLimits,
+    ) -> impl Future<Output = Result<Option<Batch>>> + Send;
     fn mark_retry(
         &self,
         batch: &Batch,
@@ -1597,6 +1605,9 @@ impl Store for AnyStore {
     }
     async fn mark_delivered(&self, batch: &Batch) -> Result<()> {
         dispatch!(self, s => s.mark_delivered(batch))
+    }
+    async fn deliver_and_claim(&self, batch: &Batch, limits: BatchLimits) -> Result<Option<Batch>> {
+        dispatch!(self, s => s.deliver_and_claim(batch, limits))
     }
     async fn mark_retry(&self, batch: &Batch, next_attempt_at: i64, error: &str) -> Result<()> {
         dispatch!(self, s => s.mark_retry(batch, next_attempt_at, error))

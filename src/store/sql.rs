@@ -619,9 +619,82 @@ where
         Ok(true)
     }
 
+    /// Claims a new batch of the tenant's pending rows in `tx`.
+    async fn claim_in(
+        tx: &mut Tx<D::DB>,
+        destination: &str,
+        tenant: &str,
+        limits: BatchLimits,
+    ) -> Result<Option<Batch>> {
+        let rows = sqlx::query(CLAIMABLE)
+            .bind(tenant)
+            .bind(limits.max_rows as i64)
+            .bind(now_ms())
+            .fetch_all(D::DB::on(tx))
+            .await?;
+        let mut seqs: Vec<i64> = Vec::with_capacity(rows.len());
+        let mut bytes = 0usize;
+        for r in &rows {
+            let seq: i64 = r.try_get(0)?;
+            let size: i64 = r.try_get(1)?;
+            // An alert larger than the limit goes alone; otherwise stop before the limit.
+            if !seqs.is_empty() && bytes + size as usize > limits.max_bytes {
+                break;
+            }
+            bytes += size as usize;
+            seqs.push(seq);
+        }
+        let Some(&min_seq) = seqs.iter().min() else {
+            return Ok(None);
+        };
+        let now = now_ms();
+        let key = uuid::Uuid::new_v4().to_string();
+        let id: i64 = sqlx::query_scalar(NEW_ROOT)
+            .bind(tenant)
+            .bind(destination)
+            .bind(key.as_str())
+            .bind(min_seq)
+            .bind(seqs.len() as i64)
+            .bind(now)
+            .fetch_one(D::DB::on(tx))
+            .await?;
+        sqlx::query(ROOT_IS_ITSELF)
+            .bind(id)
+            .execute(D::DB::on(tx))
+            .await?;
+        D::for_seqs(
+            tx,
+            "UPDATE outbox SET state = 1, hold_until = NULL, batch_id = ",
+            Some(id),
+            &seqs,
+        )
+        .await?;
+        Ok(Some(Batch {
+            id,
+            tenant: tenant.to_string(),
+            destination: destination.to_string(),
+            key,
+            root_id: id,
+            attempts: 0,
+            next_attempt_at: 0,
+            rows: seqs.len() as i64,
+            deferred: false,
+        }))
+    }
+
     /// Runs `steps` (statements with their binds) in one transaction under the batch's
     /// destination lease: the forwarder settling a batch it holds.
     async fn settle(&self, batch: &Batch, steps: &[(&'static str, &[Bind<'_>])]) -> Result<()> {
+        self.settling(batch, steps).await?.commit().await?;
+        Ok(())
+    }
+
+    /// `steps` run in a transaction under the batch's destination lease, left open.
+    async fn settling(
+        &self,
+        batch: &Batch,
+        steps: &[(&'static str, &[Bind<'_>])],
+    ) -> Result<Tx<D::DB>> {
         let mut tx = self
             .dialect
             .begin_fenced(&destination_lease(&batch.destination))
@@ -636,8 +709,21 @@ where
             }
             q.execute(D::DB::on(&mut tx)).await?;
         }
-        tx.commit().await?;
-        Ok(())
+        Ok(tx)
+    }
+
+    /// The batch marked delivered, in a transaction left open.
+    async fn delivering(&self, batch: &Batch, now: i64) -> Result<Tx<D::DB>> {
+        use Bind::Int;
+        self.settling(
+            batch,
+            &[
+                (DELIVERED_ROWS, &[Int(now), Int(batch.id)]),
+                (DELIVERED_BATCH, &[Int(now), Int(batch.id)]),
+                (ROOT_ACCEPTED, &[Int(batch.root_id)]),
+            ],
+        )
+        .await
     }
 }
 
@@ -953,61 +1039,11 @@ where
             .dialect
             .begin_fenced(&destination_lease(destination))
             .await?;
-        let rows = sqlx::query(CLAIMABLE)
-            .bind(tenant)
-            .bind(limits.max_rows as i64)
-            .bind(now_ms())
-            .fetch_all(D::DB::on(&mut tx))
-            .await?;
-        let mut seqs: Vec<i64> = Vec::with_capacity(rows.len());
-        let mut bytes = 0usize;
-        for r in &rows {
-            let seq: i64 = r.try_get(0)?;
-            let size: i64 = r.try_get(1)?;
-            // An alert larger than the limit goes alone; otherwise stop before the limit.
-            if !seqs.is_empty() && bytes + size as usize > limits.max_bytes {
-                break;
-            }
-            bytes += size as usize;
-            seqs.push(seq);
+        let batch = Self::claim_in(&mut tx, destination, tenant, limits).await?;
+        if batch.is_some() {
+            tx.commit().await?;
         }
-        let Some(&min_seq) = seqs.iter().min() else {
-            return Ok(None);
-        };
-        let now = now_ms();
-        let key = uuid::Uuid::new_v4().to_string();
-        let id: i64 = sqlx::query_scalar(NEW_ROOT)
-            .bind(tenant)
-            .bind(destination)
-            .bind(key.as_str())
-            .bind(min_seq)
-            .bind(seqs.len() as i64)
-            .bind(now)
-            .fetch_one(D::DB::on(&mut tx))
-            .await?;
-        sqlx::query(ROOT_IS_ITSELF)
-            .bind(id)
-            .execute(D::DB::on(&mut tx))
-            .await?;
-        D::for_seqs(
-            &mut tx,
-            "UPDATE outbox SET state = 1, hold_until = NULL, batch_id = ",
-            Some(id),
-            &seqs,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Some(Batch {
-            id,
-            tenant: tenant.to_string(),
-            destination: destination.to_string(),
-            key,
-            root_id: id,
-            attempts: 0,
-            next_attempt_at: 0,
-            rows: seqs.len() as i64,
-            deferred: false,
-        }))
+        Ok(batch)
     }
 
     async fn batch_items(&self, batch_id: i64) -> Result<Vec<BatchItem>> {
@@ -1032,17 +1068,26 @@ where
     }
 
     async fn mark_delivered(&self, batch: &Batch) -> Result<()> {
+        self.delivering(batch, now_ms()).await?.commit().await?;
+        Ok(())
+    }
+
+    async fn deliver_and_claim(&self, batch: &Batch, limits: BatchLimits) -> Result<Option<Batch>> {
         let now = now_ms();
-        use Bind::Int;
-        self.settle(
-            batch,
-            &[
-                (DELIVERED_ROWS, &[Int(now), Int(batch.id)]),
-                (DELIVERED_BATCH, &[Int(now), Int(batch.id)]),
-                (ROOT_ACCEPTED, &[Int(batch.root_id)]),
-            ],
-        )
-        .await
+        let mut tx = self.delivering(batch, now).await?;
+        // Another open batch of the tenant goes first, by the forwarder's own rules.
+        let open = sqlx::query(NEXT_OPEN_BATCH)
+            .bind(batch.destination.as_str())
+            .bind(batch.tenant.as_str())
+            .bind(now)
+            .fetch_optional(D::DB::on(&mut tx))
+            .await?;
+        let next = match open {
+            Some(_) => None,
+            None => Self::claim_in(&mut tx, &batch.destination, &batch.tenant, limits).await?,
+        };
+        tx.commit().await?;
+        Ok(next)
     }
 
     async fn mark_retry(&self, batch: &Batch, next_attempt_at: i64, error: &str) -> Result<()> {
