@@ -17,6 +17,7 @@ use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::query_builder::Separated;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
@@ -165,6 +166,18 @@ impl SqlStore<SqliteDialect> {
             _lock: lock,
         }))
     }
+}
+
+/// An alert row's columns from `native_id` to `last_seq`, in the `alerts` table's order.
+fn bind_alert_write(b: &mut Separated<'_, Sqlite, &'static str>, row: &AlertWrite) {
+    let s = &row.state;
+    b.push_bind(s.native_id.as_str())
+        .push_bind(s.latest)
+        .push_bind(s.state_hash.as_deref())
+        .push_bind(s.revision)
+        .push_bind(i64::from(s.forwarded))
+        .push_bind(s.field_hashes.as_slice())
+        .push_bind(row.last_seq);
 }
 
 /// `SELECT {columns} FROM alerts` of (tenant, source) and `ids`, in chunks.
@@ -472,25 +485,11 @@ impl Dialect for SqliteDialect {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT OR FAIL INTO alerts (tenant, source, native_id, latest, state_hash, revision, forwarded, field_hashes, last_seq, first_seen, last_change) ",
             );
-            q.push_values(
-                chunk,
-                |mut b,
-                 AlertWrite {
-                     state: s, last_seq, ..
-                 }| {
-                    b.push_bind(tenant)
-                        .push_bind(source)
-                        .push_bind(s.native_id.as_str())
-                        .push_bind(s.latest)
-                        .push_bind(s.state_hash.as_deref())
-                        .push_bind(s.revision)
-                        .push_bind(i64::from(s.forwarded))
-                        .push_bind(s.field_hashes.as_slice())
-                        .push_bind(*last_seq)
-                        .push_bind(now)
-                        .push_bind(now);
-                },
-            );
+            q.push_values(chunk, |mut b, row| {
+                b.push_bind(tenant).push_bind(source);
+                bind_alert_write(&mut b, row);
+                b.push_bind(now).push_bind(now);
+            });
             q.build().execute(&mut *conn).await?;
         }
         for chunk in shaped_chunks(&stored) {
@@ -500,21 +499,7 @@ impl Dialect for SqliteDialect {
                  last_seq = COALESCE(v.column7, alerts.last_seq), last_change = ",
             );
             q.push_bind(now).push(" FROM (");
-            q.push_values(
-                chunk,
-                |mut b,
-                 AlertWrite {
-                     state: s, last_seq, ..
-                 }| {
-                    b.push_bind(s.native_id.as_str())
-                        .push_bind(s.latest)
-                        .push_bind(s.state_hash.as_deref())
-                        .push_bind(s.revision)
-                        .push_bind(i64::from(s.forwarded))
-                        .push_bind(s.field_hashes.as_slice())
-                        .push_bind(*last_seq);
-                },
-            );
+            q.push_values(chunk, |mut b, row| bind_alert_write(&mut b, row));
             q.push(") AS v WHERE alerts.tenant = ")
                 .push_bind(tenant)
                 .push(" AND alerts.source = ")
