@@ -7,8 +7,8 @@
 //! (`ABORT`), a statement that writes several rows inside a transaction keeps a statement
 //! journal: a copy of every page it touches that existed before it, so that a failing
 //! statement can be undone alone. In memory (`temp_store = memory`) that was up to ~320 pages
-//! of 16 KiB for one chunk of alerts or links landing at random places in their B-trees: 5 MB
-//! of heap that grew with the store (issue 12, heaptrack). `OR FAIL` needs no statement
+//! of 16 KiB for one chunk of alerts or links landing at random places in their B-trees: 6.5 MB
+//! of heap at the drain's peak, growing with the store (issue 12, heaptrack). `OR FAIL` needs no statement
 //! journal: a failed statement keeps the rows it wrote before the failure, and any failure
 //! fails the page's transaction, which is rolled back whole. An upsert's `DO UPDATE` keeps the
 //! journal whatever it is told, so stored alerts are updated by a statement of their own.
