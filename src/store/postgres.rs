@@ -398,6 +398,10 @@ impl Dialect for PgDialect {
         .await?)
     }
 
+    /// New alerts are inserted without `ON CONFLICT`: the page holds its tenant's lock, so no
+    /// other page adds one meanwhile, and skipping the conflict check saves an index probe per
+    /// alert. Stored alerts keep the upsert: a prune (which takes no tenant lock) may have
+    /// removed the row since the page read it, and the alert is then written anew.
     async fn write_alerts(
         conn: &mut PgConnection,
         tenant: &str,
@@ -405,59 +409,65 @@ impl Dialect for PgDialect {
         rows: Vec<AlertWrite>,
         now: i64,
     ) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let n = rows.len();
-        let (mut ids, mut latest, mut hashes, mut revisions, mut forwarded, mut fields) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let mut last_seqs = Vec::with_capacity(n);
-        for AlertWrite {
-            state: s, last_seq, ..
-        } in rows
-        {
-            last_seqs.push(last_seq);
-            ids.push(s.native_id);
-            latest.push(s.latest);
-            hashes.push(s.state_hash);
-            revisions.push(s.revision);
-            forwarded.push(s.forwarded);
-            fields.push(s.field_hashes);
-        }
-        sqlx::query(
-            "INSERT INTO alerts (tenant, source, native_id, latest, state_hash, revision, forwarded, field_hashes, last_seq, first_seen, last_change) \
+        const INSERT: &str = "INSERT INTO alerts (tenant, source, native_id, latest, state_hash, revision, forwarded, field_hashes, last_seq, first_seen, last_change) \
              SELECT $1, $2, u.native_id, u.latest, u.state_hash, u.revision, u.forwarded, u.field_hashes, u.last_seq, $9, $9 \
              FROM UNNEST($3::text[], $4::int8[], $5::bytea[], $6::int8[], $7::bool[], $8::bytea[], $10::int8[]) \
-               AS u(native_id, latest, state_hash, revision, forwarded, field_hashes, last_seq) \
-             ON CONFLICT (tenant, source, native_id) DO UPDATE SET latest = excluded.latest, \
+               AS u(native_id, latest, state_hash, revision, forwarded, field_hashes, last_seq)";
+        const UPSERT: &str = " ON CONFLICT (tenant, source, native_id) DO UPDATE SET latest = excluded.latest, \
                state_hash = excluded.state_hash, revision = excluded.revision, forwarded = excluded.forwarded, \
                field_hashes = excluded.field_hashes, last_change = excluded.last_change, \
-               last_seq = COALESCE(excluded.last_seq, alerts.last_seq)",
-        )
-        .bind(tenant)
-        .bind(source)
-        .bind(ids)
-        .bind(latest)
-        .bind(hashes)
-        .bind(revisions)
-        .bind(forwarded)
-        .bind(fields)
-        .bind(now)
-        .bind(last_seqs)
-        .execute(&mut *conn)
-        .await?;
+               last_seq = COALESCE(excluded.last_seq, alerts.last_seq)";
+        static UPSERT_STATEMENT: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| format!("{INSERT}{UPSERT}"));
+        let (stored, new): (Vec<AlertWrite>, Vec<AlertWrite>) =
+            rows.into_iter().partition(|r| r.stored);
+        for (statement, rows) in [(INSERT, new), (UPSERT_STATEMENT.as_str(), stored)] {
+            if rows.is_empty() {
+                continue;
+            }
+            let n = rows.len();
+            let (mut ids, mut latest, mut hashes, mut revisions, mut forwarded, mut fields) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            let mut last_seqs = Vec::with_capacity(n);
+            for AlertWrite {
+                state: s, last_seq, ..
+            } in rows
+            {
+                last_seqs.push(last_seq);
+                ids.push(s.native_id);
+                latest.push(s.latest);
+                hashes.push(s.state_hash);
+                revisions.push(s.revision);
+                forwarded.push(s.forwarded);
+                fields.push(s.field_hashes);
+            }
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .bind(tenant)
+                .bind(source)
+                .bind(ids)
+                .bind(latest)
+                .bind(hashes)
+                .bind(revisions)
+                .bind(forwarded)
+                .bind(fields)
+                .bind(now)
+                .bind(last_seqs)
+                .execute(&mut *conn)
+                .await?;
+        }
         Ok(())
     }
 
     /// Appends versions and their bodies in one statement. Each row takes its seq from the
     /// table's sequence in page order (the subquery's `ORDER BY` keeps Postgres from pulling it
     /// up, so `nextval` runs over the sorted rows), and its body is written under that seq.
+    /// The sequence is looked up once per statement (an init plan), not once per row.
     /// Returns the rows inserted: (source, native id, seq).
     async fn write_outbox(
         conn: &mut PgConnection,
@@ -487,7 +497,7 @@ impl Dialect for PgDialect {
         }
         sqlx::query(
             "WITH u AS MATERIALIZED ( \
-               SELECT nextval(pg_get_serial_sequence('outbox', 'seq')) AS seq, x.* FROM ( \
+               SELECT nextval((SELECT pg_get_serial_sequence('outbox', 'seq'))::regclass) AS seq, x.* FROM ( \
                  SELECT * FROM UNNEST($3::text[], $4::text[], $5::text[], $6::bool[], $7::int8[], $8::bytea[]) \
                    WITH ORDINALITY AS x(source, native_id, version, historical, size, body, ord) \
                  ORDER BY ord \
