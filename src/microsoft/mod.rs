@@ -70,6 +70,13 @@ pub struct MsResponse {
     pub body: Vec<u8>,
 }
 
+/// A piece of a successful answer's body, handed on as it arrives (`MsClient::send_streamed`).
+pub enum BodyChunk {
+    /// A body starts: what came before belonged to an attempt that failed midway.
+    Start,
+    Bytes(bytes::Bytes),
+}
+
 /// A client for one (tenant, API family): Graph, or a tenant's Cloud Apps portal.
 pub struct MsClient {
     api: &'static str,
@@ -150,7 +157,7 @@ impl MsClient {
 
     /// GET with retries; `body_limit` overrides the size cap for this request.
     pub async fn get(&self, url: &str, body_limit: Option<usize>) -> Result<MsResponse, MsError> {
-        self.send(reqwest::Method::GET, url, None, body_limit, &[])
+        self.send(reqwest::Method::GET, url, None, body_limit, &[], None)
             .await
     }
 
@@ -161,7 +168,7 @@ impl MsClient {
         body_limit: Option<usize>,
         headers: &[(&'static str, &str)],
     ) -> Result<MsResponse, MsError> {
-        self.send(reqwest::Method::GET, url, None, body_limit, headers)
+        self.send(reqwest::Method::GET, url, None, body_limit, headers, None)
             .await
     }
 
@@ -172,8 +179,15 @@ impl MsClient {
         body: &serde_json::Value,
         body_limit: Option<usize>,
     ) -> Result<MsResponse, MsError> {
-        self.send(reqwest::Method::POST, url, Some(body), body_limit, &[])
-            .await
+        self.send(
+            reqwest::Method::POST,
+            url,
+            Some(body),
+            body_limit,
+            &[],
+            None,
+        )
+        .await
     }
 
     /// POST a JSON body with extra request headers, sent on every attempt.
@@ -184,7 +198,33 @@ impl MsClient {
         body_limit: Option<usize>,
         headers: &[(&'static str, &str)],
     ) -> Result<MsResponse, MsError> {
-        self.send(reqwest::Method::POST, url, Some(body), body_limit, headers)
+        self.send(
+            reqwest::Method::POST,
+            url,
+            Some(body),
+            body_limit,
+            headers,
+            None,
+        )
+        .await
+    }
+
+    /// GET, or POST of `json`, whose successful body goes to `to` as it arrives instead of
+    /// into the answer: a listing page is read without being held whole. Each attempt that
+    /// reaches a 2xx body first sends [`BodyChunk::Start`]. When `to` is closed (its reader
+    /// refused the body), the rest is not read.
+    pub async fn send_streamed(
+        &self,
+        url: &str,
+        json: Option<&serde_json::Value>,
+        body_limit: Option<usize>,
+        to: &tokio::sync::mpsc::Sender<BodyChunk>,
+    ) -> Result<MsResponse, MsError> {
+        let method = match json {
+            Some(_) => reqwest::Method::POST,
+            None => reqwest::Method::GET,
+        };
+        self.send(method, url, json, body_limit, &[], Some(to))
             .await
     }
 
@@ -195,6 +235,7 @@ impl MsClient {
         json: Option<&serde_json::Value>,
         body_limit: Option<usize>,
         headers: &[(&'static str, &str)],
+        stream: Option<&tokio::sync::mpsc::Sender<BodyChunk>>,
     ) -> Result<MsResponse, MsError> {
         let parsed = url::Url::parse(url).map_err(|e| MsError::Network {
             api: self.api.into(),
@@ -246,7 +287,7 @@ impl MsClient {
                         self.api,
                         Some(resp.status().as_u16()),
                     );
-                    self.read(resp, limit).await
+                    self.read(resp, limit, stream).await
                 }
                 Err(e) => {
                     crate::metrics::microsoft_request(&self.tenant, self.api, None);
@@ -297,7 +338,12 @@ impl MsClient {
         }
     }
 
-    async fn read(&self, mut resp: reqwest::Response, limit: usize) -> Result<MsResponse, Failure> {
+    async fn read(
+        &self,
+        mut resp: reqwest::Response,
+        limit: usize,
+        stream: Option<&tokio::sync::mpsc::Sender<BodyChunk>>,
+    ) -> Result<MsResponse, Failure> {
         let status = resp.status().as_u16();
         let headers = resp.headers();
         let date = headers
@@ -332,22 +378,45 @@ impl MsClient {
                 }));
             }
         }
+        let stream = stream.filter(|_| (200..300).contains(&status));
+        if let Some(to) = stream {
+            if to.send(BodyChunk::Start).await.is_err() {
+                return Ok(MsResponse {
+                    status,
+                    date,
+                    request_id,
+                    body: Vec::new(),
+                });
+            }
+        }
         // Sized once when the length is known: growing by doubling holds up to three times a
         // large page while it is copied.
-        let mut body = Vec::with_capacity(
-            resp.content_length()
+        let mut body = Vec::with_capacity(match stream {
+            Some(_) => 0,
+            None => resp
+                .content_length()
                 .map_or(0, |len| (len as usize).min(limit)),
-        );
+        });
+        let mut read = 0usize;
         loop {
             match resp.chunk().await {
                 Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > limit {
+                    read += chunk.len();
+                    if read > limit {
                         return Err(Failure::Permanent(MsError::TooLarge {
                             api: self.api.into(),
                             limit,
                         }));
                     }
-                    body.extend_from_slice(&chunk);
+                    match stream {
+                        // A reader that refused the body wants no more of it.
+                        Some(to) => {
+                            if to.send(BodyChunk::Bytes(chunk)).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => body.extend_from_slice(&chunk),
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => {

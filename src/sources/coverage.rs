@@ -11,12 +11,12 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use super::page::{parse_page, Overflowing};
+use super::page::{Overflowing, PageReader};
 use super::submissions::{FALLBACK_PAGES, SUBMISSION_LISTS};
 use super::{PollError, PollOutcome, Poller, BACKPRESSURE_EVERY};
 use crate::config::{SourceSettings, StartFrom};
-use crate::microsoft::MsError;
-use crate::normalize::{self, Prepared, SourceKind};
+use crate::microsoft::{BodyChunk, MsError};
+use crate::normalize::{self, KnownVersions, Prepared, SourceKind};
 use crate::store::{Cursor, CursorKey, IngestCounts, QuarantineItem, Store};
 use crate::time::{format_filter_bound, format_seconds, format_ticks, TICKS_PER_SECOND};
 /// How often a one-tick slice that overflows a page is walked before giving up for this poll.
@@ -109,6 +109,33 @@ pub(super) struct ParsedPage {
     /// Submissions only: each item's `createdDateTime` (ticks), to check that the page answers
     /// the slice asked for (a filter Graph ignores returns everything, no error).
     pub(super) created: Vec<i64>,
+}
+
+/// Chunks of a listing page's body that may wait for its reader: a few of hyper's reads.
+const PAGE_CHUNKS_QUEUED: usize = 4;
+
+/// Reads the page whose body arrives through `chunks`; a body restarted by a retry is read
+/// afresh. `Err` says why the answer is not a whole page.
+fn read_page_chunks(
+    mut chunks: tokio::sync::mpsc::Receiver<BodyChunk>,
+    kind: SourceKind,
+    list: &str,
+    overflowing: Overflowing,
+    known: Option<&KnownVersions>,
+) -> Result<ParsedPage, String> {
+    let mut page = None;
+    while let Some(chunk) = chunks.blocking_recv() {
+        match chunk {
+            BodyChunk::Start => page = Some(PageReader::new(kind, list, overflowing, known)),
+            // Refused: returning closes the channel, and the rest of the body is not read.
+            BodyChunk::Bytes(bytes) => match page.as_mut() {
+                Some(page) => page.feed(&bytes)?,
+                None => return Err("the answer's body came without its start".into()),
+            },
+        }
+    }
+    page.ok_or_else(|| "the answer has no body".to_string())?
+        .finish()
 }
 
 /// One listed item, parsed by its source's (and, for submissions, its list's) rules.
@@ -484,15 +511,35 @@ impl Poller {
                 .acquire_owned()
                 .await
                 .map_err(|_| PollError::Invalid("shutting down".into()))?;
-            let sent = match &req {
-                Req::Get(url) => self.client.get(url, limit).await,
-                Req::Post(url, body) => self.client.post_json(url, body, limit).await,
+            let (url, post) = match &req {
+                Req::Get(u) => (u.as_str(), None),
+                Req::Post(u, body) => (u.as_str(), Some(body)),
             };
-            let url = match &req {
-                Req::Get(u) | Req::Post(u, _) => u.as_str(),
-            };
-            let resp = match sent {
-                Ok(r) => r,
+            // The page is read as it arrives, on a blocking thread: a few chunks wait in the
+            // channel, and neither the body nor its parsed items are held whole.
+            let (to_reader, chunks) = tokio::sync::mpsc::channel(PAGE_CHUNKS_QUEUED);
+            let reader = tokio::task::spawn_blocking({
+                let kind = self.settings.kind;
+                let list = listing.list;
+                let overflowing = if split_if_overflowing {
+                    Overflowing::Skim { top }
+                } else {
+                    Overflowing::Prepare
+                };
+                let known = self.known_versions.clone();
+                move || read_page_chunks(chunks, kind, list, overflowing, known.as_deref())
+            });
+            let sent = self
+                .client
+                .send_streamed(url, post, limit, &to_reader)
+                .await;
+            drop(to_reader);
+            let parsed = reader
+                .await
+                .map_err(|e| PollError::Invalid(format!("page parser failed: {e}")));
+            match sent {
+                // Its status and headers were read; its body went to the reader.
+                Ok(_) => {}
                 Err(e) if e.status().is_some_and(|s| s >= 500) && self.expand(listing) => {
                     // Large tenants see persistent 500s with $expand=alerts (API.md §4).
                     self.expand_failed
@@ -519,21 +566,10 @@ impl Poller {
                     continue;
                 }
                 Err(e) => return Err(e.into()),
-            };
+            }
             outcome.requests += 1;
             let kind = self.settings.kind;
-            let list = listing.list;
-            let overflowing = if split_if_overflowing {
-                Overflowing::Skim { top }
-            } else {
-                Overflowing::Prepare
-            };
-            let known = self.known_versions.clone();
-            let parsed = tokio::task::spawn_blocking(move || {
-                parse_page(kind, list, resp.body, overflowing, known.as_deref())
-            })
-            .await
-            .map_err(|e| PollError::Invalid(format!("page parser failed: {e}")))?;
+            let parsed = parsed?;
             drop(permit);
             match parsed {
                 Ok(p) => return Ok(p),
@@ -800,6 +836,7 @@ fn split_evenly(a: i64, b: i64, k: i64) -> Vec<(i64, i64)> {
 #[allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 mod tests {
     use super::super::mutate::{cases, mutate, reference, Rng, EXAMPLE_PAGES};
+    use super::super::page::parse_page;
     use super::*;
 
     /// Issue 11 item 16: Microsoft's example pages of every listed source, mutated, through page

@@ -1,9 +1,12 @@
-//! Reads one listing page (a Graph `value` page or a Cloud Apps `data` page) in a single pass:
-//! each item is parsed where it sits, straight into its source's typed struct, and its text is
-//! taken from where that parse stopped. Deserializing the page into raw items first, then each
-//! item again, read every byte twice (issue 12). The page's own members (`@odata.nextLink`,
-//! `@odata.count`, `hasNext`) are read by the same rules serde's derive applied before: a
-//! duplicated one refuses the page, unknown ones are skipped, and nothing may follow the object.
+//! Reads one listing page (a Graph `value` page or a Cloud Apps `data` page) as its body
+//! arrives, in a single pass: each item is framed as soon as its last byte is in (a scan for
+//! quotes, escapes and brackets), parsed where it sits straight into its source's typed struct,
+//! prepared and compressed; its bytes are then dropped. A 1,000-alert page (~6 MB) was read
+//! whole before it was parsed, so memory grew with Microsoft's page size (issue 12); now the
+//! reader holds the unread tail of the body (under a chunk and an item) and the prepared items.
+//! The page's own members (`@odata.nextLink`, `@odata.count`, `hasNext`) are read by the same
+//! rules serde's derive applied before: a duplicated one refuses the page, unknown ones are
+//! skipped, and nothing may follow the object.
 
 use std::borrow::Cow;
 
@@ -33,8 +36,9 @@ pub(super) enum Overflowing {
     Skim { top: usize },
 }
 
-/// Parses and prepares a listing page of `kind` (`list` names the submission list polled).
-/// `Err` says why the answer is not a whole page; the caller asks for it again.
+/// Parses and prepares a listing page of `kind` held whole (`list` names the submission list
+/// polled). `Err` says why the answer is not a whole page; the caller asks for it again.
+#[cfg(test)]
 pub(super) fn parse_page(
     kind: SourceKind,
     list: &str,
@@ -42,112 +46,473 @@ pub(super) fn parse_page(
     overflowing: Overflowing,
     known: Option<&KnownVersions>,
 ) -> Result<ParsedPage, String> {
-    // Invalid UTF-8 would otherwise refuse the page for good and stall its slice; replaced, the
-    // item still goes, with U+FFFD where Microsoft's bytes were broken.
-    let text = match std::str::from_utf8(&body) {
-        Ok(text) => Cow::Borrowed(text),
-        Err(_) => String::from_utf8_lossy(&body),
-    };
-    read_page(kind, list, &text, overflowing, known)
-        .map_err(|e| format!("the answer is not a complete page: {e}"))
+    let mut page = PageReader::new(kind, list, overflowing, known);
+    page.feed(&body)?;
+    page.finish()
 }
 
 /// Which of the page's item arrays the items came from: `value` wins over `data`, as before.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Items {
     None,
     Data,
     Value,
 }
 
-fn read_page(
+/// What is done with each element of the item array being read.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Each {
+    Prepare,
+    /// The page is known to overflow its slice: items are counted, not prepared.
+    Count,
+}
+
+/// A page member whose value is read next.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Member {
+    NextLink,
+    Count,
+    HasNext,
+    /// `value` or `data`: an item array, `null`, or (a `data` after a `value`) anything.
+    Listing(Items),
+    /// Skipped, whatever it holds, once it is read as JSON.
+    Other,
+}
+
+/// Where the reader is in the page object.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Step {
+    Open,
+    FirstKey,
+    Key,
+    Colon(Member),
+    Value(Member),
+    /// Inside an item array: an element or `]` next.
+    FirstElement(Items, Each),
+    Element(Items, Each),
+    AfterElement(Items, Each),
+    AfterMember,
+    /// The object is closed: only whitespace may follow.
+    Done,
+}
+
+/// Reads one listing page (a Graph `value` page or a Cloud Apps `data` page) as its bytes
+/// arrive, so a page is never held whole: what stays is the part of the body not read yet
+/// (one item at most beyond the last chunk) and the page's items, prepared and compressed.
+/// `feed` the body's chunks in order, then `finish`.
+pub(super) struct PageReader<'k> {
     kind: SourceKind,
-    list: &str,
-    text: &str,
+    list: &'k str,
     overflowing: Overflowing,
-    known: Option<&KnownVersions>,
-) -> Result<ParsedPage, PageError> {
-    let mut page = ParsedPage::empty();
-    let mut from = Items::None;
-    let (mut seen_value, mut seen_data) = (false, false);
-    let (mut seen_next, mut seen_count, mut seen_has_next) = (false, false, false);
-    let mut at = Reader { text, pos: 0 };
-    at.expect(b'{')?;
-    if !at.eat(b'}') {
-        loop {
-            let key: Cow<'_, str> = at.value()?;
-            at.expect(b':')?;
-            match key.as_ref() {
-                "value" | "data" => {
-                    let this = if key == "value" {
-                        once(&mut seen_value, &key)?;
-                        Items::Value
-                    } else {
-                        once(&mut seen_data, &key)?;
-                        Items::Data
-                    };
-                    if this == Items::Data && from == Items::Value {
-                        at.value::<IgnoredAny>()?;
-                    } else if at.null()? {
-                        // `"value": null` is no listing, as an absent member is.
-                    } else {
-                        // A `data` read before a `value` gives way to it.
-                        page.items.clear();
-                        page.quarantine.clear();
-                        page.ids.clear();
-                        page.created.clear();
-                        page.received = 0;
-                        (page.unchanged, page.stale) = (0, 0);
-                        let known_to_overflow = match overflowing {
-                            Overflowing::Prepare => false,
-                            Overflowing::Skim { top } => {
-                                page.next_link.is_some()
-                                    || page.count.is_some_and(|n| n > top as i64)
-                            }
-                        };
-                        if known_to_overflow {
-                            at.items(|rest| count_item(kind, rest, &mut page))?;
-                        } else {
-                            at.items(|rest| prepare_item(kind, list, rest, known, &mut page))?;
-                        }
-                        from = this;
-                    }
-                }
-                "@odata.nextLink" => {
-                    once(&mut seen_next, &key)?;
-                    page.next_link = at.value::<Option<Cow<'_, str>>>()?.map(Cow::into_owned);
-                }
-                "@odata.count" => {
-                    once(&mut seen_count, &key)?;
-                    page.count = at.value()?;
-                }
-                "hasNext" => {
-                    once(&mut seen_has_next, &key)?;
-                    page.has_next = at.value()?;
-                }
-                _ => {
-                    at.value::<IgnoredAny>()?;
-                }
-            }
-            if at.eat(b',') {
-                continue;
-            }
-            at.expect(b'}')?;
-            break;
+    known: Option<&'k KnownVersions>,
+    page: ParsedPage,
+    from: Items,
+    seen: Seen,
+    step: Step,
+    /// The body's bytes not consumed yet; `buf[..pos]` is read, and dropped between chunks.
+    buf: Vec<u8>,
+    pos: usize,
+    /// Bytes dropped from the front of `buf`, for positions in errors.
+    dropped: usize,
+    /// The value starting at `pos` as far as it has been scanned.
+    frame: Frame,
+    /// The first error: the page is refused, and later chunks are not read.
+    failed: Option<String>,
+}
+
+#[derive(Default)]
+struct Seen {
+    value: bool,
+    data: bool,
+    next: bool,
+    count: bool,
+    has_next: bool,
+}
+
+impl<'k> PageReader<'k> {
+    pub(super) fn new(
+        kind: SourceKind,
+        list: &'k str,
+        overflowing: Overflowing,
+        known: Option<&'k KnownVersions>,
+    ) -> Self {
+        Self {
+            kind,
+            list,
+            overflowing,
+            known,
+            page: ParsedPage::empty(),
+            from: Items::None,
+            seen: Seen::default(),
+            step: Step::Open,
+            buf: Vec::new(),
+            pos: 0,
+            dropped: 0,
+            frame: Frame::default(),
+            failed: None,
         }
     }
-    at.skip_whitespace();
-    if at.pos != text.len() {
-        return Err(PageError::Shape(
-            "trailing characters after the page".into(),
-        ));
+
+    /// Reads the next chunk of the body. `Err`: the answer is not a page; later chunks change
+    /// nothing.
+    pub(super) fn feed(&mut self, chunk: &[u8]) -> Result<(), String> {
+        if let Some(why) = &self.failed {
+            return Err(why.clone());
+        }
+        self.buf.extend_from_slice(chunk);
+        if let Err(e) = self.advance() {
+            let why = format!("the answer is not a complete page: {e}");
+            self.failed = Some(why.clone());
+            self.buf = Vec::new();
+            return Err(why);
+        }
+        // What is read goes: the buffer holds the unread tail, not the page.
+        self.buf.drain(..self.pos);
+        self.dropped += self.pos;
+        self.pos = 0;
+        Ok(())
     }
-    if from == Items::None {
-        return Err(PageError::Shape(
-            "the answer has neither `value` nor `data`: not a listing".into(),
-        ));
+
+    /// The page, once the whole body was fed.
+    pub(super) fn finish(mut self) -> Result<ParsedPage, String> {
+        if let Some(why) = self.failed {
+            return Err(why);
+        }
+        let complete = || -> Result<(), PageError> {
+            if self.step != Step::Done {
+                return Err(PageError::Shape(format!(
+                    "the page ends at byte {} before it is complete",
+                    self.dropped + self.buf.len()
+                )));
+            }
+            if self.from == Items::None {
+                return Err(PageError::Shape(
+                    "the answer has neither `value` nor `data`: not a listing".into(),
+                ));
+            }
+            Ok(())
+        };
+        complete().map_err(|e| format!("the answer is not a complete page: {e}"))?;
+        Ok(std::mem::replace(&mut self.page, ParsedPage::empty()))
     }
-    Ok(page)
+
+    /// Steps through what the buffer holds; stops where a token or value is not whole yet.
+    fn advance(&mut self) -> Result<(), PageError> {
+        loop {
+            self.skip_whitespace();
+            let Some(&next) = self.buf.get(self.pos) else {
+                return Ok(());
+            };
+            match self.step {
+                Step::Open => {
+                    self.expect(next, b'{')?;
+                    self.step = Step::FirstKey;
+                }
+                Step::FirstKey if next == b'}' => {
+                    self.pos += 1;
+                    self.step = Step::Done;
+                }
+                Step::FirstKey | Step::Key => {
+                    if next != b'"' {
+                        return Err(self.unexpected("`\"`"));
+                    }
+                    let Some(key) = self.value::<String>()? else {
+                        return Ok(());
+                    };
+                    let member = self.member(&key)?;
+                    self.step = Step::Colon(member);
+                }
+                Step::Colon(member) => {
+                    self.expect(next, b':')?;
+                    self.step = Step::Value(member);
+                }
+                Step::Value(member) => {
+                    if !self.member_value(member, next)? {
+                        return Ok(());
+                    }
+                }
+                Step::FirstElement(items, _) if next == b']' => {
+                    self.pos += 1;
+                    self.from = items;
+                    self.step = Step::AfterMember;
+                }
+                Step::FirstElement(items, each) | Step::Element(items, each) => {
+                    let Some(len) = self.frame_value()? else {
+                        return Ok(());
+                    };
+                    let at = self.pos;
+                    self.pos += len;
+                    self.frame = Frame::default();
+                    let text = text_of(&self.buf[at..at + len]);
+                    let read = match each {
+                        Each::Prepare => {
+                            prepare_item(self.kind, self.list, &text, self.known, &mut self.page)?
+                        }
+                        Each::Count => count_item(self.kind, &text, &mut self.page)?,
+                    };
+                    if read != text.len() {
+                        return Err(PageError::Shape(format!(
+                            "trailing characters in the item at byte {}",
+                            self.dropped + at
+                        )));
+                    }
+                    self.step = Step::AfterElement(items, each);
+                }
+                Step::AfterElement(items, each) => {
+                    self.pos += 1;
+                    match next {
+                        b',' => self.step = Step::Element(items, each),
+                        b']' => {
+                            self.from = items;
+                            self.step = Step::AfterMember;
+                        }
+                        _ => {
+                            self.pos -= 1;
+                            return Err(self.unexpected("`,` or `]`"));
+                        }
+                    }
+                }
+                Step::AfterMember => {
+                    self.pos += 1;
+                    match next {
+                        b',' => self.step = Step::Key,
+                        b'}' => self.step = Step::Done,
+                        _ => {
+                            self.pos -= 1;
+                            return Err(self.unexpected("`,` or `}`"));
+                        }
+                    }
+                }
+                Step::Done => {
+                    return Err(PageError::Shape(
+                        "trailing characters after the page".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Which member `key` names; a second `value`, `data` or page member refuses the page.
+    fn member(&mut self, key: &str) -> Result<Member, PageError> {
+        Ok(match key {
+            "value" => {
+                once(&mut self.seen.value, key)?;
+                Member::Listing(Items::Value)
+            }
+            "data" => {
+                once(&mut self.seen.data, key)?;
+                Member::Listing(Items::Data)
+            }
+            "@odata.nextLink" => {
+                once(&mut self.seen.next, key)?;
+                Member::NextLink
+            }
+            "@odata.count" => {
+                once(&mut self.seen.count, key)?;
+                Member::Count
+            }
+            "hasNext" => {
+                once(&mut self.seen.has_next, key)?;
+                Member::HasNext
+            }
+            _ => Member::Other,
+        })
+    }
+
+    /// Reads a member's value, or enters its item array. `false`: the value is not whole yet.
+    fn member_value(&mut self, member: Member, next: u8) -> Result<bool, PageError> {
+        // A `data` after a `value` gives way to it. It is read whole, as any member not ours
+        // (Microsoft sends no listing beside another).
+        let skipped = member == Member::Other
+            || (member == Member::Listing(Items::Data) && self.from == Items::Value);
+        if skipped {
+            if self.value::<IgnoredAny>()?.is_none() {
+                return Ok(false);
+            }
+            self.step = Step::AfterMember;
+            return Ok(true);
+        }
+        match member {
+            Member::NextLink => {
+                let Some(link) = self.value::<Option<String>>()? else {
+                    return Ok(false);
+                };
+                self.page.next_link = link;
+            }
+            Member::Count => {
+                let Some(count) = self.value()? else {
+                    return Ok(false);
+                };
+                self.page.count = count;
+            }
+            Member::HasNext => {
+                let Some(has_next) = self.value()? else {
+                    return Ok(false);
+                };
+                self.page.has_next = has_next;
+            }
+            Member::Other => {}
+            // `"value": null` is no listing, as an absent member is.
+            Member::Listing(_) if next == b'n' => {
+                if self.value::<()>()?.is_none() {
+                    return Ok(false);
+                }
+            }
+            Member::Listing(items) => {
+                self.expect(next, b'[')?;
+                // A `data` read before a `value` gives way to it.
+                self.page.items.clear();
+                self.page.quarantine.clear();
+                self.page.ids.clear();
+                self.page.created.clear();
+                self.page.received = 0;
+                (self.page.unchanged, self.page.stale) = (0, 0);
+                let each = match self.overflowing {
+                    Overflowing::Skim { top }
+                        if self.page.next_link.is_some()
+                            || self.page.count.is_some_and(|n| n > top as i64) =>
+                    {
+                        Each::Count
+                    }
+                    _ => Each::Prepare,
+                };
+                self.step = Step::FirstElement(items, each);
+                return Ok(true);
+            }
+        }
+        self.step = Step::AfterMember;
+        Ok(true)
+    }
+
+    fn skip_whitespace(&mut self) {
+        while matches!(self.buf.get(self.pos), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+            self.pos += 1;
+        }
+    }
+
+    fn expect(&mut self, next: u8, c: u8) -> Result<(), PageError> {
+        if next != c {
+            return Err(self.unexpected(&format!("`{}`", c as char)));
+        }
+        self.pos += 1;
+        Ok(())
+    }
+
+    fn unexpected(&self, wanted: &str) -> PageError {
+        let found = match text_of(&self.buf[self.pos..]).chars().next() {
+            Some(found) => format!("`{found}`"),
+            None => "the end".to_owned(),
+        };
+        PageError::Shape(format!(
+            "expected {wanted} at byte {}, found {found}",
+            self.dropped + self.pos
+        ))
+    }
+
+    /// The length of the value at `pos` once all of it is in the buffer.
+    fn frame_value(&mut self) -> Result<Option<usize>, PageError> {
+        Ok(self.frame.scan(&self.buf[self.pos..]))
+    }
+
+    /// Reads the value at `pos` as `T` once all of it is in the buffer.
+    fn value<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, PageError> {
+        let Some(len) = self.frame_value()? else {
+            return Ok(None);
+        };
+        let text = text_of(&self.buf[self.pos..self.pos + len]);
+        let value = serde_json::from_str(&text)?;
+        self.pos += len;
+        self.frame = Frame::default();
+        Ok(Some(value))
+    }
+}
+
+/// The text of a value: invalid UTF-8 would otherwise refuse the page for good and stall its
+/// slice; replaced, the item still goes, with U+FFFD where Microsoft's bytes were broken.
+fn text_of(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
+/// How far a JSON value at the start of a buffer has been scanned, so bytes that arrive later
+/// are scanned from where the last look stopped. It only finds the value's end (strings,
+/// escapes and nesting); serde_json reads the value and refuses what is not JSON.
+#[derive(Default)]
+struct Frame {
+    scanned: usize,
+    depth: u32,
+    in_string: bool,
+    started: bool,
+    scalar: bool,
+}
+
+impl Frame {
+    /// The value's length once `bytes` holds all of it.
+    fn scan(&mut self, bytes: &[u8]) -> Option<usize> {
+        if !self.started {
+            match bytes.first()? {
+                b'{' | b'[' => self.depth = 1,
+                b'"' => self.in_string = true,
+                _ => self.scalar = true,
+            }
+            self.started = true;
+            self.scanned = 1;
+        }
+        if self.scalar {
+            // A number, `true`, `false` or `null` ends where a delimiter starts.
+            let rest = &bytes[self.scanned..];
+            return match rest
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t'))
+            {
+                Some(i) => Some(self.scanned + i),
+                None => {
+                    self.scanned = bytes.len();
+                    None
+                }
+            };
+        }
+        loop {
+            if self.in_string {
+                // Most of an alert's bytes are inside strings: jump to the next quote or escape.
+                let Some(i) = memchr::memchr2(b'"', b'\\', &bytes[self.scanned..]) else {
+                    self.scanned = bytes.len();
+                    return None;
+                };
+                let at = self.scanned + i;
+                if bytes[at] == b'\\' {
+                    // The escaped byte is part of the string, whatever it is.
+                    if at + 1 >= bytes.len() {
+                        self.scanned = at;
+                        return None;
+                    }
+                    self.scanned = at + 2;
+                    continue;
+                }
+                self.in_string = false;
+                self.scanned = at + 1;
+                if self.depth == 0 {
+                    return Some(self.scanned);
+                }
+                continue;
+            }
+            let &b = bytes.get(self.scanned)?;
+            self.scanned += 1;
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth -= 1;
+                    if self.depth == 0 {
+                        return Some(self.scanned);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Prepares the item `rest` starts with into `page`; returns the item's length in bytes.
@@ -252,93 +617,6 @@ impl std::fmt::Display for PageError {
     }
 }
 
-/// A position in the page's text, moved over JSON's structural characters by hand and over
-/// values by serde_json.
-struct Reader<'a> {
-    text: &'a str,
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn skip_whitespace(&mut self) {
-        let bytes = self.text.as_bytes();
-        while matches!(bytes.get(self.pos), Some(b' ' | b'\n' | b'\r' | b'\t')) {
-            self.pos += 1;
-        }
-    }
-
-    /// Steps over `c` (after whitespace) if it is next.
-    fn eat(&mut self, c: u8) -> bool {
-        self.skip_whitespace();
-        if self.text.as_bytes().get(self.pos) == Some(&c) {
-            self.pos += 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn expect(&mut self, c: u8) -> Result<(), PageError> {
-        if self.eat(c) {
-            return Ok(());
-        }
-        let found = match self.text[self.pos..].chars().next() {
-            Some(found) => format!("`{found}`"),
-            None => "the end".to_owned(),
-        };
-        Err(PageError::Shape(format!(
-            "expected `{}` at byte {}, found {found}",
-            c as char, self.pos
-        )))
-    }
-
-    /// Reads one JSON value as `T`.
-    fn value<T: Deserialize<'a>>(&mut self) -> Result<T, PageError> {
-        self.skip_whitespace();
-        let mut values = serde_json::Deserializer::from_str(&self.text[self.pos..]).into_iter();
-        match values.next() {
-            Some(Ok(v)) => {
-                self.pos += values.byte_offset();
-                Ok(v)
-            }
-            Some(Err(e)) => Err(e.into()),
-            None => Err(PageError::Shape(
-                "the page ends where a value should".into(),
-            )),
-        }
-    }
-
-    /// Reads a `null` if one is next.
-    fn null(&mut self) -> Result<bool, PageError> {
-        self.skip_whitespace();
-        if self.text.as_bytes().get(self.pos) != Some(&b'n') {
-            return Ok(false);
-        }
-        self.value::<()>()?;
-        Ok(true)
-    }
-
-    /// Reads an array, handing each element's text onwards to `item`, which says how long the
-    /// element was.
-    fn items(
-        &mut self,
-        mut item: impl FnMut(&'a str) -> Result<usize, PageError>,
-    ) -> Result<(), PageError> {
-        self.expect(b'[')?;
-        if self.eat(b']') {
-            return Ok(());
-        }
-        loop {
-            self.skip_whitespace();
-            self.pos += item(&self.text[self.pos..])?;
-            if self.eat(b',') {
-                continue;
-            }
-            return self.expect(b']');
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::value::RawValue;
@@ -420,6 +698,105 @@ mod tests {
                 )
             ),
         }
+    }
+
+    /// `text` fed to a reader in chunks of the sizes `size` picks, as a network delivers it.
+    fn chunked(
+        kind: SourceKind,
+        list: &str,
+        text: &[u8],
+        overflowing: Overflowing,
+        mut size: impl FnMut() -> usize,
+    ) -> Result<ParsedPage, String> {
+        let mut reader = PageReader::new(kind, list, overflowing, None);
+        let mut rest = text;
+        while !rest.is_empty() {
+            let (chunk, after) = rest.split_at(size().clamp(1, rest.len()));
+            reader.feed(chunk)?;
+            rest = after;
+        }
+        reader.finish()
+    }
+
+    #[test]
+    fn a_page_read_in_chunks_gives_what_the_whole_page_gives() {
+        let mut rng = Rng::new(0x0c4a_4e5e);
+        let (mut same_items, mut both_refused) = (0, 0);
+        for (kind, list, name) in EXAMPLE_PAGES {
+            let text = reference(name);
+            let mut pages = vec![text.clone()];
+            pages.extend((0..cases()).map(|_| mutate(&text, &mut rng)));
+            for (case, page) in pages.iter().enumerate() {
+                let whole = outcome(&parse_page(
+                    kind,
+                    list,
+                    page.clone().into_bytes(),
+                    Overflowing::Prepare,
+                    None,
+                ));
+                // One byte at a time splits every token and every multi-byte character (on
+                // some cases only: a byte per call is slow in a debug build).
+                if case % 10 == 0 {
+                    let bytewise = chunked(kind, list, page.as_bytes(), Overflowing::Prepare, || 1);
+                    assert_eq!(
+                        outcome(&bytewise),
+                        whole,
+                        "{name} case {case}, bytewise:\n{page}"
+                    );
+                }
+                let random = chunked(kind, list, page.as_bytes(), Overflowing::Prepare, || {
+                    1 + rng.below(600)
+                });
+                assert_eq!(
+                    outcome(&random),
+                    whole,
+                    "{name} case {case}, random:\n{page}"
+                );
+                if whole == "refused" {
+                    both_refused += 1;
+                } else {
+                    same_items += 1;
+                }
+            }
+        }
+        assert!(
+            same_items > 0 && both_refused > 0,
+            "both outcomes were compared"
+        );
+        // A page cut anywhere is refused, however it was chunked.
+        let page = format!("{{\"@odata.count\":2,\"value\":[{ALERT},{ALERT}]}}");
+        for cut in 0..page.len() {
+            let text = &page.as_bytes()[..cut];
+            let e = chunked(SourceKind::Alerts, "", text, Overflowing::Prepare, || 7)
+                .err()
+                .unwrap_or_else(|| panic!("the page cut at byte {cut} was read"));
+            assert!(e.starts_with("the answer is not a complete page"), "{e}");
+        }
+        // Skimming decides on the members read before the listing, as the whole page did.
+        let skim = Overflowing::Skim { top: 1 };
+        let p = chunked(SourceKind::Alerts, "", page.as_bytes(), skim, || 3).unwrap();
+        assert_eq!((p.received, p.items.len()), (2, 0));
+    }
+
+    /// A chunk can end anywhere in an item; the reader keeps the unread tail only.
+    #[test]
+    fn the_reader_holds_an_item_not_the_page() {
+        let items: Vec<String> = (0..500)
+            .map(|i| ALERT.replace("da1", &format!("da{i}")))
+            .collect();
+        let page = format!("{{\"value\":[{}]}}", items.join(","));
+        let mut reader = PageReader::new(SourceKind::Alerts, "", Overflowing::Prepare, None);
+        let mut largest = 0;
+        for chunk in page.as_bytes().chunks(1000) {
+            reader.feed(chunk).unwrap();
+            largest = largest.max(reader.buf.len());
+        }
+        assert!(
+            largest < 1000 + ALERT.len(),
+            "the reader held {largest} bytes"
+        );
+        let p = reader.finish().unwrap();
+        assert_eq!((p.received, p.items.len()), (500, 500));
     }
 
     #[test]
