@@ -3,8 +3,10 @@
 //! with `--sim-child`) so the figures are the daemon's alone: alerts/s, CPU seconds, peak RSS.
 //! `DRAIN_BATCH` sets forward.batch_size (default 100, the shipped default). `DRAIN_STORE=postgres`
 //! runs it on a fresh database of the local Postgres (`M365_TEST_PG_URL`, default
-//! postgres@127.0.0.1:5432) instead of SQLite. It prints the store's bytes per alert and each table's and
-//! index's share; `DRAIN_KEEP=DIR` keeps the SQLite store in DIR.
+//! postgres@127.0.0.1:5432) instead of SQLite. `DRAIN_PAGE` caps the alerts the simulator puts
+//! in a page (default 1,000, Graph's largest), to see memory against the size of a page. It
+//! prints the store's bytes per alert and each table's and index's share; `DRAIN_KEEP=DIR`
+//! keeps the SQLite store in DIR.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -229,8 +231,13 @@ fn sim_child(n: usize) {
         .build()
         .unwrap();
     rt.block_on(async {
+        let page_cap = std::env::var("DRAIN_PAGE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
         let sim = m365_sim::Simulator::start(m365_sim::SimConfig {
             keep_bodies: false,
+            page_cap,
             ..Default::default()
         })
         .await

@@ -111,8 +111,11 @@ pub(super) struct ParsedPage {
     pub(super) created: Vec<i64>,
 }
 
-/// Chunks of a listing page's body that may wait for its reader: a few of hyper's reads.
-const PAGE_CHUNKS_QUEUED: usize = 4;
+/// Chunks of a listing page's body that may wait for its reader. One: each chunk keeps
+/// hyper's read buffer it was cut from (up to a few hundred KB) alive until it is read, so
+/// four waiting chunks held ~2 MB (heaptrack, issue 12), and one is enough for the network to
+/// go on while the reader parses.
+const PAGE_CHUNKS_QUEUED: usize = 1;
 
 /// Reads the page whose body arrives through `chunks`; a body restarted by a retry is read
 /// afresh. `Err` says why the answer is not a whole page.
@@ -515,8 +518,8 @@ impl Poller {
                 Req::Get(u) => (u.as_str(), None),
                 Req::Post(u, body) => (u.as_str(), Some(body)),
             };
-            // The page is read as it arrives, on a blocking thread: a few chunks wait in the
-            // channel, and neither the body nor its parsed items are held whole.
+            // The page is read as it arrives, on a blocking thread: the body is never held
+            // whole.
             let (to_reader, chunks) = tokio::sync::mpsc::channel(PAGE_CHUNKS_QUEUED);
             let reader = tokio::task::spawn_blocking({
                 let kind = self.settings.kind;
