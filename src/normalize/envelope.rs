@@ -282,7 +282,7 @@ fn derived_event_id(event: &[u8]) -> Option<String> {
         version: std::borrow::Cow<'a, str>,
     }
     const VERSION: &[u8] = br#","version":"#;
-    let key = event.windows(VERSION.len()).position(|w| w == VERSION)?;
+    let key = memchr::memmem::find(event, VERSION)?;
     let end = string_end(event, key + VERSION.len())?;
     let mut head = Vec::with_capacity(end + 1);
     head.extend_from_slice(&event[..end]);

@@ -748,9 +748,7 @@ pub fn replay_row(
     stored: &[u8],
 ) -> Option<OutboxRow> {
     fn replace_first(body: &[u8], from: &str, to: &str) -> Option<Vec<u8>> {
-        let at = body
-            .windows(from.len())
-            .position(|w| w == from.as_bytes())?;
+        let at = memchr::memmem::find(body, from.as_bytes())?;
         let mut out = Vec::with_capacity(body.len() + to.len());
         out.extend_from_slice(&body[..at]);
         out.extend_from_slice(to.as_bytes());
@@ -891,7 +889,7 @@ pub fn with_links(body: &[u8], refs: &[LinkRef], twin: Option<&LinkRef>) -> Vec<
     };
     let Some(t) = twin else { return body };
     const KEY: &[u8] = br#""duplicate_of":null"#;
-    let Some(at) = body.windows(KEY.len()).position(|w| w == KEY) else {
+    let Some(at) = memchr::memmem::find(&body, KEY) else {
         return body;
     };
     let value = serde_json::json!({"kind": t.source.kind(), "source": t.source.as_str(), "native_id": t.native_id});
@@ -907,7 +905,7 @@ pub fn with_links(body: &[u8], refs: &[LinkRef], twin: Option<&LinkRef>) -> Vec<
 /// a key, before `raw`: inside strings every `"` is escaped, so the first match is that member.
 pub fn with_related(body: &[u8], refs: &[LinkRef]) -> Vec<u8> {
     const KEY: &[u8] = br#""related":["#;
-    let Some(at) = body.windows(KEY.len()).position(|w| w == KEY) else {
+    let Some(at) = memchr::memmem::find(body, KEY) else {
         return body.to_vec();
     };
     let insert_at = at + KEY.len();
