@@ -12,6 +12,11 @@ port=$((20000 + RANDOM % 20000))
 sim=$!
 trap 'kill "$sim" ${run:-} 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 1 100); do grep -q client_secret "$dir/sim.out" && break; sleep 0.1; done
+if ! grep -q client_secret "$dir/sim.out"; then
+  echo "the simulator did not start on 127.0.0.1:$port within 10 s:" >&2
+  cat "$dir/sim.out" >&2
+  exit 1
+fi
 value() { grep "^  $1 " "$dir/sim.out" | sed 's/.*= "\(.*\)"/\1/'; }
 cat >"$dir/config.toml" <<TOML
 [store]

@@ -737,6 +737,18 @@ pub fn plan_ingest_guarded(
     )
 }
 
+/// `body` with the first occurrence of `from` replaced by `to`; `None` when `from` is absent.
+/// Callers rely on the envelope writing its members before `raw`, and on a quote inside a
+/// string being escaped, so the first match of a `"key":` pattern is that member.
+fn replace_first(body: &[u8], from: &[u8], to: &[u8]) -> Option<Vec<u8>> {
+    let at = memchr::memmem::find(body, from)?;
+    let mut out = Vec::with_capacity(body.len() + to.len());
+    out.extend_from_slice(&body[..at]);
+    out.extend_from_slice(to);
+    out.extend_from_slice(&body[at + from.len()..]);
+    Some(out)
+}
+
 /// A delivered version to send again as new (`replay --as-new`, design §7): version
 /// `{version}#replay{n}` (n: the replay run) and so a new event id; the rest of the body as it was sent. `None` when
 /// the stored body cannot be read.
@@ -747,14 +759,6 @@ pub fn replay_row(
     n: i64,
     stored: &[u8],
 ) -> Option<OutboxRow> {
-    fn replace_first(body: &[u8], from: &str, to: &str) -> Option<Vec<u8>> {
-        let at = memchr::memmem::find(body, from.as_bytes())?;
-        let mut out = Vec::with_capacity(body.len() + to.len());
-        out.extend_from_slice(&body[..at]);
-        out.extend_from_slice(to.as_bytes());
-        out.extend_from_slice(&body[at + from.len()..]);
-        Some(out)
-    }
     let json = body_codec::decode(stored).ok()?;
     let parsed: serde_json::Value = serde_json::from_slice(&json).ok()?;
     let tenant_id = parsed["tenant"]["id"].as_str()?;
@@ -765,13 +769,13 @@ pub fn replay_row(
     // The envelope writes `event_id` and `version` once, before `raw`: the first match is theirs.
     let body = replace_first(
         &json,
-        &format!(r#""event_id":{}"#, quoted(old_event)),
-        &format!(r#""event_id":{}"#, quoted(&event_id)),
+        format!(r#""event_id":{}"#, quoted(old_event)).as_bytes(),
+        format!(r#""event_id":{}"#, quoted(&event_id)).as_bytes(),
     )?;
     let body = replace_first(
         &body,
-        &format!(r#""version":{}"#, quoted(version)),
-        &format!(r#""version":{}"#, quoted(&new_version)),
+        format!(r#""version":{}"#, quoted(version)).as_bytes(),
+        format!(r#""version":{}"#, quoted(&new_version)).as_bytes(),
     )?;
     Some(OutboxRow {
         source,
@@ -888,17 +892,9 @@ pub fn with_links(body: &[u8], refs: &[LinkRef], twin: Option<&LinkRef>) -> Vec<
         with_related(body, refs)
     };
     let Some(t) = twin else { return body };
-    const KEY: &[u8] = br#""duplicate_of":null"#;
-    let Some(at) = memchr::memmem::find(&body, KEY) else {
-        return body;
-    };
     let value = serde_json::json!({"kind": t.source.kind(), "source": t.source.as_str(), "native_id": t.native_id});
-    let mut out = Vec::with_capacity(body.len() + 64);
-    out.extend_from_slice(&body[..at]);
-    out.extend_from_slice(br#""duplicate_of":"#);
-    out.extend_from_slice(value.to_string().as_bytes());
-    out.extend_from_slice(&body[at + KEY.len()..]);
-    out
+    let twin = format!(r#""duplicate_of":{value}"#);
+    replace_first(&body, br#""duplicate_of":null"#, twin.as_bytes()).unwrap_or(body)
 }
 
 /// `body` with `refs` added to its `related` array. The normalizer writes `"related":[` once, as
