@@ -74,6 +74,25 @@ impl Fresh {
         s
     }
 
+    /// Runs `statement` on the database behind the store, as damage from outside would.
+    async fn exec(&self, statement: &'static str) {
+        if self.pg_db.is_some() {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&self.url)
+                .await
+                .unwrap();
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        } else {
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect(&self.url)
+                .await
+                .unwrap();
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        }
+    }
+
     async fn drop_db(self) {
         if let Some(db) = self.pg_db {
             db.drop_db().await;
@@ -232,29 +251,27 @@ async fn versions_are_deduplicated_and_counted(b: Backend) {
     db.drop_db().await;
 }
 
-async fn claims_take_live_before_historical_in_order_within_limits(b: Backend) {
-    let db = Fresh::new(b).await;
-    let s = db.open_leader().await;
+/// Queues `h1` and `h2` from a first run's history, then `live` as live alerts.
+async fn ingest_history_then_live(s: &AnyStore, live: &[&str]) {
     ingest(
-        &s,
+        s,
         &[alert("h1", 0, "low"), alert("h2", 1, "low")],
         true,
         None,
     )
     .await
     .unwrap();
-    ingest(
-        &s,
-        &[
-            alert("l1", 0, "low"),
-            alert("l2", 1, "low"),
-            alert("l3", 2, "low"),
-        ],
-        false,
-        None,
-    )
-    .await
-    .unwrap();
+    let live: Vec<Value> = (0..)
+        .zip(live)
+        .map(|(offset, id)| alert(id, offset, "low"))
+        .collect();
+    ingest(s, &live, false, None).await.unwrap();
+}
+
+async fn claims_take_live_before_historical_in_order_within_limits(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    ingest_history_then_live(&s, &["l1", "l2", "l3"]).await;
     let b1 = s
         .claim_batch(DEST, TENANT, limits(2))
         .await
@@ -303,6 +320,52 @@ async fn claims_take_live_before_historical_in_order_within_limits(b: Backend) {
     };
     let b3 = s.claim_batch(DEST, TENANT, tiny).await.unwrap().unwrap();
     assert_eq!(b3.rows, 1);
+    drop(s);
+    db.drop_db().await;
+}
+
+async fn a_claim_that_reads_gives_what_batch_items_gives_and_stands_on_a_bad_body(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    ingest_history_then_live(&s, &["l1", "l2"]).await;
+    // Live and historical in one batch: the items come in seq order, as `batch_items` has them.
+    let (batch, items) = s
+        .claim_batch_read(DEST, TENANT, limits(3))
+        .await
+        .unwrap()
+        .expect("a batch to claim");
+    let items = items.unwrap();
+    assert_eq!(batch.rows, 3);
+    let natives: Vec<String> = items.iter().map(|i| native_of(&i.body)).collect();
+    assert_eq!(natives.len(), 3);
+    assert!(natives.contains(&"l1".to_string()) && natives.contains(&"l2".to_string()));
+    let again = s.batch_items(batch.id).await.unwrap();
+    assert_eq!(
+        items.iter().map(|i| (i.seq, &i.body)).collect::<Vec<_>>(),
+        again.iter().map(|i| (i.seq, &i.body)).collect::<Vec<_>>()
+    );
+    // A body that cannot be read: the claim is made and committed, its items say why.
+    db.exec(
+        "UPDATE outbox_body SET body = '\\x01ffffff' WHERE seq = (SELECT seq FROM outbox WHERE state = 0)",
+    )
+    .await;
+    let (bad, items) = s
+        .claim_batch_read(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .expect("the last row claimed");
+    assert_eq!(bad.rows, 1);
+    assert!(
+        matches!(items, Err(store::StoreError::Invalid(_))),
+        "{:?}",
+        items.map(|i| i.len())
+    );
+    assert!(s.batch_items(bad.id).await.is_err(), "the claim stands");
+    assert!(s
+        .claim_batch_read(DEST, TENANT, limits(10))
+        .await
+        .unwrap()
+        .is_none());
     drop(s);
     db.drop_db().await;
 }
@@ -1489,6 +1552,7 @@ macro_rules! conformance {
 conformance!(
     versions_are_deduplicated_and_counted,
     claims_take_live_before_historical_in_order_within_limits,
+    a_claim_that_reads_gives_what_batch_items_gives_and_stands_on_a_bad_body,
     a_batch_lives_through_retry_split_delivery_and_dead_letter,
     delivering_a_batch_claims_the_next_unless_another_is_open,
     bodies_come_back_byte_for_byte,

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::lease::LeaseGate;
-use crate::store::{now_ms, Batch, BatchLimits, Store, StoreError};
+use crate::store::{now_ms, Batch, BatchItem, BatchLimits, Store, StoreError};
 use crate::AppStore;
 
 pub use sink::{classify, DropzoneSink, SendOutcome};
@@ -161,8 +161,42 @@ pub struct Forwarder {
 }
 
 /// A batch and what became of it; `Err`: its stored bodies cannot be read (corrupt or missing),
-/// which no retry will cure.
-type SendResult = (Batch, Result<SendOutcome, String>);
+/// which no retry will cure. With it, the tenant's next batch when one was claimed ahead.
+type SendResult = (Batch, Result<SendOutcome, String>, Option<Ahead>);
+
+/// A tenant's next batch, claimed and read while the one before it was being sent. A tenant's
+/// batches go one at a time, and the store's work between two of them (record one delivered,
+/// claim the next, read its bodies) was two thirds of each cycle (issue 12, docs/benchmarks.md):
+/// the claim and the read now overlap the POST before them. It is sent only once the batch
+/// before it was accepted and recorded delivered, so each alert's versions still arrive in
+/// order and a crash repeats at most the one batch in flight. Until then it is an open batch
+/// like any other: if the batch before it is retried, split or parked, it waits its turn in
+/// `next_open_batch`'s order (a new claim's root comes after every open one).
+struct Ahead {
+    batch: Batch,
+    /// None when reading them failed: the send reads them again.
+    items: Option<Vec<BatchItem>>,
+}
+
+/// Claims the tenant's next batch and reads its items; a store error leaves the claim (if it
+/// committed) to `next_open_batch` and only costs the overlap.
+async fn claim_ahead(
+    store: &AppStore,
+    destination: &str,
+    tenant: &str,
+    limits: BatchLimits,
+) -> Option<Ahead> {
+    match store.claim_batch_read(destination, tenant, limits).await {
+        Ok(claimed) => claimed.map(|(batch, items)| Ahead {
+            batch,
+            items: items.ok(),
+        }),
+        Err(e) => {
+            tracing::warn!(destination = %destination, tenant = %tenant, error = %e, "store error while claiming the next batch ahead; it is claimed after this one instead");
+            None
+        }
+    }
+}
 
 impl Forwarder {
     pub async fn run(self, stop: CancellationToken) {
@@ -173,8 +207,9 @@ impl Forwarder {
         let mut adopted: HashSet<String> = HashSet::new();
         let mut paused_until: Option<Instant> = None;
         let mut turn = 0usize;
-        // Each tenant's next batch, claimed in the transaction that marked its last delivered.
-        let mut claimed: HashMap<String, Batch> = HashMap::new();
+        // Each tenant's next batch: claimed in the transaction that marked its last delivered,
+        // or claimed and read while that one was sent (`Ahead`).
+        let mut claimed: HashMap<String, Ahead> = HashMap::new();
         loop {
             let mut wait = Duration::from_millis(500);
             let paused = paused_until.is_some_and(|t| Instant::now() < t);
@@ -212,10 +247,10 @@ impl Forwarder {
             self.status.with(|s| s.in_flight = in_flight.len());
             tokio::select! {
                 Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    let Ok((batch, outcome)) = joined else { continue };
+                    let Ok((batch, outcome, ahead)) = joined else { continue };
                     busy.remove(&batch.tenant);
                     let settled = match outcome {
-                        Ok(outcome) => self.settle(&batch, outcome, &mut claimed).await,
+                        Ok(outcome) => self.settle(&batch, outcome, ahead, &mut claimed).await,
                         Err(why) => self.unreadable(&batch, &why).await.map(|()| None),
                     };
                     match settled {
@@ -246,7 +281,7 @@ impl Forwarder {
         &self,
         in_flight: &mut JoinSet<SendResult>,
         busy: &mut HashSet<String>,
-        claimed: &mut HashMap<String, Batch>,
+        claimed: &mut HashMap<String, Ahead>,
         adopted: &mut HashSet<String>,
         turn: usize,
         probing: bool,
@@ -276,9 +311,17 @@ impl Forwarder {
                 }
                 adopted.insert(tenant.clone());
             }
-            let open = match claimed.remove(tenant) {
-                Some(batch) => Some(batch),
-                None => self.store.next_open_batch(&self.name, tenant).await?,
+            // A batch claimed after the last one was sent and accepted: no other batch of the
+            // tenant is open, so the next may be claimed while this one is sent. Not while
+            // probing a paused destination: one batch at a time then.
+            let mut fresh = !probing;
+            let mut items = None;
+            let open = if let Some(next) = claimed.remove(tenant) {
+                items = next.items;
+                Some(next.batch)
+            } else {
+                fresh = false;
+                self.store.next_open_batch(&self.name, tenant).await?
             };
             let batch = match open {
                 Some(b) if b.next_attempt_at > now_ms() => {
@@ -307,7 +350,10 @@ impl Forwarder {
                     .claim_batch(&self.name, tenant, self.limits)
                     .await?
                 {
-                    Some(b) => b,
+                    Some(b) => {
+                        fresh = !probing;
+                        b
+                    }
                     None => continue,
                 },
             };
@@ -315,29 +361,46 @@ impl Forwarder {
             let store = self.store.clone();
             let sink = self.sink.clone();
             let destination = self.name.clone();
+            let limits = self.limits;
             in_flight.spawn(async move {
-                let outcome = match store.batch_items(batch.id).await {
-                    Ok(items) if items.is_empty() => Ok(SendOutcome::Delivered),
-                    Ok(items) => {
-                        if batch.attempts > 0 {
-                            crate::metrics::redelivery(&destination, &batch.tenant);
-                        }
-                        let started = Instant::now();
-                        let outcome = sink.send(&batch.key, &items, timeout).await;
-                        crate::metrics::delivery_duration(
-                            &destination,
-                            &batch.tenant,
-                            started.elapsed(),
-                        );
-                        Ok(outcome)
+                let ahead = async {
+                    if fresh {
+                        claim_ahead(&store, &destination, &batch.tenant, limits).await
+                    } else {
+                        None
                     }
-                    Err(StoreError::Invalid(why)) => Err(why),
-                    Err(e) => Ok(SendOutcome::Retry {
-                        retry_after: None,
-                        error: format!("reading the batch: {e}"),
-                    }),
                 };
-                (batch, outcome)
+                let read = async {
+                    match items {
+                        Some(items) => Ok(items),
+                        None => store.batch_items(batch.id).await,
+                    }
+                };
+                let send = async {
+                    match read.await {
+                        Ok(items) if items.is_empty() => Ok(SendOutcome::Delivered),
+                        Ok(items) => {
+                            if batch.attempts > 0 {
+                                crate::metrics::redelivery(&destination, &batch.tenant);
+                            }
+                            let started = Instant::now();
+                            let outcome = sink.send(&batch.key, &items, timeout).await;
+                            crate::metrics::delivery_duration(
+                                &destination,
+                                &batch.tenant,
+                                started.elapsed(),
+                            );
+                            Ok(outcome)
+                        }
+                        Err(StoreError::Invalid(why)) => Err(why),
+                        Err(e) => Ok(SendOutcome::Retry {
+                            retry_after: None,
+                            error: format!("reading the batch: {e}"),
+                        }),
+                    }
+                };
+                let (outcome, ahead) = tokio::join!(send, ahead);
+                (batch, outcome, ahead)
             });
         }
         Ok(wait)
@@ -357,17 +420,31 @@ impl Forwarder {
     }
 
     /// Records an answer; returns the pause reason when the destination must pause.
+    /// `ahead`: the tenant's next batch, claimed while this one was sent; it is sent next only
+    /// if this one is recorded delivered, and otherwise waits, open, for its turn.
     async fn settle(
         &self,
         batch: &Batch,
         outcome: SendOutcome,
-        claimed: &mut HashMap<String, Batch>,
+        ahead: Option<Ahead>,
+        claimed: &mut HashMap<String, Ahead>,
     ) -> Result<Option<String>, StoreError> {
         let counted = |outcome| crate::metrics::delivery(&self.name, &batch.tenant, outcome, 1);
         match outcome {
             SendOutcome::Delivered => {
-                if let Some(next) = self.store.deliver_and_claim(batch, self.limits).await? {
-                    claimed.insert(next.tenant.clone(), next);
+                let next = match ahead {
+                    Some(ahead) => {
+                        self.store.mark_delivered(batch).await?;
+                        Some(ahead)
+                    }
+                    None => self
+                        .store
+                        .deliver_and_claim(batch, self.limits)
+                        .await?
+                        .map(|batch| Ahead { batch, items: None }),
+                };
+                if let Some(next) = next {
+                    claimed.insert(next.batch.tenant.clone(), next);
                 }
                 counted("delivered");
                 self.status.note_accept(batch.id);

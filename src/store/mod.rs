@@ -1404,6 +1404,16 @@ pub trait Store: Send + Sync {
         tenant: &str,
         limits: BatchLimits,
     ) -> impl Future<Output = Result<Option<Batch>>> + Send;
+    /// As `claim_batch`, with the batch's items read by the claim's own statement (issue 12:
+    /// the forwarder claims a tenant's next batch while the current one is sent, and this is
+    /// on the path between two sends). The items are `Err` as `batch_items` would be; the
+    /// claim stands either way.
+    fn claim_batch_read(
+        &self,
+        destination: &str,
+        tenant: &str,
+        limits: BatchLimits,
+    ) -> impl Future<Output = Result<Option<(Batch, Result<Vec<BatchItem>>)>>> + Send;
     fn batch_items(&self, batch_id: i64) -> impl Future<Output = Result<Vec<BatchItem>>> + Send;
     fn mark_delivered(&self, batch: &Batch) -> impl Future<Output = Result<()>> + Send;
     /// Marks `batch` delivered and, in the same transaction, claims the tenant's next batch
@@ -1593,6 +1603,14 @@ impl Store for AnyStore {
         limits: BatchLimits,
     ) -> Result<Option<Batch>> {
         dispatch!(self, s => s.claim_batch(destination, tenant, limits))
+    }
+    async fn claim_batch_read(
+        &self,
+        destination: &str,
+        tenant: &str,
+        limits: BatchLimits,
+    ) -> Result<Option<(Batch, Result<Vec<BatchItem>>)>> {
+        dispatch!(self, s => s.claim_batch_read(destination, tenant, limits))
     }
     async fn batch_items(&self, batch_id: i64) -> Result<Vec<BatchItem>> {
         dispatch!(self, s => s.batch_items(batch_id))

@@ -229,11 +229,24 @@ const NEXT_OPEN_BATCH: &str = "SELECT id, tenant, destination, key, root_id, att
      ORDER BY (deferred AND next_attempt_at > $3), root_id, deferred, min_seq LIMIT 1";
 // A row waiting for its context (`hold_until` ahead) is not claimed, nor any later row of its
 // alert: an alert's versions reach Dropzone in order.
-const CLAIMABLE: &str = "SELECT seq, size FROM outbox o WHERE tenant = $1 AND state = 0 \
+/// The tenant's claimable rows, `$columns` of each: pending, not held behind a context wait.
+macro_rules! claimable {
+    ($columns:literal) => {
+        concat!(
+            "SELECT ",
+            $columns,
+            " FROM outbox o WHERE tenant = $1 AND state = 0 \
      AND NOT EXISTS (SELECT 1 FROM outbox h WHERE h.tenant = o.tenant AND h.source = o.source \
        AND h.native_id = o.native_id AND h.hold_until IS NOT NULL AND h.hold_until > $3 \
        AND h.seq <= o.seq AND h.state = 0) \
-     ORDER BY historical, seq LIMIT $2";
+     ORDER BY historical, seq LIMIT $2"
+        )
+    };
+}
+const CLAIMABLE: &str = claimable!("seq, size");
+/// With each row's stored body: the claim that reads its batch in the same statement.
+const CLAIMABLE_READ: &str =
+    claimable!("seq, size, (SELECT b.body FROM outbox_body b WHERE b.seq = o.seq)");
 const HOLD: &str = "UPDATE outbox SET hold_until = $1 WHERE seq = $2";
 const WANT_CONTEXT: &str = "INSERT INTO context_wanted \
      (tenant, source, native_id, message_id, created_at) VALUES ($1, $2, $3, $4, $5) \
@@ -626,13 +639,28 @@ where
         tenant: &str,
         limits: BatchLimits,
     ) -> Result<Option<Batch>> {
-        let rows = sqlx::query(CLAIMABLE)
+        Ok(Self::claim_reading(tx, destination, tenant, limits, false)
+            .await?
+            .map(|(batch, _)| batch))
+    }
+
+    /// `claim_in`, and with `read`, the stored bodies of the rows claimed (by seq; None for a
+    /// row without one).
+    async fn claim_reading(
+        tx: &mut Tx<D::DB>,
+        destination: &str,
+        tenant: &str,
+        limits: BatchLimits,
+        read: bool,
+    ) -> Result<Option<(Batch, Vec<(i64, Option<Vec<u8>>)>)>> {
+        let rows = sqlx::query(if read { CLAIMABLE_READ } else { CLAIMABLE })
             .bind(tenant)
             .bind(limits.max_rows as i64)
             .bind(now_ms())
             .fetch_all(D::DB::on(tx))
             .await?;
         let mut seqs: Vec<i64> = Vec::with_capacity(rows.len());
+        let mut stored = Vec::new();
         let mut bytes = 0usize;
         for r in &rows {
             let seq: i64 = r.try_get(0)?;
@@ -643,6 +671,9 @@ where
             }
             bytes += size as usize;
             seqs.push(seq);
+            if read {
+                stored.push((seq, r.try_get(2)?));
+            }
         }
         let Some(&min_seq) = seqs.iter().min() else {
             return Ok(None);
@@ -669,7 +700,7 @@ where
             &seqs,
         )
         .await?;
-        Ok(Some(Batch {
+        let batch = Batch {
             id,
             tenant: tenant.to_string(),
             destination: destination.to_string(),
@@ -679,7 +710,8 @@ where
             next_attempt_at: 0,
             rows: seqs.len() as i64,
             deferred: false,
-        }))
+        };
+        Ok(Some((batch, stored)))
     }
 
     /// Runs `steps` (statements with their binds) in one transaction under the batch's
@@ -725,6 +757,17 @@ where
         )
         .await
     }
+}
+
+/// A batch's row `seq` as it is sent, from its stored body; `Invalid` when that cannot be read.
+fn batch_item(seq: i64, stored: Option<Vec<u8>>) -> Result<BatchItem> {
+    let stored = stored
+        .ok_or_else(|| StoreError::Invalid(format!("outbox row {seq} has no stored body")))?;
+    Ok(BatchItem {
+        seq,
+        body: body_codec::decode(&stored)
+            .map_err(|e| StoreError::Invalid(format!("outbox row {seq}: {e}")))?,
+    })
 }
 
 /// A value a batch-settling statement binds.
@@ -1046,24 +1089,38 @@ where
         Ok(batch)
     }
 
+    async fn claim_batch_read(
+        &self,
+        destination: &str,
+        tenant: &str,
+        limits: BatchLimits,
+    ) -> Result<Option<(Batch, Result<Vec<BatchItem>>)>> {
+        let mut tx = self
+            .dialect
+            .begin_fenced(&destination_lease(destination))
+            .await?;
+        let Some((batch, mut stored)) =
+            Self::claim_reading(&mut tx, destination, tenant, limits, true).await?
+        else {
+            return Ok(None);
+        };
+        tx.commit().await?;
+        // As `batch_items` gives them, and decoded outside the transaction.
+        stored.sort_unstable_by_key(|(seq, _)| *seq);
+        let items = stored
+            .into_iter()
+            .map(|(seq, body)| batch_item(seq, body))
+            .collect();
+        Ok(Some((batch, items)))
+    }
+
     async fn batch_items(&self, batch_id: i64) -> Result<Vec<BatchItem>> {
         let rows = sqlx::query(D::BATCH_ITEMS)
             .bind(batch_id)
             .fetch_all(D::DB::on_pool(self.dialect.reader()))
             .await?;
         rows.iter()
-            .map(|r| {
-                let seq: i64 = r.try_get(0)?;
-                let stored: Option<Vec<u8>> = r.try_get(1)?;
-                let stored = stored.ok_or_else(|| {
-                    StoreError::Invalid(format!("outbox row {seq} has no stored body"))
-                })?;
-                Ok(BatchItem {
-                    seq,
-                    body: body_codec::decode(&stored)
-                        .map_err(|e| StoreError::Invalid(format!("outbox row {seq}: {e}")))?,
-                })
-            })
+            .map(|r| batch_item(r.try_get(0)?, r.try_get(1)?))
             .collect()
     }
 

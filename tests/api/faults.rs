@@ -270,6 +270,80 @@ async fn an_item_without_an_id_is_quarantined_with_the_reason_and_the_rest_deliv
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_claimed_ahead_waits_for_the_refused_one_before_it() {
+    // A tenant's next batch is claimed while its current one is sent (issue 12). When the
+    // current one is refused, the next must not pass it: the refused batch is the first one
+    // accepted, and nothing arrives twice.
+    let sim = sim().await;
+    for i in 0..20 {
+        sim.insert_alert(
+            TENANT_ID,
+            alert_json(&format!("o-{i:02}"), &iso7_ago(900 + i)),
+        );
+    }
+    sim.set_dropzone(m365_sim::DropzoneBehavior::FailWith {
+        status: 503,
+        retry_after: Some("1".into()),
+    });
+    let (_dir, db) = temp_db();
+    let opts = Opts {
+        batch_size: 5,
+        ..Opts::default()
+    };
+    let app = TestApp::spawn(settings(&sim, &db, &opts)).await;
+    let open_batches = || async {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", db.display());
+        let Ok(mut conn) = sqlx::SqliteConnection::connect(&url).await else {
+            return 0;
+        };
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM batches WHERE state = 'open'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or(0)
+    };
+    wait_until_async(
+        Duration::from_secs(30),
+        "the refused batch and the one claimed ahead of it, both open",
+        || async { open_batches().await == 2 },
+    )
+    .await;
+    let first_refused = sim
+        .received()
+        .iter()
+        .find(|b| b.status == 503)
+        .and_then(|b| b.idempotency_key.clone())
+        .expect("a refused batch");
+    sim.set_dropzone(m365_sim::DropzoneBehavior::Accept);
+    wait_until(Duration::from_secs(60), "all twenty alerts", || {
+        sim.delivered_count() >= 20
+    })
+    .await;
+    let accepted: Vec<String> = sim
+        .received()
+        .iter()
+        .filter(|b| b.status == 200)
+        .filter_map(|b| b.idempotency_key.clone())
+        .collect();
+    assert_eq!(accepted.first(), Some(&first_refused), "{accepted:?}");
+    let distinct: std::collections::HashSet<&String> = accepted.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        accepted.len(),
+        "a batch accepted twice: {accepted:?}"
+    );
+    let counts = delivered_counts(&sim);
+    assert_eq!(counts.len(), 20);
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    // Every batch recorded delivered, the last ones too (recorded while the next was sent).
+    wait_until_async(Duration::from_secs(30), "no batch left open", || async {
+        open_batches().await == 0
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_body_that_cannot_be_read_is_dead_lettered_alone() {
     use m365_ingest::store::Store;
     let sim = sim().await;
