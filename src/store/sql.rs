@@ -227,9 +227,9 @@ const NEXT_OPEN_BATCH: &str = "SELECT id, tenant, destination, key, root_id, att
      next_attempt_at, rows, deferred FROM batches \
      WHERE destination = $1 AND tenant = $2 AND state = 'open' \
      ORDER BY (deferred AND next_attempt_at > $3), root_id, deferred, min_seq LIMIT 1";
-// A row waiting for its context (`hold_until` ahead) is not claimed, nor any later row of its
-// alert: an alert's versions reach Dropzone in order.
-/// The tenant's claimable rows, `$columns` of each: pending, not held behind a context wait.
+/// The tenant's claimable rows, `$columns` of each. A row waiting for its context
+/// (`hold_until` ahead) is not claimed, nor any later row of its alert: an alert's versions
+/// reach Dropzone in order.
 macro_rules! claimable {
     ($columns:literal) => {
         concat!(
@@ -714,6 +714,26 @@ where
         Ok(Some((batch, stored)))
     }
 
+    /// `claim_reading` in a transaction of its own under the destination's lease, committed
+    /// when it claimed something.
+    async fn claim_committed(
+        &self,
+        destination: &str,
+        tenant: &str,
+        limits: BatchLimits,
+        read: bool,
+    ) -> Result<Option<(Batch, Vec<(i64, Option<Vec<u8>>)>)>> {
+        let mut tx = self
+            .dialect
+            .begin_fenced(&destination_lease(destination))
+            .await?;
+        let claimed = Self::claim_reading(&mut tx, destination, tenant, limits, read).await?;
+        if claimed.is_some() {
+            tx.commit().await?;
+        }
+        Ok(claimed)
+    }
+
     /// Runs `steps` (statements with their binds) in one transaction under the batch's
     /// destination lease: the forwarder settling a batch it holds.
     async fn settle(&self, batch: &Batch, steps: &[(&'static str, &[Bind<'_>])]) -> Result<()> {
@@ -1078,15 +1098,8 @@ where
         tenant: &str,
         limits: BatchLimits,
     ) -> Result<Option<Batch>> {
-        let mut tx = self
-            .dialect
-            .begin_fenced(&destination_lease(destination))
-            .await?;
-        let batch = Self::claim_in(&mut tx, destination, tenant, limits).await?;
-        if batch.is_some() {
-            tx.commit().await?;
-        }
-        Ok(batch)
+        let claimed = self.claim_committed(destination, tenant, limits, false);
+        Ok(claimed.await?.map(|(batch, _)| batch))
     }
 
     async fn claim_batch_read(
@@ -1095,16 +1108,10 @@ where
         tenant: &str,
         limits: BatchLimits,
     ) -> Result<Option<(Batch, Result<Vec<BatchItem>>)>> {
-        let mut tx = self
-            .dialect
-            .begin_fenced(&destination_lease(destination))
-            .await?;
-        let Some((batch, mut stored)) =
-            Self::claim_reading(&mut tx, destination, tenant, limits, true).await?
-        else {
+        let claimed = self.claim_committed(destination, tenant, limits, true);
+        let Some((batch, mut stored)) = claimed.await? else {
             return Ok(None);
         };
-        tx.commit().await?;
         // As `batch_items` gives them, and decoded outside the transaction.
         stored.sort_unstable_by_key(|(seq, _)| *seq);
         let items = stored
