@@ -161,8 +161,20 @@ pub struct Forwarder {
 }
 
 /// A batch and what became of it; `Err`: its stored bodies cannot be read (corrupt or missing),
-/// which no retry will cure. With it, the tenant's next batch when one was claimed ahead.
-type SendResult = (Batch, Result<SendOutcome, String>, Option<Ahead>);
+/// which no retry will cure. With it, the tenant's next batch when one was claimed ahead, and
+/// the claim of the one after that, still running.
+type SendResult = (
+    Batch,
+    Result<SendOutcome, String>,
+    Option<Ahead>,
+    Option<Claim>,
+);
+
+/// A claim of a tenant's next batch, running on its own.
+type Claim = tokio::task::JoinHandle<Option<Ahead>>;
+
+/// How often a tenant whose claim is still running is looked at again.
+const CLAIM_POLL: Duration = Duration::from_millis(2);
 
 /// A tenant's next batch, claimed and read while the one before it was being sent. A tenant's
 /// batches go one at a time, and the store's work between two of them (record one delivered,
@@ -172,30 +184,47 @@ type SendResult = (Batch, Result<SendOutcome, String>, Option<Ahead>);
 /// order and a crash repeats at most the one batch in flight. Until then it is an open batch
 /// like any other: if the batch before it is retried, split or parked, it waits its turn in
 /// `next_open_batch`'s order (a new claim's root comes after every open one).
+///
+/// On a store that takes writes side by side (Postgres), the claim after it starts as soon as
+/// it is claimed, so the claims follow each other instead of each waiting for a send: the
+/// longer of a claim and a send-and-record is then each cycle, not their sum less the POST
+/// (docs/benchmarks.md, issue 12).
 struct Ahead {
     batch: Batch,
     /// None when reading them failed: the send reads them again.
     items: Option<Vec<BatchItem>>,
 }
 
-/// Claims the tenant's next batch and reads its items; a store error leaves the claim (if it
-/// committed) to `next_open_batch` and only costs the overlap.
-async fn claim_ahead(
-    store: &AppStore,
-    destination: &str,
-    tenant: &str,
+/// Claims the tenant's next batch and reads its items, on a task of its own; a store error
+/// leaves the claim (if it committed) to `next_open_batch` and only costs the overlap.
+fn claim_ahead(
+    store: Arc<AppStore>,
+    destination: String,
+    tenant: String,
     limits: BatchLimits,
-) -> Option<Ahead> {
-    match store.claim_batch_read(destination, tenant, limits).await {
-        Ok(claimed) => claimed.map(|(batch, items)| Ahead {
-            batch,
-            items: items.ok(),
-        }),
-        Err(e) => {
-            tracing::warn!(destination = %destination, tenant = %tenant, error = %e, "store error while claiming the next batch ahead; it is claimed after this one instead");
-            None
+) -> Claim {
+    tokio::spawn(async move {
+        match store.claim_batch_read(&destination, &tenant, limits).await {
+            Ok(claimed) => claimed.map(|(batch, items)| Ahead {
+                batch,
+                items: items.ok(),
+            }),
+            Err(e) => {
+                tracing::warn!(destination = %destination, tenant = %tenant, error = %e, "store error while claiming the next batch ahead; it is claimed after this one instead");
+                None
+            }
         }
-    }
+    })
+}
+
+/// What a destination holds of each tenant beyond the batch it sends.
+#[derive(Default)]
+struct Claimed {
+    /// The next batch, to send once the one before it is recorded delivered.
+    next: HashMap<String, Ahead>,
+    /// The claim of the batch after that, still running. Until it ends nothing else is claimed
+    /// or sent for its tenant: its rows come before those of any later claim.
+    running: HashMap<String, Claim>,
 }
 
 impl Forwarder {
@@ -209,13 +238,13 @@ impl Forwarder {
         let mut turn = 0usize;
         // Each tenant's next batch: claimed in the transaction that marked its last delivered,
         // or claimed and read while that one was sent (`Ahead`).
-        let mut claimed: HashMap<String, Ahead> = HashMap::new();
+        let mut claimed = Claimed::default();
         loop {
             let mut wait = Duration::from_millis(500);
             let paused = paused_until.is_some_and(|t| Instant::now() < t);
             if !self.gate.held() {
                 // The next holder sends them: they are open batches in the store.
-                claimed.clear();
+                claimed.next.clear();
                 // Standby: another replica forwards; sends still in flight here settle below
                 // (their store writes are refused if the lease moved on).
                 wait = Duration::from_millis(250);
@@ -247,8 +276,11 @@ impl Forwarder {
             self.status.with(|s| s.in_flight = in_flight.len());
             tokio::select! {
                 Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    let Ok((batch, outcome, ahead)) = joined else { continue };
+                    let Ok((batch, outcome, ahead, running)) = joined else { continue };
                     busy.remove(&batch.tenant);
+                    if let Some(claim) = running {
+                        claimed.running.insert(batch.tenant.clone(), claim);
+                    }
                     let settled = match outcome {
                         Ok(outcome) => self.settle(&batch, outcome, ahead, &mut claimed).await,
                         Err(why) => self.unreadable(&batch, &why).await.map(|()| None),
@@ -281,7 +313,7 @@ impl Forwarder {
         &self,
         in_flight: &mut JoinSet<SendResult>,
         busy: &mut HashSet<String>,
-        claimed: &mut HashMap<String, Ahead>,
+        claimed: &mut Claimed,
         adopted: &mut HashSet<String>,
         turn: usize,
         probing: bool,
@@ -316,10 +348,21 @@ impl Forwarder {
             // probing a paused destination: one batch at a time then.
             let mut fresh = !probing;
             let mut items = None;
-            let open = if let Some(next) = claimed.remove(tenant) {
+            let mut running = None;
+            let open = if let Some(next) = claimed.next.remove(tenant) {
                 items = next.items;
+                if fresh {
+                    running = claimed.running.remove(tenant);
+                }
                 Some(next.batch)
             } else {
+                if let Some(claim) = claimed.running.get(tenant) {
+                    if !claim.is_finished() {
+                        wait = wait.min(CLAIM_POLL);
+                        continue;
+                    }
+                    claimed.running.remove(tenant);
+                }
                 fresh = false;
                 self.store.next_open_batch(&self.name, tenant).await?
             };
@@ -362,13 +405,31 @@ impl Forwarder {
             let sink = self.sink.clone();
             let destination = self.name.clone();
             let limits = self.limits;
+            let chained = self.store.writes_side_by_side();
             in_flight.spawn(async move {
                 let ahead = async {
-                    if fresh {
-                        claim_ahead(&store, &destination, &batch.tenant, limits).await
-                    } else {
-                        None
+                    if !fresh {
+                        return (None, None);
                     }
+                    let claim = running.unwrap_or_else(|| {
+                        claim_ahead(
+                            store.clone(),
+                            destination.clone(),
+                            batch.tenant.clone(),
+                            limits,
+                        )
+                    });
+                    let next = claim.await.ok().flatten();
+                    let after = match &next {
+                        Some(_) if chained => Some(claim_ahead(
+                            store.clone(),
+                            destination.clone(),
+                            batch.tenant.clone(),
+                            limits,
+                        )),
+                        _ => None,
+                    };
+                    (next, after)
                 };
                 let read = async {
                     match items {
@@ -399,8 +460,8 @@ impl Forwarder {
                         }),
                     }
                 };
-                let (outcome, ahead) = tokio::join!(send, ahead);
-                (batch, outcome, ahead)
+                let (outcome, (ahead, after)) = tokio::join!(send, ahead);
+                (batch, outcome, ahead, after)
             });
         }
         Ok(wait)
@@ -427,7 +488,7 @@ impl Forwarder {
         batch: &Batch,
         outcome: SendOutcome,
         ahead: Option<Ahead>,
-        claimed: &mut HashMap<String, Ahead>,
+        claimed: &mut Claimed,
     ) -> Result<Option<String>, StoreError> {
         let counted = |outcome| crate::metrics::delivery(&self.name, &batch.tenant, outcome, 1);
         match outcome {
@@ -444,7 +505,7 @@ impl Forwarder {
                         .map(|batch| Ahead { batch, items: None }),
                 };
                 if let Some(next) = next {
-                    claimed.insert(next.batch.tenant.clone(), next);
+                    claimed.next.insert(next.batch.tenant.clone(), next);
                 }
                 counted("delivered");
                 self.status.note_accept(batch.id);

@@ -1545,6 +1545,12 @@ impl AnyStore {
             AnyStore::Postgres(_) => "postgres",
         }
     }
+
+    /// Whether two write transactions run side by side (Postgres) rather than one after the
+    /// other (SQLite's single writer): only then can a claim run beside a record of delivery.
+    pub fn writes_side_by_side(&self) -> bool {
+        matches!(self, AnyStore::Postgres(_))
+    }
 }
 
 impl Store for AnyStore {

@@ -176,6 +176,15 @@ impl Dialect for PgDialect {
          WHERE tenant = $3 AND source = $4 AND list = $5 AND ($7::bigint IS NULL OR generation = $7)";
     // A body per row by its key: a join planned on stale statistics hashed the whole body
     // table for 100 rows.
+    // The id drawn first, so the root names itself in the same insert: a round trip fewer in
+    // each claim, which overlaps the send before it.
+    const NEW_ROOT: &'static str = "INSERT INTO batches \
+         (id, tenant, destination, key, state, root_id, min_seq, rows, created_at, updated_at) \
+         SELECT n, $1, $2, $3, 'open', n, $4, $5, $6, $6 \
+         FROM (SELECT nextval(pg_get_serial_sequence('batches', 'id')) AS n) AS next_id \
+         RETURNING id";
+    const NEW_ROOT_IS_ITS_OWN: bool = true;
+    const WRITING_WITH: bool = true;
     const BATCH_ITEMS: &'static str = "SELECT o.seq, \
          (SELECT b.body FROM outbox_body b WHERE b.seq = o.seq) \
          FROM outbox o WHERE o.batch_id = $1 ORDER BY o.seq";

@@ -67,6 +67,13 @@ pub trait Dialect: Send + Sync + 'static {
     const ADVANCE_CURSOR: &'static str;
     /// `(batch_id)` → `seq, stored body (NULL if missing)` in seq order.
     const BATCH_ITEMS: &'static str;
+    /// `(tenant, destination, key, min_seq, rows, now)` → `id` of a new open root batch. Its
+    /// `root_id` is its own id where the backend can number a row within its own insert
+    /// ([`Self::NEW_ROOT_IS_ITS_OWN`]); elsewhere 0 until `ROOT_IS_ITSELF` sets it.
+    const NEW_ROOT: &'static str;
+    const NEW_ROOT_IS_ITS_OWN: bool;
+    /// Whether a `WITH` may hold an `UPDATE` (Postgres), so two writes go in one statement.
+    const WRITING_WITH: bool;
     /// `(tenant or NULL)` → `seq, tenant, source, native_id, version, stored body (NULL if
     /// missing), reason` of dead-lettered rows in seq order.
     const DEAD_LETTERS: &'static str;
@@ -273,16 +280,35 @@ const ALERT_FOR_CONTEXT: &str = "SELECT revision, forwarded, context_count, last
 const CONTEXT_REVISION: &str =
     "UPDATE alerts SET revision = $1, context_count = context_count + 1, \
      last_change = $2, last_seq = $3 WHERE tenant = $4 AND source = $5 AND native_id = $6";
-const NEW_ROOT: &str = "INSERT INTO batches \
-     (tenant, destination, key, state, root_id, min_seq, rows, created_at, updated_at) \
-     VALUES ($1, $2, $3, 'open', 0, $4, $5, $6, $6) RETURNING id";
 const ROOT_IS_ITSELF: &str = "UPDATE batches SET root_id = id WHERE id = $1";
-// A delivered row leaves its batch: nothing reads a delivered row by batch, and the
-// `outbox_batch` index then holds only rows in flight or dead (11 B per version, issue 12).
-const DELIVERED_ROWS: &str = "UPDATE outbox SET state = 2, delivered_at = $1, batch_id = NULL      WHERE batch_id = $2 AND state = 1";
-const DELIVERED_BATCH: &str =
-    "UPDATE batches SET state = 'delivered', updated_at = $1 WHERE id = $2";
-const ROOT_ACCEPTED: &str = "UPDATE batches SET accepted = TRUE WHERE id = $1";
+// `(now, batch id, root id)`. A delivered row leaves its batch: nothing reads a delivered row by
+// batch, and the `outbox_batch` index then holds only rows in flight or dead (11 B per version,
+// issue 12). The batch and its root are one statement: a batch is often its own root.
+macro_rules! delivered_rows {
+    () => {
+        "UPDATE outbox SET state = 2, delivered_at = $1, batch_id = NULL \
+         WHERE batch_id = $2 AND state = 1"
+    };
+}
+macro_rules! delivered_batches {
+    () => {
+        "UPDATE batches SET \
+           state = CASE WHEN id = $2 THEN 'delivered' ELSE state END, \
+           updated_at = CASE WHEN id = $2 THEN $1 ELSE updated_at END, \
+           accepted = CASE WHEN id = $3 THEN TRUE ELSE accepted END \
+         WHERE id IN ($2, $3)"
+    };
+}
+const DELIVERED_ROWS: &str = delivered_rows!();
+const DELIVERED_BATCHES: &str = delivered_batches!();
+/// Both in one statement, where the backend lets a `WITH` write: the record of a delivered
+/// batch stands between two sends of a tenant, and each statement is a round trip there.
+const DELIVERED_AT_ONCE: &str = concat!(
+    "WITH rows_delivered AS (",
+    delivered_rows!(),
+    ") ",
+    delivered_batches!()
+);
 const RETRY_LATER: &str = "UPDATE batches SET attempts = attempts + 1, next_attempt_at = $1, \
      last_error = $2, updated_at = $3 WHERE id = $4";
 const BATCH_SEQS: &str = "SELECT seq FROM outbox WHERE batch_id = $1 ORDER BY seq";
@@ -680,7 +706,7 @@ where
         };
         let now = now_ms();
         let key = uuid::Uuid::new_v4().to_string();
-        let id: i64 = sqlx::query_scalar(NEW_ROOT)
+        let id: i64 = sqlx::query_scalar(D::NEW_ROOT)
             .bind(tenant)
             .bind(destination)
             .bind(key.as_str())
@@ -689,10 +715,12 @@ where
             .bind(now)
             .fetch_one(D::DB::on(tx))
             .await?;
-        sqlx::query(ROOT_IS_ITSELF)
-            .bind(id)
-            .execute(D::DB::on(tx))
-            .await?;
+        if !D::NEW_ROOT_IS_ITS_OWN {
+            sqlx::query(ROOT_IS_ITSELF)
+                .bind(id)
+                .execute(D::DB::on(tx))
+                .await?;
+        }
         D::for_seqs(
             tx,
             "UPDATE outbox SET state = 1, hold_until = NULL, batch_id = ",
@@ -767,15 +795,16 @@ where
     /// The batch marked delivered, in a transaction left open.
     async fn delivering(&self, batch: &Batch, now: i64) -> Result<Tx<D::DB>> {
         use Bind::Int;
-        self.settling(
-            batch,
-            &[
-                (DELIVERED_ROWS, &[Int(now), Int(batch.id)]),
-                (DELIVERED_BATCH, &[Int(now), Int(batch.id)]),
-                (ROOT_ACCEPTED, &[Int(batch.root_id)]),
-            ],
-        )
-        .await
+        let binds = [Int(now), Int(batch.id), Int(batch.root_id)];
+        if D::WRITING_WITH {
+            self.settling(batch, &[(DELIVERED_AT_ONCE, &binds)]).await
+        } else {
+            self.settling(
+                batch,
+                &[(DELIVERED_ROWS, &binds[..2]), (DELIVERED_BATCHES, &binds)],
+            )
+            .await
+        }
     }
 }
 

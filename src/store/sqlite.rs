@@ -212,6 +212,11 @@ impl Dialect for SqliteDialect {
     const ADVANCE_CURSOR: &'static str = "UPDATE cursors SET coverage = MAX(coverage, $1), \
          updated_at = $2, state = COALESCE($6, state) \
          WHERE tenant = $3 AND source = $4 AND list = $5 AND ($7 IS NULL OR generation = $7)";
+    const NEW_ROOT: &'static str = "INSERT INTO batches \
+         (tenant, destination, key, state, root_id, min_seq, rows, created_at, updated_at) \
+         VALUES ($1, $2, $3, 'open', 0, $4, $5, $6, $6) RETURNING id";
+    const NEW_ROOT_IS_ITS_OWN: bool = false;
+    const WRITING_WITH: bool = false;
     const BATCH_ITEMS: &'static str = "SELECT o.seq, b.body FROM outbox o \
          JOIN outbox_body b ON b.seq = o.seq WHERE o.batch_id = $1 ORDER BY o.seq";
     const DEAD_LETTERS: &'static str = "SELECT o.seq, o.tenant, o.source, o.native_id, \

@@ -271,9 +271,23 @@ async fn an_item_without_an_id_is_quarantined_with_the_reason_and_the_rest_deliv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_claimed_ahead_waits_for_the_refused_one_before_it() {
-    // A tenant's next batch is claimed while its current one is sent (issue 12). When the
-    // current one is refused, the next must not pass it: the refused batch is the first one
-    // accepted, and nothing arrives twice.
+    let (_dir, db) = temp_db();
+    // SQLite writes one transaction at a time: one batch is claimed ahead.
+    claimed_ahead_waits_for_the_refused_batch(&format!("sqlite://{}", db.display()), 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_the_batches_claimed_ahead_wait_for_the_refused_one_before_them() {
+    // Postgres claims two ahead: the claim after the next runs beside the send and its record.
+    let db = crate::pg::PgDb::create().await;
+    claimed_ahead_waits_for_the_refused_batch(&db.url, 2).await;
+    db.drop_db().await;
+}
+
+/// A tenant's next batches are claimed while its current one is sent (issue 12). When the
+/// current one is refused, none of them may pass it: the refused batch is the first one
+/// accepted, and nothing arrives twice. `ahead`: how many batches the backend claims ahead.
+async fn claimed_ahead_waits_for_the_refused_batch(store_url: &str, ahead: i64) {
     let sim = sim().await;
     for i in 0..20 {
         sim.insert_alert(
@@ -285,27 +299,35 @@ async fn a_batch_claimed_ahead_waits_for_the_refused_one_before_it() {
         status: 503,
         retry_after: Some("1".into()),
     });
-    let (_dir, db) = temp_db();
     let opts = Opts {
         batch_size: 5,
         ..Opts::default()
     };
-    let app = TestApp::spawn(settings(&sim, &db, &opts)).await;
+    let app = TestApp::spawn(settings_on(&sim, store_url, &opts)).await;
     let open_batches = || async {
         use sqlx::Connection;
-        let url = format!("sqlite://{}", db.display());
-        let Ok(mut conn) = sqlx::SqliteConnection::connect(&url).await else {
-            return 0;
-        };
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM batches WHERE state = 'open'")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap_or(0)
+        const OPEN: &str = "SELECT COUNT(*) FROM batches WHERE state = 'open'";
+        if store_url.starts_with("sqlite:") {
+            let Ok(mut conn) = sqlx::SqliteConnection::connect(store_url).await else {
+                return 0;
+            };
+            sqlx::query_scalar::<_, i64>(OPEN)
+                .fetch_one(&mut conn)
+                .await
+        } else {
+            let Ok(mut conn) = sqlx::PgConnection::connect(store_url).await else {
+                return 0;
+            };
+            sqlx::query_scalar::<_, i64>(OPEN)
+                .fetch_one(&mut conn)
+                .await
+        }
+        .unwrap_or(0)
     };
     wait_until_async(
         Duration::from_secs(30),
-        "the refused batch and the one claimed ahead of it, both open",
-        || async { open_batches().await == 2 },
+        "the refused batch and those claimed ahead of it, all open",
+        || async { open_batches().await == 1 + ahead },
     )
     .await;
     let first_refused = sim
