@@ -493,10 +493,20 @@ impl Forwarder {
         let counted = |outcome| crate::metrics::delivery(&self.name, &batch.tenant, outcome, 1);
         match outcome {
             SendOutcome::Delivered => {
+                // A claim of this tenant still running (left by a send made while probing) must
+                // not race another: the record alone, and its batch is found open next.
+                let claiming = claimed
+                    .running
+                    .get(&batch.tenant)
+                    .is_some_and(|claim| !claim.is_finished());
                 let next = match ahead {
                     Some(ahead) => {
                         self.store.mark_delivered(batch).await?;
                         Some(ahead)
+                    }
+                    None if claiming => {
+                        self.store.mark_delivered(batch).await?;
+                        None
                     }
                     None => self
                         .store
