@@ -28,6 +28,9 @@ const LEASE_TTL: Duration = Duration::from_secs(60);
 #[derive(Clone, Copy, Debug)]
 enum Backend {
     Sqlite,
+    /// SQLite with its dedup state merged into the archive level after every page, so every
+    /// later read of it goes through the archive.
+    SqliteArchived,
     Postgres,
 }
 
@@ -35,6 +38,8 @@ enum Backend {
 struct Fresh {
     url: String,
     pg_db: Option<PgDb>,
+    /// SQLite's merge interval, where not the shipped one.
+    merge_every: Option<usize>,
     _dir: tempfile::TempDir,
 }
 
@@ -42,9 +47,10 @@ impl Fresh {
     async fn new(backend: Backend) -> Fresh {
         let dir = tempfile::tempdir().expect("temp dir");
         match backend {
-            Backend::Sqlite => Fresh {
+            Backend::Sqlite | Backend::SqliteArchived => Fresh {
                 url: format!("sqlite://{}", dir.path().join("store.db").display()),
                 pg_db: None,
+                merge_every: matches!(backend, Backend::SqliteArchived).then_some(1),
                 _dir: dir,
             },
             Backend::Postgres => {
@@ -52,6 +58,7 @@ impl Fresh {
                 Fresh {
                     url: db.url.clone(),
                     pg_db: Some(db),
+                    merge_every: None,
                     _dir: dir,
                 }
             }
@@ -59,6 +66,10 @@ impl Fresh {
     }
 
     async fn open(&self) -> AnyStore {
+        if let Some(n) = self.merge_every {
+            let s = store::SqliteStore::open_merging_every(&self.url, n).await;
+            return AnyStore::Sqlite(s.expect("store opens"));
+        }
         let cfg = StoreConfig {
             url: Some(SecretString::from(self.url.clone())),
             ..StoreConfig::default()
@@ -887,6 +898,79 @@ async fn an_email_submission_links_the_alert_about_the_same_message(b: Backend) 
     db.drop_db().await;
 }
 
+/// An email submission of message `message_id`.
+fn email_submission(id: &str, message_id: &str) -> normalize::Prepared {
+    let sub = json!({
+        "@odata.type": "#microsoft.graph.security.emailContentThreatSubmission",
+        "id": id, "createdDateTime": "2026-06-01T10:00:00Z",
+        "contentType": "email", "category": "phishing", "status": "succeeded", "source": "user",
+        "recipientEmailAddress": "megan@contoso.com", "sender": "attacker@fabrikam.example",
+        "internetMessageId": message_id, "emailSubject": "Your mailbox is full"
+    });
+    let raw = serde_json::value::to_raw_value(&sub).unwrap();
+    normalize::prepare_submission("emailThreats", &raw).unwrap()
+}
+
+/// An alert about two messages, linked to a submission of each in turn: its second `linked`
+/// revision names both, though the first link was made pages before (on SQLite's archived
+/// backend, from the archive level).
+async fn an_alert_linked_again_names_everything_linked_to_it_before(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    let mut a = alert("two-messages", 0, "high");
+    a["evidence"] = json!([
+        {"@odata.type": "#microsoft.graph.security.analyzedMessageEvidence",
+         "verdict": "malicious", "roles": [], "internetMessageId": "<m1@fabrikam.example>"},
+        {"@odata.type": "#microsoft.graph.security.analyzedMessageEvidence",
+         "verdict": "malicious", "roles": [], "internetMessageId": "<m2@fabrikam.example>"}
+    ]);
+    ingest(&s, &[a], false, None).await.unwrap();
+    let filters = Filters::default();
+    let tenant = tenant();
+    let first = "7a7a7a7a-0000-4000-8000-000000000002";
+    let second = "7a7a7a7a-0000-4000-8000-000000000001";
+    for (id, message) in [
+        (first, "<m2@fabrikam.example>"),
+        (second, "<m1@fabrikam.example>"),
+    ] {
+        let item = email_submission(id, message);
+        let c = s
+            .ingest(page(&tenant, SourceKind::Submissions, vec![item], &filters))
+            .await
+            .unwrap();
+        assert_eq!(
+            c.queued, 2,
+            "the submission and a linked revision of the alert"
+        );
+    }
+    let mut linked: Vec<Value> = Vec::new();
+    while let Some(batch) = s.claim_batch(DEST, TENANT, limits(10)).await.unwrap() {
+        for item in s.batch_items(batch.id).await.unwrap() {
+            let v: Value = serde_json::from_slice(&item.body).unwrap();
+            if v["change"] == "linked" {
+                linked.push(v);
+            }
+        }
+        s.mark_delivered(&batch).await.unwrap();
+    }
+    assert_eq!(linked.len(), 2, "{linked:?}");
+    let named = |v: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = v["related"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["native_id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let native = |id: &str| format!("emailThreats/{id}");
+    assert_eq!(named(&linked[0]), [native(first)]);
+    assert_eq!(named(&linked[1]), [native(second), native(first)]);
+    drop(s);
+    db.drop_db().await;
+}
+
 /// An alert about message `message_id`, at `offset_s`.
 fn email_alert(id: &str, offset_s: i64, message_id: &str) -> Value {
     let mut a = alert(id, offset_s, "high");
@@ -1310,7 +1394,7 @@ async fn cursor_set_while_a_poll_runs_takes_effect(b: Backend) {
     // allows one process per file, so there it shares the daemon's store.
     let beside = match b {
         Backend::Postgres => Some(db.open().await),
-        Backend::Sqlite => None,
+        Backend::Sqlite | Backend::SqliteArchived => None,
     };
     let operator = beside.as_ref().unwrap_or(&s);
     let key = CursorKey {
@@ -1540,6 +1624,12 @@ macro_rules! conformance {
                 super::$name(super::Backend::Sqlite).await
             })*
         }
+        mod sqlite_archived {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::SqliteArchived).await
+            })*
+        }
         mod postgres {
             $(#[tokio::test]
             async fn $name() {
@@ -1563,6 +1653,7 @@ conformance!(
     pruning_removes_old_delivered_bodies_and_old_state_only,
     tenants_do_not_see_each_others_rows,
     an_email_submission_links_the_alert_about_the_same_message,
+    an_alert_linked_again_names_everything_linked_to_it_before,
     operators_retry_dead_letters_replay_and_list,
     a_parked_refused_alert_lets_its_tenants_later_batches_pass,
     open_batches_follow_their_tenant_to_a_new_destination,
@@ -1626,7 +1717,7 @@ macro_rules! legacy_outbox {
 async fn a_store_that_kept_event_ids_is_migrated_with_its_rows_and_seqs(b: Backend) {
     let db = Fresh::new(b).await;
     match b {
-        Backend::Sqlite => {
+        Backend::Sqlite | Backend::SqliteArchived => {
             let options =
                 <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&db.url)
                     .unwrap()
@@ -1920,6 +2011,74 @@ async fn sqlite_a_new_store_is_made_with_16_kib_pages() {
         .unwrap();
     assert_eq!(page_size, 16384);
     pool.close().await;
+    drop(s);
+}
+
+/// Row counts of SQLite's dedup tables: (alerts, alert_archive, links, link_archive).
+async fn sqlite_levels(db: &Fresh) -> [i64; 4] {
+    let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&db.url)
+        .unwrap()
+        .read_only(true);
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let mut counts = [0; 4];
+    for (count, table) in
+        counts
+            .iter_mut()
+            .zip(["alerts", "alert_archive", "links", "link_archive"])
+    {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        *count = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    }
+    pool.close().await;
+    counts
+}
+
+/// A store written before the dedup state had levels (its rows without hashes) is moved to the
+/// archive level when opened, once, and goes on deduplicating and linking from there, across
+/// restarts (the archive's filters are rebuilt from it).
+#[tokio::test]
+async fn sqlite_dedup_state_from_before_the_levels_is_archived_and_still_deduplicates() {
+    let db = Fresh::new(Backend::Sqlite).await;
+    let s = db.open_leader().await;
+    let alerts: Vec<Value> = (0..3)
+        .map(|i| email_alert(&format!("old-{i}"), i, &format!("<m{i}@fabrikam.example>")))
+        .collect();
+    assert_eq!(ingest(&s, &alerts, false, None).await.unwrap().queued, 3);
+    assert_eq!(sqlite_levels(&db).await, [3, 0, 3, 0]);
+    drop(s);
+    db.exec("UPDATE alerts SET hash = NULL").await;
+    db.exec("UPDATE links SET key_hash = NULL, owner_hash = NULL")
+        .await;
+    let s = db.open_leader().await;
+    assert_eq!(sqlite_levels(&db).await, [0, 3, 0, 3]);
+    drop(s);
+    // Opened again, the filters are read from the archive: the same versions queue nothing.
+    let s = db.open_leader().await;
+    assert_eq!(ingest(&s, &alerts, false, None).await.unwrap().queued, 0);
+    // The alerts the page touched are back in the recent level, with their link rows.
+    assert_eq!(sqlite_levels(&db).await, [3, 0, 3, 0]);
+    let mut later = email_alert("old-1", 60, "<m1@fabrikam.example>");
+    later["status"] = json!("resolved");
+    assert_eq!(ingest(&s, &[later], false, None).await.unwrap().queued, 1);
+    let item = email_submission(
+        "7a7a7a7a-0000-4000-8000-000000000009",
+        "<m2@fabrikam.example>",
+    );
+    let filters = Filters::default();
+    let tenant = tenant();
+    let c = s
+        .ingest(page(&tenant, SourceKind::Submissions, vec![item], &filters))
+        .await
+        .unwrap();
+    assert_eq!(c.queued, 2, "the submission and a linked revision of old-2");
+    assert_eq!(sqlite_levels(&db).await, [4, 0, 4, 0]);
     drop(s);
 }
 

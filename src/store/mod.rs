@@ -20,6 +20,7 @@ macro_rules! from_row {
     }};
 }
 
+pub mod levels;
 pub mod postgres;
 pub mod sql;
 pub mod sqlite;

@@ -212,10 +212,11 @@ impl Dialect for PgDialect {
     // `SKIP LOCKED` lets replicas prune side by side.
     const STORED_VERSIONS: &'static str = "SELECT native_id, latest FROM alerts \
          WHERE last_change >= $1 AND tenant = $2 AND source = $3 AND latest >= $4 LIMIT $5";
-    const PRUNE_ALERTS: &'static str = "DELETE FROM alerts WHERE (tenant, source, native_id) IN ( \
+    const PRUNE_ALERTS: &'static [&'static str] =
+        &["DELETE FROM alerts WHERE (tenant, source, native_id) IN ( \
          SELECT a.tenant, a.source, a.native_id FROM alerts a WHERE a.last_change < $1 \
          AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.seq = a.last_seq AND o.state <> 2) \
-         LIMIT $2 FOR UPDATE OF a SKIP LOCKED)";
+         LIMIT $2 FOR UPDATE OF a SKIP LOCKED)"];
 
     fn reader(&self) -> &Pool<Postgres> {
         &self.pool

@@ -91,7 +91,9 @@ pub trait Dialect: Send + Sync + 'static {
     /// `(before, limit)`: deletes up to `limit` dedup rows last changed before `before`, except
     /// those whose latest queued version is not delivered yet: their state is what keeps that
     /// version from being queued twice, event ids being no longer unique in the store.
-    const PRUNE_ALERTS: &'static str;
+    /// Each statement is run until it deletes fewer than `limit` (one per table holding dedup
+    /// rows).
+    const PRUNE_ALERTS: &'static [&'static str];
     /// `(since_ms, tenant, source, from_ticks, limit)` → `native_id, latest` of the alerts last
     /// changed at or after `since_ms` whose latest version is at or after `from_ticks`, read
     /// through the `last_change` index (a tenant's whole history is not scanned).
@@ -175,6 +177,28 @@ pub trait Dialect: Send + Sync + 'static {
         rows: Vec<AlertWrite>,
         now: i64,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Makes everything a page of `ids` (of `source`) with link `keys`, or an alert's context,
+    /// may read or change visible to the statements here, inside the page's transaction before
+    /// its first read. SQLite brings it back from its archive level (`levels.rs`); the default
+    /// has one level.
+    fn surface(
+        &self,
+        _conn: &mut Conn<Self>,
+        _tenant: &str,
+        _source: &str,
+        _ids: &[&str],
+        _keys: &[String],
+    ) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
+    /// Inside a page's transaction, after its writes, which added `new_alerts` dedup rows.
+    fn settle_page(
+        &self,
+        _conn: &mut Conn<Self>,
+        _new_alerts: usize,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
     /// Runs `{statement} WHERE seq …` over `seqs`; a `value` is bound first (the statement
     /// then ends where it goes, e.g. `UPDATE outbox SET batch_id = `).
     fn for_seqs(
@@ -183,6 +207,19 @@ pub trait Dialect: Send + Sync + 'static {
         value: Option<i64>,
         seqs: &[i64],
     ) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The page's link rows: `keys[i]` is a link key of the item `owners[i]`.
+fn page_links(batch: &IngestBatch<'_>) -> (Vec<String>, Vec<String>) {
+    let mut keys: Vec<String> = Vec::new();
+    let mut owners: Vec<String> = Vec::new();
+    for item in &batch.items {
+        for key in link_keys(batch.source, item) {
+            keys.push(key);
+            owners.push(item.native_id.clone());
+        }
+    }
+    (keys, owners)
 }
 
 /// A `Store` on a dialect: `SqliteStore` and `PgStore`.
@@ -421,19 +458,14 @@ where
 
     /// Records the page's link keys and returns, per item, what it is linked to, plus the
     /// stored items of other sources that gained a link now (they get a `linked` revision).
+    /// `keys[i]` is a link key of the page's item `owners[i]` ([`page_links`]).
     async fn link(
         conn: &mut Conn<D>,
         tenant: &str,
         batch: &IngestBatch<'_>,
+        keys: Vec<String>,
+        owners: Vec<String>,
     ) -> Result<(HashMap<String, Vec<LinkRef>>, Vec<(SourceKind, String)>)> {
-        let mut keys: Vec<String> = Vec::new();
-        let mut owners: Vec<String> = Vec::new();
-        for item in &batch.items {
-            for key in link_keys(batch.source, item) {
-                keys.push(key);
-                owners.push(item.native_id.clone());
-            }
-        }
         let mut related: HashMap<String, Vec<LinkRef>> = HashMap::new();
         let mut relink: Vec<(SourceKind, String)> = Vec::new();
         if keys.is_empty() {
@@ -964,13 +996,17 @@ where
                 .filter(|id| seen.insert(*id))
                 .collect()
         };
+        let (keys, owners) = page_links(&batch);
+        self.dialect
+            .surface(&mut tx, &tenant, source, &ids, &keys)
+            .await?;
         let mut states = HashMap::with_capacity(ids.len());
         for row in D::load_states(&mut tx, &tenant, source, &ids).await? {
             let s = Self::alert_state(&row)?;
             states.insert(s.native_id.clone(), s);
         }
         drop(ids);
-        let (related, relink) = Self::link(&mut tx, &tenant, &batch).await?;
+        let (related, relink) = Self::link(&mut tx, &tenant, &batch, keys, owners).await?;
         // Alerts about an email whose first forwarded version this page may queue: that version
         // waits for campaign context, and the alert is listed as wanting it.
         let wants: HashMap<String, String> = match batch.context_hold {
@@ -1037,7 +1073,7 @@ where
             }
         }
         let (seqs, others) = last_seqs(batch.source, &plan.upserts, &inserted);
-        let rows = plan
+        let rows: Vec<AlertWrite> = plan
             .upserts
             .into_iter()
             .zip(seqs)
@@ -1047,6 +1083,7 @@ where
                 last_seq,
             })
             .collect();
+        let new_alerts = rows.iter().filter(|r| !r.stored).count();
         D::write_alerts(&mut tx, &tenant, source, rows, now).await?;
         for (s, native_id, seq) in others {
             sqlx::query(SET_LAST_SEQ)
@@ -1099,6 +1136,7 @@ where
                 skipped_advance(key);
             }
         }
+        self.dialect.settle_page(&mut tx, new_alerts).await?;
         tx.commit().await?;
         Ok(counts)
     }
@@ -1475,6 +1513,9 @@ where
     ) -> Result<ContextOutcome> {
         let name = tenant.name.as_str();
         let mut tx = self.dialect.begin_page(name).await?;
+        self.dialect
+            .surface(&mut tx, name, source.as_str(), &[native_id], &[])
+            .await?;
         let outcome =
             Self::enrich(&mut tx, tenant, source, native_id, context, observed_at).await?;
         sqlx::query(WANTED_DONE)
@@ -1524,16 +1565,18 @@ where
                 break;
             }
         }
-        loop {
-            let done = sqlx::query(D::PRUNE_ALERTS)
-                .bind(state_before)
-                .bind(PRUNE_CHUNK)
-                .execute(D::DB::on_pool(self.dialect.writer()))
-                .await?;
-            let n = D::DB::rows_affected(&done);
-            total += n;
-            if n < PRUNE_CHUNK as u64 {
-                break;
+        for statement in D::PRUNE_ALERTS {
+            loop {
+                let done = sqlx::query(*statement)
+                    .bind(state_before)
+                    .bind(PRUNE_CHUNK)
+                    .execute(D::DB::on_pool(self.dialect.writer()))
+                    .await?;
+                let n = D::DB::rows_affected(&done);
+                total += n;
+                if n < PRUNE_CHUNK as u64 {
+                    break;
+                }
             }
         }
         sqlx::query(PRUNE_BATCHES)

@@ -24,10 +24,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{Pool, QueryBuilder, Row, Sqlite};
 
+use super::levels::{self, alert_hash, key_hash, Levels};
 use super::sql::{Dialect, SqlStore, Tx};
 use super::*;
 
-/// Rows per multi-row statement, at most: 11 binds each stays far below SQLite's 32,766
+/// Rows per multi-row statement, at most: 12 binds each stays far below SQLite's 32,766
 /// variables.
 const CHUNK: usize = 128;
 
@@ -66,6 +67,7 @@ pub type SqliteStore = SqlStore<SqliteDialect>;
 pub struct SqliteDialect {
     writer: SqlitePool,
     reader: SqlitePool,
+    levels: Levels,
     /// Held for the store's life: a second daemon on the same file would break the
     /// single-writer rule the whole store relies on (design §5).
     _lock: std::fs::File,
@@ -119,6 +121,13 @@ async fn lock_file(db: &std::path::Path) -> Result<std::fs::File> {
 impl SqlStore<SqliteDialect> {
     /// Opens (creating the file and its folder if needed) and migrates.
     pub async fn open(url: &str) -> Result<Self> {
+        Self::open_merging_every(url, levels::MERGE_EVERY).await
+    }
+
+    /// As [`Self::open`], with the recent level of the dedup state merged into the archive every
+    /// `merge_every` new alerts: 1 makes every page reach the archive (the tests' way to prove
+    /// it), and the bench measures other values.
+    pub async fn open_merging_every(url: &str, merge_every: usize) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| {
                 StoreError::Invalid(format!(
@@ -153,6 +162,7 @@ impl SqlStore<SqliteDialect> {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+        let levels = Levels::open(&writer, merge_every).await?;
         // The readers read bodies the writer has just written, which are in no reader's cache
         // anyway, and the status queries: a small cache each keeps the index pages they walk,
         // and a long backlog's drain does not fill 8 MB of page cache with bodies read once.
@@ -163,6 +173,7 @@ impl SqlStore<SqliteDialect> {
         Ok(SqlStore::with_dialect(SqliteDialect {
             writer,
             reader,
+            levels,
             _lock: lock,
         }))
     }
@@ -243,13 +254,23 @@ impl Dialect for SqliteDialect {
          WHERE ($1 IS NULL OR tenant = $1) ORDER BY tenant, source, list";
     // Without statistics SQLite would take the primary key's (tenant, source) prefix and scan
     // the tenant's whole history.
+    // Both levels: an alert is in one of them.
     const STORED_VERSIONS: &'static str =
         "SELECT native_id, latest FROM alerts INDEXED BY alerts_last_change \
+         WHERE last_change >= $1 AND tenant = $2 AND source = $3 AND latest >= $4 \
+         UNION ALL SELECT native_id, latest FROM alert_archive INDEXED BY alert_archive_last_change \
          WHERE last_change >= $1 AND tenant = $2 AND source = $3 AND latest >= $4 LIMIT $5";
-    const PRUNE_ALERTS: &'static str = "DELETE FROM alerts WHERE (tenant, source, native_id) IN \
+    // Link rows stay: pruning an alert keeps the recent level closed under links (`levels.rs`).
+    const PRUNE_ALERTS: &'static [&'static str] = &[
+        "DELETE FROM alerts WHERE (tenant, source, native_id) IN \
          (SELECT a.tenant, a.source, a.native_id FROM alerts a WHERE a.last_change < $1 \
           AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.seq = a.last_seq AND o.state <> 2) \
-          LIMIT $2)";
+          LIMIT $2)",
+        "DELETE FROM alert_archive WHERE rowid IN \
+         (SELECT a.rowid FROM alert_archive a WHERE a.last_change < $1 \
+          AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.seq = a.last_seq AND o.state <> 2) \
+          LIMIT $2)",
+    ];
 
     fn reader(&self) -> &Pool<Sqlite> {
         &self.reader
@@ -289,11 +310,49 @@ impl Dialect for SqliteDialect {
     ) -> Result<HashSet<String>> {
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         let mut conn = self.reader.acquire().await?;
-        alerts_of_ids(&mut conn, "native_id", tenant, source, &ids)
+        // One read transaction: a merge moving rows between the levels is seen whole or not.
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut known: HashSet<String> = alerts_of_ids(&mut tx, "native_id", tenant, source, &ids)
             .await?
             .iter()
-            .map(|r| Ok(r.try_get(0)?))
-            .collect()
+            .map(|r| r.try_get(0))
+            .collect::<std::result::Result<_, _>>()?;
+        let wanted: HashSet<&str> = ids.iter().copied().collect();
+        for chunk in shaped_chunks(&ids) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT native_id FROM alert_archive WHERE hash IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(alert_hash(tenant, source, id));
+            }
+            q.push(") AND tenant = ")
+                .push_bind(tenant)
+                .push(" AND source = ")
+                .push_bind(source);
+            for row in q.build().fetch_all(&mut *tx).await? {
+                let id: String = row.try_get(0)?;
+                // A hash shared by another id of the same source is not this one.
+                if wanted.contains(id.as_str()) {
+                    known.insert(id);
+                }
+            }
+        }
+        Ok(known)
+    }
+
+    async fn surface(
+        &self,
+        conn: &mut SqliteConnection,
+        tenant: &str,
+        source: &str,
+        ids: &[&str],
+        keys: &[String],
+    ) -> Result<()> {
+        self.levels.surface(conn, tenant, source, ids, keys).await
+    }
+
+    async fn settle_page(&self, conn: &mut SqliteConnection, new_alerts: usize) -> Result<()> {
+        self.levels.settle(conn, new_alerts).await
     }
 
     async fn retry_dead_letters(&self, tenant: Option<&str>, seqs: &[i64]) -> Result<u64> {
@@ -384,13 +443,16 @@ impl Dialect for SqliteDialect {
         let pairs: Vec<(&String, &String)> = keys.iter().zip(owners).collect();
         let mut inserted = HashSet::new();
         for chunk in shaped_chunks(&pairs) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT OR FAIL INTO links (tenant, key, source, native_id) ");
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT OR FAIL INTO links (tenant, key, source, native_id, key_hash, owner_hash) ",
+            );
             q.push_values(chunk, |mut b, (key, owner)| {
                 b.push_bind(tenant)
                     .push_bind(key.as_str())
                     .push_bind(source)
-                    .push_bind(owner.as_str());
+                    .push_bind(owner.as_str())
+                    .push_bind(key_hash(tenant, key))
+                    .push_bind(alert_hash(tenant, source, owner));
             });
             q.push(" ON CONFLICT DO NOTHING RETURNING key, native_id");
             for row in q.build().fetch_all(&mut *conn).await? {
@@ -488,12 +550,16 @@ impl Dialect for SqliteDialect {
             rows.into_iter().partition(|r| r.stored);
         for chunk in shaped_chunks(&new) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT OR FAIL INTO alerts (tenant, source, native_id, latest, state_hash, revision, forwarded, field_hashes, last_seq, first_seen, last_change) ",
+                "INSERT OR FAIL INTO alerts (tenant, source, native_id, latest, state_hash, revision, forwarded, field_hashes, last_seq, first_seen, last_change, hash) ",
             );
             q.push_values(chunk, |mut b, row| {
                 b.push_bind(tenant).push_bind(source);
                 bind_alert_write(&mut b, row);
-                b.push_bind(now).push_bind(now);
+                b.push_bind(now).push_bind(now).push_bind(alert_hash(
+                    tenant,
+                    source,
+                    &row.state.native_id,
+                ));
             });
             q.build().execute(&mut *conn).await?;
         }
