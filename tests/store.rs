@@ -2014,16 +2014,32 @@ async fn sqlite_a_new_store_is_made_with_16_kib_pages() {
     drop(s);
 }
 
-/// Row counts of SQLite's dedup tables: (alerts, alert_archive, links, link_archive).
-async fn sqlite_levels(db: &Fresh) -> [i64; 4] {
+/// A read-only look at a SQLite store beside the daemon.
+async fn sqlite_reader(db: &Fresh) -> sqlx::SqlitePool {
     let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&db.url)
         .unwrap()
         .read_only(true);
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+    sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(options)
         .await
+        .unwrap()
+}
+
+/// `native_id, first_seen` of the recent level's alerts, by id.
+async fn sqlite_first_seen(db: &Fresh) -> Vec<(String, i64)> {
+    let pool = sqlite_reader(db).await;
+    let rows = sqlx::query_as("SELECT native_id, first_seen FROM alerts ORDER BY native_id")
+        .fetch_all(&pool)
+        .await
         .unwrap();
+    pool.close().await;
+    rows
+}
+
+/// Row counts of SQLite's dedup tables: (alerts, alert_archive, links, link_archive).
+async fn sqlite_levels(db: &Fresh) -> [i64; 4] {
+    let pool = sqlite_reader(db).await;
     let mut counts = [0; 4];
     for (count, table) in
         counts
@@ -2052,6 +2068,7 @@ async fn sqlite_dedup_state_from_before_the_levels_is_archived_and_still_dedupli
         .collect();
     assert_eq!(ingest(&s, &alerts, false, None).await.unwrap().queued, 3);
     assert_eq!(sqlite_levels(&db).await, [3, 0, 3, 0]);
+    let first_seen = sqlite_first_seen(&db).await;
     drop(s);
     db.exec("UPDATE alerts SET hash = NULL").await;
     db.exec("UPDATE links SET key_hash = NULL, owner_hash = NULL")
@@ -2062,8 +2079,10 @@ async fn sqlite_dedup_state_from_before_the_levels_is_archived_and_still_dedupli
     // Opened again, the filters are read from the archive: the same versions queue nothing.
     let s = db.open_leader().await;
     assert_eq!(ingest(&s, &alerts, false, None).await.unwrap().queued, 0);
-    // The alerts the page touched are back in the recent level, with their link rows.
+    // The alerts the page touched are back in the recent level, with their link rows, as
+    // they were.
     assert_eq!(sqlite_levels(&db).await, [3, 0, 3, 0]);
+    assert_eq!(sqlite_first_seen(&db).await, first_seen);
     let mut later = email_alert("old-1", 60, "<m1@fabrikam.example>");
     later["status"] = json!("resolved");
     assert_eq!(ingest(&s, &[later], false, None).await.unwrap().queued, 1);

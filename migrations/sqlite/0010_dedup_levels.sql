@@ -1,9 +1,10 @@
 -- The dedup state in two levels (issue 12). `alerts` and `links` become the recent level: small,
 -- kept in the page cache, where every page reads and writes. Every 15,000 new alerts they are
--- merged into the archive level below, in hash order, and emptied. The archive keeps rows in
--- arrival order (appended, never rewritten) under indexes of 8-byte hashes; it is read only to
--- bring an alert (and what links to it) back to the recent level when a page touches it, which
--- an in-memory filter of the archive's hashes says is rarely needed.
+-- merged into the archive level below as one run, and emptied. The archive keeps rows in arrival
+-- order, under indexes of (run, 8-byte hash): each merge appends its run's entries after the
+-- last run's, in hash order, so no write lands at a random place however large the archive
+-- grows. It is read only to bring an alert (and what links to it) back to the recent level when
+-- a page touches it, which in-memory filters of each run's hashes say is rarely needed.
 --
 -- Why: a text-keyed B-tree far larger than the page cache took each new alert at a random leaf,
 -- and SQLite writes each dirtied 16 KiB leaf whole to the WAL and again at checkpoint: the cost
@@ -26,16 +27,24 @@ CREATE TABLE alert_archive (
     link_count    INTEGER NOT NULL,
     forwarded     INTEGER NOT NULL,
     field_hashes  BLOB    NOT NULL,
-    first_seen    INTEGER NOT NULL,
+    first_seen_ago INTEGER NOT NULL,  -- last_change - first_seen: 0, stored in no bytes, if never changed
     last_change   INTEGER NOT NULL,
     last_seq      INTEGER,
     context_count INTEGER NOT NULL,
     context       BLOB,
-    hash          INTEGER NOT NULL
+    hash          INTEGER NOT NULL,
+    run           INTEGER NOT NULL
 );
-CREATE INDEX alert_archive_hash ON alert_archive (hash);
--- Pruning and the overlap's stored versions read by age; rows arrive roughly in that order.
-CREATE INDEX alert_archive_last_change ON alert_archive (last_change);
+CREATE INDEX alert_archive_hash ON alert_archive (run, hash);
+-- When each run was merged. A row changed at t is merged at t or later, so the runs merged since
+-- t hold every archived row changed since t (reconciliation's stored versions), and a run merged
+-- before the retention cutoff holds only rows to prune: no index on `last_change` is needed (15
+-- bytes an alert). A row a page brought back unchanged and merged again is kept until its new
+-- run ages out: a page that read it counts as seeing it.
+CREATE TABLE archive_runs (
+    run       INTEGER PRIMARY KEY,
+    merged_at INTEGER NOT NULL
+);
 
 CREATE TABLE link_archive (
     tenant     TEXT    NOT NULL,
@@ -43,7 +52,8 @@ CREATE TABLE link_archive (
     source     TEXT    NOT NULL,
     native_id  TEXT    NOT NULL,
     key_hash   INTEGER NOT NULL,
-    owner_hash INTEGER NOT NULL
+    owner_hash INTEGER NOT NULL,
+    run        INTEGER NOT NULL
 );
-CREATE INDEX link_archive_key ON link_archive (key_hash);
-CREATE INDEX link_archive_owner ON link_archive (owner_hash);
+CREATE INDEX link_archive_key ON link_archive (run, key_hash);
+CREATE INDEX link_archive_owner ON link_archive (run, owner_hash);

@@ -1,7 +1,11 @@
 //! SQLite's dedup state in two levels (issue 12, migration 0010 says why). The recent level
 //! (`alerts`, `links`) is where `sql.rs`'s shared statements read and write; every
-//! [`MERGE_EVERY`] new alerts it is merged, in hash order, into the archive (`alert_archive`,
-//! `link_archive`: rows in arrival order under 8-byte hash indexes) and emptied.
+//! [`MERGE_EVERY`] new alerts it is merged into the archive (`alert_archive`, `link_archive`) as
+//! one run, and emptied. Rows are appended in arrival order, and the archive's indexes are keyed
+//! by (run, hash): a run's entries go in after every earlier run's, in hash order, so a merge
+//! appends to its indexes and costs the same however large the archive is. Finding a hash then
+//! needs its run: each run has Bloom filters of its hashes, and one filter over the whole
+//! archive keeps the common case, a hash the archive does not hold, to one check.
 //!
 //! The recent level is kept closed under links: an alert there has all its link rows there, and
 //! a key there has all its rows, and their owners' alerts, there. So before a page (or an
@@ -21,8 +25,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use super::Result;
 
 /// New or returning alerts the recent level takes before it is merged: its B-trees (~5 MB) then
-/// stay about the size of the writer's page cache, and a merge of this many rows in hash order
-/// touches each leaf of the archive's hash index about once (docs/benchmarks.md, session 18).
+/// stay about the size of the writer's page cache (docs/benchmarks.md, session 18).
 pub const MERGE_EVERY: usize = 15_000;
 
 /// Hashes bound per statement: far below SQLite's 32,766 variables.
@@ -34,6 +37,17 @@ const UPGRADE_CHUNK: i64 = 5_000;
 
 const ALERT_COLUMNS: &str = "tenant, source, native_id, latest, state_hash, revision, link_count, \
      forwarded, field_hashes, first_seen, last_change, last_seq, context_count, context, hash";
+/// The archive keeps `first_seen` as its distance from `last_change`: zero, and so no bytes at
+/// all, for the many alerts never updated (7 bytes a version, issue 12's disk target).
+const ARCHIVED_COLUMNS: &str = "tenant, source, native_id, latest, state_hash, revision, \
+     link_count, forwarded, field_hashes, first_seen_ago, last_change, last_seq, context_count, \
+     context, hash";
+const RECENT_AS_ARCHIVED: &str = "tenant, source, native_id, latest, state_hash, revision, \
+     link_count, forwarded, field_hashes, last_change - first_seen, last_change, last_seq, \
+     context_count, context, hash";
+const ARCHIVED_AS_RECENT: &str = "tenant, source, native_id, latest, state_hash, revision, \
+     link_count, forwarded, field_hashes, last_change - first_seen_ago, last_change, last_seq, \
+     context_count, context, hash";
 const LINK_COLUMNS: &str = "tenant, key, source, native_id, key_hash, owner_hash";
 
 /// The hash of an alert, which is also the owner hash of its link rows. Stored in the archive:
@@ -59,7 +73,7 @@ fn hash_of(parts: &[&str; 3]) -> i64 {
 }
 
 /// A Bloom filter over hashes that are already well mixed: ten bits and seven probes an entry
-/// (about 1% false positives), sized for twice the entries it was built with.
+/// (about 1% false positives at its capacity).
 struct Filter {
     bits: Vec<u64>,
     entries: usize,
@@ -72,8 +86,18 @@ const BITS_PER_ENTRY: usize = 10;
 const MIN_CAPACITY: usize = 16_384;
 
 impl Filter {
-    fn for_entries(entries: usize) -> Filter {
-        let capacity = entries.saturating_mul(2).max(MIN_CAPACITY);
+    /// A filter of the whole archive, `entries` of it now: room to grow by half before it is
+    /// read again, larger.
+    fn for_archive(entries: usize) -> Filter {
+        Filter::with_capacity(entries.saturating_add(entries / 2).max(MIN_CAPACITY))
+    }
+
+    /// A run's filter: a run never gains entries.
+    fn for_run(entries: usize) -> Filter {
+        Filter::with_capacity(entries.max(1))
+    }
+
+    fn with_capacity(capacity: usize) -> Filter {
         let words = (capacity * BITS_PER_ENTRY).div_ceil(64);
         Filter {
             bits: vec![0; words],
@@ -111,8 +135,8 @@ impl Filter {
     }
 }
 
-/// Which archive hash a filter covers: the statement that lists them all.
-#[derive(Clone, Copy)]
+/// Which archive hash a filter covers.
+#[derive(Clone, Copy, PartialEq)]
 enum Covered {
     Alerts,
     Keys,
@@ -122,19 +146,54 @@ enum Covered {
 impl Covered {
     const ALL: [Covered; 3] = [Covered::Alerts, Covered::Keys, Covered::Owners];
 
+    /// `run, hash` of every archived entry, in run order (the covering index).
     fn listing(self) -> &'static str {
         match self {
-            Covered::Alerts => "SELECT hash FROM alert_archive",
-            Covered::Keys => "SELECT key_hash FROM link_archive",
-            Covered::Owners => "SELECT owner_hash FROM link_archive",
+            Covered::Alerts => "SELECT run, hash FROM alert_archive ORDER BY run",
+            Covered::Keys => "SELECT run, key_hash FROM link_archive ORDER BY run",
+            Covered::Owners => "SELECT run, owner_hash FROM link_archive ORDER BY run",
         }
+    }
+
+    /// Owners are looked up only for what a page brought back, rarely: their runs' filters
+    /// are enough, and a filter of the whole archive would cost memory for nothing.
+    fn has_archive_filter(self) -> bool {
+        self != Covered::Owners
     }
 }
 
-struct State {
+/// One merge's entries in the archive.
+struct Run {
+    id: i64,
     filters: [Filter; 3],
+}
+
+struct State {
+    /// Over the whole archive, by `Covered` (the owners' one stays empty and unused).
+    archive: [Filter; 3],
+    /// Oldest first.
+    runs: Vec<Run>,
+    next_run: i64,
     /// Alerts added to the recent level since it was last merged.
     since_merge: usize,
+}
+
+/// Archived hashes by the run that may hold them.
+type ByRun = std::collections::BTreeMap<i64, Vec<i64>>;
+
+impl State {
+    /// Adds `hash` to each run of `by_run` whose filter may hold it.
+    fn runs_of(&self, covered: Covered, hash: i64, by_run: &mut ByRun) {
+        let c = covered as usize;
+        if covered.has_archive_filter() && !self.archive[c].may_contain(hash) {
+            return;
+        }
+        for run in &self.runs {
+            if run.filters[c].may_contain(hash) {
+                by_run.entry(run.id).or_default().push(hash);
+            }
+        }
+    }
 }
 
 /// The levels' in-memory part: the archive's filters and when to merge next.
@@ -148,20 +207,34 @@ impl Levels {
     pub async fn open(writer: &SqlitePool, merge_every: usize) -> Result<Levels> {
         let mut conn = writer.acquire().await?;
         upgrade(&mut conn).await?;
-        let mut filters = Vec::with_capacity(3);
+        let mut runs: Vec<Run> = Vec::new();
+        let mut archive = [0, 1, 2].map(|_| Filter::for_archive(0));
         for covered in Covered::ALL {
-            filters.push(build_filter(&mut conn, covered).await?);
+            if covered.has_archive_filter() {
+                archive[covered as usize] = archive_filter(&mut conn, covered).await?;
+            }
+            for (id, filter) in run_filters(&mut conn, covered).await? {
+                let at = match runs.binary_search_by_key(&id, |r| r.id) {
+                    Ok(at) => at,
+                    Err(at) => {
+                        let filters = [0, 1, 2].map(|_| Filter::for_run(0));
+                        runs.insert(at, Run { id, filters });
+                        at
+                    }
+                };
+                runs[at].filters[covered as usize] = filter;
+            }
         }
         let since_merge: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM alerts")
             .fetch_one(&mut *conn)
             .await?;
-        let [alerts, keys, owners]: [Filter; 3] = filters
-            .try_into()
-            .map_err(|_| super::StoreError::Invalid("dedup filters: three expected".into()))?;
+        let next_run = runs.last().map_or(1, |r| r.id + 1);
         Ok(Levels {
             merge_every: merge_every.max(1),
             state: Mutex::new(State {
-                filters: [alerts, keys, owners],
+                archive,
+                runs,
+                next_run,
                 since_merge: usize::try_from(since_merge).unwrap_or(0),
             }),
         })
@@ -172,18 +245,32 @@ impl Levels {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The hashes of `todo` not seen yet that the archive may hold, marking them seen.
-    fn candidates(
-        &self,
-        covered: Covered,
-        todo: &mut Vec<i64>,
-        seen: &mut HashSet<i64>,
-    ) -> Vec<i64> {
+    /// The hashes of `todo` not seen yet that the archive may hold, by the runs that may hold
+    /// them, marking them seen.
+    fn candidates(&self, covered: Covered, todo: &mut Vec<i64>, seen: &mut HashSet<i64>) -> ByRun {
         let state = self.state();
-        let filter = &state.filters[covered as usize];
-        todo.drain(..)
-            .filter(|h| seen.insert(*h) && filter.may_contain(*h))
-            .collect()
+        let mut by_run = ByRun::new();
+        for hash in todo.drain(..) {
+            if seen.insert(hash) {
+                state.runs_of(covered, hash, &mut by_run);
+            }
+        }
+        by_run
+    }
+
+    /// The alerts `ids` of (tenant, source), by the archive runs that may hold them.
+    pub fn archived_alerts(
+        &self,
+        tenant: &str,
+        source: &str,
+        ids: &[&str],
+    ) -> Vec<(i64, Vec<i64>)> {
+        let state = self.state();
+        let mut by_run = ByRun::new();
+        for id in ids {
+            state.runs_of(Covered::Alerts, alert_hash(tenant, source, id), &mut by_run);
+        }
+        by_run.into_iter().collect()
     }
 
     /// Brings back from the archive the alerts `ids` of (tenant, source), the link rows under
@@ -218,12 +305,7 @@ impl Levels {
                 owned.push(hash);
                 returned += 1;
             }
-            for column in ["key_hash", "owner_hash"] {
-                let found = if column == "key_hash" {
-                    &found_keys
-                } else {
-                    &found_owners
-                };
+            for (column, found) in [("key_hash", &found_keys), ("owner_hash", &found_owners)] {
                 for (key, owner) in promote_links(conn, column, found).await? {
                     keyed.push(key);
                     alerts.push(owner);
@@ -235,62 +317,95 @@ impl Levels {
         Ok(())
     }
 
-    /// Counts the page's new alerts, and merges the recent level into the archive once it holds
-    /// enough. Runs inside the page's transaction, so a merge commits with its page or not at all.
+    /// Counts the page's new alerts, and merges the recent level into the archive as a new run
+    /// once it holds enough. Runs inside the page's transaction, so a merge commits with its
+    /// page or not at all.
     pub async fn settle(&self, conn: &mut SqliteConnection, new_alerts: usize) -> Result<()> {
-        {
+        let run = {
             let mut state = self.state();
             state.since_merge += new_alerts;
             if state.since_merge < self.merge_every {
                 return Ok(());
             }
-        }
+            state.next_run
+        };
         let alerts: Vec<i64> = sqlx::query_scalar("SELECT hash FROM alerts")
             .fetch_all(&mut *conn)
             .await?;
         let links: Vec<(i64, i64)> = sqlx::query_as("SELECT key_hash, owner_hash FROM links")
             .fetch_all(&mut *conn)
             .await?;
-        // `OR FAIL`: a multi-row statement that may abort keeps a statement journal of every page
-        // it touches, here every leaf of the archive's hash index (sqlite.rs's module doc).
-        for statement in [
-            format!("INSERT OR FAIL INTO alert_archive ({ALERT_COLUMNS}) SELECT {ALERT_COLUMNS} FROM alerts ORDER BY hash"),
-            "DELETE FROM alerts".to_string(),
-            format!("INSERT OR FAIL INTO link_archive ({LINK_COLUMNS}) SELECT {LINK_COLUMNS} FROM links ORDER BY key_hash"),
-            "DELETE FROM links".to_string(),
-        ] {
-            // Built from this module's constants only.
-            sqlx::query(sqlx::AssertSqlSafe(statement))
-                .execute(&mut *conn)
-                .await?;
-        }
+        archive_recent(conn, run, "").await?;
         // Before the commit: should it fail, the filters only say "maybe" of a few more hashes.
+        let mut filters = [
+            Filter::for_run(alerts.len()),
+            Filter::for_run(links.len()),
+            Filter::for_run(links.len()),
+        ];
         let full: Vec<Covered> = {
             let mut state = self.state();
             state.since_merge = 0;
+            state.next_run = run + 1;
             for h in alerts {
-                state.filters[Covered::Alerts as usize].insert(h);
+                filters[Covered::Alerts as usize].insert(h);
+                state.archive[Covered::Alerts as usize].insert(h);
             }
             for (key, owner) in links {
-                state.filters[Covered::Keys as usize].insert(key);
-                state.filters[Covered::Owners as usize].insert(owner);
+                filters[Covered::Keys as usize].insert(key);
+                filters[Covered::Owners as usize].insert(owner);
+                state.archive[Covered::Keys as usize].insert(key);
             }
+            state.runs.push(Run { id: run, filters });
             Covered::ALL
                 .into_iter()
-                .filter(|c| state.filters[*c as usize].is_full())
+                .filter(|c| c.has_archive_filter() && state.archive[*c as usize].is_full())
                 .collect()
         };
         for covered in full {
-            let larger = build_filter(conn, covered).await?;
-            self.state().filters[covered as usize] = larger;
+            let larger = archive_filter(conn, covered).await?;
+            self.state().archive[covered as usize] = larger;
         }
         Ok(())
     }
 }
 
+/// Moves the recent level's rows (those `only_where` selects: `""` for all) to the archive as
+/// run `run`, in hash order: the run's index entries are appended after every earlier run's.
+async fn archive_recent(conn: &mut SqliteConnection, run: i64, only_where: &str) -> Result<()> {
+    // `OR FAIL`: a multi-row statement that may abort keeps a statement journal of every page
+    // it touches (sqlite.rs's module doc).
+    sqlx::query("INSERT INTO archive_runs (run, merged_at) VALUES ($1, $2)")
+        .bind(run)
+        .bind(super::now_ms())
+        .execute(&mut *conn)
+        .await?;
+    for statement in [
+        format!(
+            "INSERT OR FAIL INTO alert_archive ({ARCHIVED_COLUMNS}, run) \
+             SELECT {RECENT_AS_ARCHIVED}, {run} FROM alerts {only_where} ORDER BY hash"
+        ),
+        format!("DELETE FROM alerts {only_where}"),
+        format!(
+            "INSERT OR FAIL INTO link_archive ({LINK_COLUMNS}, run) \
+             SELECT {LINK_COLUMNS}, {run} FROM links {} ORDER BY key_hash",
+            only_where.replace("hash", "key_hash")
+        ),
+        format!(
+            "DELETE FROM links {}",
+            only_where.replace("hash", "key_hash")
+        ),
+    ] {
+        // Built from this module's constants and an integer.
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// A filter of every hash `covered` lists in the archive, read as a stream: a large archive's
 /// hashes are never held at once.
-async fn build_filter(conn: &mut SqliteConnection, covered: Covered) -> Result<Filter> {
+async fn archive_filter(conn: &mut SqliteConnection, covered: Covered) -> Result<Filter> {
     let table = match covered {
         Covered::Alerts => "alert_archive",
         Covered::Keys | Covered::Owners => "link_archive",
@@ -300,56 +415,95 @@ async fn build_filter(conn: &mut SqliteConnection, covered: Covered) -> Result<F
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
             .fetch_one(&mut *conn)
             .await?;
-    let mut filter = Filter::for_entries(usize::try_from(rows).unwrap_or(0));
-    let mut hashes = sqlx::query_scalar::<_, i64>(covered.listing()).fetch(&mut *conn);
-    while let Some(hash) = std::future::poll_fn(|cx| hashes.as_mut().poll_next(cx)).await {
-        filter.insert(hash?);
+    let mut filter = Filter::for_archive(usize::try_from(rows).unwrap_or(0));
+    let mut entries = sqlx::query_as::<_, (i64, i64)>(covered.listing()).fetch(&mut *conn);
+    while let Some(entry) = std::future::poll_fn(|cx| entries.as_mut().poll_next(cx)).await {
+        filter.insert(entry?.1);
     }
     Ok(filter)
 }
 
-/// Moves the archived alerts with these hashes to the recent level; the hashes of those moved.
-async fn promote_alerts(conn: &mut SqliteConnection, hashes: &[i64]) -> Result<Vec<i64>> {
-    let mut moved = Vec::new();
-    for chunk in hashes.chunks(HASHES_PER_STATEMENT) {
-        // `OR IGNORE`: should an alert somehow be in both levels, the recent row is the newer.
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-            "INSERT OR IGNORE INTO alerts ({ALERT_COLUMNS}) SELECT {ALERT_COLUMNS} FROM alert_archive WHERE hash IN ("
-        ));
-        in_list(&mut q, chunk);
-        q.push(" RETURNING hash");
-        for row in q.build().fetch_all(&mut *conn).await? {
-            moved.push(row.try_get(0)?);
+/// Each run's filter of the hashes `covered` lists, a run's hashes held at a time.
+async fn run_filters(conn: &mut SqliteConnection, covered: Covered) -> Result<Vec<(i64, Filter)>> {
+    let mut filters = Vec::new();
+    let mut run: Option<(i64, Vec<i64>)> = None;
+    let seal = |(id, hashes): (i64, Vec<i64>)| {
+        let mut filter = Filter::for_run(hashes.len());
+        for h in hashes {
+            filter.insert(h);
         }
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new("DELETE FROM alert_archive WHERE hash IN (");
-        in_list(&mut q, chunk);
-        q.build().execute(&mut *conn).await?;
+        (id, filter)
+    };
+    let mut entries = sqlx::query_as::<_, (i64, i64)>(covered.listing()).fetch(&mut *conn);
+    while let Some(entry) = std::future::poll_fn(|cx| entries.as_mut().poll_next(cx)).await {
+        let (id, hash) = entry?;
+        match &mut run {
+            Some((current, hashes)) if *current == id => hashes.push(hash),
+            _ => {
+                if let Some(done) = run.replace((id, vec![hash])) {
+                    filters.push(seal(done));
+                }
+            }
+        }
+    }
+    filters.extend(run.map(seal));
+    Ok(filters)
+}
+
+/// Moves the archived alerts with these hashes, in these runs, to the recent level; the hashes
+/// of those moved.
+async fn promote_alerts(conn: &mut SqliteConnection, by_run: &ByRun) -> Result<Vec<i64>> {
+    let mut moved = Vec::new();
+    for (run, hashes) in by_run {
+        for chunk in hashes.chunks(HASHES_PER_STATEMENT) {
+            // `OR IGNORE`: should an alert somehow be in both levels, the recent row is the
+            // newer.
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+                "INSERT OR IGNORE INTO alerts ({ALERT_COLUMNS}) SELECT {ARCHIVED_AS_RECENT} \
+                 FROM alert_archive WHERE run = "
+            ));
+            q.push_bind(*run).push(" AND hash IN (");
+            in_list(&mut q, chunk);
+            q.push(" RETURNING hash");
+            for row in q.build().fetch_all(&mut *conn).await? {
+                moved.push(row.try_get(0)?);
+            }
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("DELETE FROM alert_archive WHERE run = ");
+            q.push_bind(*run).push(" AND hash IN (");
+            in_list(&mut q, chunk);
+            q.build().execute(&mut *conn).await?;
+        }
     }
     Ok(moved)
 }
 
-/// Moves the archived link rows whose `column` (`key_hash` or `owner_hash`) is one of `hashes`
-/// to the recent level; `(key_hash, owner_hash)` of those moved.
+/// Moves the archived link rows whose `column` (`key_hash` or `owner_hash`) is one of these
+/// hashes, in these runs, to the recent level; `(key_hash, owner_hash)` of those moved.
 async fn promote_links(
     conn: &mut SqliteConnection,
     column: &'static str,
-    hashes: &[i64],
+    by_run: &ByRun,
 ) -> Result<Vec<(i64, i64)>> {
     let mut moved = Vec::new();
-    for chunk in hashes.chunks(HASHES_PER_STATEMENT) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-            "INSERT OR IGNORE INTO links ({LINK_COLUMNS}) SELECT {LINK_COLUMNS} FROM link_archive WHERE {column} IN ("
-        ));
-        in_list(&mut q, chunk);
-        q.push(" RETURNING key_hash, owner_hash");
-        for row in q.build().fetch_all(&mut *conn).await? {
-            moved.push((row.try_get(0)?, row.try_get(1)?));
+    for (run, hashes) in by_run {
+        for chunk in hashes.chunks(HASHES_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+                "INSERT OR IGNORE INTO links ({LINK_COLUMNS}) SELECT {LINK_COLUMNS} \
+                 FROM link_archive WHERE run = "
+            ));
+            q.push_bind(*run).push(format!(" AND {column} IN ("));
+            in_list(&mut q, chunk);
+            q.push(" RETURNING key_hash, owner_hash");
+            for row in q.build().fetch_all(&mut *conn).await? {
+                moved.push((row.try_get(0)?, row.try_get(1)?));
+            }
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("DELETE FROM link_archive WHERE run = ");
+            q.push_bind(*run).push(format!(" AND {column} IN ("));
+            in_list(&mut q, chunk);
+            q.build().execute(&mut *conn).await?;
         }
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("DELETE FROM link_archive WHERE {column} IN ("));
-        in_list(&mut q, chunk);
-        q.build().execute(&mut *conn).await?;
     }
     Ok(moved)
 }
@@ -364,7 +518,7 @@ fn in_list(q: &mut QueryBuilder<Sqlite>, hashes: &[i64]) {
 }
 
 /// Moves rows written before the levels existed (no hash yet) to the archive, computing their
-/// hashes, a chunk per transaction: a crash part-way leaves the rest for the next open, and no
+/// hashes, a run per transaction: a crash part-way leaves the rest for the next open, and no
 /// page runs until it is done.
 async fn upgrade(conn: &mut SqliteConnection) -> Result<()> {
     let mut moved = 0u64;
@@ -410,17 +564,13 @@ async fn upgrade(conn: &mut SqliteConnection) -> Result<()> {
             .execute(&mut *tx)
             .await?;
         }
-        for statement in [
-            format!("INSERT OR FAIL INTO alert_archive ({ALERT_COLUMNS}) SELECT {ALERT_COLUMNS} FROM alerts WHERE hash IS NOT NULL"),
-            "DELETE FROM alerts WHERE hash IS NOT NULL".to_string(),
-            format!("INSERT OR FAIL INTO link_archive ({LINK_COLUMNS}) SELECT {LINK_COLUMNS} FROM links WHERE key_hash IS NOT NULL"),
-            "DELETE FROM links WHERE key_hash IS NOT NULL".to_string(),
-        ] {
-            // Built from this module's constants only.
-            sqlx::query(sqlx::AssertSqlSafe(statement))
-                .execute(&mut *tx)
-                .await?;
-        }
+        let run: i64 = sqlx::query_scalar(
+            "SELECT MAX(COALESCE((SELECT MAX(run) FROM alert_archive), 0), \
+             COALESCE((SELECT MAX(run) FROM link_archive), 0)) + 1",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        archive_recent(&mut tx, run, "WHERE hash IS NOT NULL").await?;
         tx.commit().await?;
         moved += (alerts.len() + links.len()) as u64;
     }
@@ -439,7 +589,7 @@ mod tests {
 
     #[test]
     fn a_filter_never_forgets_and_rarely_imagines() {
-        let mut f = Filter::for_entries(10_000);
+        let mut f = Filter::for_run(20_000);
         let inserted: Vec<i64> = (0..20_000u32)
             .map(|i| alert_hash("t", "alerts", &i.to_string()))
             .collect();
@@ -454,10 +604,11 @@ mod tests {
         // ~1% expected at capacity; 2% leaves room for chance.
         assert!(imagined < 2_000, "{imagined} false positives in 100,000");
         f.insert(1);
-        for _ in 0..20_000 {
-            f.insert(2);
-        }
         assert!(f.is_full());
+        // The archive's filter leaves room to grow, and never less than its minimum.
+        assert!(!Filter::for_archive(0).is_full());
+        assert_eq!(Filter::for_archive(100_000).capacity, 150_000);
+        assert_eq!(Filter::for_archive(10).capacity, MIN_CAPACITY);
     }
 
     #[test]

@@ -254,20 +254,25 @@ impl Dialect for SqliteDialect {
          WHERE ($1 IS NULL OR tenant = $1) ORDER BY tenant, source, list";
     // Without statistics SQLite would take the primary key's (tenant, source) prefix and scan
     // the tenant's whole history.
-    // Both levels: an alert is in one of them.
+    // Both levels: an alert is in one of them. In the archive, the runs merged since `since`
+    // (migration 0010 says why that is enough).
     const STORED_VERSIONS: &'static str =
         "SELECT native_id, latest FROM alerts INDEXED BY alerts_last_change \
          WHERE last_change >= $1 AND tenant = $2 AND source = $3 AND latest >= $4 \
-         UNION ALL SELECT native_id, latest FROM alert_archive INDEXED BY alert_archive_last_change \
-         WHERE last_change >= $1 AND tenant = $2 AND source = $3 AND latest >= $4 LIMIT $5";
+         UNION ALL SELECT native_id, latest FROM alert_archive INDEXED BY alert_archive_hash \
+         WHERE run >= (SELECT COALESCE(MIN(run), 9223372036854775807) FROM archive_runs WHERE merged_at >= $1) \
+         AND last_change >= $1 AND tenant = $2 AND source = $3 AND latest >= $4 LIMIT $5";
     // Link rows stay: pruning an alert keeps the recent level closed under links (`levels.rs`).
+    // In the archive, rows of the runs merged before the cutoff (migration 0010).
     const PRUNE_ALERTS: &'static [&'static str] = &[
         "DELETE FROM alerts WHERE (tenant, source, native_id) IN \
          (SELECT a.tenant, a.source, a.native_id FROM alerts a WHERE a.last_change < $1 \
           AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.seq = a.last_seq AND o.state <> 2) \
           LIMIT $2)",
         "DELETE FROM alert_archive WHERE rowid IN \
-         (SELECT a.rowid FROM alert_archive a WHERE a.last_change < $1 \
+         (SELECT a.rowid FROM alert_archive a INDEXED BY alert_archive_hash \
+          WHERE a.run <= (SELECT COALESCE(MAX(run), 0) FROM archive_runs WHERE merged_at < $1) \
+          AND a.last_change < $1 \
           AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.seq = a.last_seq AND o.state <> 2) \
           LIMIT $2)",
     ];
@@ -318,12 +323,13 @@ impl Dialect for SqliteDialect {
             .map(|r| r.try_get(0))
             .collect::<std::result::Result<_, _>>()?;
         let wanted: HashSet<&str> = ids.iter().copied().collect();
-        for chunk in shaped_chunks(&ids) {
+        for (run, hashes) in self.levels.archived_alerts(tenant, source, &ids) {
             let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("SELECT native_id FROM alert_archive WHERE hash IN (");
+                QueryBuilder::new("SELECT native_id FROM alert_archive WHERE run = ");
+            q.push_bind(run).push(" AND hash IN (");
             let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(alert_hash(tenant, source, id));
+            for hash in hashes {
+                list.push_bind(hash);
             }
             q.push(") AND tenant = ")
                 .push_bind(tenant)
