@@ -846,21 +846,12 @@ async fn an_email_submission_links_the_alert_about_the_same_message(b: Backend) 
         "subject": "Your mailbox is full"
     }]);
     ingest(&s, &[a], false, None).await.unwrap();
-    let sub = json!({
-        "@odata.type": "#microsoft.graph.security.emailContentThreatSubmission",
-        "id": "7a7a7a7a-0000-4000-8000-000000000007", "createdDateTime": "2026-06-01T10:00:00Z",
-        "contentType": "email", "category": "phishing", "status": "succeeded", "source": "user",
-        "recipientEmailAddress": "megan@contoso.com", "sender": "attacker@fabrikam.example",
-        "internetMessageId": "<phish-1@fabrikam.example>", "emailSubject": "Your mailbox is full"
-    });
-    let raw = serde_json::value::to_raw_value(&sub).unwrap();
-    let item = normalize::prepare_submission("emailThreats", &raw).unwrap();
-    let filters = Filters::default();
-    let tenant = tenant();
-    let c = s
-        .ingest(page(&tenant, SourceKind::Submissions, vec![item], &filters))
-        .await
-        .unwrap();
+    let c = ingest_submission(
+        &s,
+        "7a7a7a7a-0000-4000-8000-000000000007",
+        "<phish-1@fabrikam.example>",
+    )
+    .await;
     assert_eq!(
         c.queued, 2,
         "the submission and a linked revision of the alert"
@@ -898,6 +889,16 @@ async fn an_email_submission_links_the_alert_about_the_same_message(b: Backend) 
     db.drop_db().await;
 }
 
+/// Ingests a page of one email submission of message `message_id`.
+async fn ingest_submission(s: &AnyStore, id: &str, message_id: &str) -> IngestCounts {
+    let filters = Filters::default();
+    let tenant = tenant();
+    let item = email_submission(id, message_id);
+    s.ingest(page(&tenant, SourceKind::Submissions, vec![item], &filters))
+        .await
+        .unwrap()
+}
+
 /// An email submission of message `message_id`.
 fn email_submission(id: &str, message_id: &str) -> normalize::Prepared {
     let sub = json!({
@@ -925,19 +926,13 @@ async fn an_alert_linked_again_names_everything_linked_to_it_before(b: Backend) 
          "verdict": "malicious", "roles": [], "internetMessageId": "<m2@fabrikam.example>"}
     ]);
     ingest(&s, &[a], false, None).await.unwrap();
-    let filters = Filters::default();
-    let tenant = tenant();
     let first = "7a7a7a7a-0000-4000-8000-000000000002";
     let second = "7a7a7a7a-0000-4000-8000-000000000001";
     for (id, message) in [
         (first, "<m2@fabrikam.example>"),
         (second, "<m1@fabrikam.example>"),
     ] {
-        let item = email_submission(id, message);
-        let c = s
-            .ingest(page(&tenant, SourceKind::Submissions, vec![item], &filters))
-            .await
-            .unwrap();
+        let c = ingest_submission(&s, id, message).await;
         assert_eq!(
             c.queued, 2,
             "the submission and a linked revision of the alert"
@@ -2086,16 +2081,12 @@ async fn sqlite_dedup_state_from_before_the_levels_is_archived_and_still_dedupli
     let mut later = email_alert("old-1", 60, "<m1@fabrikam.example>");
     later["status"] = json!("resolved");
     assert_eq!(ingest(&s, &[later], false, None).await.unwrap().queued, 1);
-    let item = email_submission(
+    let c = ingest_submission(
+        &s,
         "7a7a7a7a-0000-4000-8000-000000000009",
         "<m2@fabrikam.example>",
-    );
-    let filters = Filters::default();
-    let tenant = tenant();
-    let c = s
-        .ingest(page(&tenant, SourceKind::Submissions, vec![item], &filters))
-        .await
-        .unwrap();
+    )
+    .await;
     assert_eq!(c.queued, 2, "the submission and a linked revision of old-2");
     assert_eq!(sqlite_levels(&db).await, [4, 0, 4, 0]);
     drop(s);

@@ -19,7 +19,7 @@
 use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard};
 
-use sqlx::sqlite::{SqliteConnection, SqlitePool};
+use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::Result;
@@ -453,29 +453,12 @@ async fn run_filters(conn: &mut SqliteConnection, covered: Covered) -> Result<Ve
 /// Moves the archived alerts with these hashes, in these runs, to the recent level; the hashes
 /// of those moved.
 async fn promote_alerts(conn: &mut SqliteConnection, by_run: &ByRun) -> Result<Vec<i64>> {
-    let mut moved = Vec::new();
-    for (run, hashes) in by_run {
-        for chunk in hashes.chunks(HASHES_PER_STATEMENT) {
-            // `OR IGNORE`: should an alert somehow be in both levels, the recent row is the
-            // newer.
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-                "INSERT OR IGNORE INTO alerts ({ALERT_COLUMNS}) SELECT {ARCHIVED_AS_RECENT} \
-                 FROM alert_archive WHERE run = "
-            ));
-            q.push_bind(*run).push(" AND hash IN (");
-            in_list(&mut q, chunk);
-            q.push(" RETURNING hash");
-            for row in q.build().fetch_all(&mut *conn).await? {
-                moved.push(row.try_get(0)?);
-            }
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("DELETE FROM alert_archive WHERE run = ");
-            q.push_bind(*run).push(" AND hash IN (");
-            in_list(&mut q, chunk);
-            q.build().execute(&mut *conn).await?;
-        }
-    }
-    Ok(moved)
+    // `OR IGNORE`: should an alert somehow be in both levels, the recent row is the newer.
+    let insert = format!(
+        "INSERT OR IGNORE INTO alerts ({ALERT_COLUMNS}) SELECT {ARCHIVED_AS_RECENT} FROM alert_archive"
+    );
+    let rows = promote(conn, &insert, "alert_archive", "hash", "hash", by_run).await?;
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
 }
 
 /// Moves the archived link rows whose `column` (`key_hash` or `owner_hash`) is one of these
@@ -485,21 +468,44 @@ async fn promote_links(
     column: &'static str,
     by_run: &ByRun,
 ) -> Result<Vec<(i64, i64)>> {
+    let insert = format!(
+        "INSERT OR IGNORE INTO links ({LINK_COLUMNS}) SELECT {LINK_COLUMNS} FROM link_archive"
+    );
+    let rows = promote(
+        conn,
+        &insert,
+        "link_archive",
+        column,
+        "key_hash, owner_hash",
+        by_run,
+    )
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// Moves the rows of `archive` whose `column` is one of these hashes, in these runs, to the
+/// recent level through `insert` (an `INSERT … SELECT … FROM {archive}`, its `WHERE` to come);
+/// the columns `returning` names, of the rows moved.
+async fn promote(
+    conn: &mut SqliteConnection,
+    insert: &str,
+    archive: &str,
+    column: &str,
+    returning: &str,
+    by_run: &ByRun,
+) -> Result<Vec<SqliteRow>> {
     let mut moved = Vec::new();
     for (run, hashes) in by_run {
         for chunk in hashes.chunks(HASHES_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-                "INSERT OR IGNORE INTO links ({LINK_COLUMNS}) SELECT {LINK_COLUMNS} \
-                 FROM link_archive WHERE run = "
-            ));
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!("{insert} WHERE run = "));
             q.push_bind(*run).push(format!(" AND {column} IN ("));
             in_list(&mut q, chunk);
-            q.push(" RETURNING key_hash, owner_hash");
-            for row in q.build().fetch_all(&mut *conn).await? {
-                moved.push((row.try_get(0)?, row.try_get(1)?));
-            }
+            q.push(format!(" RETURNING {returning}"));
+            moved.extend(q.build().fetch_all(&mut *conn).await?);
             let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("DELETE FROM link_archive WHERE run = ");
+                QueryBuilder::new(format!("DELETE FROM {archive} WHERE run = "));
             q.push_bind(*run).push(format!(" AND {column} IN ("));
             in_list(&mut q, chunk);
             q.build().execute(&mut *conn).await?;
