@@ -335,7 +335,7 @@ impl Levels {
         let links: Vec<(i64, i64)> = sqlx::query_as("SELECT key_hash, owner_hash FROM links")
             .fetch_all(&mut *conn)
             .await?;
-        archive_recent(conn, run, "").await?;
+        archive_recent(conn, run, false).await?;
         // Before the commit: should it fail, the filters only say "maybe" of a few more hashes.
         let mut filters = [
             Filter::for_run(alerts.len()),
@@ -369,31 +369,33 @@ impl Levels {
     }
 }
 
-/// Moves the recent level's rows (those `only_where` selects: `""` for all) to the archive as
-/// run `run`, in hash order: the run's index entries are appended after every earlier run's.
-async fn archive_recent(conn: &mut SqliteConnection, run: i64, only_where: &str) -> Result<()> {
-    // `OR FAIL`: a multi-row statement that may abort keeps a statement journal of every page
-    // it touches (sqlite.rs's module doc).
+/// Moves the recent level's rows (only those hashed already, when `hashed_only`: an upgrade's
+/// chunk) to the archive as run `run`, in hash order: the run's index entries are appended
+/// after every earlier run's.
+async fn archive_recent(conn: &mut SqliteConnection, run: i64, hashed_only: bool) -> Result<()> {
+    let (alerts_where, links_where) = if hashed_only {
+        ("WHERE hash IS NOT NULL", "WHERE key_hash IS NOT NULL")
+    } else {
+        ("", "")
+    };
     sqlx::query("INSERT INTO archive_runs (run, merged_at) VALUES ($1, $2)")
         .bind(run)
         .bind(super::now_ms())
         .execute(&mut *conn)
         .await?;
+    // `OR FAIL`: a multi-row statement that may abort keeps a statement journal of every page
+    // it touches (sqlite.rs's module doc).
     for statement in [
         format!(
             "INSERT OR FAIL INTO alert_archive ({ARCHIVED_COLUMNS}, run) \
-             SELECT {RECENT_AS_ARCHIVED}, {run} FROM alerts {only_where} ORDER BY hash"
+             SELECT {RECENT_AS_ARCHIVED}, {run} FROM alerts {alerts_where} ORDER BY hash"
         ),
-        format!("DELETE FROM alerts {only_where}"),
+        format!("DELETE FROM alerts {alerts_where}"),
         format!(
             "INSERT OR FAIL INTO link_archive ({LINK_COLUMNS}, run) \
-             SELECT {LINK_COLUMNS}, {run} FROM links {} ORDER BY key_hash",
-            only_where.replace("hash", "key_hash")
+             SELECT {LINK_COLUMNS}, {run} FROM links {links_where} ORDER BY key_hash"
         ),
-        format!(
-            "DELETE FROM links {}",
-            only_where.replace("hash", "key_hash")
-        ),
+        format!("DELETE FROM links {links_where}"),
     ] {
         // Built from this module's constants and an integer.
         sqlx::query(sqlx::AssertSqlSafe(statement))
@@ -545,6 +547,13 @@ async fn upgrade(conn: &mut SqliteConnection) -> Result<()> {
         if alerts.is_empty() && links.is_empty() {
             break;
         }
+        if moved == 0 {
+            // Once per store, and as long as the store is large: say why the start waits.
+            tracing::info!(
+                "moving the dedup state written before this version to its archive level, \
+                 a chunk per transaction; the daemon starts when this is done (once per store)"
+            );
+        }
         for (tenant, source, native_id) in &alerts {
             sqlx::query(
                 "UPDATE alerts SET hash = $1 WHERE tenant = $2 AND source = $3 AND native_id = $4",
@@ -576,7 +585,7 @@ async fn upgrade(conn: &mut SqliteConnection) -> Result<()> {
         )
         .fetch_one(&mut *tx)
         .await?;
-        archive_recent(&mut tx, run, "WHERE hash IS NOT NULL").await?;
+        archive_recent(&mut tx, run, true).await?;
         tx.commit().await?;
         moved += (alerts.len() + links.len()) as u64;
     }

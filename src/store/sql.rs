@@ -96,7 +96,8 @@ pub trait Dialect: Send + Sync + 'static {
     const PRUNE_ALERTS: &'static [&'static str];
     /// `(since_ms, tenant, source, from_ticks, limit)` → `native_id, latest` of the alerts last
     /// changed at or after `since_ms` whose latest version is at or after `from_ticks`, read
-    /// through the `last_change` index (a tenant's whole history is not scanned).
+    /// through an index (a tenant's whole history is not scanned): `last_change`'s, or on
+    /// SQLite's archive level the runs merged since `since_ms`.
     const STORED_VERSIONS: &'static str;
 
     /// Where reads that need not see this replica's latest commit go.
