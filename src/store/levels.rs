@@ -72,16 +72,25 @@ fn hash_of(parts: &[&str; 3]) -> i64 {
     h.digest() as i64
 }
 
-/// A Bloom filter over hashes that are already well mixed: ten bits and seven probes an entry
-/// (about 1% false positives at its capacity).
+/// A blocked Bloom filter over hashes that are already well mixed: ten bits an entry, and all
+/// seven probes of a hash in one 64-byte block, so a check reads one cache line. The archive's
+/// filters outgrow every cache at a million alerts, and seven probes spread over the whole
+/// filter cost seven cache misses a check (docs/benchmarks.md, session 19). About 1% false
+/// positives at its capacity.
 struct Filter {
-    bits: Vec<u64>,
+    blocks: Vec<Block>,
     entries: usize,
     capacity: usize,
 }
 
-const PROBES: u64 = 7;
+/// One cache line of a filter.
+#[derive(Clone, Copy, Default)]
+#[repr(align(64))]
+struct Block([u64; 8]);
+
+const PROBES: u32 = 7;
 const BITS_PER_ENTRY: usize = 10;
+const BITS_PER_BLOCK: usize = 512;
 /// The smallest filter (20 KB): an empty or new store pays next to nothing.
 const MIN_CAPACITY: usize = 16_384;
 
@@ -98,35 +107,41 @@ impl Filter {
     }
 
     fn with_capacity(capacity: usize) -> Filter {
-        let words = (capacity * BITS_PER_ENTRY).div_ceil(64);
+        let blocks = (capacity.saturating_mul(BITS_PER_ENTRY)).div_ceil(BITS_PER_BLOCK);
         Filter {
-            bits: vec![0; words],
+            blocks: vec![Block::default(); blocks.max(1)],
             entries: 0,
             capacity,
         }
     }
 
-    /// The (word, bit) pairs of `hash` in a filter of `words` words: double hashing on the two
-    /// halves of one well-mixed 64-bit hash.
-    fn probes(words: usize, hash: i64) -> impl Iterator<Item = (usize, u64)> {
+    /// The block of `hash`, and the (word, bit) pairs of its probes in that block. The block is
+    /// chosen by the hash's high bits (a multiply-shift onto the block count); the probes take
+    /// nine bits each of the hash remixed, so they do not repeat the choice of block.
+    fn probes(&self, hash: i64) -> (usize, impl Iterator<Item = (usize, u64)>) {
         let h = hash as u64;
-        let step = h.rotate_left(32) | 1;
-        let m = (words as u64) * 64;
-        (0..PROBES).map(move |i| {
-            let bit = h.wrapping_add(i.wrapping_mul(step)) % m;
+        let block = ((u128::from(h) * self.blocks.len() as u128) >> 64) as usize;
+        let bits = h.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+        let probes = (0..PROBES).map(move |i| {
+            let bit = (bits >> (9 * i)) & 511;
             ((bit / 64) as usize, 1u64 << (bit % 64))
-        })
+        });
+        (block, probes)
     }
 
     fn insert(&mut self, hash: i64) {
-        for (word, mask) in Self::probes(self.bits.len(), hash) {
-            self.bits[word] |= mask;
+        let (block, probes) = self.probes(hash);
+        let words = &mut self.blocks[block].0;
+        for (word, mask) in probes {
+            words[word] |= mask;
         }
         self.entries += 1;
     }
 
     fn may_contain(&self, hash: i64) -> bool {
-        Self::probes(self.bits.len(), hash).all(|(word, mask)| self.bits[word] & mask != 0)
+        let (block, mut probes) = self.probes(hash);
+        let words = &self.blocks[block].0;
+        probes.all(|(word, mask)| words[word] & mask != 0)
     }
 
     /// Past its capacity the false positives climb: time to rebuild it larger.
@@ -210,10 +225,11 @@ impl Levels {
         let mut runs: Vec<Run> = Vec::new();
         let mut archive = [0, 1, 2].map(|_| Filter::for_archive(0));
         for covered in Covered::ALL {
-            if covered.has_archive_filter() {
-                archive[covered as usize] = archive_filter(&mut conn, covered).await?;
+            let (whole, by_run) = read_filters(&mut conn, covered, true).await?;
+            if let Some(whole) = whole {
+                archive[covered as usize] = whole;
             }
-            for (id, filter) in run_filters(&mut conn, covered).await? {
+            for (id, filter) in by_run {
                 let at = match runs.binary_search_by_key(&id, |r| r.id) {
                     Ok(at) => at,
                     Err(at) => {
@@ -405,28 +421,34 @@ async fn archive_recent(conn: &mut SqliteConnection, run: i64, hashed_only: bool
     Ok(())
 }
 
-/// A filter of every hash `covered` lists in the archive, read as a stream: a large archive's
-/// hashes are never held at once.
+/// A filter of every hash `covered` lists in the archive (`covered` has one), read as a stream:
+/// a large archive's hashes are never held at once.
 async fn archive_filter(conn: &mut SqliteConnection, covered: Covered) -> Result<Filter> {
-    let table = match covered {
-        Covered::Alerts => "alert_archive",
-        Covered::Keys | Covered::Owners => "link_archive",
-    };
-    // A table name of this module's.
-    let rows: i64 =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
-            .fetch_one(&mut *conn)
-            .await?;
-    let mut filter = Filter::for_archive(usize::try_from(rows).unwrap_or(0));
-    let mut entries = sqlx::query_as::<_, (i64, i64)>(covered.listing()).fetch(&mut *conn);
-    while let Some(entry) = std::future::poll_fn(|cx| entries.as_mut().poll_next(cx)).await {
-        filter.insert(entry?.1);
-    }
-    Ok(filter)
+    let (archive, _) = read_filters(conn, covered, false).await?;
+    Ok(archive.unwrap_or_else(|| Filter::for_archive(0)))
 }
 
-/// Each run's filter of the hashes `covered` lists, a run's hashes held at a time.
-async fn run_filters(conn: &mut SqliteConnection, covered: Covered) -> Result<Vec<(i64, Filter)>> {
+/// In one read of the archive's index for `covered`: the filter of the whole archive (when
+/// `covered` has one), and each run's filter when `runs` is asked for, a run's hashes held at
+/// a time.
+async fn read_filters(
+    conn: &mut SqliteConnection,
+    covered: Covered,
+    runs: bool,
+) -> Result<(Option<Filter>, Vec<(i64, Filter)>)> {
+    let mut archive = None;
+    if covered.has_archive_filter() {
+        let table = match covered {
+            Covered::Alerts => "alert_archive",
+            Covered::Keys | Covered::Owners => "link_archive",
+        };
+        // A table name of this module's.
+        let rows: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(&mut *conn)
+                .await?;
+        archive = Some(Filter::for_archive(usize::try_from(rows).unwrap_or(0)));
+    }
     let mut filters = Vec::new();
     let mut run: Option<(i64, Vec<i64>)> = None;
     let seal = |(id, hashes): (i64, Vec<i64>)| {
@@ -439,6 +461,12 @@ async fn run_filters(conn: &mut SqliteConnection, covered: Covered) -> Result<Ve
     let mut entries = sqlx::query_as::<_, (i64, i64)>(covered.listing()).fetch(&mut *conn);
     while let Some(entry) = std::future::poll_fn(|cx| entries.as_mut().poll_next(cx)).await {
         let (id, hash) = entry?;
+        if let Some(filter) = archive.as_mut() {
+            filter.insert(hash);
+        }
+        if !runs {
+            continue;
+        }
         match &mut run {
             Some((current, hashes)) if *current == id => hashes.push(hash),
             _ => {
@@ -449,7 +477,7 @@ async fn run_filters(conn: &mut SqliteConnection, covered: Covered) -> Result<Ve
         }
     }
     filters.extend(run.map(seal));
-    Ok(filters)
+    Ok((archive, filters))
 }
 
 /// Moves the archived alerts with these hashes, in these runs, to the recent level; the hashes

@@ -32,6 +32,13 @@ use super::*;
 /// variables.
 const CHUNK: usize = 128;
 
+/// Rows the writer's connection thread may hand over before it waits for the caller to take
+/// them: the most any of its statements returns in normal work (a claim reads up to
+/// `forward.batch_size`, at most 1,000, rows with their bodies). sqlx's default, 50, made a
+/// claim of 100 rows a ping-pong: past the 50th, each row taken woke the connection thread to
+/// send one more, two context switches a row (docs/benchmarks.md, session 19).
+const ROWS_BUFFERED: usize = 1024;
+
 /// The sizes a list of `n` rows is written in: whole chunks, then the rest as powers of two.
 ///
 /// A multi-row statement's text depends on its row count, and sqlx keeps every text it ran
@@ -159,7 +166,7 @@ impl SqlStore<SqliteDialect> {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(options.clone())
+            .connect_with(options.clone().row_buffer_size(ROWS_BUFFERED))
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&writer).await?;
         let levels = Levels::open(&writer, merge_every).await?;
