@@ -381,6 +381,50 @@ async fn a_claim_that_reads_gives_what_batch_items_gives_and_stands_on_a_bad_bod
     db.drop_db().await;
 }
 
+/// A claim as large as `forward.batch_size` allows: more rows than the connection thread's
+/// default row channel (50) and than any old `IN (…)` chunk (128), claimed, read, split and
+/// delivered whole.
+async fn a_claim_of_a_thousand_rows_is_claimed_read_split_and_delivered_whole(b: Backend) {
+    let db = Fresh::new(b).await;
+    let s = db.open_leader().await;
+    let page: Vec<Value> = (0..1000)
+        .map(|i| alert(&format!("k{i:04}"), 1, "low"))
+        .collect();
+    ingest(&s, &page, false, None).await.unwrap();
+    let whole = BatchLimits {
+        max_rows: 1000,
+        max_bytes: 64 << 20,
+    };
+    let (batch, items) = s
+        .claim_batch_read(DEST, TENANT, whole)
+        .await
+        .unwrap()
+        .expect("a batch to claim");
+    let items = items.unwrap();
+    assert_eq!(batch.rows, 1000);
+    let mut natives: Vec<String> = items.iter().map(|i| native_of(&i.body)).collect();
+    natives.sort();
+    natives.dedup();
+    assert_eq!(natives.len(), 1000, "every row once");
+    assert!(
+        s.claim_batch(DEST, TENANT, whole).await.unwrap().is_none(),
+        "all 1,000 claimed"
+    );
+    s.split_batch(&batch).await.unwrap();
+    let mut delivered = 0;
+    while let Some(half) = s.next_open_batch(DEST, TENANT).await.unwrap() {
+        let rows = s.batch_items(half.id).await.unwrap().len();
+        assert_eq!(rows, 500, "a split halves the batch");
+        delivered += rows;
+        s.mark_delivered(&half).await.unwrap();
+    }
+    assert_eq!(delivered, 1000);
+    let q = s.queue_status(TENANT).await.unwrap();
+    assert_eq!((q.pending, q.delivered), (0, 1000));
+    drop(s);
+    db.drop_db().await;
+}
+
 async fn delivering_a_batch_claims_the_next_unless_another_is_open(b: Backend) {
     let db = Fresh::new(b).await;
     let s = db.open_leader().await;
@@ -1640,6 +1684,7 @@ conformance!(
     a_claim_that_reads_gives_what_batch_items_gives_and_stands_on_a_bad_body,
     a_batch_lives_through_retry_split_delivery_and_dead_letter,
     delivering_a_batch_claims_the_next_unless_another_is_open,
+    a_claim_of_a_thousand_rows_is_claimed_read_split_and_delivered_whole,
     bodies_come_back_byte_for_byte,
     coverage_points_start_once_and_only_move_forward_with_a_page,
     a_bad_item_is_quarantined_once,
