@@ -20,16 +20,13 @@ use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard};
 
 use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::Row;
 
 use super::Result;
 
 /// New or returning alerts the recent level takes before it is merged: its B-trees (~5 MB) then
 /// stay about the size of the writer's page cache (docs/benchmarks.md, session 18).
 pub const MERGE_EVERY: usize = 15_000;
-
-/// Hashes bound per statement: far below SQLite's 32,766 variables.
-const HASHES_PER_STATEMENT: usize = 256;
 
 /// Rows written before the levels existed, moved to the archive per transaction when the store
 /// opens (a one-time upgrade).
@@ -527,30 +524,45 @@ async fn promote(
     by_run: &ByRun,
 ) -> Result<Vec<SqliteRow>> {
     let mut moved = Vec::new();
+    let within = format!("WHERE run = $1 AND {column} IN (SELECT value FROM json_each($2))");
     for (run, hashes) in by_run {
-        for chunk in hashes.chunks(HASHES_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!("{insert} WHERE run = "));
-            q.push_bind(*run).push(format!(" AND {column} IN ("));
-            in_list(&mut q, chunk);
-            q.push(format!(" RETURNING {returning}"));
-            moved.extend(q.build().fetch_all(&mut *conn).await?);
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new(format!("DELETE FROM {archive} WHERE run = "));
-            q.push_bind(*run).push(format!(" AND {column} IN ("));
-            in_list(&mut q, chunk);
-            q.build().execute(&mut *conn).await?;
-        }
+        let listed = json_list(hashes);
+        // Built from this module's constants.
+        let statement = format!("{insert} {within} RETURNING {returning}");
+        moved.extend(
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .bind(*run)
+                .bind(listed.as_str())
+                .fetch_all(&mut *conn)
+                .await?,
+        );
+        let statement = format!("DELETE FROM {archive} {within}");
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .bind(*run)
+            .bind(listed.as_str())
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(moved)
 }
 
-/// Closes an `IN (` with the binds of `hashes`.
-fn in_list(q: &mut QueryBuilder<Sqlite>, hashes: &[i64]) {
-    let mut list = q.separated(", ");
-    for h in hashes {
-        list.push_bind(*h);
+/// `values` as a JSON array, for `IN (SELECT value FROM json_each(?))`: one statement text
+/// whatever the list's length. A list of binds made a new text per length, and sqlx keeps up
+/// to 100 texts prepared per connection, so lists of many lengths pushed out the statements
+/// every page runs (docs/benchmarks.md, session 19).
+pub fn json_list(values: &[i64]) -> String {
+    use std::fmt::Write as _;
+    let mut listed = String::with_capacity(values.len() * 12 + 2);
+    listed.push('[');
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            listed.push(',');
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(listed, "{v}");
     }
-    q.push(")");
+    listed.push(']');
+    listed
 }
 
 /// Moves rows written before the levels existed (no hash yet) to the archive, computing their

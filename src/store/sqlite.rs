@@ -14,7 +14,6 @@
 //! journal whatever it is told, so stored alerts are updated by a statement of their own.
 
 use std::collections::HashSet;
-use std::fmt::Write as _;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -332,18 +331,15 @@ impl Dialect for SqliteDialect {
             .collect::<std::result::Result<_, _>>()?;
         let wanted: HashSet<&str> = ids.iter().copied().collect();
         for (run, hashes) in self.levels.archived_alerts(tenant, source, &ids) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("SELECT native_id FROM alert_archive WHERE run = ");
-            q.push_bind(run).push(" AND hash IN (");
-            let mut list = q.separated(", ");
-            for hash in hashes {
-                list.push_bind(hash);
-            }
-            q.push(") AND tenant = ")
-                .push_bind(tenant)
-                .push(" AND source = ")
-                .push_bind(source);
-            for row in q.build().fetch_all(&mut *tx).await? {
+            let q = sqlx::query(
+                "SELECT native_id FROM alert_archive WHERE run = $1 \
+                 AND hash IN (SELECT value FROM json_each($2)) AND tenant = $3 AND source = $4",
+            )
+            .bind(run)
+            .bind(levels::json_list(&hashes))
+            .bind(tenant)
+            .bind(source);
+            for row in q.fetch_all(&mut *tx).await? {
                 let id: String = row.try_get(0)?;
                 // A hash shared by another id of the same source is not this one.
                 if wanted.contains(id.as_str()) {
@@ -607,22 +603,12 @@ impl Dialect for SqliteDialect {
         if seqs.is_empty() {
             return Ok(());
         }
-        let mut listed = String::with_capacity(seqs.len() * 8 + 2);
-        listed.push('[');
-        for (i, seq) in seqs.iter().enumerate() {
-            if i > 0 {
-                listed.push(',');
-            }
-            // Writing to a String cannot fail.
-            let _ = write!(listed, "{seq}");
-        }
-        listed.push(']');
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(statement.to_string());
         if let Some(v) = value {
             q.push_bind(v);
         }
         q.push(" WHERE seq IN (SELECT value FROM json_each(")
-            .push_bind(listed)
+            .push_bind(levels::json_list(seqs))
             .push("))");
         q.build().execute(&mut *conn).await?;
         Ok(())
