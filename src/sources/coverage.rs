@@ -439,6 +439,11 @@ impl Poller {
             StartFrom::Now => t0,
         };
         let c = self.store.init_cursor(key, Cursor { coverage, t0 }).await?;
+        // Another replica may have stored its own first: then this run did not start it.
+        if (c.coverage, c.t0) == (coverage, t0) {
+            self.cursors_started_here
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         tracing::info!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), list = listing.list, t0 = %format_seconds(c.t0), coverage = %format_seconds(c.coverage), "first run: coverage starts here");
         Ok(c)
     }

@@ -96,6 +96,10 @@ pub struct Poller {
     /// Submission lists whose `createdDateTime` filter Microsoft refused: listed without one.
     filter_refused: std::sync::Mutex<Vec<&'static str>>,
     last_reconcile: Option<Instant>,
+    /// Lists whose coverage point this process stored first (rule 0), counted by `cursor`
+    /// whether or not that poll then completed: when it is all of them, the first run read
+    /// every window a reconciliation would re-list, just now.
+    cursors_started_here: std::sync::atomic::AtomicUsize,
     /// During a reconciliation pass of a Graph source: the versions the store holds for the
     /// window, so re-listed items it holds already are not prepared again.
     known_versions: Option<Arc<crate::normalize::KnownVersions>>,
@@ -146,6 +150,7 @@ impl Poller {
             expand_failed: std::sync::atomic::AtomicBool::new(false),
             filter_refused: std::sync::Mutex::new(Vec::new()),
             last_reconcile: None,
+            cursors_started_here: std::sync::atomic::AtomicUsize::new(0),
             known_versions: None,
             wake: None,
             gate: LeaseGate::always(crate::store::tenant_lease(&tenant_name)),
@@ -183,6 +188,7 @@ impl Poller {
                 }
                 // Taken over from another replica: reconcile as a fresh start does.
                 self.last_reconcile = None;
+                *self.cursors_started_here.get_mut() = 0;
             }
             let started = Instant::now();
             let result = tokio::select! {
@@ -192,6 +198,12 @@ impl Poller {
             // A failed poll already says why; a retry would only fail the same way.
             let polled = result.is_ok();
             self.record(result);
+            if polled && self.last_reconcile.is_none() && self.backfilled_here() {
+                // The first run has just read every window a reconciliation would re-list, so
+                // the first one is due an interval from now, as after any other. Re-listing a
+                // 24-hour window at once re-read a third of a 3-day backfill (issue 12).
+                self.last_reconcile = Some(Instant::now());
+            }
             if polled {
                 if let Err(e) = self.retry_quarantined().await {
                     tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), error = %e, "quarantine retry failed; tried again next poll");
@@ -259,6 +271,15 @@ impl Poller {
             ),
             _ => e.to_string(),
         }
+    }
+
+    /// Every list's coverage started in this process: no run before this one can have missed
+    /// a late arrival.
+    fn backfilled_here(&self) -> bool {
+        let started = self
+            .cursors_started_here
+            .load(std::sync::atomic::Ordering::Relaxed);
+        !self.lists.is_empty() && started >= self.lists.len()
     }
 
     fn reconcile_due(&self) -> bool {

@@ -322,6 +322,82 @@ async fn reconciliation_finds_an_alert_indexed_later_than_the_overlap_reaches() 
     app.stop().await;
 }
 
+/// Alert listings from the `skip`th request on that start 2 to 4 hours back: with a 3-hour
+/// reconciliation window, those are reconciliations. Live polls start 10 minutes back (the
+/// overlap), and a first run's one-day slices at whole days before its start.
+fn reconciliations_since(sim: &m365_sim::Simulator, skip: usize) -> usize {
+    let now = m365_ingest::time::now_ticks();
+    sim.requests()
+        .iter()
+        .skip(skip)
+        .filter(|r| r.path.ends_with("/security/alerts_v2"))
+        .filter_map(|r| {
+            let filter = url::form_urlencoded::parse(r.query.as_bytes())
+                .find(|(k, _)| k == "$filter")?
+                .1
+                .into_owned();
+            let bound = filter.split("lastUpdateDateTime ge ").nth(1)?;
+            let ticks = m365_ingest::time::parse_ticks(bound.split_whitespace().next()?)?;
+            Some((now - ticks) / m365_ingest::time::TICKS_PER_SECOND)
+        })
+        .filter(|back| (2 * 3600..4 * 3600).contains(back))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_run_is_reconciled_an_interval_later_and_a_restart_at_once() {
+    // A backfill has just read every window a reconciliation would re-list: re-listing the
+    // last day at once would read it all again. A restart cannot know what it missed.
+    let sim = sim().await;
+    sim.generate_alerts(TENANT_ID, 5, ago(7200), ago(3600));
+    let (_dir, db) = temp_db();
+    let opts = Opts {
+        extra_alerts: "reconcile_interval = \"1h\"\nreconcile_window = \"3h\"".into(),
+        ..Opts::default()
+    };
+    let app = TestApp::spawn(settings(&sim, &db, &opts)).await;
+    wait_until(Duration::from_secs(30), "the backlog", || {
+        sim.delivered_count() >= 5
+    })
+    .await;
+    wait_until_async(Duration::from_secs(30), "the first run to end", || async {
+        let (_, status) = app.get("/status").await;
+        status["tenants"]["contoso"]["sources"]["alerts"]["first_run_done"] == true
+    })
+    .await;
+    let after_first_run = sim.requests().len();
+    wait_until(Duration::from_secs(30), "three more polls", || {
+        sim.requests()
+            .iter()
+            .skip(after_first_run)
+            .filter(|r| r.path.ends_with("/security/alerts_v2"))
+            .count()
+            >= 3
+    })
+    .await;
+    assert_eq!(
+        reconciliations_since(&sim, 0),
+        0,
+        "no reconciliation right after the first run"
+    );
+    app.stop().await;
+
+    let restarted = sim.requests().len();
+    let app = TestApp::spawn(settings(&sim, &db, &opts)).await;
+    wait_until(
+        Duration::from_secs(30),
+        "a reconciliation after the restart",
+        || reconciliations_since(&sim, restarted) > 0,
+    )
+    .await;
+    assert_eq!(
+        sim.delivered_count(),
+        5,
+        "a reconciliation sends nothing new"
+    );
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_pick_what_enters_and_a_forwarded_alert_keeps_being_forwarded() {
     let sim = sim().await;
