@@ -102,8 +102,8 @@ const FEED_AT_ONCE: usize = 64 * 1024;
 
 /// Reads one listing page (a Graph `value` page or a Cloud Apps `data` page) as its bytes
 /// arrive, so a page is never held whole: what stays is the part of the body not read yet
-/// (one item at most beyond the slice of a chunk being read) and the page's items, prepared and compressed.
-/// `feed` the body's chunks in order, then `finish`.
+/// (one item at most beyond the slice of a chunk being read) and the page's items, prepared
+/// and compressed. `feed` the body's chunks in order, then `finish`.
 pub(super) struct PageReader<'k> {
     kind: SourceKind,
     list: &'k str,
