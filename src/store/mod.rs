@@ -20,6 +20,7 @@ macro_rules! from_row {
     }};
 }
 
+mod filters;
 pub mod levels;
 pub mod postgres;
 pub mod sql;

@@ -24,6 +24,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Pool, QueryBuilder, Row, Sqlite};
 
+use super::filters::FilterDir;
 use super::levels::{self, alert_hash, key_hash, Levels};
 use super::sql::{Dialect, SqlStore, Tx};
 use super::*;
@@ -169,7 +170,7 @@ impl SqlStore<SqliteDialect> {
             .connect_with(options.clone().row_buffer_size(ROWS_BUFFERED))
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&writer).await?;
-        let levels = Levels::open(&writer, merge_every).await?;
+        let levels = Levels::open(&writer, merge_every, FilterDir::beside(&path)).await?;
         // The readers read bodies the writer has just written, which are in no reader's cache
         // anyway, and the status queries: a small cache each keeps the index pages they walk,
         // and a long backlog's drain does not fill 8 MB of page cache with bodies read once.
@@ -330,7 +331,7 @@ impl Dialect for SqliteDialect {
             .map(|r| r.try_get(0))
             .collect::<std::result::Result<_, _>>()?;
         let wanted: HashSet<&str> = ids.iter().copied().collect();
-        for (run, hashes) in self.levels.archived_alerts(tenant, source, &ids) {
+        for (run, hashes) in self.levels.archived_alerts(tenant, source, &ids)? {
             let q = sqlx::query(
                 "SELECT native_id FROM alert_archive WHERE run = $1 \
                  AND hash IN (SELECT value FROM json_each($2)) AND tenant = $3 AND source = $4",
