@@ -46,18 +46,28 @@ impl FilterDir {
     /// it lives as long as a handle to it.
     fn new_file(&self) -> io::Result<File> {
         static MADE: AtomicU64 = AtomicU64::new(0);
-        let path = self.0.join(format!(
-            ".m365-ingest-filters.{}.{}",
-            std::process::id(),
-            MADE.fetch_add(1, Ordering::Relaxed)
-        ));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        std::fs::remove_file(&path)?;
-        Ok(file)
+        loop {
+            let path = self.0.join(format!(
+                ".m365-ingest-filters.{}.{}",
+                std::process::id(),
+                MADE.fetch_add(1, Ordering::Relaxed)
+            ));
+            let made = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path);
+            match made {
+                Ok(file) => {
+                    std::fs::remove_file(&path)?;
+                    return Ok(file);
+                }
+                // Left by an earlier process of the same id that died between the two steps:
+                // the next name is free.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// What an I/O error on the filters means, and what to do.
