@@ -147,6 +147,11 @@ impl StoredFilter {
         (self.blocks * BLOCK_BYTES) as u64
     }
 
+    /// The entries it was made for.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Past its capacity the false positives climb: time to rebuild it larger.
     pub fn is_full(&self) -> bool {
         self.entries > self.capacity

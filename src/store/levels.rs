@@ -665,6 +665,45 @@ mod tests {
             .map(|(_, h)| h.len())
             .sum();
         assert!(imagined < 250, "{imagined} of 5,000 absent ids imagined");
+
+        // A merge of more alerts than the whole-archive filter has room for (it was sized for
+        // half as many again as the archive held): that filter is read again, larger, and the
+        // merged alerts are found beside the older ones.
+        let more: Vec<String> = (0..count / 2 + 1_000).map(|i| format!("db{i}")).collect();
+        let more_hashes: Vec<i64> = more
+            .iter()
+            .map(|id| alert_hash("t", "alerts", id))
+            .collect();
+        sqlx::query(
+            "INSERT INTO alerts (tenant, source, native_id, latest, field_hashes, first_seen, \
+             last_change, hash) SELECT 't', 'alerts', 'db' || key, 0, x'', 0, 0, value \
+             FROM json_each($1)",
+        )
+        .bind(json_list(&more_hashes))
+        .execute(&pool)
+        .await
+        .unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        levels.settle(&mut conn, more.len()).await.unwrap();
+        let archive_capacity = |levels: &Levels| {
+            levels.state().archive[Covered::Alerts as usize]
+                .as_ref()
+                .map(StoredFilter::capacity)
+        };
+        assert!(archive_capacity(&levels) > Some(count + more.len()));
+        let merged: Vec<&str> = more.iter().step_by(31).map(String::as_str).collect();
+        let found = levels.archived_alerts("t", "alerts", &merged).unwrap();
+        let newest = found.last().map(|(run, _)| *run);
+        assert_eq!(newest, Some(4), "the merge is run 4");
+        let in_newest = found.last().map_or(0, |(_, h)| h.len());
+        assert!(
+            in_newest >= merged.len(),
+            "{in_newest} of {} found",
+            merged.len()
+        );
+        let older = levels.archived_alerts("t", "alerts", &sample).unwrap();
+        let older_found: usize = older.iter().map(|(_, h)| h.len()).sum();
+        assert!(older_found >= sample.len());
     }
 
     #[test]
