@@ -9,7 +9,7 @@ use m365_ingest::config::{Filters, StoreConfig};
 use m365_ingest::normalize::{self, SourceKind};
 use m365_ingest::store::{
     self, destination_lease, tenant_lease, AnyStore, BatchLimits, Cursor, CursorKey, IngestBatch,
-    IngestCounts, QuarantineItem, RetriedQuarantine, Store, StoreError, TenantRef,
+    IngestCounts, QuarantineItem, RetriedQuarantine, Store, StoreError, TenantRef, VersionWindow,
 };
 use secrecy::SecretString;
 
@@ -1821,8 +1821,18 @@ async fn stored_versions_are_read_for_a_window_and_refused_past_their_cap(b: Bac
         .await
         .unwrap();
     let ticks = |offset_s: i64| (1_780_000_000 + offset_s) * 10_000_000;
+    let window_of = |since_ms, from_ticks| VersionWindow {
+        since_ms,
+        from_ticks,
+        to_ticks: ticks(3_600),
+    };
     let read = |since_ms, from_ticks, max| {
-        s.stored_versions(TENANT, SourceKind::Alerts, since_ms, from_ticks, max)
+        s.stored_versions(
+            TENANT,
+            SourceKind::Alerts,
+            window_of(since_ms, from_ticks),
+            max,
+        )
     };
     let all = read(before - 1_000, ticks(0), 10).await.unwrap().unwrap();
     assert_eq!(all.len(), 3);
@@ -1842,7 +1852,12 @@ async fn stored_versions_are_read_for_a_window_and_refused_past_their_cap(b: Bac
     assert!(later.is_empty(), "nothing changed after now: {later:?}");
     // Another source or tenant has none of them.
     let other = s
-        .stored_versions(TENANT, SourceKind::Incidents, before - 1_000, ticks(0), 10)
+        .stored_versions(
+            TENANT,
+            SourceKind::Incidents,
+            window_of(before - 1_000, ticks(0)),
+            10,
+        )
         .await
         .unwrap()
         .unwrap();
@@ -1856,6 +1871,34 @@ async fn stored_versions_are_read_for_a_window_and_refused_past_their_cap(b: Bac
             .map(|v| v.len()),
         Some(3)
     );
+    // Only versions before the window's end.
+    let part = VersionWindow {
+        to_ticks: ticks(30),
+        ..window_of(before - 1_000, ticks(0))
+    };
+    let early = s
+        .stored_versions(TENANT, SourceKind::Alerts, part, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (early.get("v1"), early.get("v3")),
+        (Some(ticks(0)), Some(ticks(20)))
+    );
+    assert_eq!((early.len(), early.get("v2")), (2, None));
+    // Counted by buckets from the window's start, the empty ones left out.
+    let counts = |part, bucket_s: i64| {
+        s.stored_version_counts(TENANT, SourceKind::Alerts, part, bucket_s * 10_000_000)
+    };
+    let all = window_of(before - 1_000, ticks(0));
+    assert_eq!(counts(all, 10).await.unwrap(), [(0, 1), (2, 1), (3, 1)]);
+    assert_eq!(counts(all, 25).await.unwrap(), [(0, 2), (1, 1)]);
+    assert_eq!(counts(part, 25).await.unwrap(), [(0, 2)]);
+    let elsewhere = s
+        .stored_version_counts(TENANT, SourceKind::Incidents, all, 10_000_000)
+        .await
+        .unwrap();
+    assert!(elsewhere.is_empty());
     drop(s);
     db.drop_db().await;
 }

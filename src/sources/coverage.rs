@@ -17,15 +17,18 @@ use super::{PollError, PollOutcome, Poller, BACKPRESSURE_EVERY};
 use crate::config::{SourceSettings, StartFrom};
 use crate::microsoft::{BodyChunk, MsError};
 use crate::normalize::{self, KnownVersions, Prepared, SourceKind};
-use crate::store::{Cursor, CursorKey, IngestCounts, QuarantineItem, Store};
+use crate::store::{Cursor, CursorKey, IngestCounts, QuarantineItem, Store, VersionWindow};
 use crate::time::{format_filter_bound, format_seconds, format_ticks, TICKS_PER_SECOND};
 /// How often a one-tick slice that overflows a page is walked before giving up for this poll.
 pub(super) const MAX_WALKS: usize = 5;
 /// A body that is not complete JSON is asked for again this many times within one poll.
 pub(super) const BAD_BODY_RETRIES: usize = 3;
-/// At most this many stored versions (~3 MB) are held for a reconciliation pass; a larger
-/// window is reconciled by preparing every item, as before.
+/// At most this many stored versions (~3 MB) are held at once by a reconciliation pass: a
+/// window of more is reconciled in parts.
 const KNOWN_VERSIONS_MAX: usize = 100_000;
+/// A pass's window is cut at the edges of at most this many buckets of stored versions (a
+/// minute each for the default day).
+const VERSION_BUCKETS_MAX: i64 = 4096;
 /// Microsoft's security API refuses `$skip` above this (security-error-codes, "Constraints").
 const MAX_SKIP: usize = 500;
 
@@ -371,46 +374,85 @@ impl Poller {
                 continue;
             };
             let end = cursor.coverage;
-            let mut a = end - self.settings.reconcile_window.as_secs() as i64;
-            self.known_versions = self.stored_versions(a).await;
-            while a < end {
-                let b = (a + self.settings.max_slice.as_secs() as i64).min(end);
-                match self
-                    .scan(listing, key, a, b, cursor.t0, Pass::Reconcile, outcome)
-                    .await
-                {
-                    Err(PollError::FilterIgnored { slice, created }) => {
-                        let why = format!("Graph ignored the createdDateTime filter on {} (reconciliation): an item created at {} came back for the slice [{}, {}); listing its newest {} items each poll instead", listing.list, format_ticks(created), format_filter_bound(slice.0), format_filter_bound(slice.1), FALLBACK_PAGES * listing.max_top);
-                        self.fall_back(listing, key, &why, outcome).await?;
-                        break;
-                    }
-                    r => r?,
+            let start = end - self.settings.reconcile_window.as_secs() as i64;
+            'pass: for part in self.version_parts(start, end).await {
+                // A part's versions go before the next part's are read.
+                self.known_versions = None;
+                if part.with_versions {
+                    self.known_versions = self.stored_versions(part.from, part.to).await;
                 }
-                a = b;
+                let mut a = part.from;
+                while a < part.to {
+                    let b = (a + self.settings.max_slice.as_secs() as i64).min(part.to);
+                    match self
+                        .scan(listing, key, a, b, cursor.t0, Pass::Reconcile, outcome)
+                        .await
+                    {
+                        Err(PollError::FilterIgnored { slice, created }) => {
+                            let why = format!("Graph ignored the createdDateTime filter on {} (reconciliation): an item created at {} came back for the slice [{}, {}); listing its newest {} items each poll instead", listing.list, format_ticks(created), format_filter_bound(slice.0), format_filter_bound(slice.1), FALLBACK_PAGES * listing.max_top);
+                            self.fall_back(listing, key, &why, outcome).await?;
+                            break 'pass;
+                        }
+                        r => r?,
+                    }
+                    a = b;
+                }
             }
         }
         Ok(())
     }
 
-    /// The versions the store holds of this Graph source's items updated since `from` (seconds,
-    /// Microsoft's clock), for a reconciliation pass to skip preparing them. `None` (prepare
-    /// everything, as before) for sources whose version is not a time, when the window holds
-    /// more than `KNOWN_VERSIONS_MAX` alerts, or when the store cannot say.
-    async fn stored_versions(&self, from: i64) -> Option<Arc<normalize::KnownVersions>> {
-        if !matches!(
+    /// The parts [start, end) is reconciled in (seconds, Microsoft's clock), each holding the
+    /// versions of at most `KNOWN_VERSIONS_MAX` stored alerts. A day of a large tenant's alerts
+    /// is more than that, and in one part every item of the pass was prepared again (issue 12).
+    /// One part, without versions for sources whose version is not a time, or with them all
+    /// when the store cannot count them.
+    async fn version_parts(&self, start: i64, end: i64) -> Vec<VersionPart> {
+        let whole = vec![VersionPart {
+            from: start,
+            to: end,
+            with_versions: self.versions_are_times(),
+        }];
+        if !self.versions_are_times() || end <= start {
+            return whole;
+        }
+        // `end > start`: the window is positive.
+        let bucket = ((end - start + VERSION_BUCKETS_MAX - 1) / VERSION_BUCKETS_MAX).max(60);
+        let counts = self.store.stored_version_counts(
+            &self.tenant.name,
+            self.settings.kind,
+            version_window(start, end),
+            bucket.saturating_mul(TICKS_PER_SECOND),
+        );
+        match counts.await {
+            Ok(counts) => plan_version_parts(&counts, start, end, bucket, KNOWN_VERSIONS_MAX),
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant.name, source = self.settings.kind.as_str(), error = %e, "cannot count the stored versions; this reconciliation reads them in one part");
+                whole
+            }
+        }
+    }
+
+    /// Alerts and incidents are versioned by their update time; other sources are not.
+    fn versions_are_times(&self) -> bool {
+        matches!(
             self.settings.kind,
             SourceKind::Alerts | SourceKind::Incidents
-        ) {
+        )
+    }
+
+    /// The versions the store holds of this Graph source's items updated in [from, to)
+    /// (seconds, Microsoft's clock), for a reconciliation pass to skip preparing them. `None`
+    /// (prepare everything, as before) for sources whose version is not a time, when the part
+    /// holds more than `KNOWN_VERSIONS_MAX` alerts, or when the store cannot say.
+    async fn stored_versions(&self, from: i64, to: i64) -> Option<Arc<normalize::KnownVersions>> {
+        if !self.versions_are_times() {
             return None;
         }
-        // An item's stored `last_change` (this host's clock, ms) follows Microsoft's update time
-        // unless the clocks disagree: an hour of margin covers any skew worth the name.
-        let since_ms = (from - 3600).saturating_mul(1000);
         let read = self.store.stored_versions(
             &self.tenant.name,
             self.settings.kind,
-            since_ms,
-            from.saturating_mul(TICKS_PER_SECOND),
+            version_window(from, to),
             KNOWN_VERSIONS_MAX,
         );
         match read.await {
@@ -840,12 +882,139 @@ fn split_evenly(a: i64, b: i64, k: i64) -> Vec<(i64, i64)> {
     parts
 }
 
+/// A part of a reconciliation pass: [from, to) in seconds, and whether it reads the stored
+/// versions of its alerts first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct VersionPart {
+    from: i64,
+    to: i64,
+    with_versions: bool,
+}
+
+/// The stored versions of [from, to) (seconds, Microsoft's clock). An item's stored
+/// `last_change` (this host's clock, ms) follows Microsoft's update time unless the clocks
+/// disagree: an hour of margin covers any skew worth the name.
+fn version_window(from: i64, to: i64) -> VersionWindow {
+    VersionWindow {
+        since_ms: (from - 3600).saturating_mul(1000),
+        from_ticks: from.saturating_mul(TICKS_PER_SECOND),
+        to_ticks: to.saturating_mul(TICKS_PER_SECOND),
+    }
+}
+
+/// [start, end) cut into parts of at most `max` stored versions each, from the counts of
+/// versions in each `bucket` seconds from `start` (`(bucket index, count)`, in order). A bucket
+/// of more than `max` alone is a part without versions: its items are prepared, as they all
+/// were before.
+fn plan_version_parts(
+    counts: &[(i64, u64)],
+    start: i64,
+    end: i64,
+    bucket: i64,
+    max: usize,
+) -> Vec<VersionPart> {
+    let max = max as u64;
+    let mut parts = Vec::new();
+    let mut from = start;
+    let mut held = 0u64;
+    for &(index, count) in counts {
+        let lo = start.saturating_add(index.saturating_mul(bucket)).max(from);
+        if lo >= end {
+            break;
+        }
+        let hi = lo.saturating_add(bucket).min(end);
+        if count > max {
+            if from < lo {
+                parts.push(VersionPart {
+                    from,
+                    to: lo,
+                    with_versions: true,
+                });
+            }
+            parts.push(VersionPart {
+                from: lo,
+                to: hi,
+                with_versions: false,
+            });
+            from = hi;
+            held = 0;
+            continue;
+        }
+        if held + count > max && from < lo {
+            parts.push(VersionPart {
+                from,
+                to: lo,
+                with_versions: true,
+            });
+            from = lo;
+            held = 0;
+        }
+        held += count;
+    }
+    if from < end {
+        parts.push(VersionPart {
+            from,
+            to: end,
+            with_versions: true,
+        });
+    }
+    parts
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 mod tests {
     use super::super::mutate::{cases, mutate, reference, Rng, EXAMPLE_PAGES};
     use super::super::page::parse_page;
     use super::*;
+
+    fn part(from: i64, to: i64, with_versions: bool) -> VersionPart {
+        VersionPart {
+            from,
+            to,
+            with_versions,
+        }
+    }
+
+    #[test]
+    fn a_window_of_more_stored_versions_than_may_be_held_is_cut_into_parts() {
+        // Under the cap: one part, as before.
+        assert_eq!(
+            plan_version_parts(&[(0, 3), (5, 4)], 1_000, 1_600, 60, 10),
+            [part(1_000, 1_600, true)]
+        );
+        assert_eq!(
+            plan_version_parts(&[], 1_000, 1_600, 60, 10),
+            [part(1_000, 1_600, true)]
+        );
+        // Cut at the edge of the bucket that would overflow the part, never inside a bucket.
+        assert_eq!(
+            plan_version_parts(&[(0, 6), (2, 3), (4, 5), (9, 10)], 0, 600, 60, 10),
+            [
+                part(0, 240, true),
+                part(240, 540, true),
+                part(540, 600, true)
+            ]
+        );
+        // A bucket of more than the cap alone is prepared whole, between parts that are not.
+        assert_eq!(
+            plan_version_parts(&[(1, 4), (3, 11), (4, 2)], 0, 600, 60, 10),
+            [
+                part(0, 180, true),
+                part(180, 240, false),
+                part(240, 600, true)
+            ]
+        );
+        // Such a bucket first and last, and the last one cut at the window's end.
+        assert_eq!(
+            plan_version_parts(&[(0, 11), (9, 12)], 0, 590, 60, 10),
+            [
+                part(0, 60, false),
+                part(60, 540, true),
+                part(540, 590, false)
+            ]
+        );
+    }
 
     /// Issue 11 item 16: Microsoft's example pages of every listed source, mutated, through page
     /// parsing and normalization. Nothing panics, and no item is lost: a page that does not parse

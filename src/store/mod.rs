@@ -61,6 +61,15 @@ pub struct TenantRef {
     pub id: String,
 }
 
+/// The stored versions a reconciliation pass asks about: alerts changed at or after `since_ms`
+/// (this host's clock) whose latest version (ticks) is in [`from_ticks`, `to_ticks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionWindow {
+    pub since_ms: i64,
+    pub from_ticks: i64,
+    pub to_ticks: i64,
+}
+
 /// A coverage point's key: one per (tenant, source, list).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CursorKey {
@@ -1376,18 +1385,26 @@ pub trait Store: Send + Sync {
         source: SourceKind,
         ids: &[String],
     ) -> impl Future<Output = Result<std::collections::HashSet<String>>> + Send;
-    /// The latest stored version (ticks) of each alert of (tenant, source) that changed at or
-    /// after `since_ms` with a version at or after `from_ticks`; `None` when more than `max`
-    /// match. A reconciliation pass re-lists a day of items it mostly holds already; with these
-    /// it skips preparing them (issue 12).
+    /// The latest stored version (ticks) of each alert of (tenant, source) in `window`; `None`
+    /// when more than `max` match. A reconciliation pass re-lists a day of items it mostly holds
+    /// already; with these it skips preparing them (issue 12).
     fn stored_versions(
         &self,
         tenant: &str,
         source: SourceKind,
-        since_ms: i64,
-        from_ticks: i64,
+        window: VersionWindow,
         max: usize,
     ) -> impl Future<Output = Result<Option<crate::normalize::KnownVersions>>> + Send;
+    /// How many alerts of (tenant, source) in `window` have their latest version in each
+    /// `bucket_ticks` from the window's start: `(bucket, count)`, buckets with none left out.
+    /// A pass over more alerts than it may hold versions of at once cuts its window by these.
+    fn stored_version_counts(
+        &self,
+        tenant: &str,
+        source: SourceKind,
+        window: VersionWindow,
+        bucket_ticks: i64,
+    ) -> impl Future<Output = Result<Vec<(i64, u64)>>> + Send;
     fn ingest(&self, batch: IngestBatch<'_>) -> impl Future<Output = Result<IngestCounts>> + Send;
     /// Undelivered versions of a tenant (pending or batched).
     fn undelivered(&self, tenant: &str) -> impl Future<Output = Result<u64>> + Send;
@@ -1589,11 +1606,19 @@ impl Store for AnyStore {
         &self,
         tenant: &str,
         source: SourceKind,
-        since_ms: i64,
-        from_ticks: i64,
+        window: VersionWindow,
         max: usize,
     ) -> Result<Option<crate::normalize::KnownVersions>> {
-        dispatch!(self, s => s.stored_versions(tenant, source, since_ms, from_ticks, max))
+        dispatch!(self, s => s.stored_versions(tenant, source, window, max))
+    }
+    async fn stored_version_counts(
+        &self,
+        tenant: &str,
+        source: SourceKind,
+        window: VersionWindow,
+        bucket_ticks: i64,
+    ) -> Result<Vec<(i64, u64)>> {
+        dispatch!(self, s => s.stored_version_counts(tenant, source, window, bucket_ticks))
     }
     async fn ingest(&self, batch: IngestBatch<'_>) -> Result<IngestCounts> {
         dispatch!(self, s => s.ingest(batch))

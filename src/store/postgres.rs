@@ -209,9 +209,13 @@ impl Dialect for PgDialect {
          WHERE ($1::text IS NULL OR tenant = $1) ORDER BY id";
     const CURSORS: &'static str = "SELECT tenant, source, list, coverage, t0 FROM cursors \
          WHERE ($1::text IS NULL OR tenant = $1) ORDER BY tenant, source, list";
-    // `SKIP LOCKED` lets replicas prune side by side.
     const STORED_VERSIONS: &'static str = "SELECT native_id, latest FROM alerts \
-         WHERE last_change >= $1 AND tenant = $2 AND source = $3 AND latest >= $4 LIMIT $5";
+         WHERE last_change >= $1 AND tenant = $2 AND source = $3 \
+         AND latest >= $4 AND latest < $5 LIMIT $6";
+    const STORED_VERSION_COUNTS: &'static str = "SELECT (latest - $4) / $6, COUNT(*) \
+         FROM alerts WHERE last_change >= $1 AND tenant = $2 AND source = $3 \
+         AND latest >= $4 AND latest < $5 GROUP BY 1";
+    // `SKIP LOCKED` lets replicas prune side by side.
     const PRUNE_ALERTS: &'static [&'static str] =
         &["DELETE FROM alerts WHERE (tenant, source, native_id) IN ( \
          SELECT a.tenant, a.source, a.native_id FROM alerts a WHERE a.last_change < $1 \

@@ -94,11 +94,14 @@ pub trait Dialect: Send + Sync + 'static {
     /// Each statement is run until it deletes fewer than `limit` (one per table holding dedup
     /// rows).
     const PRUNE_ALERTS: &'static [&'static str];
-    /// `(since_ms, tenant, source, from_ticks, limit)` → `native_id, latest` of the alerts last
-    /// changed at or after `since_ms` whose latest version is at or after `from_ticks`, read
-    /// through an index (a tenant's whole history is not scanned): `last_change`'s, or on
-    /// SQLite's archive level the runs merged since `since_ms`.
+    /// `(since_ms, tenant, source, from_ticks, to_ticks, limit)` → `native_id, latest` of the
+    /// alerts last changed at or after `since_ms` whose latest version is in [from_ticks,
+    /// to_ticks), read through an index (a tenant's whole history is not scanned):
+    /// `last_change`'s, or on SQLite's archive level the runs merged since `since_ms`.
     const STORED_VERSIONS: &'static str;
+    /// `(since_ms, tenant, source, from_ticks, to_ticks, bucket_ticks)` → `bucket, count` over
+    /// the same rows as `STORED_VERSIONS`, a bucket being `(latest - from_ticks) / bucket_ticks`.
+    const STORED_VERSION_COUNTS: &'static str;
 
     /// Where reads that need not see this replica's latest commit go.
     fn reader(&self) -> &Pool<Self::DB>;
@@ -958,16 +961,16 @@ where
         &self,
         tenant: &str,
         source: SourceKind,
-        since_ms: i64,
-        from_ticks: i64,
+        window: VersionWindow,
         max: usize,
     ) -> Result<Option<crate::normalize::KnownVersions>> {
         let limit = i64::try_from(max).unwrap_or(i64::MAX - 1) + 1;
         let mut rows = sqlx::query(D::STORED_VERSIONS)
-            .bind(since_ms)
+            .bind(window.since_ms)
             .bind(tenant)
             .bind(source.as_str())
-            .bind(from_ticks)
+            .bind(window.from_ticks)
+            .bind(window.to_ticks)
             .bind(limit)
             .fetch(D::DB::on_pool(self.dialect.reader()));
         // Row by row: the rows of a large window held at once would cost more than the map.
@@ -981,6 +984,33 @@ where
             versions.insert(&id, row.try_get(1)?);
         }
         Ok(Some(versions))
+    }
+
+    async fn stored_version_counts(
+        &self,
+        tenant: &str,
+        source: SourceKind,
+        window: VersionWindow,
+        bucket_ticks: i64,
+    ) -> Result<Vec<(i64, u64)>> {
+        let rows = sqlx::query(D::STORED_VERSION_COUNTS)
+            .bind(window.since_ms)
+            .bind(tenant)
+            .bind(source.as_str())
+            .bind(window.from_ticks)
+            .bind(window.to_ticks)
+            .bind(bucket_ticks.max(1))
+            .fetch_all(D::DB::on_pool(self.dialect.reader()))
+            .await?;
+        let mut counts = rows
+            .iter()
+            .map(|row| {
+                let count: i64 = row.try_get(1)?;
+                Ok((row.try_get(0)?, u64::try_from(count).unwrap_or(0)))
+            })
+            .collect::<Result<Vec<(i64, u64)>>>()?;
+        counts.sort_unstable();
+        Ok(counts)
     }
 
     async fn ingest(&self, mut batch: IngestBatch<'_>) -> Result<IngestCounts> {

@@ -225,6 +225,28 @@ async fn alerts_of_ids(
     Ok(rows)
 }
 
+/// The rows `STORED_VERSIONS` and `STORED_VERSION_COUNTS` read, with `columns`. Without
+/// statistics SQLite would take the primary key's (tenant, source) prefix and scan the tenant's
+/// whole history. Both levels: an alert is in one of them. In the archive, the runs merged since
+/// `since` (migration 0010 says why that is enough).
+macro_rules! stored_version_rows {
+    ($columns:literal) => {
+        concat!(
+            "SELECT ",
+            $columns,
+            " FROM alerts INDEXED BY alerts_last_change \
+             WHERE last_change >= $1 AND tenant = $2 AND source = $3 \
+             AND latest >= $4 AND latest < $5 \
+             UNION ALL SELECT ",
+            $columns,
+            " FROM alert_archive INDEXED BY alert_archive_hash \
+             WHERE run >= (SELECT COALESCE(MIN(run), 9223372036854775807) FROM archive_runs \
+             WHERE merged_at >= $1) AND last_change >= $1 AND tenant = $2 AND source = $3 \
+             AND latest >= $4 AND latest < $5"
+        )
+    };
+}
+
 impl Dialect for SqliteDialect {
     type DB = Sqlite;
 
@@ -262,14 +284,13 @@ impl Dialect for SqliteDialect {
          WHERE ($1 IS NULL OR tenant = $1) ORDER BY tenant, source, list";
     // Without statistics SQLite would take the primary key's (tenant, source) prefix and scan
     // the tenant's whole history.
-    // Both levels: an alert is in one of them. In the archive, the runs merged since `since`
-    // (migration 0010 says why that is enough).
     const STORED_VERSIONS: &'static str =
-        "SELECT native_id, latest FROM alerts INDEXED BY alerts_last_change \
-         WHERE last_change >= $1 AND tenant = $2 AND source = $3 AND latest >= $4 \
-         UNION ALL SELECT native_id, latest FROM alert_archive INDEXED BY alert_archive_hash \
-         WHERE run >= (SELECT COALESCE(MIN(run), 9223372036854775807) FROM archive_runs WHERE merged_at >= $1) \
-         AND last_change >= $1 AND tenant = $2 AND source = $3 AND latest >= $4 LIMIT $5";
+        concat!(stored_version_rows!("native_id, latest"), " LIMIT $6");
+    const STORED_VERSION_COUNTS: &'static str = concat!(
+        "SELECT (latest - $4) / $6, COUNT(*) FROM (",
+        stored_version_rows!("latest"),
+        ") GROUP BY 1"
+    );
     // Link rows stay: pruning an alert keeps the recent level closed under links (`levels.rs`).
     // In the archive, rows of the runs merged before the cutoff (migration 0010).
     const PRUNE_ALERTS: &'static [&'static str] = &[
