@@ -420,7 +420,13 @@ impl Poller {
             (Pass::Live, Some(b)) => Some((key, b)),
             _ => None,
         };
-        let (unchanged, stale) = (page.unchanged, page.stale);
+        // Items the page reader found stored already, at this version or a newer one: read, and
+        // counted as the store would have counted them, but never prepared or sent to it.
+        let skipped = IngestCounts {
+            unchanged: page.unchanged,
+            stale: page.stale,
+            ..IngestCounts::default()
+        };
         let mut counts = self
             .commit_items(Commit {
                 items: page.items,
@@ -430,8 +436,9 @@ impl Poller {
                 source_state: None,
             })
             .await?;
-        counts.unchanged += unchanged;
-        counts.stale += stale;
+        self.status.add_counts(skipped);
+        crate::metrics::record_items(&self.tenant.name, self.settings.kind.as_str(), skipped);
+        counts.add(skipped);
         Ok(counts)
     }
 
