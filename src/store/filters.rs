@@ -6,6 +6,12 @@
 //! filters from the archive at every open, so a file never has to agree with a store it
 //! outlived. A check reads the blocks it needs with positioned reads, the probes that fall close
 //! together in one read.
+//!
+//! The reads are made on the async task that runs the page's store work, not handed to a
+//! blocking thread: a block in the page cache costs about a microsecond (~0.7 ms for a page of
+//! 1,000 new alerts, the cache misses of the in-memory filters cost about as much), and a merge
+//! rewrites the whole-archive filter once per 15,000 alerts (a few ms at a million). A block the
+//! kernel has dropped costs one disk read.
 
 use std::fs::File;
 use std::io;
